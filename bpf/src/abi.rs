@@ -1,0 +1,170 @@
+//! Rust mirror of `bpfdb.h`. Every struct shared with the engine is `repr(C)`
+//! and its size and field offsets are asserted at compile time against the C
+//! layout, so a change on one side that is not made on the other fails the
+//! build instead of corrupting requests.
+
+use std::mem::{offset_of, size_of};
+
+pub const KEY_MAX: usize = 255;
+pub const KEY_SIZE: usize = 256;
+pub const VALUE_LIMIT: usize = 1 << 20;
+pub const SMALL_CHUNK: usize = 128;
+pub const PAGE_SIZE: usize = 4096;
+pub const MAX_VERSIONS: usize = 4;
+pub const MAX_SLOTS: u32 = 64;
+pub const SLOT_HEADER: usize = 1024;
+pub const OP_COUNT: usize = 6;
+
+pub const OWNER_AUTOCOMMIT: u32 = 1 << 31;
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Nop = 0,
+    Get = 1,
+    Set = 2,
+    Delete = 3,
+    Rename = 4,
+    Scan = 5,
+}
+
+/// Stage programs in prog-array order (enum db_stage).
+pub const STAGE_COUNT: usize = 7;
+
+pub const F_META_ONLY: u32 = 1 << 0;
+pub const F_NOREPLACE: u32 = 1 << 1;
+pub const F_MUST_EXIST: u32 = 1 << 2;
+
+/// `enum db_detail`: why an op failed, for error messages and retry decisions.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    None = 0,
+    LockedTxn = 1,
+    LockedAutocommit = 2,
+    NoKeys = 3,
+    NoSmall = 4,
+    NoPages = 5,
+    VersionsFull = 6,
+    TooBig = 7,
+    BadRequest = 8,
+    Race = 9,
+}
+
+impl Detail {
+    pub fn from_raw(raw: u32) -> Detail {
+        match raw {
+            1 => Detail::LockedTxn,
+            2 => Detail::LockedAutocommit,
+            3 => Detail::NoKeys,
+            4 => Detail::NoSmall,
+            5 => Detail::NoPages,
+            6 => Detail::VersionsFull,
+            7 => Detail::TooBig,
+            8 => Detail::BadRequest,
+            9 => Detail::Race,
+            _ => Detail::None,
+        }
+    }
+
+    /// Conflicts with a short-lived autocommit op or a reclaimed read: the
+    /// engine never waits, so the binding retries these itself.
+    pub fn transient(self) -> bool {
+        matches!(self, Detail::LockedAutocommit | Detail::Race)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub mtime_ns: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub len: u32,
+}
+
+#[repr(C)]
+pub struct Req {
+    pub op: u32,
+    pub flags: u32,
+    pub key_hash: u64,
+    pub key2_hash: u64,
+    pub cursor: u32,
+    pub key_len: u32,
+    pub key2_len: u32,
+    pub pad: u32,
+    pub meta: Meta,
+    pub key: [u8; KEY_SIZE],
+    pub key2: [u8; KEY_SIZE],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Resp {
+    pub err: i32,
+    pub detail: u32,
+    pub ts: u64,
+    pub meta: Meta,
+    pub count: u32,
+    pub next_cursor: u32,
+    pub done: u32,
+    pub pad: u32,
+}
+
+#[repr(C)]
+pub struct Cont {
+    pub loc: u32,
+    pub npages: u32,
+    pub version: u32,
+    pub pad: u32,
+}
+
+#[repr(C)]
+pub struct Slot {
+    pub req: Req,
+    pub resp: Resp,
+    pub cont: Cont,
+    pub header_pad: [u8; SLOT_HEADER - size_of::<Req>() - size_of::<Resp>() - size_of::<Cont>()],
+    pub data: [u8; VALUE_LIMIT],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub ops: [u64; OP_COUNT],
+    pub keys: u64,
+    pub records: u64,
+    pub value_bytes: u64,
+    pub small_used: u64,
+    pub pages_used: u64,
+    pub commits: u64,
+    pub conflicts: u64,
+    pub versions_reclaimed: u64,
+    pub read_retries: u64,
+    pub errors: u64,
+}
+
+/// Size of one hash-map record (struct db_record), for memory estimates.
+pub const RECORD_SIZE: usize = 32 + MAX_VERSIONS * 48;
+
+const _: () = {
+    assert!(size_of::<Meta>() == 24);
+    assert!(offset_of!(Meta, len) == 20);
+    assert!(size_of::<Req>() == 576);
+    assert!(offset_of!(Req, cursor) == 24);
+    assert!(offset_of!(Req, meta) == 40);
+    assert!(offset_of!(Req, key) == 64);
+    assert!(offset_of!(Req, key2) == 320);
+    assert!(size_of::<Resp>() == 56);
+    assert!(offset_of!(Resp, ts) == 8);
+    assert!(offset_of!(Resp, meta) == 16);
+    assert!(offset_of!(Resp, count) == 40);
+    assert!(offset_of!(Resp, done) == 48);
+    assert!(size_of::<Cont>() == 16);
+    assert!(offset_of!(Slot, resp) == 576);
+    assert!(offset_of!(Slot, cont) == 632);
+    assert!(offset_of!(Slot, data) == SLOT_HEADER);
+    assert!(size_of::<Slot>() == SLOT_HEADER + VALUE_LIMIT);
+    assert!(size_of::<Stats>() == 16 * 8);
+};

@@ -1,0 +1,187 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * bpfdb.h - the only interface between the eBPF engine and user space.
+ *
+ * Included by the engine (engine.bpf.c) and mirrored field by field in
+ * src/abi.rs, where compile-time assertions check every size and offset.
+ * Fixed-width types only; no pointers (user space and kernel disagree on them).
+ */
+#ifndef BPFDB_H
+#define BPFDB_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+/* ---- limits (every table and loop in the engine is bounded by one) ---- */
+
+#define DB_KEY_MAX 255               /* longest key (file name) in bytes */
+#define DB_KEY_SIZE 256              /* key buffer: name + at least one NUL */
+#define DB_VALUE_LIMIT (1u << 20)    /* hard cap on max_value (1 MiB) */
+#define DB_SMALL_CHUNK 128           /* values up to this live in one small chunk */
+#define DB_PAGE_SIZE 4096            /* larger values live in pages */
+#define DB_PAGE_IDS (DB_PAGE_SIZE / 4)                      /* ids per index page */
+#define DB_VALUE_PAGES (DB_VALUE_LIMIT / DB_PAGE_SIZE)      /* 256 data pages max */
+#define DB_MAX_VERSIONS 4            /* versions kept per key (MVCC) */
+#define DB_MAX_SLOTS 64              /* request slots (worker threads + API users) */
+#define DB_SLOT_HEADER 1024          /* bytes of a slot before its data area */
+#define DB_SCAN_ENTRY_MAX (1 + DB_KEY_SIZE) /* worst-case bytes of one scan entry */
+#define DB_TS_RING 256               /* commits in flight tracked for the stable watermark */
+
+/* ---- timestamps ---- */
+
+#define DB_TS_INF (~0ULL)            /* end of a version that is still current */
+#define DB_TS_PENDING (1ULL << 63)   /* begin/end written by an uncommitted owner */
+
+/* ---- lock word of a record ---- */
+
+#define DB_LOCK_FREE 0ULL
+#define DB_LOCK_X (1ULL << 63)       /* exclusive; low 32 bits name the owner */
+#define DB_LOCK_DEAD (~0ULL)         /* record is being removed from the map */
+#define DB_OWNER_AUTOCOMMIT (1u << 31) /* owner id bit: an autocommit op of a slot */
+
+/* ---- operations ---- */
+
+enum db_op {
+	DB_OP_NOP = 0,     /* trigger floor: dispatcher returns at once */
+	DB_OP_GET = 1,     /* value + meta of key (flag META_ONLY: meta only) */
+	DB_OP_SET = 2,     /* replace value + meta of key (flag META_ONLY: keep value) */
+	DB_OP_DELETE = 3,  /* remove key */
+	DB_OP_RENAME = 4,  /* key -> key2 atomically, replacing key2 */
+	DB_OP_SCAN = 5,    /* list visible keys from cursor */
+	DB_OP__COUNT = 6,
+};
+
+/* Stage programs, indexes into the prog array. Each op is a chain of these. */
+enum db_stage {
+	DB_STAGE_GET = 0,
+	DB_STAGE_SET_PREPARE = 1, /* lock, GC, allocate */
+	DB_STAGE_SET_COPY = 2,    /* copy value bytes into the pool */
+	DB_STAGE_SET_COMMIT = 3,  /* install version, stamp, unlock */
+	DB_STAGE_DELETE = 4,
+	DB_STAGE_RENAME = 5,
+	DB_STAGE_SCAN = 6,
+	DB_STAGE__COUNT = 7,
+};
+
+/* request flags */
+#define DB_F_META_ONLY (1u << 0)  /* GET: skip the value; SET: keep the value */
+#define DB_F_NOREPLACE (1u << 1)  /* SET: fail with EEXIST if key exists; RENAME: if key2 exists */
+#define DB_F_MUST_EXIST (1u << 2) /* SET: fail with ENOENT if key does not exist */
+
+/* ---- shared structs ---- */
+
+struct db_key {
+	char name[DB_KEY_SIZE]; /* zero padded: equal names are equal keys */
+};
+
+struct db_meta {
+	__u64 mtime_ns; /* wall clock of the commit that wrote the key */
+	__u32 mode;     /* file type and permission bits */
+	__u32 uid;
+	__u32 gid;
+	__u32 len;      /* value length in bytes */
+};
+
+/* One version of a key's value. Visible to a reader at timestamp S when
+ * begin_ts <= S < end_ts and neither carries DB_TS_PENDING. */
+struct db_version {
+	__u64 begin_ts;  /* 0: slot unused */
+	__u64 end_ts;
+	struct db_meta meta;
+	__u32 loc;       /* chunk id, page id or index page id, chosen by meta.len */
+	__u32 flags;     /* DB_VF_* */
+};
+
+#define DB_VF_NOFREE (1u << 0) /* value storage was handed to a newer version */
+
+/* Value of the records hash map: one per key. */
+struct db_record {
+	__u64 lock;        /* DB_LOCK_* */
+	__u64 key_hash;    /* detects a map element reused for another key */
+	__u64 gc_seq;      /* bumped before storage is freed: readers retry */
+	__u32 key_len;
+	__u32 pad;
+	struct db_version versions[DB_MAX_VERSIONS];
+};
+
+struct db_small_chunk {
+	__u8 bytes[DB_SMALL_CHUNK];
+};
+
+struct db_page {
+	__u8 bytes[DB_PAGE_SIZE];
+};
+
+struct db_req {
+	__u32 op;          /* enum db_op */
+	__u32 flags;       /* DB_F_* */
+	__u64 key_hash;
+	__u64 key2_hash;
+	__u32 cursor;      /* SCAN: map elements to skip */
+	__u32 key_len;     /* bytes of key before its zero padding */
+	__u32 key2_len;
+	__u32 pad;
+	struct db_meta meta; /* SET: new meta; meta.len is the value length */
+	struct db_key key;
+	struct db_key key2;  /* RENAME target */
+};
+
+struct db_resp {
+	__s32 err;         /* 0 or a negative errno */
+	__u32 detail;      /* DB_D_*: which limit or conflict, for the error message */
+	__u64 ts;          /* commit timestamp of a write */
+	struct db_meta meta;
+	__u32 count;       /* SCAN: entries written to data */
+	__u32 next_cursor; /* SCAN: cursor of the next call */
+	__u32 done;        /* SCAN: 1 when the map was walked to its end */
+	__u32 pad;
+};
+
+/* Continuation state carried between the stage programs of one op. */
+struct db_cont {
+	__u32 loc;         /* storage allocated for the new version */
+	__u32 npages;      /* data pages of the new value */
+	__u32 version;     /* index of the new version in the record */
+	__u32 pad;
+};
+
+/* error details (resp.detail) */
+enum db_detail {
+	DB_D_NONE = 0,
+	DB_D_LOCKED_TXN = 1,        /* EBUSY: a transaction holds the key */
+	DB_D_LOCKED_AUTOCOMMIT = 2, /* EBUSY: a short autocommit op holds the key; retry */
+	DB_D_NO_KEYS = 3,           /* ENOSPC: records map full */
+	DB_D_NO_SMALL = 4,          /* ENOSPC: small chunk pool empty */
+	DB_D_NO_PAGES = 5,          /* ENOSPC: page pool empty */
+	DB_D_VERSIONS_FULL = 6,     /* EBUSY: every version still needed by a snapshot */
+	DB_D_TOO_BIG = 7,           /* EFBIG */
+	DB_D_BAD_REQUEST = 8,       /* EINVAL */
+	DB_D_RACE = 9,              /* EAGAIN: storage reclaimed under a reader; retry */
+};
+
+struct db_slot {
+	struct db_req req;
+	struct db_resp resp;
+	struct db_cont cont;
+	__u8 header_pad[DB_SLOT_HEADER - sizeof(struct db_req) - sizeof(struct db_resp) -
+			sizeof(struct db_cont)];
+	__u8 data[DB_VALUE_LIMIT]; /* value in (SET) and out (GET), scan entries */
+};
+
+/* Engine counters, in .bss, read by user space through the mmap'ed map. */
+struct db_stats {
+	__u64 ops[DB_OP__COUNT];
+	__u64 keys;            /* live keys */
+	__u64 records;         /* records in the map, live or holding old versions */
+	__u64 value_bytes;     /* bytes of current values */
+	__u64 small_used;      /* small chunks in use */
+	__u64 pages_used;      /* pages in use */
+	__u64 commits;
+	__u64 conflicts;       /* EBUSY returned */
+	__u64 versions_reclaimed;
+	__u64 read_retries;    /* GC raced a reader; reader retried */
+	__u64 errors;          /* any other error returned */
+};
+
+#endif /* BPFDB_H */

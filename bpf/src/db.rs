@@ -1,0 +1,360 @@
+//! The safe API over the engine: `Db` owns an engine instance and its slots;
+//! a `Session` holds one slot and runs autocommit operations through it.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Condvar, Mutex};
+
+use log::debug;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::Options;
+use crate::abi::{self, Detail, Meta, Op, Slot, Stats};
+use crate::engine::{Engine, Layout};
+use crate::error::{Error, Result};
+
+/// Times an op is re-run after a transient conflict with another autocommit
+/// op (the engine never waits; a key is locked only for microseconds).
+pub const TRANSIENT_RETRIES: u32 = 10_000;
+
+static NEXT_INSTANCE: AtomicU32 = AtomicU32::new(1);
+
+pub struct Db {
+    engine: Engine,
+    opts: Options,
+    free_slots: Mutex<Vec<u32>>,
+    slot_freed: Condvar,
+}
+
+impl Db {
+    pub fn open(opts: &Options) -> Result<Db> {
+        if opts.max_value as usize > abi::VALUE_LIMIT {
+            return Err(Error::new(
+                libc::EINVAL,
+                format!(
+                    "max_value {} exceeds the limit of {} bytes",
+                    opts.max_value,
+                    abi::VALUE_LIMIT
+                ),
+            ));
+        }
+        let instance = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
+        let engine = Engine::load(opts, instance)?;
+        let free_slots = Mutex::new((0..engine.layout.slots).rev().collect());
+        Ok(Db {
+            engine,
+            opts: opts.clone(),
+            free_slots,
+            slot_freed: Condvar::new(),
+        })
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.engine.layout
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.engine.stats()
+    }
+
+    /// Takes a free slot, waiting while all are in use.
+    pub fn session(&self) -> Session<'_> {
+        let mut free = self.free_slots.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(idx) = free.pop() {
+                return Session {
+                    db: self,
+                    idx,
+                    slot: self.engine.slot_ptr(idx),
+                };
+            }
+            free = self
+                .slot_freed
+                .wait(free)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Checks a key and returns its bytes: 1..=255 bytes, no NUL, no '/'.
+pub fn check_key(name: &[u8]) -> Result<&[u8]> {
+    if name.is_empty() || name.contains(&0) || name.contains(&b'/') {
+        return Err(Error::new(
+            libc::EINVAL,
+            "key must be a non-empty file name without '/' or NUL",
+        ));
+    }
+    if name.len() > abi::KEY_MAX {
+        return Err(Error::new(
+            libc::ENAMETOOLONG,
+            format!("key of {} bytes exceeds {} bytes", name.len(), abi::KEY_MAX),
+        ));
+    }
+    Ok(name)
+}
+
+pub fn key_hash(name: &[u8]) -> u64 {
+    xxh3_64(name)
+}
+
+/// Metadata a writer supplies; the value length comes from the value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NewMeta {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: u64,
+}
+
+/// What a read returns besides the bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stat {
+    pub meta: Meta,
+    /// Commit timestamp of the version read or written.
+    pub ts: u64,
+}
+
+/// One slot, used by one thread at a time; returned to the pool on drop.
+pub struct Session<'db> {
+    db: &'db Db,
+    idx: u32,
+    slot: *mut Slot,
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        let mut free = self.db.free_slots.lock().unwrap_or_else(|p| p.into_inner());
+        free.push(self.idx);
+        self.db.slot_freed.notify_one();
+    }
+}
+
+fn write_key(dst: &mut [u8; abi::KEY_SIZE], name: &[u8]) {
+    dst[..name.len()].copy_from_slice(name);
+    dst[name.len()..].fill(0);
+}
+
+impl Session<'_> {
+    fn slot(&mut self) -> &mut Slot {
+        // SAFETY: this session owns slot `idx` exclusively until drop, and the
+        // kernel touches it only during `fire`, which we call synchronously.
+        unsafe { &mut *self.slot }
+    }
+
+    fn prepare(&mut self, op: Op, flags: u32, key: &[u8]) -> Result<()> {
+        let key = check_key(key)?;
+        let req = &mut self.slot().req;
+        req.op = op as u32;
+        req.flags = flags;
+        req.key_hash = key_hash(key);
+        req.key_len = key.len() as u32;
+        write_key(&mut req.key, key);
+        Ok(())
+    }
+
+    /// Fires the trigger and turns the response into a Result, re-running
+    /// the op on transient conflicts with other autocommit ops.
+    fn run(&mut self, what: &str) -> Result<abi::Resp> {
+        for _ in 0..TRANSIENT_RETRIES {
+            crate::trigger::fire(self.db.engine.instance, self.idx);
+            // SAFETY: see slot(); volatile because the kernel wrote it.
+            let resp = unsafe { std::ptr::read_volatile(&(*self.slot).resp) };
+            if resp.err == 0 {
+                return Ok(resp);
+            }
+            let detail = Detail::from_raw(resp.detail);
+            if detail.transient() {
+                std::thread::yield_now();
+                continue;
+            }
+            return Err(self.error(what, -resp.err, detail));
+        }
+        Err(Error::new(
+            libc::EBUSY,
+            format!("{what}: key stayed busy through {TRANSIENT_RETRIES} retries"),
+        ))
+    }
+
+    fn error(&mut self, what: &str, errno: i32, detail: Detail) -> Error {
+        let key = {
+            let k = &self.slot().req.key;
+            let n = k.iter().position(|&b| b == 0).unwrap_or(k.len());
+            String::from_utf8_lossy(&k[..n]).into_owned()
+        };
+        let why = match detail {
+            Detail::LockedTxn => "key is locked by a transaction",
+            Detail::NoKeys => "key table is full (max_keys)",
+            Detail::NoSmall => "small-value memory is full",
+            Detail::NoPages => "value memory is full (value_mem)",
+            Detail::VersionsFull => "all versions of the key are still needed by readers",
+            Detail::TooBig => "value exceeds max_value",
+            Detail::BadRequest => "malformed request",
+            Detail::Race | Detail::LockedAutocommit => "conflict",
+            Detail::None => "",
+        };
+        let err = Error::new(errno, format!("{what} {key:?}: {why}"));
+        debug!("engine {}: {err}", self.db.engine.instance);
+        err
+    }
+
+    /// The bare trigger: dispatcher runs and returns at once.
+    pub fn nop(&mut self) {
+        self.slot().req.op = Op::Nop as u32;
+        crate::trigger::fire(self.db.engine.instance, self.idx);
+    }
+
+    /// Reads the value of `key` into `out` (replacing its contents).
+    pub fn get(&mut self, key: &[u8], out: &mut Vec<u8>) -> Result<Stat> {
+        self.prepare(Op::Get, 0, key)?;
+        let resp = self.run("get")?;
+        let len = resp.meta.len as usize;
+        if len > abi::VALUE_LIMIT {
+            return Err(Error::new(
+                libc::EIO,
+                format!("engine returned a value of {len} bytes"),
+            ));
+        }
+        out.clear();
+        out.extend_from_slice(&self.slot().data[..len]);
+        Ok(Stat {
+            meta: resp.meta,
+            ts: resp.ts,
+        })
+    }
+
+    /// Metadata of `key` without its value.
+    pub fn stat(&mut self, key: &[u8]) -> Result<Stat> {
+        self.prepare(Op::Get, abi::F_META_ONLY, key)?;
+        let resp = self.run("stat")?;
+        Ok(Stat {
+            meta: resp.meta,
+            ts: resp.ts,
+        })
+    }
+
+    /// Replaces value and metadata of `key`, creating it unless
+    /// `must_exist`; with `no_replace` an existing key fails with EEXIST.
+    pub fn set(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        meta: NewMeta,
+        flags: SetFlags,
+    ) -> Result<Stat> {
+        if value.len() > self.db.opts.max_value as usize {
+            let e = Error::new(
+                libc::EFBIG,
+                format!(
+                    "set {:?}: value of {} bytes exceeds max_value {}",
+                    String::from_utf8_lossy(key),
+                    value.len(),
+                    self.db.opts.max_value
+                ),
+            );
+            debug!("{e}");
+            return Err(e);
+        }
+        let mut f = 0;
+        if flags.no_replace {
+            f |= abi::F_NOREPLACE;
+        }
+        if flags.must_exist {
+            f |= abi::F_MUST_EXIST;
+        }
+        self.prepare(Op::Set, f, key)?;
+        let slot = self.slot();
+        slot.data[..value.len()].copy_from_slice(value);
+        slot.req.meta = Meta {
+            mtime_ns: meta.mtime_ns,
+            mode: meta.mode,
+            uid: meta.uid,
+            gid: meta.gid,
+            len: value.len() as u32,
+        };
+        let resp = self.run("set")?;
+        Ok(Stat {
+            meta: resp.meta,
+            ts: resp.ts,
+        })
+    }
+
+    /// Replaces only the metadata of an existing key (chmod, chown, touch).
+    pub fn set_meta(&mut self, key: &[u8], meta: NewMeta) -> Result<Stat> {
+        self.prepare(Op::Set, abi::F_META_ONLY | abi::F_MUST_EXIST, key)?;
+        self.slot().req.meta = Meta {
+            mtime_ns: meta.mtime_ns,
+            mode: meta.mode,
+            uid: meta.uid,
+            gid: meta.gid,
+            len: 0,
+        };
+        let resp = self.run("set_meta")?;
+        Ok(Stat {
+            meta: resp.meta,
+            ts: resp.ts,
+        })
+    }
+
+    pub fn delete(&mut self, key: &[u8]) -> Result<u64> {
+        self.prepare(Op::Delete, 0, key)?;
+        Ok(self.run("delete")?.ts)
+    }
+
+    /// Moves `from` to `to` in one commit, replacing `to` unless `no_replace`.
+    pub fn rename(&mut self, from: &[u8], to: &[u8], no_replace: bool) -> Result<u64> {
+        let to = check_key(to)?;
+        self.prepare(
+            Op::Rename,
+            if no_replace { abi::F_NOREPLACE } else { 0 },
+            from,
+        )?;
+        let req = &mut self.slot().req;
+        req.key2_hash = key_hash(to);
+        req.key2_len = to.len() as u32;
+        write_key(&mut req.key2, to);
+        Ok(self.run("rename")?.ts)
+    }
+
+    /// Calls `f` with the name of every live key. Keys written during the
+    /// walk may be missed or seen twice (the walk resumes by position).
+    pub fn scan(&mut self, mut f: impl FnMut(&[u8])) -> Result<()> {
+        let mut cursor = 0u32;
+        // Each call advances the cursor by at least one element.
+        for _ in 0..=self.db.engine.layout.max_keys {
+            let slot = self.slot();
+            slot.req.op = Op::Scan as u32;
+            slot.req.flags = 0;
+            slot.req.cursor = cursor;
+            slot.req.key.fill(0);
+            let resp = self.run("scan")?;
+            let end = (resp.meta.len as usize).min(abi::VALUE_LIMIT);
+            let data = &self.slot().data[..end];
+            let mut off = 0;
+            for _ in 0..resp.count {
+                let Some(&len) = data.get(off) else { break };
+                let Some(name) = data.get(off + 1..off + 1 + len as usize) else {
+                    break;
+                };
+                f(name);
+                off += 1 + len as usize;
+            }
+            if resp.done != 0 {
+                return Ok(());
+            }
+            cursor = resp.next_cursor;
+        }
+        Err(Error::new(
+            libc::EIO,
+            "scan did not finish within max_keys calls",
+        ))
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetFlags {
+    pub no_replace: bool,
+    pub must_exist: bool,
+}

@@ -1,0 +1,235 @@
+//! Loading the engine: open -> size maps -> set rodata -> load -> fill the
+//! prog array -> attach the dispatcher to the trigger -> mmap the slots.
+//! Every kernel resource is held by a value that releases it on drop.
+
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd};
+use std::ptr::NonNull;
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, UprobeOpts};
+use log::info;
+
+use crate::Options;
+use crate::abi::{self, Slot, Stats};
+use crate::error::{Error, Result};
+use crate::trigger;
+
+mod skel {
+    #![allow(
+        clippy::all,
+        non_camel_case_types,
+        non_snake_case,
+        dead_code,
+        unused_imports
+    )]
+    include!(concat!(env!("OUT_DIR"), "/engine.skel.rs"));
+}
+use skel::{EngineSkel, EngineSkelBuilder};
+
+/// Sizes of the kernel maps, derived from the options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub max_keys: u32,
+    pub small_chunks: u32,
+    pub pages: u32,
+    pub slots: u32,
+}
+
+impl Layout {
+    pub fn from_options(o: &Options) -> Result<Layout> {
+        if o.max_keys == 0 || o.slots == 0 || o.slots > abi::MAX_SLOTS {
+            return Err(Error::new(
+                libc::EINVAL,
+                format!("max_keys must be > 0 and slots 1..={}", abi::MAX_SLOTS),
+            ));
+        }
+        // One small chunk per key, plus a quarter for versions kept for
+        // readers and writes in flight.
+        let small_chunks = o
+            .max_keys
+            .saturating_add(o.max_keys / 4)
+            .saturating_add(1024);
+        let pages = u32::try_from(o.value_mem_bytes / abi::PAGE_SIZE as u64)
+            .map_err(|_| Error::new(libc::EINVAL, "value_mem too large"))?;
+        if pages < 1 + abi::VALUE_LIMIT as u32 / abi::PAGE_SIZE as u32 {
+            return Err(Error::new(
+                libc::EINVAL,
+                "value_mem must hold at least one 1 MiB value",
+            ));
+        }
+        Ok(Layout {
+            max_keys: o.max_keys,
+            small_chunks,
+            pages,
+            slots: o.slots,
+        })
+    }
+
+    /// Bytes of map memory this layout preallocates (approximate: without
+    /// the hash map's per-element header).
+    pub fn map_bytes(&self) -> u64 {
+        let record = (abi::KEY_SIZE + abi::RECORD_SIZE) as u64;
+        self.max_keys as u64 * record
+            + self.small_chunks as u64 * (abi::SMALL_CHUNK as u64 + 4)
+            + self.pages as u64 * (abi::PAGE_SIZE as u64 + 4)
+            + self.slots as u64 * std::mem::size_of::<Slot>() as u64
+    }
+}
+
+/// The mmap'ed slot array; unmapped on drop.
+struct SlotMap {
+    base: NonNull<Slot>,
+    len: usize,
+}
+
+impl SlotMap {
+    fn new(fd: std::os::fd::BorrowedFd<'_>, slots: u32) -> Result<SlotMap> {
+        let len = (std::mem::size_of::<Slot>() * slots as usize).next_multiple_of(4096);
+        // SAFETY: mapping an mmapable BPF array map we own; length covers
+        // exactly its value area (element size is a multiple of 8).
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::io("mmap slots", &std::io::Error::last_os_error()));
+        }
+        let base = NonNull::new(p.cast::<Slot>())
+            .ok_or_else(|| Error::new(libc::EIO, "mmap returned null"))?;
+        Ok(SlotMap { base, len })
+    }
+}
+
+impl Drop for SlotMap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what new() mapped.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A loaded and attached engine instance.
+pub struct Engine {
+    slots: SlotMap,
+    _link: Link,
+    // Fields drop in declaration order: the skeleton (maps, programs) goes
+    // after the link and mapping, and before the object storage it borrows.
+    skel: EngineSkel<'static>,
+    _object: Box<MaybeUninit<OpenObject>>,
+    pub layout: Layout,
+    pub instance: u32,
+}
+
+// SAFETY: the skeleton is only used to read .bss counters after load; slots
+// are handed out to one user at a time by Db.
+unsafe impl Send for Engine {}
+unsafe impl Sync for Engine {}
+
+impl Engine {
+    pub fn load(opts: &Options, instance: u32) -> Result<Engine> {
+        let layout = Layout::from_options(opts)?;
+        let mut object = Box::new(MaybeUninit::<OpenObject>::uninit());
+        // SAFETY: the skeleton borrows `object`, which is boxed (stable
+        // address) and dropped only after the skeleton (field order).
+        let object_ref: &'static mut MaybeUninit<OpenObject> =
+            unsafe { &mut *(object.as_mut() as *mut MaybeUninit<OpenObject>) };
+        let mut open = EngineSkelBuilder::default().open(object_ref)?;
+
+        open.maps.slots.set_max_entries(layout.slots)?;
+        open.maps.records.set_max_entries(layout.max_keys)?;
+        open.maps.small_pool.set_max_entries(layout.small_chunks)?;
+        open.maps.small_free.set_max_entries(layout.small_chunks)?;
+        open.maps.page_pool.set_max_entries(layout.pages)?;
+        open.maps.page_free.set_max_entries(layout.pages)?;
+        let rodata = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .ok_or_else(|| Error::new(libc::EIO, "engine has no .rodata"))?;
+        rodata.max_value = opts.max_value;
+        rodata.small_capacity = layout.small_chunks as u64;
+        rodata.page_capacity = layout.pages as u64;
+        info!(
+            "engine {instance}: sizing maps: {} keys, {} small chunks of {} B, {} pages of {} B, {} slots, ~{} MiB",
+            layout.max_keys,
+            layout.small_chunks,
+            abi::SMALL_CHUNK,
+            layout.pages,
+            abi::PAGE_SIZE,
+            layout.slots,
+            layout.map_bytes() >> 20
+        );
+        let skel = open.load()?;
+        info!("engine {instance}: programs verified and loaded");
+
+        // Prog array in enum db_stage order.
+        let stages: [&libbpf_rs::ProgramMut; abi::STAGE_COUNT] = [
+            &skel.progs.stage_get,
+            &skel.progs.stage_set_prepare,
+            &skel.progs.stage_set_copy,
+            &skel.progs.stage_set_commit,
+            &skel.progs.stage_delete,
+            &skel.progs.stage_rename,
+            &skel.progs.stage_scan,
+        ];
+        for (i, prog) in stages.iter().enumerate() {
+            let fd = prog.as_fd().as_raw_fd();
+            skel.maps
+                .stages
+                .update(&(i as u32).to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)?;
+        }
+
+        let exe = std::env::current_exe().map_err(|e| Error::io("current_exe", &e))?;
+        let link = skel.progs.dispatch.attach_uprobe_with_opts(
+            std::process::id() as i32,
+            &exe,
+            0,
+            UprobeOpts {
+                cookie: instance as u64,
+                func_name: Some(trigger::SYMBOL.to_string()),
+                ..Default::default()
+            },
+        )?;
+        info!(
+            "engine {instance}: dispatcher attached to {}:{} for pid {}",
+            exe.display(),
+            trigger::SYMBOL,
+            std::process::id()
+        );
+
+        let slots = SlotMap::new(skel.maps.slots.as_fd(), layout.slots)?;
+        Ok(Engine {
+            slots,
+            _link: link,
+            skel,
+            _object: object,
+            layout,
+            instance,
+        })
+    }
+
+    /// Raw pointer to slot `idx`; the caller owns that slot exclusively.
+    pub fn slot_ptr(&self, idx: u32) -> *mut Slot {
+        assert!(idx < self.layout.slots, "slot {idx} out of range");
+        // SAFETY: idx is within the mapping; Slot's size is a multiple of 8,
+        // so elements are packed exactly as the array map lays them out.
+        unsafe { self.slots.base.as_ptr().add(idx as usize) }
+    }
+
+    /// A copy of the engine counters (racy reads of independent counters).
+    pub fn stats(&self) -> Stats {
+        let Some(bss) = self.skel.maps.bss_data.as_deref() else {
+            return Stats::default();
+        };
+        let p = std::ptr::addr_of!(bss.stats).cast::<Stats>();
+        // SAFETY: the generated bss type has `stats` laid out as struct
+        // db_stats, which Stats mirrors; volatile because the kernel writes it.
+        unsafe { std::ptr::read_volatile(p) }
+    }
+}

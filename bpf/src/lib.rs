@@ -1,0 +1,40 @@
+//! bpfdb engine binding: builds and loads the eBPF engine (`engine.bpf.c`),
+//! sizes its maps from [`Options`], attaches it to the in-process trigger,
+//! and offers a safe [`Db`]/[`Session`] API over the mmap'ed request slots.
+
+pub mod abi;
+mod db;
+mod engine;
+mod error;
+pub mod trigger;
+
+pub use abi::{Meta, Stats};
+pub use db::{Db, NewMeta, Session, SetFlags, Stat, TRANSIENT_RETRIES, check_key, key_hash};
+pub use engine::Layout;
+pub use error::{Error, Result};
+
+/// Engine sizes, fixed when the engine is loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Most keys the records map holds (live keys plus keys still holding
+    /// old versions).
+    pub max_keys: u32,
+    /// Largest value in bytes, at most 1 MiB.
+    pub max_value: u32,
+    /// Bytes of page memory for values over 128 bytes. Small values get
+    /// their own pool sized from max_keys.
+    pub value_mem_bytes: u64,
+    /// Request slots: one per thread using the engine at once.
+    pub slots: u32,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            max_keys: 100_000,
+            max_value: abi::VALUE_LIMIT as u32,
+            value_mem_bytes: 256 << 20,
+            slots: 16,
+        }
+    }
+}

@@ -1,0 +1,244 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * storage.bpf.h - value memory: two preallocated pools with free lists.
+ *
+ * A value of len bytes lives in
+ *   len == 0                      nothing (loc unused)
+ *   len <= DB_SMALL_CHUNK         one small chunk          (loc = chunk id)
+ *   len <= DB_PAGE_SIZE           one page                 (loc = page id)
+ *   len >  DB_PAGE_SIZE           an index page of ids     (loc = index page id)
+ *                                 + pages_of(len) data pages
+ * so a 100-byte value costs 128 bytes, not a page, and a 1 MiB value costs
+ * 257 pages. Ids come from the free stack, else from a bump counter; both
+ * are atomic, so allocation never takes a lock.
+ */
+#ifndef STORAGE_BPF_H
+#define STORAGE_BPF_H
+
+#include "engine.bpf.h"
+
+struct db_index {
+	__u32 ids[DB_PAGE_IDS];
+};
+
+static __always_inline int alloc_id(void *free_stack, __u64 *next, __u64 capacity, __u32 *id)
+{
+	if (bpf_map_pop_elem(free_stack, id) == 0)
+		return 0;
+	/* The bump counter may run past capacity on failed attempts; it is a
+	 * u64, so it cannot wrap, and ids at or past capacity are never used. */
+	__u64 n = __sync_fetch_and_add(next, 1);
+	if (n >= capacity)
+		return -ENOSPC;
+	*id = (__u32)n;
+	return 0;
+}
+
+static __always_inline int alloc_small(__u32 *id)
+{
+	int err = alloc_id(&small_free, &small_next, small_capacity, id);
+
+	if (!err)
+		stat_add(&stats.small_used, 1);
+	return err;
+}
+
+static __always_inline int alloc_page(__u32 *id)
+{
+	int err = alloc_id(&page_free, &page_next, page_capacity, id);
+
+	if (!err)
+		stat_add(&stats.pages_used, 1);
+	return err;
+}
+
+static __always_inline void free_small(__u32 id)
+{
+	bpf_map_push_elem(&small_free, &id, 0);
+	stat_add(&stats.small_used, -1);
+}
+
+static __always_inline void free_page(__u32 id)
+{
+	bpf_map_push_elem(&page_free, &id, 0);
+	stat_add(&stats.pages_used, -1);
+}
+
+/* Loops over the data pages of a large value run through bpf_loop, so the
+ * verifier checks each body once instead of once per page. */
+struct page_loop {
+	__u32 index_id; /* index page listing the data pages */
+	__u32 slot_idx; /* read/write: slot whose data area is copied */
+	__u32 got;      /* alloc: pages allocated so far */
+	__s32 err;
+};
+
+static __always_inline struct db_index *index_page(__u32 id)
+{
+	return bpf_map_lookup_elem(&page_pool, &id);
+}
+
+static long free_one_page(__u64 i, struct page_loop *pl)
+{
+	struct db_index *index = index_page(pl->index_id);
+
+	if (!index || i >= DB_PAGE_IDS)
+		return 1;
+	free_page(index->ids[i]);
+	return 0;
+}
+
+static long alloc_one_page(__u64 i, struct page_loop *pl)
+{
+	struct db_index *index = index_page(pl->index_id);
+
+	if (!index || i >= DB_PAGE_IDS || alloc_page(&index->ids[i])) {
+		pl->err = -ENOSPC;
+		return 1;
+	}
+	pl->got++;
+	return 0;
+}
+
+static __always_inline struct db_page *data_page(struct page_loop *pl, __u64 i)
+{
+	struct db_index *index = index_page(pl->index_id);
+
+	if (!index || i >= DB_VALUE_PAGES)
+		return NULL;
+	__u32 id = index->ids[i];
+	return bpf_map_lookup_elem(&page_pool, &id);
+}
+
+static long read_one_page(__u64 i, struct page_loop *pl)
+{
+	struct db_page *p = data_page(pl, i);
+	struct db_slot *slot = bpf_map_lookup_elem(&slots, &pl->slot_idx);
+
+	if (!p || !slot || i >= DB_VALUE_PAGES ||
+	    bpf_probe_read_kernel(slot->data + i * DB_PAGE_SIZE, DB_PAGE_SIZE, p)) {
+		pl->err = -EIO;
+		return 1;
+	}
+	return 0;
+}
+
+static long write_one_page(__u64 i, struct page_loop *pl)
+{
+	struct db_page *p = data_page(pl, i);
+	struct db_slot *slot = bpf_map_lookup_elem(&slots, &pl->slot_idx);
+
+	if (!p || !slot || i >= DB_VALUE_PAGES ||
+	    bpf_probe_read_kernel(p, DB_PAGE_SIZE, slot->data + i * DB_PAGE_SIZE)) {
+		pl->err = -EIO;
+		return 1;
+	}
+	return 0;
+}
+
+/* Frees the storage of a value. */
+static __noinline int free_storage(__u32 loc, __u32 len)
+{
+	if (len == 0)
+		return 0;
+	if (len <= DB_SMALL_CHUNK) {
+		free_small(loc);
+		return 0;
+	}
+	if (len > DB_PAGE_SIZE) {
+		struct page_loop pl = { .index_id = loc };
+
+		bpf_loop(pages_of(len), free_one_page, &pl, 0);
+	}
+	free_page(loc);
+	return 0;
+}
+
+/* Allocates storage for a value of len bytes into *loc. On failure nothing
+ * stays allocated and the error is -ENOSPC with *detail saying which pool. */
+static __noinline int alloc_storage(__u32 len, __u32 *loc, __u32 *detail)
+{
+	if (len == 0) {
+		*loc = 0;
+		return 0;
+	}
+	if (len <= DB_SMALL_CHUNK) {
+		*detail = DB_D_NO_SMALL;
+		return alloc_small(loc);
+	}
+	*detail = DB_D_NO_PAGES;
+	if (alloc_page(loc))
+		return -ENOSPC;
+	if (len <= DB_PAGE_SIZE)
+		return 0;
+
+	struct page_loop pl = { .index_id = *loc };
+	__u32 n = pages_of(len);
+
+	bpf_loop(n, alloc_one_page, &pl, 0);
+	if (pl.got == n)
+		return 0;
+	bpf_loop(pl.got, free_one_page, &pl, 0);
+	free_page(pl.index_id);
+	return -ENOSPC;
+}
+
+/* Copies the value bytes of a version into the data area of slot slot_idx. */
+static __noinline int read_storage(__u32 slot_idx, __u32 loc, __u32 len)
+{
+	struct db_slot *slot = bpf_map_lookup_elem(&slots, &slot_idx);
+
+	if (!slot)
+		return -EIO;
+	if (len == 0)
+		return 0;
+	if (len <= DB_SMALL_CHUNK) {
+		struct db_small_chunk *c = bpf_map_lookup_elem(&small_pool, &loc);
+
+		if (!c)
+			return -EIO;
+		return bpf_probe_read_kernel(slot->data, DB_SMALL_CHUNK, c);
+	}
+	if (len <= DB_PAGE_SIZE) {
+		struct db_page *p = bpf_map_lookup_elem(&page_pool, &loc);
+
+		if (!p)
+			return -EIO;
+		return bpf_probe_read_kernel(slot->data, DB_PAGE_SIZE, p);
+	}
+	struct page_loop pl = { .index_id = loc, .slot_idx = slot_idx };
+
+	bpf_loop(pages_of(len), read_one_page, &pl, 0);
+	return pl.err;
+}
+
+/* Copies the data area of slot slot_idx into storage from alloc_storage. */
+static __noinline int write_storage(__u32 slot_idx, __u32 loc, __u32 len)
+{
+	struct db_slot *slot = bpf_map_lookup_elem(&slots, &slot_idx);
+
+	if (!slot)
+		return -EIO;
+	if (len == 0)
+		return 0;
+	if (len <= DB_SMALL_CHUNK) {
+		struct db_small_chunk *c = bpf_map_lookup_elem(&small_pool, &loc);
+
+		if (!c)
+			return -EIO;
+		return bpf_probe_read_kernel(c, DB_SMALL_CHUNK, slot->data);
+	}
+	if (len <= DB_PAGE_SIZE) {
+		struct db_page *p = bpf_map_lookup_elem(&page_pool, &loc);
+
+		if (!p)
+			return -EIO;
+		return bpf_probe_read_kernel(p, DB_PAGE_SIZE, slot->data);
+	}
+	struct page_loop pl = { .index_id = loc, .slot_idx = slot_idx };
+
+	bpf_loop(pages_of(len), write_one_page, &pl, 0);
+	return pl.err;
+}
+
+#endif /* STORAGE_BPF_H */
