@@ -12,7 +12,7 @@ pub const SMALL_CHUNK: usize = 128;
 pub const PAGE_SIZE: usize = 4096;
 pub const MAX_VERSIONS: usize = 4;
 pub const MAX_SLOTS: u32 = 64;
-pub const SLOT_HEADER: usize = 1024;
+pub const SLOT_HEADER: usize = 2048;
 pub const OP_COUNT: usize = 6;
 
 pub const OWNER_AUTOCOMMIT: u32 = 1 << 31;
@@ -49,6 +49,7 @@ pub enum Detail {
     TooBig = 7,
     BadRequest = 8,
     Race = 9,
+    Collision = 10,
 }
 
 impl Detail {
@@ -63,6 +64,7 @@ impl Detail {
             7 => Detail::TooBig,
             8 => Detail::BadRequest,
             9 => Detail::Race,
+            10 => Detail::Collision,
             _ => Detail::None,
         }
     }
@@ -84,12 +86,20 @@ pub struct Meta {
     pub len: u32,
 }
 
+/// Map key of a record: seeded xxh3-128 of the name (struct db_hkey).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HKey {
+    pub lo: u64,
+    pub hi: u64,
+}
+
 #[repr(C)]
 pub struct Req {
     pub op: u32,
     pub flags: u32,
-    pub key_hash: u64,
-    pub key2_hash: u64,
+    pub hkey: HKey,
+    pub hkey2: HKey,
     pub cursor: u32,
     pub key_len: u32,
     pub key2_len: u32,
@@ -125,7 +135,10 @@ pub struct Slot {
     pub req: Req,
     pub resp: Resp,
     pub cont: Cont,
-    pub header_pad: [u8; SLOT_HEADER - size_of::<Req>() - size_of::<Resp>() - size_of::<Cont>()],
+    /// Engine scratch space (struct db_record); user space never reads it.
+    pub scratch: [u8; RECORD_SIZE],
+    pub header_pad:
+        [u8; SLOT_HEADER - size_of::<Req>() - size_of::<Resp>() - size_of::<Cont>() - RECORD_SIZE],
     pub data: [u8; VALUE_LIMIT],
 }
 
@@ -145,25 +158,28 @@ pub struct Stats {
     pub errors: u64,
 }
 
-/// Size of one hash-map record (struct db_record), for memory estimates.
-pub const RECORD_SIZE: usize = 32 + MAX_VERSIONS * 48;
+/// Size of struct db_record, the value of one hash-map element.
+pub const RECORD_SIZE: usize = 16 + MAX_VERSIONS * (8 + 8 + 24 + 4 + 4) + 8 + KEY_SIZE;
 
 const _: () = {
     assert!(size_of::<Meta>() == 24);
     assert!(offset_of!(Meta, len) == 20);
-    assert!(size_of::<Req>() == 576);
-    assert!(offset_of!(Req, cursor) == 24);
-    assert!(offset_of!(Req, meta) == 40);
-    assert!(offset_of!(Req, key) == 64);
-    assert!(offset_of!(Req, key2) == 320);
+    assert!(RECORD_SIZE == 472);
+    assert!(size_of::<Req>() == 592);
+    assert!(offset_of!(Req, hkey) == 8);
+    assert!(offset_of!(Req, cursor) == 40);
+    assert!(offset_of!(Req, meta) == 56);
+    assert!(offset_of!(Req, key) == 80);
+    assert!(offset_of!(Req, key2) == 336);
     assert!(size_of::<Resp>() == 56);
     assert!(offset_of!(Resp, ts) == 8);
     assert!(offset_of!(Resp, meta) == 16);
     assert!(offset_of!(Resp, count) == 40);
     assert!(offset_of!(Resp, done) == 48);
     assert!(size_of::<Cont>() == 16);
-    assert!(offset_of!(Slot, resp) == 576);
-    assert!(offset_of!(Slot, cont) == 632);
+    assert!(offset_of!(Slot, resp) == 592);
+    assert!(offset_of!(Slot, cont) == 648);
+    assert!(offset_of!(Slot, scratch) == 664);
     assert!(offset_of!(Slot, data) == SLOT_HEADER);
     assert!(size_of::<Slot>() == SLOT_HEADER + VALUE_LIMIT);
     assert!(size_of::<Stats>() == 16 * 8);

@@ -24,7 +24,7 @@
 #define DB_VALUE_PAGES (DB_VALUE_LIMIT / DB_PAGE_SIZE)      /* 256 data pages max */
 #define DB_MAX_VERSIONS 4            /* versions kept per key (MVCC) */
 #define DB_MAX_SLOTS 64              /* request slots (worker threads + API users) */
-#define DB_SLOT_HEADER 1024          /* bytes of a slot before its data area */
+#define DB_SLOT_HEADER 2048          /* bytes of a slot before its data area */
 #define DB_SCAN_ENTRY_MAX (1 + DB_KEY_SIZE) /* worst-case bytes of one scan entry */
 #define DB_TS_RING 256               /* commits in flight tracked for the stable watermark */
 
@@ -83,27 +83,34 @@ struct db_meta {
 	__u32 len;      /* value length in bytes */
 };
 
-/* One version of a key's value. Visible to a reader at timestamp S when
- * begin_ts <= S < end_ts and neither carries DB_TS_PENDING. */
-struct db_version {
-	__u64 begin_ts;  /* 0: slot unused */
-	__u64 end_ts;
-	struct db_meta meta;
-	__u32 loc;       /* chunk id, page id or index page id, chosen by meta.len */
-	__u32 flags;     /* DB_VF_* */
+/* Map key of a record: 128-bit xxh3 of the name, seeded per database. The
+ * record keeps the full name and every access compares it, so two names
+ * with one hash can never alias (the second is refused, see DB_D_COLLISION).
+ * A 16-byte map key keeps hashing, comparing and lock/write sets small. */
+struct db_hkey {
+	__u64 lo;
+	__u64 hi;
+};
+
+/* Value of the records hash map: one per key. Version i is
+ * (begin_ts[i], end_ts[i], meta[i], loc[i], vflags[i]); it is visible to a
+ * reader at timestamp S when begin_ts <= S < end_ts and neither carries
+ * DB_TS_PENDING. Arrays, not an array of structs, so that finding the
+ * visible version reads one cache line. */
+struct db_record {
+	__u64 lock;                        /* DB_LOCK_* */
+	__u64 gc_seq;                      /* bumped before storage is freed: readers retry */
+	__u64 begin_ts[DB_MAX_VERSIONS];   /* 0: version unused */
+	__u64 end_ts[DB_MAX_VERSIONS];
+	struct db_meta meta[DB_MAX_VERSIONS];
+	__u32 loc[DB_MAX_VERSIONS];        /* chunk, page or index page id, by meta.len */
+	__u32 vflags[DB_MAX_VERSIONS];     /* DB_VF_* */
+	__u32 key_len;
+	__u32 pad;
+	char name[DB_KEY_SIZE];            /* zero padded */
 };
 
 #define DB_VF_NOFREE (1u << 0) /* value storage was handed to a newer version */
-
-/* Value of the records hash map: one per key. */
-struct db_record {
-	__u64 lock;        /* DB_LOCK_* */
-	__u64 key_hash;    /* detects a map element reused for another key */
-	__u64 gc_seq;      /* bumped before storage is freed: readers retry */
-	__u32 key_len;
-	__u32 pad;
-	struct db_version versions[DB_MAX_VERSIONS];
-};
 
 struct db_small_chunk {
 	__u8 bytes[DB_SMALL_CHUNK];
@@ -116,8 +123,8 @@ struct db_page {
 struct db_req {
 	__u32 op;          /* enum db_op */
 	__u32 flags;       /* DB_F_* */
-	__u64 key_hash;
-	__u64 key2_hash;
+	struct db_hkey hkey;
+	struct db_hkey hkey2;
 	__u32 cursor;      /* SCAN: map elements to skip */
 	__u32 key_len;     /* bytes of key before its zero padding */
 	__u32 key2_len;
@@ -158,14 +165,16 @@ enum db_detail {
 	DB_D_TOO_BIG = 7,           /* EFBIG */
 	DB_D_BAD_REQUEST = 8,       /* EINVAL */
 	DB_D_RACE = 9,              /* EAGAIN: storage reclaimed under a reader; retry */
+	DB_D_COLLISION = 10,        /* ENOSPC: another key has the same 128-bit hash */
 };
 
 struct db_slot {
 	struct db_req req;
 	struct db_resp resp;
 	struct db_cont cont;
+	struct db_record scratch; /* a new record is built here, then inserted */
 	__u8 header_pad[DB_SLOT_HEADER - sizeof(struct db_req) - sizeof(struct db_resp) -
-			sizeof(struct db_cont)];
+			sizeof(struct db_cont) - sizeof(struct db_record)];
 	__u8 data[DB_VALUE_LIMIT]; /* value in (SET) and out (GET), scan entries */
 };
 

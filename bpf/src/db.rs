@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use log::debug;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 use crate::Options;
-use crate::abi::{self, Detail, Meta, Op, Slot, Stats};
+use crate::abi::{self, Detail, HKey, Meta, Op, Slot, Stats};
 use crate::engine::{Engine, Layout};
 use crate::error::{Error, Result};
 
@@ -96,8 +96,14 @@ pub fn check_key(name: &[u8]) -> Result<&[u8]> {
     Ok(name)
 }
 
-pub fn key_hash(name: &[u8]) -> u64 {
-    xxh3_64(name)
+/// Map key of a name. Seeded per database so that names crafted to collide
+/// elsewhere do not collide here (a collision is refused, never aliased).
+pub fn key_hash(name: &[u8], seed: u64) -> HKey {
+    let h = xxh3_128_with_seed(name, seed);
+    HKey {
+        lo: h as u64,
+        hi: (h >> 64) as u64,
+    }
 }
 
 /// Metadata a writer supplies; the value length comes from the value.
@@ -146,10 +152,11 @@ impl Session<'_> {
 
     fn prepare(&mut self, op: Op, flags: u32, key: &[u8]) -> Result<()> {
         let key = check_key(key)?;
+        let seed = self.db.opts.hash_seed;
         let req = &mut self.slot().req;
         req.op = op as u32;
         req.flags = flags;
-        req.key_hash = key_hash(key);
+        req.hkey = key_hash(key, seed);
         req.key_len = key.len() as u32;
         write_key(&mut req.key, key);
         Ok(())
@@ -192,6 +199,7 @@ impl Session<'_> {
             Detail::VersionsFull => "all versions of the key are still needed by readers",
             Detail::TooBig => "value exceeds max_value",
             Detail::BadRequest => "malformed request",
+            Detail::Collision => "another key has the same 128-bit hash (rename it)",
             Detail::Race | Detail::LockedAutocommit => "conflict",
             Detail::None => "",
         };
@@ -311,8 +319,9 @@ impl Session<'_> {
             if no_replace { abi::F_NOREPLACE } else { 0 },
             from,
         )?;
+        let seed = self.db.opts.hash_seed;
         let req = &mut self.slot().req;
-        req.key2_hash = key_hash(to);
+        req.hkey2 = key_hash(to, seed);
         req.key2_len = to.len() as u32;
         write_key(&mut req.key2, to);
         Ok(self.run("rename")?.ts)

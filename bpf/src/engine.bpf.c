@@ -31,28 +31,35 @@ static __always_inline __u32 busy_detail(__u64 lock)
 	return DB_D_LOCKED_TXN;
 }
 
-/* Finds the record of key and takes its exclusive lock for owner, creating
- * an empty record (born locked) when create is set. Returns NULL after
- * writing the error into the slot. */
-static __always_inline struct db_record *lock_record(struct db_slot *slot, struct db_key *key,
-						      __u64 key_hash, __u32 key_len, __u32 owner,
-						      bool create)
+/* Finds the record of the request's key (key2 when second) and takes its
+ * exclusive lock for owner, creating an empty record (born locked) when
+ * create is set. Returns NULL after writing the error into the slot. */
+static __always_inline struct db_record *lock_record(struct db_slot *slot, bool second,
+						      __u32 owner, bool create)
 {
+	struct db_hkey *hkey = second ? &slot->req.hkey2 : &slot->req.hkey;
+	struct db_key *key = second ? &slot->req.key2 : &slot->req.key;
+	__u32 key_len = second ? slot->req.key2_len : slot->req.key_len;
 	__u64 mine = DB_LOCK_X | owner;
-	struct db_record *rec = bpf_map_lookup_elem(&records, key);
+	struct db_record *rec = bpf_map_lookup_elem(&records, hkey);
 
 	if (!rec) {
 		if (!create) {
 			fail(slot, -ENOENT, DB_D_NONE);
 			return NULL;
 		}
-		struct db_record init = {};
+		/* Built in the slot: a record does not fit on the 512-byte stack. */
+		struct db_record *init = &slot->scratch;
 
-		init.lock = mine;
-		init.key_hash = key_hash;
-		init.gc_seq = __sync_fetch_and_add(&record_gen, 1) << 32;
-		init.key_len = key_len;
-		long err = bpf_map_update_elem(&records, key, &init, BPF_NOEXIST);
+		__builtin_memset(init, 0, sizeof(*init));
+		init->lock = mine;
+		init->gc_seq = __sync_fetch_and_add(&record_gen, 1) << 32;
+		init->key_len = key_len;
+		if (bpf_probe_read_kernel(init->name, sizeof(init->name), key->name)) {
+			fail(slot, -EIO, DB_D_NONE);
+			return NULL;
+		}
+		long err = bpf_map_update_elem(&records, hkey, init, BPF_NOEXIST);
 		if (err == -EEXIST) {
 			fail(slot, -EBUSY, DB_D_LOCKED_AUTOCOMMIT);
 			return NULL;
@@ -61,7 +68,7 @@ static __always_inline struct db_record *lock_record(struct db_slot *slot, struc
 			fail(slot, -ENOSPC, DB_D_NO_KEYS);
 			return NULL;
 		}
-		rec = bpf_map_lookup_elem(&records, key);
+		rec = bpf_map_lookup_elem(&records, hkey);
 		if (!rec || READ_ONCE(rec->lock) != mine) {
 			fail(slot, -EBUSY, DB_D_RACE);
 			return NULL;
@@ -74,11 +81,16 @@ static __always_inline struct db_record *lock_record(struct db_slot *slot, struc
 		fail(slot, -EBUSY, busy_detail(old));
 		return NULL;
 	}
-	/* The element may have been deleted and reused for another key between
-	 * lookup and lock; the hash tells. */
-	if (rec->key_hash != key_hash) {
+	if (!name_matches(rec, key, key_len)) {
+		/* Still in the map under our hash: another name has it. Gone:
+		 * the element was reused between lookup and lock; retry. */
+		bool collision = bpf_map_lookup_elem(&records, hkey) == rec;
+
 		WRITE_ONCE(rec->lock, DB_LOCK_FREE);
-		fail(slot, -EBUSY, DB_D_RACE);
+		if (collision)
+			fail(slot, -ENOSPC, DB_D_COLLISION);
+		else
+			fail(slot, -EBUSY, DB_D_RACE);
 		return NULL;
 	}
 	return rec;
@@ -87,19 +99,19 @@ static __always_inline struct db_record *lock_record(struct db_slot *slot, struc
 static __always_inline bool record_empty(struct db_record *rec)
 {
 	for (int i = 0; i < DB_MAX_VERSIONS; i++)
-		if (rec->versions[i].begin_ts != 0)
+		if (rec->begin_ts[i] != 0)
 			return false;
 	return true;
 }
 
 /* Releases the lock; a record left with no versions leaves the map. */
-static __always_inline void unlock_record(struct db_record *rec, struct db_key *key)
+static __always_inline void unlock_record(struct db_record *rec, struct db_hkey *hkey)
 {
 	if (record_empty(rec)) {
 		/* DEAD first: stale lockers fail their CAS; readers see gc_seq move. */
 		WRITE_ONCE(rec->lock, DB_LOCK_DEAD);
 		__sync_fetch_and_add(&rec->gc_seq, 1);
-		bpf_map_delete_elem(&records, key);
+		bpf_map_delete_elem(&records, hkey);
 		stat_add(&stats.records, -1);
 		return;
 	}
@@ -121,14 +133,14 @@ static __noinline void gc_record(struct db_record *rec)
 	__u64 horizon = gc_horizon();
 
 	for (int i = 0; i < DB_MAX_VERSIONS; i++) {
-		struct db_version *v = &rec->versions[i];
+		__u64 end = rec->end_ts[i];
 
-		if (!ts_committed(v->begin_ts) || !ts_committed(v->end_ts) || v->end_ts > horizon)
+		if (!ts_committed(rec->begin_ts[i]) || !ts_committed(end) || end > horizon)
 			continue;
 		__sync_fetch_and_add(&rec->gc_seq, 1);
-		if (!(v->flags & DB_VF_NOFREE))
-			free_storage(v->loc, v->meta.len);
-		v->begin_ts = 0;
+		if (!(rec->vflags[i] & DB_VF_NOFREE))
+			free_storage(rec->loc[i], rec->meta[i].len);
+		rec->begin_ts[i] = 0;
 		stat_add(&stats.versions_reclaimed, 1);
 	}
 }
@@ -136,7 +148,7 @@ static __noinline void gc_record(struct db_record *rec)
 static __always_inline int free_version_index(struct db_record *rec)
 {
 	for (int i = 0; i < DB_MAX_VERSIONS; i++)
-		if (rec->versions[i].begin_ts == 0)
+		if (rec->begin_ts[i] == 0)
 			return i;
 	return -1;
 }
@@ -201,6 +213,8 @@ int dispatch(struct pt_regs *ctx)
 
 /* ---- GET: lock-free read of the newest committed version ---- */
 
+#define V(i) ((i) & (DB_MAX_VERSIONS - 1)) /* bounded version index */
+
 SEC("uprobe")
 int stage_get(struct pt_regs *ctx)
 {
@@ -209,24 +223,26 @@ int stage_get(struct pt_regs *ctx)
 	if (!slot)
 		return 0;
 	for (int attempt = 0; attempt < DB_READ_RETRIES; attempt++) {
-		struct db_record *rec = bpf_map_lookup_elem(&records, &slot->req.key);
+		struct db_record *rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
 
 		if (!rec)
 			return fail(slot, -ENOENT, DB_D_NONE);
 		__u64 seq = READ_ONCE(rec->gc_seq);
-		if (rec->key_hash != slot->req.key_hash)
-			continue; /* element reused for another key: look up again */
+		if (!name_matches(rec, &slot->req.key, slot->req.key_len)) {
+			if (READ_ONCE(rec->gc_seq) == seq)
+				return fail(slot, -ENOENT, DB_D_NONE); /* another name's hash */
+			continue;
+		}
 		int i = latest_version(rec);
 		bool live = version_live(rec, i);
-		struct db_version *v = &rec->versions[i & (DB_MAX_VERSIONS - 1)];
-		__u32 len = v->meta.len;
+		__u32 len = rec->meta[V(i)].len;
 		int err = 0;
 
 		if (live) {
-			slot->resp.meta = v->meta;
-			slot->resp.ts = v->begin_ts;
+			slot->resp.meta = rec->meta[V(i)];
+			slot->resp.ts = rec->begin_ts[V(i)];
 			if (!(slot->req.flags & DB_F_META_ONLY) && len <= DB_VALUE_LIMIT)
-				err = read_storage((__u32)PT_REGS_PARM2(ctx), v->loc, len);
+				err = read_storage((__u32)PT_REGS_PARM2(ctx), rec->loc[V(i)], len);
 		}
 		if (READ_ONCE(rec->gc_seq) != seq) {
 			stat_add(&stats.read_retries, 1);
@@ -255,9 +271,8 @@ int stage_set_prepare(struct pt_regs *ctx)
 	if (len > max_value)
 		return fail(slot, -EFBIG, DB_D_TOO_BIG);
 
-	struct db_record *rec = lock_record(slot, &slot->req.key, slot->req.key_hash,
-					    slot->req.key_len, autocommit_owner(ctx),
-					    !(flags & DB_F_MUST_EXIST));
+	__u32 owner = autocommit_owner(ctx);
+	struct db_record *rec = lock_record(slot, false, owner, !(flags & DB_F_MUST_EXIST));
 	if (!rec)
 		return 0;
 	int cur = latest_version(rec);
@@ -276,30 +291,28 @@ int stage_set_prepare(struct pt_regs *ctx)
 			err = -EBUSY;
 			detail = DB_D_VERSIONS_FULL;
 		} else {
-			struct db_version *v = &rec->versions[idx & (DB_MAX_VERSIONS - 1)];
-
 			slot->cont.version = idx;
 			if (flags & DB_F_META_ONLY) {
-				struct db_version *c = &rec->versions[cur & (DB_MAX_VERSIONS - 1)];
-				slot->cont.loc = c->loc;
-				slot->req.meta.len = c->meta.len;
-				len = c->meta.len;
+				slot->cont.loc = rec->loc[V(cur)];
+				len = rec->meta[V(cur)].len;
+				slot->req.meta.len = len;
 			} else {
 				err = alloc_storage(len, &slot->cont.loc, &detail);
 			}
 			if (!err) {
 				/* Reserve the version: pending, invisible to readers. */
-				v->end_ts = DB_TS_INF;
-				v->begin_ts = DB_TS_PENDING | autocommit_owner(ctx);
+				rec->end_ts[V(idx)] = DB_TS_INF;
+				WRITE_ONCE(rec->begin_ts[V(idx)], DB_TS_PENDING | owner);
 			}
 		}
 	}
 	if (err) {
-		unlock_record(rec, &slot->req.key);
+		unlock_record(rec, &slot->req.hkey);
 		return fail(slot, err, detail);
 	}
 	if ((flags & DB_F_META_ONLY) || len <= DB_SMALL_CHUNK) {
-		if (!(flags & DB_F_META_ONLY) && write_storage((__u32)PT_REGS_PARM2(ctx), slot->cont.loc, len))
+		if (!(flags & DB_F_META_ONLY) &&
+		    write_storage((__u32)PT_REGS_PARM2(ctx), slot->cont.loc, len))
 			slot->resp.err = -EIO; /* commit stage undoes */
 		bpf_tail_call(ctx, &stages, DB_STAGE_SET_COMMIT);
 	} else {
@@ -328,43 +341,42 @@ int stage_set_commit(struct pt_regs *ctx)
 
 	if (!slot)
 		return 0;
-	struct db_record *rec = bpf_map_lookup_elem(&records, &slot->req.key);
+	struct db_record *rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
 	if (!rec || READ_ONCE(rec->lock) != (DB_LOCK_X | autocommit_owner(ctx)))
 		return fail(slot, -EIO, DB_D_NONE); /* lost our own lock: a bug */
 
 	__u32 flags = slot->req.flags;
-	struct db_version *v = &rec->versions[slot->cont.version & (DB_MAX_VERSIONS - 1)];
+	__u32 v = slot->cont.version;
 	if (slot->resp.err) {
 		if (!(flags & DB_F_META_ONLY))
 			free_storage(slot->cont.loc, slot->req.meta.len);
-		v->begin_ts = 0;
-		unlock_record(rec, &slot->req.key);
+		rec->begin_ts[V(v)] = 0;
+		unlock_record(rec, &slot->req.hkey);
 		return fail(slot, slot->resp.err, DB_D_NONE);
 	}
-	int prev = latest_version(rec);
-	bool existed = version_live(rec, prev);
-	struct db_version *p = &rec->versions[prev & (DB_MAX_VERSIONS - 1)];
-	__u64 prev_len = existed ? p->meta.len : 0;
+	int p = latest_version(rec);
+	bool existed = version_live(rec, p);
+	__u64 prev_len = existed ? rec->meta[V(p)].len : 0;
 
-	v->meta = slot->req.meta;
-	v->loc = slot->cont.loc;
-	v->flags = 0;
+	rec->meta[V(v)] = slot->req.meta;
+	rec->loc[V(v)] = slot->cont.loc;
+	rec->vflags[V(v)] = 0;
 	__u64 ts = next_commit_ts();
 	/* Newest begin first: a reader between the two stores sees the new
 	 * version as the newest, never a gap. */
-	WRITE_ONCE(v->begin_ts, ts);
+	WRITE_ONCE(rec->begin_ts[V(v)], ts);
 	if (existed) {
 		if (flags & DB_F_META_ONLY)
-			p->flags |= DB_VF_NOFREE; /* storage now belongs to v */
-		WRITE_ONCE(p->end_ts, ts);
+			rec->vflags[V(p)] |= DB_VF_NOFREE; /* storage now belongs to v */
+		WRITE_ONCE(rec->end_ts[V(p)], ts);
 	} else {
 		stat_add(&stats.keys, 1);
 	}
-	stat_add(&stats.value_bytes, (__s64)v->meta.len - (__s64)prev_len);
+	stat_add(&stats.value_bytes, (__s64)slot->req.meta.len - (__s64)prev_len);
 	gc_record(rec);
-	unlock_record(rec, &slot->req.key);
+	unlock_record(rec, &slot->req.hkey);
 	slot->resp.ts = ts;
-	slot->resp.meta = v->meta;
+	slot->resp.meta = slot->req.meta;
 	return 0;
 }
 
@@ -377,24 +389,22 @@ int stage_delete(struct pt_regs *ctx)
 
 	if (!slot)
 		return 0;
-	struct db_record *rec = lock_record(slot, &slot->req.key, slot->req.key_hash,
-					    slot->req.key_len, autocommit_owner(ctx), false);
+	struct db_record *rec = lock_record(slot, false, autocommit_owner(ctx), false);
 	if (!rec)
 		return 0;
 	int cur = latest_version(rec);
 	if (!version_live(rec, cur)) {
-		unlock_record(rec, &slot->req.key);
+		unlock_record(rec, &slot->req.hkey);
 		return fail(slot, -ENOENT, DB_D_NONE);
 	}
-	struct db_version *v = &rec->versions[cur & (DB_MAX_VERSIONS - 1)];
 	__u64 ts = next_commit_ts();
 
-	WRITE_ONCE(v->end_ts, ts);
+	WRITE_ONCE(rec->end_ts[V(cur)], ts);
 	stat_add(&stats.keys, -1);
-	stat_add(&stats.value_bytes, -(__s64)v->meta.len);
+	stat_add(&stats.value_bytes, -(__s64)rec->meta[V(cur)].len);
 	slot->resp.ts = ts;
 	gc_record(rec);
-	unlock_record(rec, &slot->req.key);
+	unlock_record(rec, &slot->req.hkey);
 	return 0;
 }
 
@@ -410,24 +420,22 @@ int stage_rename(struct pt_regs *ctx)
 	if (!key_valid(&slot->req.key2))
 		return fail(slot, -EINVAL, DB_D_BAD_REQUEST);
 	__u32 owner = autocommit_owner(ctx);
-	struct db_record *src = lock_record(slot, &slot->req.key, slot->req.key_hash,
-					      slot->req.key_len, owner, false);
+	struct db_record *src = lock_record(slot, false, owner, false);
 	if (!src)
 		return 0;
 	int s = latest_version(src);
 	if (!version_live(src, s)) {
-		unlock_record(src, &slot->req.key);
+		unlock_record(src, &slot->req.hkey);
 		return fail(slot, -ENOENT, DB_D_NONE);
 	}
-	if (slot->req.key_hash == slot->req.key2_hash &&
-	    bpf_map_lookup_elem(&records, &slot->req.key2) == src) {
-		unlock_record(src, &slot->req.key); /* rename onto itself */
+	if (slot->req.hkey.lo == slot->req.hkey2.lo && slot->req.hkey.hi == slot->req.hkey2.hi &&
+	    name_matches(src, &slot->req.key2, slot->req.key2_len)) {
+		unlock_record(src, &slot->req.hkey); /* rename onto itself */
 		return 0;
 	}
-	struct db_record *dst = lock_record(slot, &slot->req.key2, slot->req.key2_hash,
-					      slot->req.key2_len, owner, true);
+	struct db_record *dst = lock_record(slot, true, owner, true);
 	if (!dst) {
-		unlock_record(src, &slot->req.key);
+		unlock_record(src, &slot->req.hkey);
 		return 0;
 	}
 	int d = latest_version(dst);
@@ -445,36 +453,33 @@ int stage_rename(struct pt_regs *ctx)
 		}
 	}
 	if (err) {
-		unlock_record(dst, &slot->req.key2);
-		unlock_record(src, &slot->req.key);
+		unlock_record(dst, &slot->req.hkey2);
+		unlock_record(src, &slot->req.hkey);
 		return fail(slot, err, detail);
 	}
 	int n = free_version_index(dst);
-	struct db_version *nv = &dst->versions[n & (DB_MAX_VERSIONS - 1)];
-	struct db_version *sv = &src->versions[s & (DB_MAX_VERSIONS - 1)];
-	struct db_version *dv = &dst->versions[d & (DB_MAX_VERSIONS - 1)];
 	__u64 ts = next_commit_ts();
 
 	/* The value moves: the new version owns the storage, the source's
 	 * ended version keeps a reference only for older readers. */
-	nv->meta = sv->meta;
-	nv->loc = sv->loc;
-	nv->flags = 0;
-	nv->end_ts = DB_TS_INF;
-	WRITE_ONCE(nv->begin_ts, ts);
+	dst->meta[V(n)] = src->meta[V(s)];
+	dst->loc[V(n)] = src->loc[V(s)];
+	dst->vflags[V(n)] = 0;
+	dst->end_ts[V(n)] = DB_TS_INF;
+	WRITE_ONCE(dst->begin_ts[V(n)], ts);
 	if (replacing) {
-		WRITE_ONCE(dv->end_ts, ts);
+		WRITE_ONCE(dst->end_ts[V(d)], ts);
 		stat_add(&stats.keys, -1);
-		stat_add(&stats.value_bytes, -(__s64)dv->meta.len);
+		stat_add(&stats.value_bytes, -(__s64)dst->meta[V(d)].len);
 	}
-	sv->flags |= DB_VF_NOFREE;
-	WRITE_ONCE(sv->end_ts, ts);
+	src->vflags[V(s)] |= DB_VF_NOFREE;
+	WRITE_ONCE(src->end_ts[V(s)], ts);
 	slot->resp.ts = ts;
-	slot->resp.meta = nv->meta;
+	slot->resp.meta = dst->meta[V(n)];
 	gc_record(dst);
 	gc_record(src);
-	unlock_record(dst, &slot->req.key2);
-	unlock_record(src, &slot->req.key);
+	unlock_record(dst, &slot->req.hkey2);
+	unlock_record(src, &slot->req.hkey);
 	return 0;
 }
 
@@ -489,7 +494,7 @@ struct scan_ctx {
 	__u32 full;
 };
 
-static long scan_one(void *map, struct db_key *key, struct db_record *rec,
+static long scan_one(void *map, struct db_hkey *hkey, struct db_record *rec,
 		     struct scan_ctx *sc)
 {
 	if (sc->skip) {
@@ -511,7 +516,7 @@ static long scan_one(void *map, struct db_key *key, struct db_record *rec,
 
 	/* Entry: one length byte, then the name (no terminator). */
 	slot->data[off] = len;
-	if (bpf_probe_read_kernel(&slot->data[off + 1], len, key->name))
+	if (bpf_probe_read_kernel(&slot->data[off + 1], len, rec->name))
 		return 1;
 	sc->off = off + 1 + len;
 	sc->count++;

@@ -57,7 +57,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1);
-	__type(key, struct db_key);
+	__type(key, struct db_hkey);
 	__type(value, struct db_record);
 } records SEC(".maps");
 
@@ -142,7 +142,7 @@ static __always_inline int latest_version(struct db_record *rec)
 	int best = -1;
 
 	for (int i = 0; i < DB_MAX_VERSIONS; i++) {
-		__u64 b = READ_ONCE(rec->versions[i].begin_ts);
+		__u64 b = READ_ONCE(rec->begin_ts[i]);
 
 		if (ts_committed(b) && b > best_ts) {
 			best_ts = b;
@@ -156,7 +156,25 @@ static __always_inline bool version_live(struct db_record *rec, int i)
 {
 	if (i < 0)
 		return false;
-	return !ts_committed(READ_ONCE(rec->versions[i & (DB_MAX_VERSIONS - 1)].end_ts));
+	return !ts_committed(READ_ONCE(rec->end_ts[i & (DB_MAX_VERSIONS - 1)]));
+}
+
+/* Exact name check: zero-padded names compared a word at a time, only as
+ * far as the name goes (usually one cache line). */
+static __always_inline bool name_matches(struct db_record *rec, struct db_key *key, __u32 key_len)
+{
+	if (READ_ONCE(rec->key_len) != key_len)
+		return false;
+	__u64 *a = (__u64 *)rec->name;
+	__u64 *b = (__u64 *)key->name;
+
+	for (int i = 0; i < DB_KEY_SIZE / 8; i++) {
+		if (i * 8 >= key_len)
+			break;
+		if (a[i] != b[i])
+			return false;
+	}
+	return true;
 }
 
 /* Storage class of a value: none, one small chunk, one page, or an index

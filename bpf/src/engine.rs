@@ -69,7 +69,7 @@ impl Layout {
     /// Bytes of map memory this layout preallocates (approximate: without
     /// the hash map's per-element header).
     pub fn map_bytes(&self) -> u64 {
-        let record = (abi::KEY_SIZE + abi::RECORD_SIZE) as u64;
+        let record = (std::mem::size_of::<abi::HKey>() + abi::RECORD_SIZE) as u64;
         self.max_keys as u64 * record
             + self.small_chunks as u64 * (abi::SMALL_CHUNK as u64 + 4)
             + self.pages as u64 * (abi::PAGE_SIZE as u64 + 4)

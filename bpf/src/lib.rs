@@ -26,6 +26,8 @@ pub struct Options {
     pub value_mem_bytes: u64,
     /// Request slots: one per thread using the engine at once.
     pub slots: u32,
+    /// Seed of the key hash; a database keeps one for its life.
+    pub hash_seed: u64,
 }
 
 impl Default for Options {
@@ -35,6 +37,7 @@ impl Default for Options {
             max_value: abi::VALUE_LIMIT as u32,
             value_mem_bytes: 256 << 20,
             slots: 16,
+            hash_seed: 0,
         }
     }
 }
