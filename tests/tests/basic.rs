@@ -1,0 +1,298 @@
+//! Reading and writing keys with everyday shell tools (docs/SEMANTICS.md: Namespace, Reading,
+//! Writing).
+
+use bpfdb_tests::{Mount, lines, msg, renameat2_sh};
+
+#[test]
+fn echo_then_cat_roundtrips_the_value() {
+    let m = Mount::new();
+    assert_eq!(m.ok("echo hello > greeting && cat greeting"), "hello\n");
+    // Every byte value survives, NUL and 0xff included.
+    assert_eq!(
+        m.ok_bytes(r"printf 'a\000b\377\n' > bin && cat bin"),
+        b"a\0b\xff\n"
+    );
+    assert_eq!(m.ok("stat -c %s greeting bin"), "6\n5\n");
+}
+
+#[test]
+fn a_key_is_a_regular_file_in_a_flat_directory() {
+    let m = Mount::new();
+    m.ok("echo v > k");
+    assert_eq!(m.ok("stat -c %F k"), "regular file\n");
+    assert_eq!(m.ok("stat -c %F ."), "directory\n");
+    assert_eq!(m.ok("ls"), "k\n");
+}
+
+#[test]
+fn rewriting_a_key_replaces_its_whole_value() {
+    let m = Mount::new();
+    m.ok("echo 'a much longer first value' > k");
+    assert_eq!(m.ok("echo short > k && cat k"), "short\n");
+    assert_eq!(m.ok("stat -c %s k"), "6\n");
+    assert_eq!(m.ok("printf '' > k && stat -c %s k && cat k"), "0\n");
+}
+
+#[test]
+fn append_adds_to_the_end() {
+    let m = Mount::new();
+    assert_eq!(
+        m.ok("echo one > k && echo two >> k && printf three >> k && cat k"),
+        "one\ntwo\nthree"
+    );
+    // `>>` on a missing key creates it.
+    assert_eq!(m.ok("echo fresh >> new && cat new"), "fresh\n");
+    assert_eq!(m.ok("stat -c %s k new"), "13\n6\n");
+}
+
+#[test]
+fn cp_of_a_1mib_random_file_roundtrips() {
+    let m = Mount::new();
+    m.ok("dd if=/dev/urandom of=$T/rand bs=1M count=1 iflag=fullblock 2>/dev/null");
+    m.ok("cp $T/rand blob && cp blob $T/back");
+    m.ok("cmp $T/rand $T/back && cmp $T/rand blob && cmp blob $T/back");
+    assert_eq!(m.ok("stat -c %s blob"), "1048576\n");
+    // cat and dd with small blocks read the same bytes as cp.
+    m.ok("cat blob | cmp - $T/rand");
+    m.ok("dd if=blob bs=4096 2>/dev/null | cmp - $T/rand");
+    // Overwriting with a different 1 MiB value replaces all of it.
+    m.ok("dd if=/dev/urandom of=$T/rand2 bs=1M count=1 iflag=fullblock 2>/dev/null");
+    m.ok("cat $T/rand2 > blob && cmp blob $T/rand2");
+}
+
+#[test]
+fn dd_writes_at_an_offset_and_zero_fills_the_gap() {
+    let m = Mount::new();
+    m.ok("printf abc > k");
+    m.ok("printf XY | dd of=k bs=1 seek=10 conv=notrunc 2>/dev/null");
+    assert_eq!(m.ok_bytes("cat k"), b"abc\0\0\0\0\0\0\0XY");
+    assert_eq!(m.ok("stat -c %s k"), "12\n");
+    // A write inside the value edits it in place; the size stays.
+    m.ok("printf Q | dd of=k bs=1 seek=1 conv=notrunc 2>/dev/null");
+    assert_eq!(m.ok_bytes("cat k"), b"aQc\0\0\0\0\0\0\0XY");
+    assert_eq!(m.ok("stat -c %s k"), "12\n");
+    // dd at an offset into a missing key creates it with a zero-filled head.
+    m.ok("printf Z | dd of=fresh bs=1 seek=5 2>/dev/null");
+    assert_eq!(m.ok_bytes("cat fresh"), b"\0\0\0\0\0Z");
+}
+
+#[test]
+fn dd_offset_write_into_a_large_value() {
+    let m = Mount::new();
+    m.ok("dd if=/dev/urandom of=$T/v bs=64k count=8 iflag=fullblock 2>/dev/null && cp $T/v k");
+    // Patch 4 KiB at 300000 in both copies; they must stay identical.
+    m.ok("dd if=/dev/zero of=$T/v bs=1 seek=300000 count=4096 conv=notrunc 2>/dev/null");
+    m.ok("dd if=/dev/zero of=k bs=1 seek=300000 count=4096 conv=notrunc 2>/dev/null");
+    m.ok("cmp k $T/v");
+    assert_eq!(m.ok("stat -c %s k"), "524288\n");
+}
+
+#[test]
+fn truncate_grows_with_zeros_and_shrinks() {
+    let m = Mount::new();
+    m.ok("printf hello > k");
+    m.ok("truncate -s 8 k");
+    assert_eq!(m.ok_bytes("cat k"), b"hello\0\0\0");
+    assert_eq!(m.ok("stat -c %s k"), "8\n");
+    m.ok("truncate -s 2 k");
+    assert_eq!(m.ok_bytes("cat k"), b"he");
+    m.ok("truncate -s 0 k");
+    assert_eq!(m.ok("stat -c %s k && cat k && ls"), "0\nk\n");
+    // truncate creates a missing key.
+    m.ok("truncate -s 4 t");
+    assert_eq!(m.ok_bytes("cat t"), b"\0\0\0\0");
+    // Growing to exactly max_value (1 MiB by default) is allowed.
+    m.ok("truncate -s 1M big");
+    assert_eq!(m.ok("stat -c %s big"), "1048576\n");
+    m.ok("head -c 1048576 /dev/zero | cmp - big");
+}
+
+#[test]
+fn touch_creates_an_empty_key() {
+    let m = Mount::new();
+    m.ok("touch k");
+    assert_eq!(m.ok("stat -c '%s %F' k"), "0 regular empty file\n");
+    assert_eq!(m.ok("cat k"), "");
+    assert_eq!(m.ok("ls"), "k\n");
+    // touch on an existing key leaves the value alone.
+    m.ok("echo v > k && touch k");
+    assert_eq!(m.ok("cat k"), "v\n");
+}
+
+#[test]
+fn rm_deletes_at_once() {
+    let m = Mount::new();
+    m.ok("echo v > k && echo w > keep");
+    m.ok("rm k");
+    m.fails("cat k", msg::ENOENT);
+    assert_eq!(m.ok("ls"), "keep\n");
+    assert_eq!(m.ok("[ ! -e k ] && echo gone"), "gone\n");
+    // The name is free again.
+    assert_eq!(m.ok("echo again > k && cat k"), "again\n");
+}
+
+#[test]
+fn mv_renames_and_replaces_the_target() {
+    let m = Mount::new();
+    m.ok("echo A > a && echo B > b");
+    m.ok("mv a b");
+    assert_eq!(m.ok("cat b"), "A\n");
+    m.fails("cat a", msg::ENOENT);
+    assert_eq!(m.ok("ls"), "b\n");
+    // To a fresh name.
+    m.ok("mv b c");
+    assert_eq!(m.ok("ls && cat c"), "c\nA\n");
+    m.fails("cat b", msg::ENOENT);
+    // Replacing a larger value with an empty one.
+    m.ok("head -c 200000 /dev/zero > big && touch empty && mv empty big");
+    assert_eq!(m.ok("stat -c %s big && ls"), "0\nbig\nc\n");
+}
+
+#[test]
+fn mv_onto_itself_is_a_no_op() {
+    let m = Mount::new();
+    m.ok("echo A > a && echo B > b");
+    // coreutils stops at its own same-file check; the key must be untouched either way.
+    let _ = m.sh("mv a a");
+    assert_eq!(m.ok("cat a"), "A\n");
+    // rename(2) of a key onto itself reaches the daemon: success, nothing changes.
+    m.ok(&format!("{}renameat2 a a 0", renameat2_sh()));
+    assert_eq!(m.ok("cat a b && ls"), "A\nB\na\nb\n");
+}
+
+#[test]
+fn open_reader_keeps_the_value_it_opened() {
+    let m = Mount::new();
+    // Small value, rewritten while a handle is open.
+    assert_eq!(
+        m.ok("printf old > k; exec 3< k; printf new > k; cat <&3; echo; cat k"),
+        "old\nnew"
+    );
+    // Removed while open.
+    assert_eq!(m.ok("exec 3< k; rm k; cat <&3"), "new");
+    // Replaced by mv while open.
+    assert_eq!(
+        m.ok("printf B > b; printf A > a; exec 3< b; mv a b; cat <&3; echo; cat b"),
+        "B\nA"
+    );
+    // A 1 MiB value: read 4 KiB, replace the value, read the rest: all of it is the old one.
+    m.ok("dd if=/dev/urandom of=$T/old bs=1M count=1 iflag=fullblock 2>/dev/null");
+    m.ok("dd if=/dev/urandom of=$T/new bs=1M count=1 iflag=fullblock 2>/dev/null");
+    m.ok("cp $T/old big");
+    m.ok(
+        "exec 3< big; dd bs=4096 count=1 <&3 > $T/read 2>/dev/null; \
+         cp $T/new big; cat <&3 >> $T/read; exec 3<&-",
+    );
+    m.ok("cmp $T/read $T/old && cmp big $T/new");
+}
+
+#[test]
+fn a_writer_commits_on_close_and_readers_see_the_old_value_until_then() {
+    let m = Mount::new();
+    // dd holds the only write handle while it waits for the pipe; `sleep` never holds one.
+    let out = m.ok("printf old > k
+         { sleep 2; printf new; } | dd of=k 2>/dev/null &
+         sleep 0.5
+         printf 'during:%s\\n' \"$(cat k)\"
+         wait
+         printf 'after:%s\\n' \"$(cat k)\"");
+    // O_TRUNC empties only the writer's buffer: readers still see "old", never "".
+    assert_eq!(lines(&out), ["during:old", "after:new"]);
+
+    // Writes already made to the buffer are not visible before the close either.
+    let out = m.ok("printf old > k
+         { printf NEW; sleep 2; printf ER; } | dd of=k 2>/dev/null &
+         sleep 0.5
+         printf 'during:%s\\n' \"$(cat k)\"
+         wait
+         printf 'after:%s\\n' \"$(cat k)\"");
+    assert_eq!(lines(&out), ["during:old", "after:NEWER"]);
+
+    // ftruncate on an open writer edits its buffer only.
+    let out = m.ok("printf hello > k
+         { sleep 2; printf XY; } | dd of=k bs=1 seek=2 2>/dev/null &
+         sleep 0.5
+         printf 'during:%s\\n' \"$(cat k)\"
+         wait
+         printf 'after:%s\\n' \"$(cat k)\"");
+    assert_eq!(lines(&out), ["during:hello", "after:heXY"]);
+}
+
+#[test]
+fn open_with_o_creat_commits_an_empty_key_at_once() {
+    let m = Mount::new();
+    let out = m.ok("{ sleep 2; printf late; } | dd of=fresh 2>/dev/null &
+         sleep 0.5
+         ls
+         stat -c %s fresh
+         printf 'during:[%s]\\n' \"$(cat fresh)\"
+         wait
+         printf 'after:[%s]\\n' \"$(cat fresh)\"");
+    assert_eq!(lines(&out), ["fresh", "0", "during:[]", "after:[late]"]);
+}
+
+#[test]
+fn fsync_commits_the_buffer_before_close() {
+    let m = Mount::new();
+    // perl is the one tool here that can fsync a handle and keep it open afterwards.
+    let out = m.ok(r#"printf old > k
+         perl -MIO::Handle -e '
+             open(my $f, "+<", "k") or die "open: $!";
+             syswrite($f, "NEW") == 3 or die "write: $!";
+             $f->sync or die "fsync: $!";
+             open(my $s, ">", "$ENV{T}/synced") or die; close($s);
+             sleep 2;
+             syswrite($f, "X") == 1 or die "write: $!";
+             close($f) or die "close: $!";' &
+         while [ ! -e $T/synced ]; do sleep 0.05; done
+         printf 'synced:%s\n' "$(cat k)"
+         wait $! || echo "perl failed"
+         printf 'closed:%s\n' "$(cat k)""#);
+    assert_eq!(lines(&out), ["synced:NEW", "closed:NEWX"]);
+}
+
+#[test]
+fn keys_may_be_named_with_any_bytes_but_slash_and_nul() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let m = Mount::new();
+    for name in [
+        "a b",
+        "-dash",
+        "ключ",
+        "x.y.z",
+        "...",
+        ".hidden",
+        "tab\there",
+    ] {
+        let n = OsStr::new(name);
+        let out = m.sh_env(
+            "printf 'v:%s' \"$N\" > \"$N\" && cat \"$N\" && ls -A && rm -- \"$N\"",
+            &[("N", n)],
+        );
+        let stdout = bpfdb_tests::assert_ok(&out, name);
+        assert!(
+            stdout.starts_with(&format!("v:{name}")),
+            "value of {name:?}: {stdout:?}"
+        );
+        assert!(
+            stdout.lines().any(|l| l == name),
+            "`ls -A` does not list {name:?}: {stdout:?}"
+        );
+    }
+    // One name with every allowed byte: 1..=255 without '/' (254 bytes).
+    let all: Vec<u8> = (1..=255u8).filter(|&b| b != b'/').collect();
+    let n = OsStr::from_bytes(&all);
+    let out = m.sh_env(
+        "printf v > \"$N\" && cat \"$N\" && [ -f \"$N\" ] && ls -A",
+        &[("N", n)],
+    );
+    bpfdb_tests::assert_ok(&out, "every-byte name");
+    assert!(out.stdout.starts_with(b"v"), "{:?}", out.stdout);
+    assert!(
+        out.stdout.windows(all.len()).any(|w| w == all.as_slice()),
+        "`ls -A` does not list the every-byte name"
+    );
+    assert_eq!(m.stat_keys(), 1);
+}

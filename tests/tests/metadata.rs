@@ -1,0 +1,204 @@
+//! `stat`/`ls -l` metadata (docs/SEMANTICS.md: Metadata).
+
+use bpfdb_tests::{Mount, lines};
+
+/// Seconds since the epoch, from `date` (the same clock the daemon stamps commits with).
+fn now(m: &Mount) -> i64 {
+    m.ok("date +%s").trim().parse().expect("date +%s")
+}
+
+/// A `stat -c %.9Y`-style time as nanoseconds.
+fn ns(s: &str) -> i128 {
+    let (secs, frac) = s.trim().split_once('.').expect("seconds.nanoseconds");
+    secs.parse::<i128>().expect("seconds") * 1_000_000_000 + frac.parse::<i128>().expect("ns")
+}
+
+#[track_caller]
+fn assert_near_now(m: &Mount, secs: i64, what: &str) {
+    let now = now(m);
+    assert!(
+        (now - secs).abs() <= 5,
+        "{what}: {secs} is not within 5 s of now ({now})"
+    );
+}
+
+#[test]
+fn size_mode_owner_and_links_at_creation() {
+    let m = Mount::new();
+    m.ok("umask 027
+         echo hello > k
+         touch e
+         printf x >> a
+         truncate -s 3 t
+         dd if=/dev/null of=d 2>/dev/null");
+    assert_eq!(
+        m.ok("stat -c '%n %s %a %u %g %h %F' k e a t d"),
+        "k 6 640 0 0 1 regular file\n\
+         e 0 640 0 0 1 regular empty file\n\
+         a 1 640 0 0 1 regular file\n\
+         t 3 640 0 0 1 regular file\n\
+         d 0 640 0 0 1 regular empty file\n"
+    );
+    m.ok("umask 077 && echo x > p && umask 0 && echo x > z && umask 022 && touch n");
+    assert_eq!(m.ok("stat -c '%n %a' p z n"), "p 600\nz 666\nn 644\n");
+    // The size follows every kind of change.
+    m.ok("head -c 300000 /dev/zero >> k");
+    assert_eq!(m.ok("stat -c %s k"), "300006\n");
+    m.ok("truncate -s 7 k");
+    assert_eq!(m.ok("stat -c %s k"), "7\n");
+}
+
+#[test]
+fn chmod_is_kept_per_key() {
+    let m = Mount::new();
+    m.ok("umask 022 && echo v > k && echo w > other");
+    m.ok("chmod 600 k");
+    assert_eq!(m.ok("stat -c %a k other"), "600\n644\n");
+    // Rewriting, appending, truncating and touching the value keep the mode.
+    m.ok("echo new > k && echo more >> k && truncate -s 2 k && touch k");
+    assert_eq!(m.ok("stat -c '%a %s' k && cat k"), "600 2\nne");
+    m.ok("chmod 751 k");
+    assert_eq!(m.ok("stat -c %a k"), "751\n");
+    // The key keeps its mode when renamed.
+    m.ok("mv k renamed");
+    assert_eq!(m.ok("stat -c %a renamed"), "751\n");
+    assert_eq!(m.ok("stat -c %A renamed"), "-rwxr-x--x\n");
+}
+
+#[test]
+fn chown_is_kept_per_key() {
+    let m = Mount::new();
+    m.ok("echo v > k");
+    m.ok("chown 1234:5678 k");
+    assert_eq!(m.ok("stat -c '%u %g' k"), "1234 5678\n");
+    m.ok("echo new > k && echo more >> k && touch k");
+    assert_eq!(m.ok("stat -c '%u %g' k && cat k"), "1234 5678\nnew\nmore\n");
+    m.ok("chown 0 k");
+    assert_eq!(m.ok("stat -c '%u %g' k"), "0 5678\n");
+    m.ok("chgrp 42 k");
+    assert_eq!(m.ok("stat -c '%u %g' k"), "0 42\n");
+    m.ok("mv k moved");
+    assert_eq!(m.ok("stat -c '%u %g' moved"), "0 42\n");
+}
+
+#[test]
+fn mtime_is_the_commit_time_and_atime_ctime_equal_it() {
+    let m = Mount::new();
+    m.ok("echo v > k");
+    let t: Vec<String> = m
+        .ok("stat -c '%.9X %.9Y %.9Z' k")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(t.len(), 3);
+    assert_eq!(t[0], t[1], "atime != mtime");
+    assert_eq!(t[2], t[1], "ctime != mtime");
+    let secs: i64 = m.ok("stat -c %Y k").trim().parse().expect("mtime");
+    assert_near_now(&m, secs, "mtime after a write");
+
+    // A later write moves mtime forward; a read does not move it.
+    m.ok("sleep 0.1 && echo w > k");
+    let t2 = m.ok("stat -c %.9Y k");
+    assert!(ns(&t2) > ns(&t[1]), "mtime {t2} not after {}", t[1]);
+    m.ok("cat k > /dev/null && sleep 0.1 && cat k > /dev/null");
+    assert_eq!(m.ok("stat -c %.9Y k"), t2);
+    let t3: Vec<String> = m
+        .ok("stat -c '%.9X %.9Y %.9Z' k")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(t3, [t2.trim(), t2.trim(), t2.trim()]);
+    // Appending is a write too.
+    m.ok("sleep 0.1 && echo x >> k");
+    let t4 = m.ok("stat -c %.9Y k");
+    assert!(ns(&t4) > ns(&t2), "append did not move mtime: {t4} vs {t2}");
+}
+
+#[test]
+fn touch_sets_mtime_and_keeps_the_value() {
+    let m = Mount::new();
+    m.ok("echo v > k");
+    m.ok("touch -d @1000000000 k");
+    assert_eq!(
+        m.ok("stat -c '%X %Y %s' k && cat k"),
+        "1000000000 1000000000 2\nv\n"
+    );
+    m.ok("touch -m -d @1234567890 k");
+    assert_eq!(m.ok("stat -c '%X %Y' k"), "1234567890 1234567890\n");
+    // Plain touch: now.
+    m.ok("touch k");
+    let secs: i64 = m.ok("stat -c %Y k").trim().parse().expect("mtime");
+    assert_near_now(&m, secs, "mtime after touch");
+    assert_eq!(m.ok("cat k"), "v\n");
+    // touch -d on a fresh key creates it with that mtime.
+    m.ok("touch -d @1000000000 fresh");
+    assert_eq!(m.ok("stat -c '%Y %s' fresh"), "1000000000 0\n");
+}
+
+#[test]
+fn closing_an_unchanged_writer_commits_nothing() {
+    let m = Mount::new();
+    m.ok("echo v > k && touch -d @1000000000 k");
+    // Open for append and close; open for writing without O_TRUNC and close; read.
+    m.ok("exec 3>> k; exec 3>&-; : >> k; dd if=/dev/null of=k conv=notrunc 2>/dev/null; cat k > /dev/null");
+    assert_eq!(m.ok("stat -c '%Y %s' k && cat k"), "1000000000 2\nv\n");
+}
+
+#[test]
+fn ls_l_shows_mode_links_owner_size_mtime() {
+    let m = Mount::new();
+    m.ok("umask 022
+         printf hello > k
+         chmod 640 k
+         touch -d @1000000000 k
+         touch e
+         chmod 600 e
+         chown 1234:5678 e
+         touch -d @1234567890 e");
+    let out = m.ok("ls -l --time-style=+%s");
+    let entries: Vec<&str> = lines(&out)
+        .into_iter()
+        .filter(|l| !l.starts_with("total "))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            "-rw------- 1 1234 5678 0 1234567890 e",
+            "-rw-r----- 1 root root 5 1000000000 k"
+        ]
+    );
+    let out = m.ok("ls -ln --time-style=+%s k");
+    assert_eq!(out, "-rw-r----- 1 0 0 5 1000000000 k\n");
+}
+
+#[test]
+fn uid_and_gid_are_those_of_the_creating_process() {
+    let m = Mount::builder().arg("--allow-other").start();
+    m.ok(
+        "setpriv --reuid=1234 --regid=5678 --clear-groups sh -c 'umask 027; echo mine > k && touch e'",
+    );
+    assert_eq!(
+        m.ok("stat -c '%n %u %g %a' k e && cat k"),
+        "k 1234 5678 640\ne 1234 5678 640\nmine\n"
+    );
+    // Rewriting by another user keeps the key's owner.
+    m.ok("echo root > k");
+    assert_eq!(m.ok("stat -c '%u %g' k"), "1234 5678\n");
+}
+
+#[test]
+fn permission_bits_are_recorded_not_enforced() {
+    let m = Mount::builder().arg("--allow-other").start();
+    m.ok("echo secret > k && chmod 000 k");
+    assert_eq!(m.ok("stat -c %a k"), "0\n");
+    assert_eq!(
+        m.ok("cat k && echo more >> k && cat k"),
+        "secret\nsecret\nmore\n"
+    );
+    m.ok("chmod 600 k");
+    assert_eq!(
+        m.ok("setpriv --reuid=4321 --regid=4321 --clear-groups cat k"),
+        "secret\nmore\n"
+    );
+    assert_eq!(m.ok("stat -c '%a %u %g' k"), "600 0 0\n");
+}
