@@ -13,7 +13,9 @@ pub const PAGE_SIZE: usize = 4096;
 pub const MAX_VERSIONS: usize = 4;
 pub const MAX_SLOTS: u32 = 64;
 pub const SLOT_HEADER: usize = 2048;
-pub const OP_COUNT: usize = 6;
+pub const OP_COUNT: usize = 9;
+pub const MAX_TXNS: u32 = 64;
+pub const TXN_MAX_LOCKS: usize = 128;
 
 pub const OWNER_AUTOCOMMIT: u32 = 1 << 31;
 
@@ -26,14 +28,18 @@ pub enum Op {
     Delete = 3,
     Rename = 4,
     Scan = 5,
+    Begin = 6,
+    Commit = 7,
+    Abort = 8,
 }
 
 /// Stage programs in prog-array order (enum db_stage).
-pub const STAGE_COUNT: usize = 7;
+pub const STAGE_COUNT: usize = 12;
 
 pub const F_META_ONLY: u32 = 1 << 0;
 pub const F_NOREPLACE: u32 = 1 << 1;
 pub const F_MUST_EXIST: u32 = 1 << 2;
+pub const F_READ_ONLY: u32 = 1 << 3;
 
 /// `enum db_detail`: why an op failed, for error messages and retry decisions.
 #[repr(u32)]
@@ -50,6 +56,10 @@ pub enum Detail {
     BadRequest = 8,
     Race = 9,
     Collision = 10,
+    TxnTooBig = 11,
+    TxnInactive = 12,
+    ReadOnly = 13,
+    CommitBusy = 14,
 }
 
 impl Detail {
@@ -65,6 +75,10 @@ impl Detail {
             8 => Detail::BadRequest,
             9 => Detail::Race,
             10 => Detail::Collision,
+            11 => Detail::TxnTooBig,
+            12 => Detail::TxnInactive,
+            13 => Detail::ReadOnly,
+            14 => Detail::CommitBusy,
             _ => Detail::None,
         }
     }
@@ -72,7 +86,10 @@ impl Detail {
     /// Conflicts with a short-lived autocommit op or a reclaimed read: the
     /// engine never waits, so the binding retries these itself.
     pub fn transient(self) -> bool {
-        matches!(self, Detail::LockedAutocommit | Detail::Race)
+        matches!(
+            self,
+            Detail::LockedAutocommit | Detail::Race | Detail::CommitBusy
+        )
     }
 }
 
@@ -103,7 +120,8 @@ pub struct Req {
     pub cursor: u32,
     pub key_len: u32,
     pub key2_len: u32,
-    pub pad: u32,
+    pub txn: u32,
+    pub txn_id: u64,
     pub meta: Meta,
     pub key: [u8; KEY_SIZE],
     pub key2: [u8; KEY_SIZE],
@@ -120,14 +138,15 @@ pub struct Resp {
     pub next_cursor: u32,
     pub done: u32,
     pub pad: u32,
+    pub txn_id: u64,
 }
 
 #[repr(C)]
 pub struct Cont {
     pub loc: u32,
-    pub npages: u32,
+    pub reuse: u32,
     pub version: u32,
-    pub pad: u32,
+    pub lock_index: u32,
 }
 
 #[repr(C)]
@@ -156,6 +175,10 @@ pub struct Stats {
     pub versions_reclaimed: u64,
     pub read_retries: u64,
     pub errors: u64,
+    pub txn_commits: u64,
+    pub txn_aborts: u64,
+    pub txn_aborts_conflict: u64,
+    pub txn_active: u64,
 }
 
 /// Size of struct db_record, the value of one hash-map element.
@@ -165,22 +188,25 @@ const _: () = {
     assert!(size_of::<Meta>() == 24);
     assert!(offset_of!(Meta, len) == 20);
     assert!(RECORD_SIZE == 472);
-    assert!(size_of::<Req>() == 592);
+    assert!(size_of::<Req>() == 600);
     assert!(offset_of!(Req, hkey) == 8);
     assert!(offset_of!(Req, cursor) == 40);
-    assert!(offset_of!(Req, meta) == 56);
-    assert!(offset_of!(Req, key) == 80);
-    assert!(offset_of!(Req, key2) == 336);
-    assert!(size_of::<Resp>() == 56);
+    assert!(offset_of!(Req, txn) == 52);
+    assert!(offset_of!(Req, txn_id) == 56);
+    assert!(offset_of!(Req, meta) == 64);
+    assert!(offset_of!(Req, key) == 88);
+    assert!(offset_of!(Req, key2) == 344);
+    assert!(size_of::<Resp>() == 64);
+    assert!(offset_of!(Resp, txn_id) == 56);
     assert!(offset_of!(Resp, ts) == 8);
     assert!(offset_of!(Resp, meta) == 16);
     assert!(offset_of!(Resp, count) == 40);
     assert!(offset_of!(Resp, done) == 48);
     assert!(size_of::<Cont>() == 16);
-    assert!(offset_of!(Slot, resp) == 592);
-    assert!(offset_of!(Slot, cont) == 648);
-    assert!(offset_of!(Slot, scratch) == 664);
+    assert!(offset_of!(Slot, resp) == 600);
+    assert!(offset_of!(Slot, cont) == 664);
+    assert!(offset_of!(Slot, scratch) == 680);
     assert!(offset_of!(Slot, data) == SLOT_HEADER);
     assert!(size_of::<Slot>() == SLOT_HEADER + VALUE_LIMIT);
-    assert!(size_of::<Stats>() == 16 * 8);
+    assert!(size_of::<Stats>() == 23 * 8);
 };

@@ -26,7 +26,10 @@
 #define DB_MAX_SLOTS 64              /* request slots (worker threads + API users) */
 #define DB_SLOT_HEADER 2048          /* bytes of a slot before its data area */
 #define DB_SCAN_ENTRY_MAX (1 + DB_KEY_SIZE) /* worst-case bytes of one scan entry */
-#define DB_TS_RING 256               /* commits in flight tracked for the stable watermark */
+#define DB_MAX_TXNS 64               /* transaction table entries */
+#define DB_TXN_MAX_LOCKS 128         /* keys one transaction may lock (reads + writes) */
+#define DB_LOCK_CAS_TRIES 8          /* CAS attempts on a contended lock word before EBUSY */
+#define DB_SNAP_TRIES 8              /* attempts to register a snapshot while commits race */
 
 /* ---- timestamps ---- */
 
@@ -37,8 +40,10 @@
 
 #define DB_LOCK_FREE 0ULL
 #define DB_LOCK_X (1ULL << 63)       /* exclusive; low 32 bits name the owner */
+#define DB_LOCK_S (1ULL << 62)       /* shared; low 32 bits count the holders */
 #define DB_LOCK_DEAD (~0ULL)         /* record is being removed from the map */
 #define DB_OWNER_AUTOCOMMIT (1u << 31) /* owner id bit: an autocommit op of a slot */
+					/* (otherwise the owner is a txn table index) */
 
 /* ---- operations ---- */
 
@@ -49,7 +54,10 @@ enum db_op {
 	DB_OP_DELETE = 3,  /* remove key */
 	DB_OP_RENAME = 4,  /* key -> key2 atomically, replacing key2 */
 	DB_OP_SCAN = 5,    /* list visible keys from cursor */
-	DB_OP__COUNT = 6,
+	DB_OP_BEGIN = 6,   /* start txn req.txn (flag READ_ONLY: a snapshot) */
+	DB_OP_COMMIT = 7,  /* commit txn req.txn */
+	DB_OP_ABORT = 8,   /* abort txn req.txn */
+	DB_OP__COUNT = 9,
 };
 
 /* Stage programs, indexes into the prog array. Each op is a chain of these. */
@@ -61,13 +69,19 @@ enum db_stage {
 	DB_STAGE_DELETE = 4,
 	DB_STAGE_RENAME = 5,
 	DB_STAGE_SCAN = 6,
-	DB_STAGE__COUNT = 7,
+	DB_STAGE_BEGIN = 7,
+	DB_STAGE_COMMIT = 8,      /* take commit lock, stamp every write */
+	DB_STAGE_RELEASE = 9,     /* GC and release every lock of a finished txn */
+	DB_STAGE_ABORT = 10,      /* undo staged writes, then RELEASE */
+	DB_STAGE_TXN_GET = 11,    /* read under a shared lock, or the txn's own write */
+	DB_STAGE__COUNT = 12,
 };
 
 /* request flags */
 #define DB_F_META_ONLY (1u << 0)  /* GET: skip the value; SET: keep the value */
 #define DB_F_NOREPLACE (1u << 1)  /* SET: fail with EEXIST if key exists; RENAME: if key2 exists */
 #define DB_F_MUST_EXIST (1u << 2) /* SET: fail with ENOENT if key does not exist */
+#define DB_F_READ_ONLY (1u << 3)  /* BEGIN: a read-only snapshot transaction */
 
 /* ---- shared structs ---- */
 
@@ -128,7 +142,8 @@ struct db_req {
 	__u32 cursor;      /* SCAN: map elements to skip */
 	__u32 key_len;     /* bytes of key before its zero padding */
 	__u32 key2_len;
-	__u32 pad;
+	__u32 txn;         /* 0: autocommit; else txn table index + 1 */
+	__u64 txn_id;      /* id BEGIN returned: a stale handle cannot touch a reused entry */
 	struct db_meta meta; /* SET: new meta; meta.len is the value length */
 	struct db_key key;
 	struct db_key key2;  /* RENAME target */
@@ -143,14 +158,15 @@ struct db_resp {
 	__u32 next_cursor; /* SCAN: cursor of the next call */
 	__u32 done;        /* SCAN: 1 when the map was walked to its end */
 	__u32 pad;
+	__u64 txn_id;      /* BEGIN: id of the new transaction */
 };
 
 /* Continuation state carried between the stage programs of one op. */
 struct db_cont {
 	__u32 loc;         /* storage allocated for the new version */
-	__u32 npages;      /* data pages of the new value */
+	__u32 reuse;       /* txn write over its own staged version */
 	__u32 version;     /* index of the new version in the record */
-	__u32 pad;
+	__u32 lock_index;  /* txn write: entry in the txn's lock set */
 };
 
 /* error details (resp.detail) */
@@ -166,6 +182,44 @@ enum db_detail {
 	DB_D_BAD_REQUEST = 8,       /* EINVAL */
 	DB_D_RACE = 9,              /* EAGAIN: storage reclaimed under a reader; retry */
 	DB_D_COLLISION = 10,        /* ENOSPC: another key has the same 128-bit hash */
+	DB_D_TXN_TOO_BIG = 11,      /* ENOSPC: more than DB_TXN_MAX_LOCKS keys in one txn */
+	DB_D_TXN_INACTIVE = 12,     /* ECANCELED: txn already committed or aborted */
+	DB_D_READ_ONLY = 13,        /* EROFS: write in a snapshot */
+	DB_D_COMMIT_BUSY = 14,      /* EBUSY: another commit is stamping; retry */
+};
+
+/* ---- transactions ---- */
+
+enum db_txn_state {
+	DB_TXN_FREE = 0,
+	DB_TXN_ACTIVE = 1,
+	DB_TXN_COMMITTED = 2,
+	DB_TXN_ABORTED = 3,
+};
+
+#define DB_LM_S 1 /* lock mode: shared */
+#define DB_LM_X 2 /* lock mode: exclusive */
+
+/* One key a transaction holds a lock on, and what it staged there. */
+struct db_txn_lock {
+	struct db_hkey hkey;
+	__u32 mode;     /* DB_LM_* */
+	__s32 staged;   /* version index of the staged value, -1: none */
+	__u32 deleted;  /* staged delete of the committed value */
+	__u32 shared;   /* staged version borrows the committed value's storage */
+};
+
+struct db_txn {
+	__u64 id;           /* changes on every BEGIN */
+	__u64 snap_ts;      /* read-only: registered snapshot; 0 when none */
+	__u64 commit_ts;
+	__u32 state;        /* enum db_txn_state */
+	__u32 read_only;
+	__u32 n_locks;
+	__u32 n_writes;     /* staged writes and deletes */
+	__u32 abort_detail; /* DB_D_* that aborted it */
+	__u32 pad;
+	struct db_txn_lock locks[DB_TXN_MAX_LOCKS];
 };
 
 struct db_slot {
@@ -191,6 +245,25 @@ struct db_stats {
 	__u64 versions_reclaimed;
 	__u64 read_retries;    /* GC raced a reader; reader retried */
 	__u64 errors;          /* any other error returned */
+	__u64 txn_commits;
+	__u64 txn_aborts;
+	__u64 txn_aborts_conflict;
+	__u64 txn_active;      /* transactions and snapshots open now */
 };
+
+/* Layout checks; src/abi.rs asserts the same numbers on the Rust side. */
+_Static_assert(sizeof(struct db_meta) == 24, "db_meta");
+_Static_assert(sizeof(struct db_record) == 472, "db_record");
+_Static_assert(sizeof(struct db_req) == 600, "db_req");
+_Static_assert(__builtin_offsetof(struct db_req, meta) == 64, "db_req.meta");
+_Static_assert(__builtin_offsetof(struct db_req, key) == 88, "db_req.key");
+_Static_assert(__builtin_offsetof(struct db_req, key2) == 344, "db_req.key2");
+_Static_assert(sizeof(struct db_resp) == 64, "db_resp");
+_Static_assert(__builtin_offsetof(struct db_slot, resp) == 600, "db_slot.resp");
+_Static_assert(__builtin_offsetof(struct db_slot, cont) == 664, "db_slot.cont");
+_Static_assert(__builtin_offsetof(struct db_slot, scratch) == 680, "db_slot.scratch");
+_Static_assert(__builtin_offsetof(struct db_slot, data) == DB_SLOT_HEADER, "db_slot.data");
+_Static_assert(sizeof(struct db_txn_lock) == 32, "db_txn_lock");
+_Static_assert(sizeof(struct db_stats) == 23 * 8, "db_stats");
 
 #endif /* BPFDB_H */

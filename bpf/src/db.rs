@@ -1,8 +1,9 @@
-//! The safe API over the engine: `Db` owns an engine instance and its slots;
-//! a `Session` holds one slot and runs autocommit operations through it.
+//! The safe API over the engine: `Db` owns an engine instance and its slots
+//! (cheap to clone, shared); a `Session` holds one slot and runs operations
+//! through it, autocommit or inside a transaction (see txn.rs).
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use log::debug;
 use xxhash_rust::xxh3::xxh3_128_with_seed;
@@ -18,11 +19,18 @@ pub const TRANSIENT_RETRIES: u32 = 10_000;
 
 static NEXT_INSTANCE: AtomicU32 = AtomicU32::new(1);
 
+#[derive(Clone)]
 pub struct Db {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
     engine: Engine,
     opts: Options,
     free_slots: Mutex<Vec<u32>>,
     slot_freed: Condvar,
+    /// Transaction table entries not in use (user space hands them out).
+    pub(crate) free_txns: Mutex<Vec<u32>>,
 }
 
 impl Db {
@@ -40,28 +48,39 @@ impl Db {
         let instance = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
         let engine = Engine::load(opts, instance)?;
         let free_slots = Mutex::new((0..engine.layout.slots).rev().collect());
-        Ok(Db {
+        let free_txns = Mutex::new((0..opts.max_txns.min(abi::MAX_TXNS)).rev().collect());
+        let inner = Inner {
             engine,
             opts: opts.clone(),
             free_slots,
             slot_freed: Condvar::new(),
+            free_txns,
+        };
+        Ok(Db {
+            inner: Arc::new(inner),
         })
     }
 
     pub fn options(&self) -> &Options {
-        &self.opts
+        &self.inner.opts
     }
 
     pub fn layout(&self) -> Layout {
-        self.engine.layout
+        self.inner.engine.layout
     }
 
     pub fn stats(&self) -> Stats {
-        self.engine.stats()
+        self.inner.engine.stats()
     }
 
     /// Takes a free slot, waiting while all are in use.
     pub fn session(&self) -> Session<'_> {
+        self.inner.session()
+    }
+}
+
+impl Inner {
+    pub(crate) fn session(&self) -> Session<'_> {
         let mut free = self.free_slots.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(idx) = free.pop() {
@@ -69,6 +88,9 @@ impl Db {
                     db: self,
                     idx,
                     slot: self.engine.slot_ptr(idx),
+                    txn: 0,
+                    txn_id: 0,
+                    last_detail: Detail::None,
                 };
             }
             free = self
@@ -125,9 +147,14 @@ pub struct Stat {
 
 /// One slot, used by one thread at a time; returned to the pool on drop.
 pub struct Session<'db> {
-    db: &'db Db,
+    db: &'db Inner,
     idx: u32,
     slot: *mut Slot,
+    /// Transaction table index + 1 the ops run in; 0 for autocommit.
+    pub(crate) txn: u32,
+    pub(crate) txn_id: u64,
+    /// Why the last op failed, as the engine said.
+    pub(crate) last_detail: Detail,
 }
 
 impl Drop for Session<'_> {
@@ -153,9 +180,12 @@ impl Session<'_> {
     fn prepare(&mut self, op: Op, flags: u32, key: &[u8]) -> Result<()> {
         let key = check_key(key)?;
         let seed = self.db.opts.hash_seed;
+        let (txn, txn_id) = (self.txn, self.txn_id);
         let req = &mut self.slot().req;
         req.op = op as u32;
         req.flags = flags;
+        req.txn = txn;
+        req.txn_id = txn_id;
         req.hkey = key_hash(key, seed);
         req.key_len = key.len() as u32;
         write_key(&mut req.key, key);
@@ -164,7 +194,7 @@ impl Session<'_> {
 
     /// Fires the trigger and turns the response into a Result, re-running
     /// the op on transient conflicts with other autocommit ops.
-    fn run(&mut self, what: &str) -> Result<abi::Resp> {
+    pub(crate) fn run(&mut self, what: &str) -> Result<abi::Resp> {
         for _ in 0..TRANSIENT_RETRIES {
             crate::trigger::fire(self.db.engine.instance, self.idx);
             // SAFETY: see slot(); volatile because the kernel wrote it.
@@ -173,6 +203,7 @@ impl Session<'_> {
                 return Ok(resp);
             }
             let detail = Detail::from_raw(resp.detail);
+            self.last_detail = detail;
             if detail.transient() {
                 std::thread::yield_now();
                 continue;
@@ -185,7 +216,7 @@ impl Session<'_> {
         ))
     }
 
-    fn error(&mut self, what: &str, errno: i32, detail: Detail) -> Error {
+    pub(crate) fn error(&mut self, what: &str, errno: i32, detail: Detail) -> Error {
         let key = {
             let k = &self.slot().req.key;
             let n = k.iter().position(|&b| b == 0).unwrap_or(k.len());
@@ -200,12 +231,26 @@ impl Session<'_> {
             Detail::TooBig => "value exceeds max_value",
             Detail::BadRequest => "malformed request",
             Detail::Collision => "another key has the same 128-bit hash (rename it)",
-            Detail::Race | Detail::LockedAutocommit => "conflict",
+            Detail::TxnTooBig => "transaction locks too many keys",
+            Detail::TxnInactive => "transaction is no longer active",
+            Detail::ReadOnly => "snapshots are read-only",
+            Detail::Race | Detail::LockedAutocommit | Detail::CommitBusy => "conflict",
             Detail::None => "",
         };
         let err = Error::new(errno, format!("{what} {key:?}: {why}"));
         debug!("engine {}: {err}", self.db.engine.instance);
         err
+    }
+
+    /// Sets up a request that names no key (transaction control, scans).
+    pub(crate) fn prepare_keyless(&mut self, op: Op, flags: u32) {
+        let (txn, txn_id) = (self.txn, self.txn_id);
+        let req = &mut self.slot().req;
+        req.op = op as u32;
+        req.flags = flags;
+        req.txn = txn;
+        req.txn_id = txn_id;
+        req.key.fill(0);
     }
 
     /// The bare trigger: dispatcher runs and returns at once.
@@ -333,11 +378,8 @@ impl Session<'_> {
         let mut cursor = 0u32;
         // Each call advances the cursor by at least one element.
         for _ in 0..=self.db.engine.layout.max_keys {
-            let slot = self.slot();
-            slot.req.op = Op::Scan as u32;
-            slot.req.flags = 0;
-            slot.req.cursor = cursor;
-            slot.req.key.fill(0);
+            self.prepare_keyless(Op::Scan, 0);
+            self.slot().req.cursor = cursor;
             let resp = self.run("scan")?;
             let end = (resp.meta.len as usize).min(abi::VALUE_LIMIT);
             let data = &self.slot().data[..end];

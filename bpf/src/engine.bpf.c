@@ -1,167 +1,59 @@
 // SPDX-License-Identifier: (MIT OR GPL-2.0)
 /*
- * engine.bpf.c - the bpfdb engine: dispatcher and stage programs.
+ * engine.bpf.c - the bpfdb engine: dispatcher and the key-value stages.
  *
  * User space writes a request into its slot and calls the trigger function;
  * the uprobe on it runs `dispatch`, which tail-calls the first stage of the
  * op. Stages hand state to each other through the slot (continuation-passing
  * style), never through per-CPU maps: these programs can be preempted.
  *
- * Concurrency: a writer holds the record's lock word exclusively (no-wait:
- * a taken lock fails at once with EBUSY). Readers take no lock; they read the
- * newest committed version and re-check the record's gc_seq afterwards, so a
- * version reclaimed while it was being copied is detected and read again.
+ * Concurrency: writers hold the record's lock word (no-wait: a taken lock
+ * fails at once with EBUSY) and stamp their versions under the global commit
+ * lock, after which last_ts moves. Readers outside a read-write transaction
+ * take no lock: they read the version visible at a timestamp no newer than
+ * last_ts and re-check the record's gc_seq afterwards, so a version
+ * reclaimed while it was being copied is detected and read again.
  */
 #include "engine.bpf.h"
 #include "storage.bpf.h"
+#include "record.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
-/* ---- records and locks ---- */
-
-static __always_inline bool key_valid(struct db_key *key)
+static __always_inline __u32 slot_index(struct pt_regs *ctx)
 {
-	return key->name[0] != 0 && key->name[DB_KEY_SIZE - 1] == 0;
+	return (__u32)PT_REGS_PARM2(ctx);
 }
 
-static __always_inline __u32 busy_detail(__u64 lock)
+/* Lock owner of the request: its transaction, or its slot for autocommit. */
+static __always_inline __u32 owner_of(struct pt_regs *ctx, struct db_slot *slot)
 {
-	if (lock == DB_LOCK_DEAD || (lock & DB_OWNER_AUTOCOMMIT))
-		return DB_D_LOCKED_AUTOCOMMIT;
-	return DB_D_LOCKED_TXN;
+	return slot->req.txn ? txn_index(slot) : autocommit_owner(ctx);
 }
 
-/* Finds the record of the request's key (key2 when second) and takes its
- * exclusive lock for owner, creating an empty record (born locked) when
- * create is set. Returns NULL after writing the error into the slot. */
-static __always_inline struct db_record *lock_record(struct db_slot *slot, bool second,
-						      __u32 owner, bool create)
+/* A lock conflict inside a read-write transaction aborts it (no-wait 2PL),
+ * unless the holder is a short autocommit op: then the op is retried. So
+ * does outgrowing the lock set. Other errors fail only the op. */
+static __always_inline int txn_conflict(struct pt_regs *ctx, struct db_slot *slot, struct db_txn *t)
 {
-	struct db_hkey *hkey = second ? &slot->req.hkey2 : &slot->req.hkey;
-	struct db_key *key = second ? &slot->req.key2 : &slot->req.key;
-	__u32 key_len = second ? slot->req.key2_len : slot->req.key_len;
-	__u64 mine = DB_LOCK_X | owner;
-	struct db_record *rec = bpf_map_lookup_elem(&records, hkey);
+	__u32 d = slot->resp.detail;
 
-	if (!rec) {
-		if (!create) {
-			fail(slot, -ENOENT, DB_D_NONE);
-			return NULL;
-		}
-		/* Built in the slot: a record does not fit on the 512-byte stack. */
-		struct db_record *init = &slot->scratch;
-
-		__builtin_memset(init, 0, sizeof(*init));
-		init->lock = mine;
-		init->gc_seq = __sync_fetch_and_add(&record_gen, 1) << 32;
-		init->key_len = key_len;
-		if (bpf_probe_read_kernel(init->name, sizeof(init->name), key->name)) {
-			fail(slot, -EIO, DB_D_NONE);
-			return NULL;
-		}
-		long err = bpf_map_update_elem(&records, hkey, init, BPF_NOEXIST);
-		if (err == -EEXIST) {
-			fail(slot, -EBUSY, DB_D_LOCKED_AUTOCOMMIT);
-			return NULL;
-		}
-		if (err) {
-			fail(slot, -ENOSPC, DB_D_NO_KEYS);
-			return NULL;
-		}
-		rec = bpf_map_lookup_elem(&records, hkey);
-		if (!rec || READ_ONCE(rec->lock) != mine) {
-			fail(slot, -EBUSY, DB_D_RACE);
-			return NULL;
-		}
-		stat_add(&stats.records, 1);
-		return rec;
-	}
-	__u64 old = __sync_val_compare_and_swap(&rec->lock, DB_LOCK_FREE, mine);
-	if (old != DB_LOCK_FREE) {
-		fail(slot, -EBUSY, busy_detail(old));
-		return NULL;
-	}
-	if (!name_matches(rec, key, key_len)) {
-		/* Still in the map under our hash: another name has it. Gone:
-		 * the element was reused between lookup and lock; retry. */
-		bool collision = bpf_map_lookup_elem(&records, hkey) == rec;
-
-		WRITE_ONCE(rec->lock, DB_LOCK_FREE);
-		if (collision)
-			fail(slot, -ENOSPC, DB_D_COLLISION);
-		else
-			fail(slot, -EBUSY, DB_D_RACE);
-		return NULL;
-	}
-	return rec;
-}
-
-static __always_inline bool record_empty(struct db_record *rec)
-{
-	for (int i = 0; i < DB_MAX_VERSIONS; i++)
-		if (rec->begin_ts[i] != 0)
-			return false;
-	return true;
-}
-
-/* Releases the lock; a record left with no versions leaves the map. */
-static __always_inline void unlock_record(struct db_record *rec, struct db_hkey *hkey)
-{
-	if (record_empty(rec)) {
-		/* DEAD first: stale lockers fail their CAS; readers see gc_seq move. */
-		WRITE_ONCE(rec->lock, DB_LOCK_DEAD);
-		__sync_fetch_and_add(&rec->gc_seq, 1);
-		bpf_map_delete_elem(&records, hkey);
-		stat_add(&stats.records, -1);
-		return;
-	}
-	WRITE_ONCE(rec->lock, DB_LOCK_FREE);
-}
-
-/* Oldest timestamp a reader may still need. Snapshots do not exist yet, so
- * every committed end is reclaimable; readers in flight are protected by
- * gc_seq. */
-static __always_inline __u64 gc_horizon(void)
-{
-	return DB_TS_INF - 1;
-}
-
-/* Cooperative GC: reclaims versions of a locked record that ended at or
- * before the horizon, with their value storage. */
-static __noinline void gc_record(struct db_record *rec)
-{
-	__u64 horizon = gc_horizon();
-
-	for (int i = 0; i < DB_MAX_VERSIONS; i++) {
-		__u64 end = rec->end_ts[i];
-
-		if (!ts_committed(rec->begin_ts[i]) || !ts_committed(end) || end > horizon)
-			continue;
-		__sync_fetch_and_add(&rec->gc_seq, 1);
-		if (!(rec->vflags[i] & DB_VF_NOFREE))
-			free_storage(rec->loc[i], rec->meta[i].len);
-		rec->begin_ts[i] = 0;
-		stat_add(&stats.versions_reclaimed, 1);
-	}
-}
-
-static __always_inline int free_version_index(struct db_record *rec)
-{
-	for (int i = 0; i < DB_MAX_VERSIONS; i++)
-		if (rec->begin_ts[i] == 0)
-			return i;
-	return -1;
-}
-
-static __always_inline __u64 next_commit_ts(void)
-{
-	__u64 ts = __sync_fetch_and_add(&last_ts, 1) + 1;
-
-	stat_add(&stats.commits, 1);
-	return ts;
+	if (slot->resp.err != -EBUSY && d != DB_D_TXN_TOO_BIG)
+		return 0;
+	if (d == DB_D_LOCKED_AUTOCOMMIT || d == DB_D_RACE)
+		return 0;
+	t->abort_detail = slot->resp.detail;
+	stat_add(&stats.txn_aborts_conflict, 1);
+	bpf_tail_call(ctx, &stages, DB_STAGE_ABORT);
+	return 0;
 }
 
 /* ---- dispatcher ---- */
+
+static __always_inline bool needs_key(__u32 op)
+{
+	return op == DB_OP_GET || op == DB_OP_SET || op == DB_OP_DELETE || op == DB_OP_RENAME;
+}
 
 SEC("uprobe")
 int dispatch(struct pt_regs *ctx)
@@ -179,19 +71,21 @@ int dispatch(struct pt_regs *ctx)
 		return 0;
 	}
 	__builtin_memset(&slot->resp, 0, sizeof(slot->resp));
-	if (op >= DB_OP__COUNT) {
-		fail(slot, -EINVAL, DB_D_BAD_REQUEST);
-		return 0;
-	}
+	if (op >= DB_OP__COUNT || slot->req.txn > DB_MAX_TXNS)
+		return fail(slot, -EINVAL, DB_D_BAD_REQUEST);
 	stat_add(&stats.ops[op], 1);
-	if (!key_valid(&slot->req.key)) {
-		if (op != DB_OP_SCAN) {
-			fail(slot, -EINVAL, DB_D_BAD_REQUEST);
-			return 0;
-		}
-	}
+	if (needs_key(op) && !key_valid(&slot->req.key))
+		return fail(slot, -EINVAL, DB_D_BAD_REQUEST);
+
 	switch (op) {
 	case DB_OP_GET:
+		if (slot->req.txn) {
+			__u32 idx = txn_index(slot);
+			struct db_txn *t = bpf_map_lookup_elem(&txns, &idx);
+
+			if (t && !t->read_only)
+				bpf_tail_call(ctx, &stages, DB_STAGE_TXN_GET);
+		}
 		bpf_tail_call(ctx, &stages, DB_STAGE_GET);
 		break;
 	case DB_OP_SET:
@@ -201,19 +95,41 @@ int dispatch(struct pt_regs *ctx)
 		bpf_tail_call(ctx, &stages, DB_STAGE_DELETE);
 		break;
 	case DB_OP_RENAME:
+		if (slot->req.txn)
+			return fail(slot, -EINVAL, DB_D_BAD_REQUEST); /* user space composes it */
 		bpf_tail_call(ctx, &stages, DB_STAGE_RENAME);
 		break;
 	case DB_OP_SCAN:
 		bpf_tail_call(ctx, &stages, DB_STAGE_SCAN);
 		break;
+	case DB_OP_BEGIN:
+		bpf_tail_call(ctx, &stages, DB_STAGE_BEGIN);
+		break;
+	case DB_OP_COMMIT:
+		bpf_tail_call(ctx, &stages, DB_STAGE_COMMIT);
+		break;
+	case DB_OP_ABORT:
+		bpf_tail_call(ctx, &stages, DB_STAGE_ABORT);
+		break;
 	}
-	fail(slot, -ENOSYS, DB_D_NONE); /* tail call missing: engine not fully loaded */
-	return 0;
+	return fail(slot, -ENOSYS, DB_D_NONE); /* tail call missing: engine not fully loaded */
 }
 
-/* ---- GET: lock-free read of the newest committed version ---- */
+/* Copies version i of rec (meta, commit ts, value unless META_ONLY) into the
+ * response. */
+static __always_inline int respond_version(struct pt_regs *ctx, struct db_slot *slot,
+					   struct db_record *rec, int i)
+{
+	__u32 len = rec->meta[V(i)].len;
 
-#define V(i) ((i) & (DB_MAX_VERSIONS - 1)) /* bounded version index */
+	slot->resp.meta = rec->meta[V(i)];
+	slot->resp.ts = rec->begin_ts[V(i)];
+	if ((slot->req.flags & DB_F_META_ONLY) || len > DB_VALUE_LIMIT)
+		return 0;
+	return read_storage(slot_index(ctx), rec->loc[V(i)], len);
+}
+
+/* ---- GET without locks: autocommit reads and snapshots ---- */
 
 SEC("uprobe")
 int stage_get(struct pt_regs *ctx)
@@ -222,6 +138,13 @@ int stage_get(struct pt_regs *ctx)
 
 	if (!slot)
 		return 0;
+	__u64 snap = READ_ONCE(last_ts);
+	if (slot->req.txn) {
+		struct db_txn *t = active_txn(slot);
+		if (!t)
+			return 0;
+		snap = t->snap_ts;
+	}
 	for (int attempt = 0; attempt < DB_READ_RETRIES; attempt++) {
 		struct db_record *rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
 
@@ -233,28 +156,131 @@ int stage_get(struct pt_regs *ctx)
 				return fail(slot, -ENOENT, DB_D_NONE); /* another name's hash */
 			continue;
 		}
-		int i = latest_version(rec);
-		bool live = version_live(rec, i);
-		__u32 len = rec->meta[V(i)].len;
-		int err = 0;
+		int i = visible_version(rec, snap);
+		int err = i >= 0 ? respond_version(ctx, slot, rec, i) : 0;
 
-		if (live) {
-			slot->resp.meta = rec->meta[V(i)];
-			slot->resp.ts = rec->begin_ts[V(i)];
-			if (!(slot->req.flags & DB_F_META_ONLY) && len <= DB_VALUE_LIMIT)
-				err = read_storage((__u32)PT_REGS_PARM2(ctx), rec->loc[V(i)], len);
-		}
 		if (READ_ONCE(rec->gc_seq) != seq) {
 			stat_add(&stats.read_retries, 1);
 			continue;
 		}
-		if (!live)
+		if (i < 0)
 			return fail(slot, -ENOENT, DB_D_NONE);
 		if (err)
 			return fail(slot, -EIO, DB_D_NONE);
 		return 0;
 	}
 	return fail(slot, -EAGAIN, DB_D_RACE);
+}
+
+/* ---- GET in a read-write transaction: shared lock, or its own write ---- */
+
+SEC("uprobe")
+int stage_txn_get(struct pt_regs *ctx)
+{
+	struct db_slot *slot = slot_of(ctx);
+
+	if (!slot)
+		return 0;
+	struct db_txn *t = active_txn(slot);
+	if (!t)
+		return 0;
+	__u32 idx = txn_index(slot);
+	int li = find_lock(idx, &slot->req.hkey);
+	struct db_record *rec;
+
+	if (li >= 0) {
+		struct db_txn_lock *l = &t->locks[L(li)];
+
+		rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
+		if (!rec)
+			return fail(slot, -EIO, DB_D_NONE);
+		if (l->staged >= 0)
+			return respond_version(ctx, slot, rec, l->staged) ? fail(slot, -EIO, DB_D_NONE) : 0;
+		if (l->deleted)
+			return fail(slot, -ENOENT, DB_D_NONE);
+	} else {
+		if (t->n_locks >= DB_TXN_MAX_LOCKS) {
+			fail(slot, -ENOSPC, DB_D_TXN_TOO_BIG);
+			return txn_conflict(ctx, slot, t);
+		}
+		rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
+		if (rec) {
+			__u64 old = lock_shared(rec);
+			if (old) {
+				fail(slot, -EBUSY, busy_detail(old));
+				return txn_conflict(ctx, slot, t);
+			}
+			if (!name_matches(rec, &slot->req.key, slot->req.key_len)) {
+				unlock_shared(rec, &slot->req.hkey, idx);
+				return fail(slot, -EBUSY, DB_D_RACE); /* element reused: retry */
+			}
+		} else {
+			/* Lock the key's absence too, so a concurrent insert
+			 * conflicts: a placeholder record, born locked, then shared. */
+			rec = lock_record(slot, false, idx, true);
+			if (!rec)
+				return txn_conflict(ctx, slot, t);
+			WRITE_ONCE(rec->lock, DB_LOCK_S | 1);
+		}
+		struct db_txn_lock *l = &t->locks[L(t->n_locks)];
+		l->hkey = slot->req.hkey;
+		l->mode = DB_LM_S;
+		l->staged = -1;
+		l->deleted = 0;
+		l->shared = 0;
+		t->n_locks++;
+	}
+	/* Locked: no writer can move, and GC needs a lock, so read directly. */
+	int i = visible_version(rec, READ_ONCE(last_ts));
+	if (i < 0)
+		return fail(slot, -ENOENT, DB_D_NONE);
+	return respond_version(ctx, slot, rec, i) ? fail(slot, -EIO, DB_D_NONE) : 0;
+}
+
+/* Takes the exclusive lock on the request's key for txn t, upgrading a
+ * shared lock or adding a lock-set entry. NULL with the error set. */
+static __always_inline struct db_record *txn_lock_x(struct db_slot *slot, struct db_txn *t,
+						     __u32 idx, int *li_out)
+{
+	int li = find_lock(idx, &slot->req.hkey);
+
+	if (li >= 0) {
+		struct db_txn_lock *l = &t->locks[L(li)];
+		struct db_record *rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
+
+		if (!rec) {
+			fail(slot, -EIO, DB_D_NONE);
+			return NULL;
+		}
+		if (l->mode == DB_LM_S) {
+			/* Upgrade only as the sole reader. */
+			if (__sync_val_compare_and_swap(&rec->lock, DB_LOCK_S | 1, DB_LOCK_X | idx) !=
+			    (DB_LOCK_S | 1)) {
+				fail(slot, -EBUSY, DB_D_LOCKED_TXN);
+				return NULL;
+			}
+			l->mode = DB_LM_X;
+		}
+		*li_out = li;
+		return rec;
+	}
+	if (t->n_locks >= DB_TXN_MAX_LOCKS) {
+		fail(slot, -ENOSPC, DB_D_TXN_TOO_BIG);
+		return NULL;
+	}
+	struct db_record *rec = lock_record(slot, false, idx, true);
+	if (!rec)
+		return NULL;
+	li = t->n_locks;
+	struct db_txn_lock *l = &t->locks[L(li)];
+	l->hkey = slot->req.hkey;
+	l->mode = DB_LM_X;
+	l->staged = -1;
+	l->deleted = 0;
+	l->shared = 0;
+	t->n_locks = li + 1;
+	*li_out = li;
+	return rec;
 }
 
 /* ---- SET: prepare -> [copy] -> commit ---- */
@@ -268,51 +294,79 @@ int stage_set_prepare(struct pt_regs *ctx)
 		return 0;
 	__u32 flags = slot->req.flags;
 	__u32 len = slot->req.meta.len;
+	__u32 owner = owner_of(ctx, slot);
+	struct db_txn *t = NULL;
+	struct db_txn_lock *l = NULL;
+	struct db_record *rec;
+	int li = 0;
+
 	if (len > max_value)
 		return fail(slot, -EFBIG, DB_D_TOO_BIG);
-
-	__u32 owner = autocommit_owner(ctx);
-	struct db_record *rec = lock_record(slot, false, owner, !(flags & DB_F_MUST_EXIST));
-	if (!rec)
-		return 0;
+	if (slot->req.txn) {
+		t = active_txn(slot);
+		if (!t)
+			return 0;
+		if (t->read_only)
+			return fail(slot, -EROFS, DB_D_READ_ONLY);
+		rec = txn_lock_x(slot, t, owner, &li);
+		if (!rec)
+			return txn_conflict(ctx, slot, t);
+		l = &t->locks[L(li)];
+	} else {
+		rec = lock_record(slot, false, owner, !(flags & DB_F_MUST_EXIST));
+		if (!rec)
+			return 0;
+	}
 	int cur = latest_version(rec);
-	bool exists = version_live(rec, cur);
-	int err = 0;
+	bool staged = l && l->staged >= 0;
+	bool exists = staged || ((!l || !l->deleted) && version_live(rec, cur));
+	int base = staged ? l->staged : cur; /* version a META_ONLY write keeps the value of */
+	int err = 0, idx = -1;
 	__u32 detail = DB_D_NONE;
 
+	slot->cont.reuse = staged;
+	slot->cont.lock_index = li;
 	if ((flags & DB_F_NOREPLACE) && exists) {
 		err = -EEXIST;
 	} else if ((flags & (DB_F_MUST_EXIST | DB_F_META_ONLY)) && !exists) {
 		err = -ENOENT;
+	} else if (staged && (flags & DB_F_META_ONLY)) {
+		/* Metadata of our own staged value: edit it in place. */
+		slot->req.meta.len = rec->meta[V(base)].len;
+		rec->meta[V(base)] = slot->req.meta;
+		slot->resp.meta = slot->req.meta;
+		return 0;
 	} else {
-		gc_record(rec);
-		int idx = free_version_index(rec);
+		if (staged) {
+			idx = l->staged;
+		} else {
+			gc_record(rec);
+			idx = free_version_index(rec);
+		}
 		if (idx < 0) {
 			err = -EBUSY;
 			detail = DB_D_VERSIONS_FULL;
+		} else if (flags & DB_F_META_ONLY) {
+			slot->cont.loc = rec->loc[V(base)];
+			len = rec->meta[V(base)].len;
+			slot->req.meta.len = len;
 		} else {
-			slot->cont.version = idx;
-			if (flags & DB_F_META_ONLY) {
-				slot->cont.loc = rec->loc[V(cur)];
-				len = rec->meta[V(cur)].len;
-				slot->req.meta.len = len;
-			} else {
-				err = alloc_storage(len, &slot->cont.loc, &detail);
-			}
-			if (!err) {
-				/* Reserve the version: pending, invisible to readers. */
-				rec->end_ts[V(idx)] = DB_TS_INF;
-				WRITE_ONCE(rec->begin_ts[V(idx)], DB_TS_PENDING | owner);
-			}
+			err = alloc_storage(len, &slot->cont.loc, &detail);
 		}
 	}
 	if (err) {
-		unlock_record(rec, &slot->req.hkey);
+		if (!t)
+			unlock_record(rec, &slot->req.hkey);
 		return fail(slot, err, detail);
 	}
+	slot->cont.version = idx;
+	if (!staged) {
+		/* Reserve the version: pending, invisible to readers. */
+		rec->end_ts[V(idx)] = DB_TS_INF;
+		WRITE_ONCE(rec->begin_ts[V(idx)], DB_TS_PENDING | owner);
+	}
 	if ((flags & DB_F_META_ONLY) || len <= DB_SMALL_CHUNK) {
-		if (!(flags & DB_F_META_ONLY) &&
-		    write_storage((__u32)PT_REGS_PARM2(ctx), slot->cont.loc, len))
+		if (!(flags & DB_F_META_ONLY) && write_storage(slot_index(ctx), slot->cont.loc, len))
 			slot->resp.err = -EIO; /* commit stage undoes */
 		bpf_tail_call(ctx, &stages, DB_STAGE_SET_COMMIT);
 	} else {
@@ -328,7 +382,7 @@ int stage_set_copy(struct pt_regs *ctx)
 
 	if (!slot)
 		return 0;
-	if (write_storage((__u32)PT_REGS_PARM2(ctx), slot->cont.loc, slot->req.meta.len))
+	if (write_storage(slot_index(ctx), slot->cont.loc, slot->req.meta.len))
 		slot->resp.err = -EIO;
 	bpf_tail_call(ctx, &stages, DB_STAGE_SET_COMMIT);
 	return fail(slot, -ENOSYS, DB_D_NONE);
@@ -341,18 +395,50 @@ int stage_set_commit(struct pt_regs *ctx)
 
 	if (!slot)
 		return 0;
+	__u32 owner = owner_of(ctx, slot);
 	struct db_record *rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
-	if (!rec || READ_ONCE(rec->lock) != (DB_LOCK_X | autocommit_owner(ctx)))
+	if (!rec || READ_ONCE(rec->lock) != (DB_LOCK_X | owner))
 		return fail(slot, -EIO, DB_D_NONE); /* lost our own lock: a bug */
 
 	__u32 flags = slot->req.flags;
+	bool meta_only = flags & DB_F_META_ONLY;
 	__u32 v = slot->cont.version;
+	__u64 ts = 0;
+
+	if (!slot->resp.err && !slot->req.txn) {
+		ts = commit_begin(owner);
+		if (!ts) {
+			slot->resp.err = -EBUSY;
+			slot->resp.detail = DB_D_COMMIT_BUSY;
+		}
+	}
 	if (slot->resp.err) {
-		if (!(flags & DB_F_META_ONLY))
+		if (!meta_only)
 			free_storage(slot->cont.loc, slot->req.meta.len);
-		rec->begin_ts[V(v)] = 0;
-		unlock_record(rec, &slot->req.hkey);
-		return fail(slot, slot->resp.err, DB_D_NONE);
+		if (!slot->cont.reuse)
+			rec->begin_ts[V(v)] = 0;
+		if (!slot->req.txn)
+			unlock_record(rec, &slot->req.hkey);
+		return fail(slot, slot->resp.err, slot->resp.detail);
+	}
+	if (slot->req.txn) {
+		__u32 idx = txn_index(slot);
+		struct db_txn *t = bpf_map_lookup_elem(&txns, &idx);
+		if (!t)
+			return fail(slot, -EIO, DB_D_NONE);
+		struct db_txn_lock *l = &t->locks[L(slot->cont.lock_index)];
+
+		if (slot->cont.reuse && !l->shared)
+			free_storage(rec->loc[V(v)], rec->meta[V(v)].len);
+		rec->meta[V(v)] = slot->req.meta;
+		rec->loc[V(v)] = slot->cont.loc;
+		rec->vflags[V(v)] = 0;
+		l->staged = v;
+		l->deleted = 0;
+		l->shared = meta_only;
+		t->n_writes++;
+		slot->resp.meta = slot->req.meta;
+		return 0;
 	}
 	int p = latest_version(rec);
 	bool existed = version_live(rec, p);
@@ -361,17 +447,15 @@ int stage_set_commit(struct pt_regs *ctx)
 	rec->meta[V(v)] = slot->req.meta;
 	rec->loc[V(v)] = slot->cont.loc;
 	rec->vflags[V(v)] = 0;
-	__u64 ts = next_commit_ts();
-	/* Newest begin first: a reader between the two stores sees the new
-	 * version as the newest, never a gap. */
 	WRITE_ONCE(rec->begin_ts[V(v)], ts);
 	if (existed) {
-		if (flags & DB_F_META_ONLY)
+		if (meta_only)
 			rec->vflags[V(p)] |= DB_VF_NOFREE; /* storage now belongs to v */
 		WRITE_ONCE(rec->end_ts[V(p)], ts);
 	} else {
 		stat_add(&stats.keys, 1);
 	}
+	commit_end(ts);
 	stat_add(&stats.value_bytes, (__s64)slot->req.meta.len - (__s64)prev_len);
 	gc_record(rec);
 	unlock_record(rec, &slot->req.hkey);
@@ -382,6 +466,37 @@ int stage_set_commit(struct pt_regs *ctx)
 
 /* ---- DELETE ---- */
 
+static __always_inline int txn_delete(struct pt_regs *ctx, struct db_slot *slot)
+{
+	struct db_txn *t = active_txn(slot);
+	int li = 0;
+
+	if (!t)
+		return 0;
+	if (t->read_only)
+		return fail(slot, -EROFS, DB_D_READ_ONLY);
+	struct db_record *rec = txn_lock_x(slot, t, txn_index(slot), &li);
+	if (!rec)
+		return txn_conflict(ctx, slot, t);
+	struct db_txn_lock *l = &t->locks[L(li)];
+	bool committed = version_live(rec, latest_version(rec));
+
+	if (l->staged >= 0) {
+		/* Drop our own staged value. */
+		__s32 s = l->staged;
+		if (!l->shared)
+			free_storage(rec->loc[V(s)], rec->meta[V(s)].len);
+		rec->begin_ts[V(s)] = 0;
+		l->staged = -1;
+		l->shared = 0;
+	} else if (l->deleted || !committed) {
+		return fail(slot, -ENOENT, DB_D_NONE);
+	}
+	l->deleted = committed;
+	t->n_writes++;
+	return 0;
+}
+
 SEC("uprobe")
 int stage_delete(struct pt_regs *ctx)
 {
@@ -389,7 +504,10 @@ int stage_delete(struct pt_regs *ctx)
 
 	if (!slot)
 		return 0;
-	struct db_record *rec = lock_record(slot, false, autocommit_owner(ctx), false);
+	if (slot->req.txn)
+		return txn_delete(ctx, slot);
+	__u32 owner = autocommit_owner(ctx);
+	struct db_record *rec = lock_record(slot, false, owner, false);
 	if (!rec)
 		return 0;
 	int cur = latest_version(rec);
@@ -397,9 +515,13 @@ int stage_delete(struct pt_regs *ctx)
 		unlock_record(rec, &slot->req.hkey);
 		return fail(slot, -ENOENT, DB_D_NONE);
 	}
-	__u64 ts = next_commit_ts();
-
+	__u64 ts = commit_begin(owner);
+	if (!ts) {
+		unlock_record(rec, &slot->req.hkey);
+		return fail(slot, -EBUSY, DB_D_COMMIT_BUSY);
+	}
 	WRITE_ONCE(rec->end_ts[V(cur)], ts);
+	commit_end(ts);
 	stat_add(&stats.keys, -1);
 	stat_add(&stats.value_bytes, -(__s64)rec->meta[V(cur)].len);
 	slot->resp.ts = ts;
@@ -440,16 +562,24 @@ int stage_rename(struct pt_regs *ctx)
 	}
 	int d = latest_version(dst);
 	bool replacing = version_live(dst, d);
-	int err = 0;
+	int err = 0, n = -1;
 	__u32 detail = DB_D_NONE;
+	__u64 ts = 0;
 
 	if (replacing && (slot->req.flags & DB_F_NOREPLACE)) {
 		err = -EEXIST;
 	} else {
 		gc_record(dst);
-		if (free_version_index(dst) < 0) {
+		n = free_version_index(dst);
+		if (n < 0) {
 			err = -EBUSY;
 			detail = DB_D_VERSIONS_FULL;
+		} else {
+			ts = commit_begin(owner);
+			if (!ts) {
+				err = -EBUSY;
+				detail = DB_D_COMMIT_BUSY;
+			}
 		}
 	}
 	if (err) {
@@ -457,9 +587,6 @@ int stage_rename(struct pt_regs *ctx)
 		unlock_record(src, &slot->req.hkey);
 		return fail(slot, err, detail);
 	}
-	int n = free_version_index(dst);
-	__u64 ts = next_commit_ts();
-
 	/* The value moves: the new version owns the storage, the source's
 	 * ended version keeps a reference only for older readers. */
 	dst->meta[V(n)] = src->meta[V(s)];
@@ -474,6 +601,7 @@ int stage_rename(struct pt_regs *ctx)
 	}
 	src->vflags[V(s)] |= DB_VF_NOFREE;
 	WRITE_ONCE(src->end_ts[V(s)], ts);
+	commit_end(ts);
 	slot->resp.ts = ts;
 	slot->resp.meta = dst->meta[V(n)];
 	gc_record(dst);
@@ -483,9 +611,10 @@ int stage_rename(struct pt_regs *ctx)
 	return 0;
 }
 
-/* ---- SCAN: names of live keys, resumable by element count ---- */
+/* ---- SCAN: names of keys visible at a timestamp, resumable by position ---- */
 
 struct scan_ctx {
+	__u64 snap;
 	__u32 slot_idx;
 	__u32 skip;    /* elements still to pass over */
 	__u32 visited; /* elements looked at after skipping */
@@ -494,8 +623,7 @@ struct scan_ctx {
 	__u32 full;
 };
 
-static long scan_one(void *map, struct db_hkey *hkey, struct db_record *rec,
-		     struct scan_ctx *sc)
+static long scan_one(void *map, struct db_hkey *hkey, struct db_record *rec, struct scan_ctx *sc)
 {
 	if (sc->skip) {
 		sc->skip--;
@@ -507,7 +635,7 @@ static long scan_one(void *map, struct db_hkey *hkey, struct db_record *rec,
 		return 1;
 	}
 	sc->visited++;
-	if (!version_live(rec, latest_version(rec)))
+	if (visible_version(rec, sc->snap) < 0)
 		return 0;
 	struct db_slot *slot = bpf_map_lookup_elem(&slots, &sc->slot_idx);
 	if (!slot)
@@ -531,10 +659,17 @@ int stage_scan(struct pt_regs *ctx)
 	if (!slot)
 		return 0;
 	struct scan_ctx sc = {
-		.slot_idx = (__u32)PT_REGS_PARM2(ctx),
+		.snap = READ_ONCE(last_ts),
+		.slot_idx = slot_index(ctx),
 		.skip = slot->req.cursor,
 	};
-
+	if (slot->req.txn) {
+		struct db_txn *t = active_txn(slot);
+		if (!t)
+			return 0;
+		if (t->read_only)
+			sc.snap = t->snap_ts;
+	}
 	bpf_for_each_map_elem(&records, scan_one, &sc, 0);
 	slot->resp.count = sc.count;
 	slot->resp.next_cursor = slot->req.cursor + sc.visited;
@@ -542,3 +677,5 @@ int stage_scan(struct pt_regs *ctx)
 	slot->resp.meta.len = sc.off;
 	return 0;
 }
+
+#include "txn.bpf.h"

@@ -24,8 +24,10 @@
 #define EINVAL 22
 #define EFBIG 27
 #define ENOSPC 28
-#define ENOSYS 38
 #define ENAMETOOLONG 36
+#define ENOSYS 38
+#define EROFS 30
+#define ECANCELED 125
 
 #define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
 #define WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
@@ -40,7 +42,13 @@ const volatile __u64 page_capacity = 0;
 
 /* ---- state in .bss, mmap'ed by user space ---- */
 struct db_stats stats;
-__u64 last_ts;       /* last commit timestamp handed out */
+/* Newest fully applied commit. Advanced only by the holder of commit_lock
+ * after it stamped every version of its commit, so a reader at last_ts never
+ * sees half a commit. */
+__u64 last_ts;
+__u64 commit_lock;   /* 0, or owner + 1 while a commit stamps its versions */
+__u64 txn_gen;       /* source of transaction ids */
+__u64 snapshots;     /* registered snapshots; GC scans the txn table only if > 0 */
 __u64 record_gen;    /* source of fresh gc_seq values for new records */
 __u64 small_next;    /* bump allocator: never-used small chunks start here */
 __u64 page_next;     /* bump allocator: never-used pages start here */
@@ -89,6 +97,13 @@ struct {
 	__uint(key_size, 0);
 	__uint(value_size, sizeof(__u32));
 } page_free SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DB_MAX_TXNS);
+	__type(key, __u32);
+	__type(value, struct db_txn);
+} txns SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
@@ -158,6 +173,25 @@ static __always_inline bool version_live(struct db_record *rec, int i)
 		return false;
 	return !ts_committed(READ_ONCE(rec->end_ts[i & (DB_MAX_VERSIONS - 1)]));
 }
+
+/* Index of the version a reader at timestamp snap sees, or -1. Version
+ * intervals of a key are disjoint, so at most one matches. */
+static __always_inline int visible_version(struct db_record *rec, __u64 snap)
+{
+	for (int i = 0; i < DB_MAX_VERSIONS; i++) {
+		__u64 b = READ_ONCE(rec->begin_ts[i]);
+		__u64 e = READ_ONCE(rec->end_ts[i]);
+
+		if (!ts_committed(b) || b > snap)
+			continue;
+		if (ts_committed(e) && e <= snap)
+			continue;
+		return i;
+	}
+	return -1;
+}
+
+#define V(i) ((i) & (DB_MAX_VERSIONS - 1)) /* bounded version index */
 
 /* Exact name check: zero-padded names compared a word at a time, only as
  * far as the name goes (usually one cache line). */

@@ -177,6 +177,11 @@ impl Engine {
             &skel.progs.stage_delete,
             &skel.progs.stage_rename,
             &skel.progs.stage_scan,
+            &skel.progs.stage_begin,
+            &skel.progs.stage_commit,
+            &skel.progs.stage_release,
+            &skel.progs.stage_abort,
+            &skel.progs.stage_txn_get,
         ];
         for (i, prog) in stages.iter().enumerate() {
             let fd = prog.as_fd().as_raw_fd();

@@ -7,11 +7,13 @@ mod db;
 mod engine;
 mod error;
 pub mod trigger;
+mod txn;
 
 pub use abi::{Meta, Stats};
 pub use db::{Db, NewMeta, Session, SetFlags, Stat, TRANSIENT_RETRIES, check_key, key_hash};
 pub use engine::Layout;
 pub use error::{Error, Result};
+pub use txn::{Txn, TxnState};
 
 /// Engine sizes, fixed when the engine is loaded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +30,8 @@ pub struct Options {
     pub slots: u32,
     /// Seed of the key hash; a database keeps one for its life.
     pub hash_seed: u64,
+    /// Transactions and snapshots open at once (at most 64).
+    pub max_txns: u32,
 }
 
 impl Default for Options {
@@ -38,6 +42,7 @@ impl Default for Options {
             value_mem_bytes: 256 << 20,
             slots: 16,
             hash_seed: 0,
+            max_txns: abi::MAX_TXNS,
         }
     }
 }

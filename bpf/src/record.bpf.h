@@ -1,0 +1,289 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * record.bpf.h - records, their lock words, garbage collection, the commit
+ * lock and the transaction table.
+ *
+ * Lock word of a record (no bpf_spin_lock in uprobe programs, so atomics):
+ *   0                    free
+ *   DB_LOCK_S | n        n shared holders (n may briefly be 0)
+ *   DB_LOCK_X | owner    one exclusive holder
+ *   DB_LOCK_DEAD         leaving the map
+ * Every acquisition is no-wait: a taken lock fails at once with EBUSY.
+ */
+#ifndef RECORD_BPF_H
+#define RECORD_BPF_H
+
+#include "engine.bpf.h"
+#include "storage.bpf.h"
+
+static __always_inline bool key_valid(struct db_key *key)
+{
+	return key->name[0] != 0 && key->name[DB_KEY_SIZE - 1] == 0;
+}
+
+static __always_inline __u32 busy_detail(__u64 lock)
+{
+	if (lock == DB_LOCK_DEAD || ((lock & DB_LOCK_X) && (lock & DB_OWNER_AUTOCOMMIT)))
+		return DB_D_LOCKED_AUTOCOMMIT;
+	return DB_D_LOCKED_TXN;
+}
+
+/* Exclusive lock on a record nobody else holds. S with no holders counts
+ * as free. Returns the old lock word on failure, 0 on success. */
+static __always_inline __u64 try_lock_x(struct db_record *rec, __u64 mine)
+{
+	__u64 old = __sync_val_compare_and_swap(&rec->lock, DB_LOCK_FREE, mine);
+
+	if (old == DB_LOCK_S)
+		old = __sync_val_compare_and_swap(&rec->lock, DB_LOCK_S, mine);
+	return old == DB_LOCK_FREE || old == DB_LOCK_S ? 0 : old;
+}
+
+/* Finds the record of the request's key (key2 when second) and takes its
+ * exclusive lock for owner, creating an empty record (born locked) when
+ * create is set. Returns NULL after writing the error into the slot. */
+static __always_inline struct db_record *lock_record(struct db_slot *slot, bool second,
+						      __u32 owner, bool create)
+{
+	struct db_hkey *hkey = second ? &slot->req.hkey2 : &slot->req.hkey;
+	struct db_key *key = second ? &slot->req.key2 : &slot->req.key;
+	__u32 key_len = second ? slot->req.key2_len : slot->req.key_len;
+	__u64 mine = DB_LOCK_X | owner;
+	struct db_record *rec = bpf_map_lookup_elem(&records, hkey);
+
+	if (!rec) {
+		if (!create) {
+			fail(slot, -ENOENT, DB_D_NONE);
+			return NULL;
+		}
+		/* Built in the slot: a record does not fit on the 512-byte stack. */
+		struct db_record *init = &slot->scratch;
+
+		__builtin_memset(init, 0, sizeof(*init));
+		init->lock = mine;
+		init->gc_seq = __sync_fetch_and_add(&record_gen, 1) << 32;
+		init->key_len = key_len;
+		if (bpf_probe_read_kernel(init->name, sizeof(init->name), key->name)) {
+			fail(slot, -EIO, DB_D_NONE);
+			return NULL;
+		}
+		long err = bpf_map_update_elem(&records, hkey, init, BPF_NOEXIST);
+		if (err == -EEXIST) {
+			fail(slot, -EBUSY, DB_D_LOCKED_AUTOCOMMIT);
+			return NULL;
+		}
+		if (err) {
+			fail(slot, -ENOSPC, DB_D_NO_KEYS);
+			return NULL;
+		}
+		rec = bpf_map_lookup_elem(&records, hkey);
+		if (!rec || READ_ONCE(rec->lock) != mine) {
+			fail(slot, -EBUSY, DB_D_RACE);
+			return NULL;
+		}
+		stat_add(&stats.records, 1);
+		return rec;
+	}
+	__u64 old = try_lock_x(rec, mine);
+	if (old) {
+		fail(slot, -EBUSY, busy_detail(old));
+		return NULL;
+	}
+	if (!name_matches(rec, key, key_len)) {
+		/* Still in the map under our hash: another name has it. Gone:
+		 * the element was reused between lookup and lock; retry. */
+		bool collision = bpf_map_lookup_elem(&records, hkey) == rec;
+
+		WRITE_ONCE(rec->lock, DB_LOCK_FREE);
+		if (collision)
+			fail(slot, -ENOSPC, DB_D_COLLISION);
+		else
+			fail(slot, -EBUSY, DB_D_RACE);
+		return NULL;
+	}
+	return rec;
+}
+
+static __always_inline bool record_empty(struct db_record *rec)
+{
+	for (int i = 0; i < DB_MAX_VERSIONS; i++)
+		if (rec->begin_ts[i] != 0)
+			return false;
+	return true;
+}
+
+/* Releases an exclusive lock; a record left with no versions leaves the map. */
+static __always_inline void unlock_record(struct db_record *rec, struct db_hkey *hkey)
+{
+	if (record_empty(rec)) {
+		/* DEAD first: stale lockers fail their CAS; readers see gc_seq move. */
+		WRITE_ONCE(rec->lock, DB_LOCK_DEAD);
+		__sync_fetch_and_add(&rec->gc_seq, 1);
+		bpf_map_delete_elem(&records, hkey);
+		stat_add(&stats.records, -1);
+		return;
+	}
+	WRITE_ONCE(rec->lock, DB_LOCK_FREE);
+}
+
+/* Adds a shared holder. 0, or the lock word that refused it. */
+static __always_inline __u64 lock_shared(struct db_record *rec)
+{
+	for (int i = 0; i < DB_LOCK_CAS_TRIES; i++) {
+		__u64 old = READ_ONCE(rec->lock);
+
+		if (old == DB_LOCK_DEAD || (old & DB_LOCK_X))
+			return old;
+		__u64 new = (old == DB_LOCK_FREE ? DB_LOCK_S : old) + 1;
+		if (__sync_val_compare_and_swap(&rec->lock, old, new) == old)
+			return 0;
+	}
+	return DB_LOCK_X; /* contended: report a conflict rather than spin */
+}
+
+/* Drops a shared holder; the last one out removes an empty record (a
+ * placeholder that locked a key's absence). */
+static __always_inline void unlock_shared(struct db_record *rec, struct db_hkey *hkey, __u32 owner)
+{
+	if (__sync_fetch_and_add(&rec->lock, -1) - 1 != DB_LOCK_S)
+		return;
+	if (__sync_val_compare_and_swap(&rec->lock, DB_LOCK_S, DB_LOCK_X | owner) == DB_LOCK_S)
+		unlock_record(rec, hkey);
+}
+
+/* ---- garbage collection ---- */
+
+static long min_snapshot(__u64 i, __u64 *horizon)
+{
+	__u32 idx = i;
+	struct db_txn *t = bpf_map_lookup_elem(&txns, &idx);
+
+	if (t) {
+		__u64 s = READ_ONCE(t->snap_ts);
+		if (s && s < *horizon)
+			*horizon = s;
+	}
+	return 0;
+}
+
+/* Oldest timestamp a reader may still need: the last applied commit, or an
+ * older registered snapshot. Lock-free readers of the newest version are
+ * protected by gc_seq instead. */
+static __always_inline __u64 gc_horizon(void)
+{
+	__u64 horizon = READ_ONCE(last_ts);
+
+	if (READ_ONCE(snapshots))
+		bpf_loop(DB_MAX_TXNS, min_snapshot, &horizon, 0);
+	return horizon;
+}
+
+/* Cooperative GC: reclaims versions of a locked record that ended at or
+ * before the horizon, with their value storage. */
+static __noinline void gc_record(struct db_record *rec)
+{
+	if (!rec)
+		return;
+	__u64 horizon = gc_horizon();
+
+	for (int i = 0; i < DB_MAX_VERSIONS; i++) {
+		__u64 end = rec->end_ts[i];
+
+		if (!ts_committed(rec->begin_ts[i]) || !ts_committed(end) || end > horizon)
+			continue;
+		__sync_fetch_and_add(&rec->gc_seq, 1);
+		if (!(rec->vflags[i] & DB_VF_NOFREE))
+			free_storage(rec->loc[i], rec->meta[i].len);
+		rec->begin_ts[i] = 0;
+		stat_add(&stats.versions_reclaimed, 1);
+	}
+}
+
+static __always_inline int free_version_index(struct db_record *rec)
+{
+	for (int i = 0; i < DB_MAX_VERSIONS; i++)
+		if (rec->begin_ts[i] == 0)
+			return i;
+	return -1;
+}
+
+/* ---- commit lock: one commit stamps its versions at a time ---- */
+
+/* Takes the commit lock and returns the new commit timestamp, or 0 when
+ * another commit holds it (the caller undoes and reports a transient EBUSY). */
+static __always_inline __u64 commit_begin(__u32 owner)
+{
+	for (int i = 0; i < DB_LOCK_CAS_TRIES; i++)
+		if (__sync_val_compare_and_swap(&commit_lock, 0, (__u64)owner + 1) == 0)
+			return READ_ONCE(last_ts) + 1;
+	return 0;
+}
+
+/* Publishes ts to readers and releases the commit lock. */
+static __always_inline void commit_end(__u64 ts)
+{
+	WRITE_ONCE(last_ts, ts);
+	__sync_lock_test_and_set(&commit_lock, 0);
+	stat_add(&stats.commits, 1);
+}
+
+/* ---- transaction table ---- */
+
+static __always_inline __u32 txn_index(struct db_slot *slot)
+{
+	return slot->req.txn - 1;
+}
+
+/* The request's transaction if it is active, else NULL with the error set. */
+static __always_inline struct db_txn *active_txn(struct db_slot *slot)
+{
+	__u32 idx = txn_index(slot);
+	struct db_txn *t = bpf_map_lookup_elem(&txns, &idx);
+
+	if (!t || t->id != slot->req.txn_id) {
+		fail(slot, -EINVAL, DB_D_BAD_REQUEST);
+		return NULL;
+	}
+	if (t->state != DB_TXN_ACTIVE) {
+		fail(slot, -ECANCELED, DB_D_TXN_INACTIVE);
+		return NULL;
+	}
+	return t;
+}
+
+struct lock_search {
+	__u32 txn;
+	__s32 found;
+	struct db_hkey hkey;
+};
+
+static long match_lock(__u64 i, struct lock_search *ls)
+{
+	struct db_txn *t = bpf_map_lookup_elem(&txns, &ls->txn);
+
+	if (!t || i >= DB_TXN_MAX_LOCKS)
+		return 1;
+	struct db_txn_lock *l = &t->locks[i];
+	if (l->hkey.lo == ls->hkey.lo && l->hkey.hi == ls->hkey.hi) {
+		ls->found = i;
+		return 1;
+	}
+	return 0;
+}
+
+/* Index of hkey in the txn's lock set, or -1. */
+static __noinline int find_lock(__u32 txn, struct db_hkey *hkey)
+{
+	struct db_txn *t = bpf_map_lookup_elem(&txns, &txn);
+	struct lock_search ls = { .txn = txn, .found = -1 };
+
+	if (!t)
+		return -1;
+	ls.hkey = *hkey;
+	bpf_loop(t->n_locks, match_lock, &ls, 0);
+	return ls.found;
+}
+
+#define L(i) ((i) & (DB_TXN_MAX_LOCKS - 1)) /* bounded lock-set index */
+
+#endif /* RECORD_BPF_H */

@@ -1,0 +1,224 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * txn.bpf.h - transaction stages: BEGIN, COMMIT, ABORT and RELEASE.
+ *
+ * Strict two-phase locking: every lock a transaction takes stays in its lock
+ * set until RELEASE, which runs after its commit was stamped (or its staged
+ * writes undone). Lock sets are walked with bpf_loop, so a transaction of
+ * DB_TXN_MAX_LOCKS keys verifies like one of a single key.
+ */
+#ifndef TXN_BPF_H
+#define TXN_BPF_H
+
+#include "record.bpf.h"
+
+struct txn_walk {
+	__u32 txn;
+	__u32 pad;
+	__u64 ts;
+};
+
+static __always_inline struct db_txn_lock *walk_lock(struct txn_walk *w, __u64 i,
+						      struct db_record **rec)
+{
+	struct db_txn *t = bpf_map_lookup_elem(&txns, &w->txn);
+
+	if (!t || i >= DB_TXN_MAX_LOCKS)
+		return NULL;
+	struct db_txn_lock *l = &t->locks[i];
+	*rec = bpf_map_lookup_elem(&records, &l->hkey);
+	return *rec ? l : NULL;
+}
+
+/* Stamps one staged write or delete with the commit timestamp. */
+static long stamp_one(__u64 i, struct txn_walk *w)
+{
+	struct db_record *rec = NULL;
+	struct db_txn_lock *l = walk_lock(w, i, &rec);
+
+	if (!l || !rec || l->mode != DB_LM_X)
+		return 0;
+	int cur = latest_version(rec);
+	bool live = version_live(rec, cur);
+
+	if (l->staged >= 0) {
+		__s32 s = l->staged;
+
+		WRITE_ONCE(rec->begin_ts[V(s)], w->ts);
+		stat_add(&stats.value_bytes, rec->meta[V(s)].len);
+		if (!live)
+			stat_add(&stats.keys, 1);
+	} else if (!l->deleted || !live) {
+		return 0;
+	} else {
+		stat_add(&stats.keys, -1);
+	}
+	if (live) {
+		if (l->shared)
+			rec->vflags[V(cur)] |= DB_VF_NOFREE;
+		WRITE_ONCE(rec->end_ts[V(cur)], w->ts);
+		stat_add(&stats.value_bytes, -(__s64)rec->meta[V(cur)].len);
+	}
+	return 0;
+}
+
+/* Frees one staged value of an aborting transaction. */
+static long undo_one(__u64 i, struct txn_walk *w)
+{
+	struct db_record *rec = NULL;
+	struct db_txn_lock *l = walk_lock(w, i, &rec);
+
+	if (!l || !rec || l->mode != DB_LM_X || l->staged < 0)
+		return 0;
+	__s32 s = l->staged;
+	if (!l->shared)
+		free_storage(rec->loc[V(s)], rec->meta[V(s)].len);
+	rec->begin_ts[V(s)] = 0;
+	l->staged = -1;
+	return 0;
+}
+
+/* Releases one lock; records the commit ended versions of get collected. */
+static long release_one(__u64 i, struct txn_walk *w)
+{
+	struct db_record *rec = NULL;
+	struct db_txn_lock *l = walk_lock(w, i, &rec);
+
+	if (!l || !rec)
+		return 0;
+	if (l->mode == DB_LM_X) {
+		gc_record(rec);
+		unlock_record(rec, &l->hkey);
+	} else {
+		unlock_shared(rec, &l->hkey, w->txn);
+	}
+	return 0;
+}
+
+/* Unregisters a read-only transaction's snapshot. */
+static __always_inline void end_snapshot(struct db_txn *t)
+{
+	if (t->snap_ts) {
+		__sync_lock_test_and_set(&t->snap_ts, 0);
+		stat_add(&snapshots, -1);
+	}
+}
+
+SEC("uprobe")
+int stage_begin(struct pt_regs *ctx)
+{
+	struct db_slot *slot = slot_of(ctx);
+
+	if (!slot)
+		return 0;
+	__u32 idx = txn_index(slot);
+	struct db_txn *t = bpf_map_lookup_elem(&txns, &idx);
+	if (!t || t->state == DB_TXN_ACTIVE)
+		return fail(slot, -EINVAL, DB_D_BAD_REQUEST); /* user space hands out entries */
+	t->id = __sync_fetch_and_add(&txn_gen, 1) + 1;
+	t->n_locks = 0;
+	t->n_writes = 0;
+	t->abort_detail = 0;
+	t->commit_ts = 0;
+	t->read_only = !!(slot->req.flags & DB_F_READ_ONLY);
+	if (t->read_only) {
+		/* Publish the snapshot, then check last_ts did not move past it:
+		 * a GC that read an older horizon before our publish cannot have
+		 * reclaimed anything this snapshot sees. */
+		__u64 snap = READ_ONCE(last_ts);
+		bool stable = false;
+
+		stat_add(&snapshots, 1);
+		for (int i = 0; i < DB_SNAP_TRIES && !stable; i++) {
+			__sync_lock_test_and_set(&t->snap_ts, snap);
+			__u64 now = READ_ONCE(last_ts);
+			stable = now == snap;
+			snap = now;
+		}
+		if (!stable) {
+			end_snapshot(t);
+			return fail(slot, -EBUSY, DB_D_COMMIT_BUSY);
+		}
+	}
+	t->state = DB_TXN_ACTIVE;
+	stat_add(&stats.txn_active, 1);
+	slot->resp.txn_id = t->id;
+	slot->resp.ts = t->read_only ? t->snap_ts : READ_ONCE(last_ts);
+	return 0;
+}
+
+SEC("uprobe")
+int stage_commit(struct pt_regs *ctx)
+{
+	struct db_slot *slot = slot_of(ctx);
+
+	if (!slot)
+		return 0;
+	struct db_txn *t = active_txn(slot);
+	if (!t)
+		return 0;
+	struct txn_walk w = { .txn = txn_index(slot) };
+
+	if (t->read_only) {
+		end_snapshot(t);
+	} else if (t->n_writes) {
+		w.ts = commit_begin(w.txn);
+		if (!w.ts)
+			return fail(slot, -EBUSY, DB_D_COMMIT_BUSY);
+		bpf_loop(t->n_locks, stamp_one, &w, 0);
+		commit_end(w.ts);
+	}
+	t->commit_ts = w.ts ? w.ts : READ_ONCE(last_ts);
+	t->state = DB_TXN_COMMITTED;
+	stat_add(&stats.txn_commits, 1);
+	stat_add(&stats.txn_active, -1);
+	slot->resp.ts = t->commit_ts;
+	bpf_tail_call(ctx, &stages, DB_STAGE_RELEASE);
+	return fail(slot, -ENOSYS, DB_D_NONE);
+}
+
+/* Entered from ABORT requests and from stages that hit a conflict; keeps
+ * the error already in the response. */
+SEC("uprobe")
+int stage_abort(struct pt_regs *ctx)
+{
+	struct db_slot *slot = slot_of(ctx);
+
+	if (!slot)
+		return 0;
+	__u32 idx = txn_index(slot);
+	struct db_txn *t = bpf_map_lookup_elem(&txns, &idx);
+	if (!t || t->id != slot->req.txn_id)
+		return fail(slot, -EINVAL, DB_D_BAD_REQUEST);
+	if (t->state != DB_TXN_ACTIVE)
+		return fail(slot, -ECANCELED, DB_D_TXN_INACTIVE);
+	struct txn_walk w = { .txn = idx };
+
+	end_snapshot(t);
+	bpf_loop(t->n_locks, undo_one, &w, 0);
+	t->state = DB_TXN_ABORTED;
+	stat_add(&stats.txn_aborts, 1);
+	stat_add(&stats.txn_active, -1);
+	bpf_tail_call(ctx, &stages, DB_STAGE_RELEASE);
+	return fail(slot, -ENOSYS, DB_D_NONE);
+}
+
+SEC("uprobe")
+int stage_release(struct pt_regs *ctx)
+{
+	struct db_slot *slot = slot_of(ctx);
+
+	if (!slot)
+		return 0;
+	__u32 idx = txn_index(slot);
+	struct db_txn *t = bpf_map_lookup_elem(&txns, &idx);
+	if (!t)
+		return fail(slot, -EINVAL, DB_D_BAD_REQUEST);
+	struct txn_walk w = { .txn = idx };
+
+	bpf_loop(t->n_locks, release_one, &w, 0);
+	t->n_locks = 0;
+	return 0;
+}
+
+#endif /* TXN_BPF_H */

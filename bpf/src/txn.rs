@@ -1,0 +1,273 @@
+//! Transactions: a handle on one entry of the engine's transaction table.
+//!
+//! Read-write transactions run strict two-phase locking in the kernel with
+//! no-wait conflicts: the op that hits a lock held by another transaction
+//! gets EBUSY and the engine aborts the transaction at once. Read-only ones
+//! are snapshots: no locks, never abort. A `Txn` is `Sync`; its ops are
+//! serialised by a mutex because the kernel entry is updated without one.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use log::info;
+
+use crate::abi::{self, Detail, Op};
+use crate::db::{Db, NewMeta, Session, SetFlags, Stat, check_key};
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnState {
+    Active,
+    Committed { ts: u64 },
+    Aborted { reason: String },
+}
+
+struct Inner {
+    state: TxnState,
+    /// Keys this transaction wrote (true) or deleted (false), so listings
+    /// show its own writes over the committed keys.
+    writes: BTreeMap<Vec<u8>, bool>,
+    last_used: Instant,
+}
+
+pub struct Txn {
+    db: Db,
+    idx: u32,
+    id: u64,
+    read_only: bool,
+    begin_ts: u64,
+    inner: Mutex<Inner>,
+}
+
+impl Db {
+    /// Starts a transaction; `read_only` makes it a snapshot.
+    pub fn begin(&self, read_only: bool) -> Result<Txn> {
+        let idx = {
+            let mut free = self
+                .inner
+                .free_txns
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            free.pop().ok_or_else(|| {
+                Error::new(
+                    libc::EAGAIN,
+                    format!(
+                        "all {} transaction entries are in use (max_txns)",
+                        self.options().max_txns
+                    ),
+                )
+            })?
+        };
+        let mut s = self.inner.session();
+        s.txn = idx + 1;
+        s.prepare_keyless(Op::Begin, if read_only { abi::F_READ_ONLY } else { 0 });
+        match s.run("begin") {
+            Ok(resp) => Ok(Txn {
+                db: self.clone(),
+                idx,
+                id: resp.txn_id,
+                read_only,
+                begin_ts: resp.ts,
+                inner: Mutex::new(Inner {
+                    state: TxnState::Active,
+                    writes: BTreeMap::new(),
+                    last_used: Instant::now(),
+                }),
+            }),
+            Err(e) => {
+                drop(s);
+                self.inner
+                    .free_txns
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(idx);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Txn {
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Snapshot timestamp (read-only) or last commit at BEGIN (read-write).
+    pub fn begin_ts(&self) -> u64 {
+        self.begin_ts
+    }
+
+    pub fn state(&self) -> TxnState {
+        self.lock().state.clone()
+    }
+
+    pub fn idle_for(&self) -> Duration {
+        self.lock().last_used.elapsed()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on a session bound to this transaction, if it is active.
+    /// An error that aborted the transaction in the kernel is recorded.
+    fn with<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut Session<'_>, &mut Inner) -> Result<T>,
+    ) -> Result<T> {
+        let mut inner = self.lock();
+        if let TxnState::Aborted { reason } = &inner.state {
+            return Err(Error::new(
+                libc::ECANCELED,
+                format!("{what}: transaction aborted: {reason}"),
+            ));
+        }
+        if let TxnState::Committed { ts } = inner.state {
+            return Err(Error::new(
+                libc::ECANCELED,
+                format!("{what}: transaction committed at {ts}"),
+            ));
+        }
+        inner.last_used = Instant::now();
+        let mut s = self.db.inner.session();
+        s.txn = self.idx + 1;
+        s.txn_id = self.id;
+        let r = f(&mut s, &mut inner);
+        if let Err(e) = &r {
+            if aborted_by(s.last_detail) {
+                info!("transaction {} aborted: {}", self.idx, e.msg);
+                inner.state = TxnState::Aborted {
+                    reason: e.msg.clone(),
+                };
+            }
+        }
+        r
+    }
+
+    pub fn get(&self, key: &[u8], out: &mut Vec<u8>) -> Result<Stat> {
+        self.with("get", |s, _| s.get(key, out))
+    }
+
+    pub fn stat(&self, key: &[u8]) -> Result<Stat> {
+        self.with("stat", |s, _| s.stat(key))
+    }
+
+    pub fn set(&self, key: &[u8], value: &[u8], meta: NewMeta, flags: SetFlags) -> Result<Stat> {
+        self.with("set", |s, inner| {
+            let st = s.set(key, value, meta, flags)?;
+            inner.writes.insert(key.to_vec(), true);
+            Ok(st)
+        })
+    }
+
+    pub fn set_meta(&self, key: &[u8], meta: NewMeta) -> Result<Stat> {
+        self.with("set_meta", |s, _| s.set_meta(key, meta))
+    }
+
+    pub fn delete(&self, key: &[u8]) -> Result<()> {
+        self.with("delete", |s, inner| {
+            s.delete(key)?;
+            inner.writes.insert(key.to_vec(), false);
+            Ok(())
+        })
+    }
+
+    /// Rename inside a transaction: read, write under the new name, delete
+    /// the old one; atomic because the whole transaction is.
+    pub fn rename(&self, from: &[u8], to: &[u8], no_replace: bool) -> Result<()> {
+        check_key(to)?;
+        if from == to {
+            return self.stat(from).map(|_| ());
+        }
+        self.with("rename", |s, inner| {
+            let mut value = Vec::new();
+            let st = s.get(from, &mut value)?;
+            let meta = NewMeta {
+                mode: st.meta.mode,
+                uid: st.meta.uid,
+                gid: st.meta.gid,
+                mtime_ns: st.meta.mtime_ns,
+            };
+            s.set(
+                to,
+                &value,
+                meta,
+                SetFlags {
+                    no_replace,
+                    must_exist: false,
+                },
+            )?;
+            inner.writes.insert(to.to_vec(), true);
+            s.delete(from)?;
+            inner.writes.insert(from.to_vec(), false);
+            Ok(())
+        })
+    }
+
+    /// Names visible in this transaction: its snapshot, or the committed
+    /// keys with its own writes and deletes applied.
+    pub fn scan(&self, mut f: impl FnMut(&[u8])) -> Result<()> {
+        self.with("scan", |s, inner| {
+            let writes = &inner.writes;
+            s.scan(|name| {
+                if !writes.contains_key(name) {
+                    f(name);
+                }
+            })?;
+            for (name, _) in writes.iter().filter(|(_, live)| **live) {
+                f(name);
+            }
+            Ok(())
+        })
+    }
+
+    /// Commits; returns the commit timestamp.
+    pub fn commit(&self) -> Result<u64> {
+        self.with("commit", |s, inner| {
+            s.prepare_keyless(Op::Commit, 0);
+            let resp = s.run("commit")?;
+            inner.state = TxnState::Committed { ts: resp.ts };
+            Ok(resp.ts)
+        })
+    }
+
+    pub fn abort(&self) -> Result<()> {
+        self.abort_because("aborted by request")
+    }
+
+    /// Aborts and records why (the daemon's idle timeout uses this).
+    pub fn abort_because(&self, reason: &str) -> Result<()> {
+        self.with("abort", |s, inner| {
+            s.prepare_keyless(Op::Abort, 0);
+            s.run("abort")?;
+            inner.state = TxnState::Aborted {
+                reason: reason.to_string(),
+            };
+            Ok(())
+        })
+    }
+}
+
+impl Drop for Txn {
+    fn drop(&mut self) {
+        if self.state() == TxnState::Active {
+            if let Err(e) = self.abort_because("dropped") {
+                log::warn!("transaction {}: abort on drop failed: {e}", self.idx);
+            }
+        }
+        self.db
+            .inner
+            .free_txns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(self.idx);
+    }
+}
+
+/// Whether the engine aborted the transaction along with the failed op: on a
+/// lock conflict with another transaction and on an overgrown lock set.
+fn aborted_by(detail: Detail) -> bool {
+    matches!(detail, Detail::LockedTxn | Detail::TxnTooBig)
+}
