@@ -22,13 +22,14 @@ fn main() {
         ])
         .build_and_generate(&out)
         .unwrap_or_else(|e| panic!("building {SRC} with {clang}: {e:#}"));
-    for f in [
-        "src/engine.bpf.c",
-        "src/engine.bpf.h",
-        "src/storage.bpf.h",
-        "src/bpfdb.h",
-    ] {
-        println!("cargo:rerun-if-changed={f}");
+    // Every C source and header of the engine, so a change in any rebuilds it.
+    let dir = std::fs::read_dir("src").expect("read bpf/src");
+    for entry in dir.flatten() {
+        let path = entry.path();
+        if matches!(path.extension().and_then(|e| e.to_str()), Some("c" | "h")) {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
     }
+    println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=BPF_CLANG");
 }

@@ -182,12 +182,12 @@ pub struct Stats {
 }
 
 /// Size of struct db_record, the value of one hash-map element.
-pub const RECORD_SIZE: usize = 16 + MAX_VERSIONS * (8 + 8 + 24 + 4 + 4) + 8 + KEY_SIZE;
+pub const RECORD_SIZE: usize = 16 + MAX_VERSIONS * (8 + 8 + 8 + 24 + 4 + 4) + 8 + KEY_SIZE;
 
 const _: () = {
     assert!(size_of::<Meta>() == 24);
     assert!(offset_of!(Meta, len) == 20);
-    assert!(RECORD_SIZE == 472);
+    assert!(RECORD_SIZE == 504);
     assert!(size_of::<Req>() == 600);
     assert!(offset_of!(Req, hkey) == 8);
     assert!(offset_of!(Req, cursor) == 40);

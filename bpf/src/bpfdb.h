@@ -116,6 +116,9 @@ struct db_record {
 	__u64 gc_seq;                      /* bumped before storage is freed: readers retry */
 	__u64 begin_ts[DB_MAX_VERSIONS];   /* 0: version unused */
 	__u64 end_ts[DB_MAX_VERSIONS];
+	/* begin of the oldest version sharing this version's storage (chmod
+	 * and rename hand storage on): the storage lives over [born, end). */
+	__u64 born_ts[DB_MAX_VERSIONS];
 	struct db_meta meta[DB_MAX_VERSIONS];
 	__u32 loc[DB_MAX_VERSIONS];        /* chunk, page or index page id, by meta.len */
 	__u32 vflags[DB_MAX_VERSIONS];     /* DB_VF_* */
@@ -253,7 +256,7 @@ struct db_stats {
 
 /* Layout checks; src/abi.rs asserts the same numbers on the Rust side. */
 _Static_assert(sizeof(struct db_meta) == 24, "db_meta");
-_Static_assert(sizeof(struct db_record) == 472, "db_record");
+_Static_assert(sizeof(struct db_record) == 504, "db_record");
 _Static_assert(sizeof(struct db_req) == 600, "db_req");
 _Static_assert(__builtin_offsetof(struct db_req, meta) == 64, "db_req.meta");
 _Static_assert(__builtin_offsetof(struct db_req, key) == 88, "db_req.key");

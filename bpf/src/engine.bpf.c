@@ -138,7 +138,7 @@ int stage_get(struct pt_regs *ctx)
 
 	if (!slot)
 		return 0;
-	__u64 snap = READ_ONCE(last_ts);
+	__u64 snap = 0; /* registered snapshot; 0: read at last_ts */
 	if (slot->req.txn) {
 		struct db_txn *t = active_txn(slot);
 		if (!t)
@@ -147,19 +147,23 @@ int stage_get(struct pt_regs *ctx)
 	}
 	for (int attempt = 0; attempt < DB_READ_RETRIES; attempt++) {
 		struct db_record *rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
+		/* An unregistered reader takes a fresh timestamp each attempt:
+		 * GC may have reclaimed what an older one saw. */
+		__u64 at = snap ? snap : READ_ONCE(last_ts);
 
 		if (!rec)
 			return fail(slot, -ENOENT, DB_D_NONE);
 		__u64 seq = READ_ONCE(rec->gc_seq);
+		__u64 shared_seq = READ_ONCE(shared_free_seq);
 		if (!name_matches(rec, &slot->req.key, slot->req.key_len)) {
 			if (READ_ONCE(rec->gc_seq) == seq)
 				return fail(slot, -ENOENT, DB_D_NONE); /* another name's hash */
 			continue;
 		}
-		int i = visible_version(rec, snap);
+		int i = visible_version(rec, at);
 		int err = i >= 0 ? respond_version(ctx, slot, rec, i) : 0;
 
-		if (READ_ONCE(rec->gc_seq) != seq) {
+		if (READ_ONCE(rec->gc_seq) != seq || READ_ONCE(shared_free_seq) != shared_seq) {
 			stat_add(&stats.read_retries, 1);
 			continue;
 		}
@@ -447,6 +451,7 @@ int stage_set_commit(struct pt_regs *ctx)
 	rec->meta[V(v)] = slot->req.meta;
 	rec->loc[V(v)] = slot->cont.loc;
 	rec->vflags[V(v)] = 0;
+	rec->born_ts[V(v)] = existed && meta_only ? rec->born_ts[V(p)] : ts;
 	WRITE_ONCE(rec->begin_ts[V(v)], ts);
 	if (existed) {
 		if (meta_only)
@@ -592,6 +597,7 @@ int stage_rename(struct pt_regs *ctx)
 	dst->meta[V(n)] = src->meta[V(s)];
 	dst->loc[V(n)] = src->loc[V(s)];
 	dst->vflags[V(n)] = 0;
+	dst->born_ts[V(n)] = src->born_ts[V(s)];
 	dst->end_ts[V(n)] = DB_TS_INF;
 	WRITE_ONCE(dst->begin_ts[V(n)], ts);
 	if (replacing) {

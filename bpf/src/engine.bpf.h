@@ -49,6 +49,9 @@ __u64 last_ts;
 __u64 commit_lock;   /* 0, or owner + 1 while a commit stamps its versions */
 __u64 txn_gen;       /* source of transaction ids */
 __u64 snapshots;     /* registered snapshots; GC scans the txn table only if > 0 */
+/* Bumped when GC frees storage that an older version of another record may
+ * still name (after a rename): lock-free readers re-check it like gc_seq. */
+__u64 shared_free_seq;
 __u64 record_gen;    /* source of fresh gc_seq values for new records */
 __u64 small_next;    /* bump allocator: never-used small chunks start here */
 __u64 page_next;     /* bump allocator: never-used pages start here */

@@ -153,48 +153,70 @@ static __always_inline void unlock_shared(struct db_record *rec, struct db_hkey 
 
 /* ---- garbage collection ---- */
 
-static long min_snapshot(__u64 i, __u64 *horizon)
+struct snap_search {
+	__u64 begin;
+	__u64 end;
+	bool found;
+};
+
+static long snapshot_between(__u64 i, struct snap_search *ss)
 {
 	__u32 idx = i;
 	struct db_txn *t = bpf_map_lookup_elem(&txns, &idx);
 
 	if (t) {
 		__u64 s = READ_ONCE(t->snap_ts);
-		if (s && s < *horizon)
-			*horizon = s;
+		if (s && ss->begin <= s && s < ss->end) {
+			ss->found = true;
+			return 1;
+		}
 	}
 	return 0;
 }
 
-/* Oldest timestamp a reader may still need: the last applied commit, or an
- * older registered snapshot. Lock-free readers of the newest version are
- * protected by gc_seq instead. */
-static __always_inline __u64 gc_horizon(void)
+/* Whether a registered snapshot reads at a timestamp in [begin, end). */
+static __noinline bool seen_by_snapshot(__u64 begin, __u64 end)
 {
-	__u64 horizon = READ_ONCE(last_ts);
+	struct snap_search ss = { .begin = begin, .end = end };
 
-	if (READ_ONCE(snapshots))
-		bpf_loop(DB_MAX_TXNS, min_snapshot, &horizon, 0);
-	return horizon;
+	bpf_loop(DB_MAX_TXNS, snapshot_between, &ss, 0);
+	return ss.found;
 }
 
-/* Cooperative GC: reclaims versions of a locked record that ended at or
- * before the horizon, with their value storage. */
+/* Cooperative GC: reclaims the versions of a locked record that ended at or
+ * before last_ts and that no registered snapshot sees, with their storage.
+ * Precise per version, so a long snapshot pins only the versions it reads.
+ * A snapshot registering concurrently ends up at or after the last_ts read
+ * here (see stage_begin), so it cannot see what is reclaimed. Lock-free
+ * readers of the newest version are protected by gc_seq instead. */
 static __noinline void gc_record(struct db_record *rec)
 {
 	if (!rec)
 		return;
-	__u64 horizon = gc_horizon();
+	__u64 horizon = READ_ONCE(last_ts);
+	bool snaps = READ_ONCE(snapshots) != 0;
 
 	for (int i = 0; i < DB_MAX_VERSIONS; i++) {
+		__u64 begin = rec->begin_ts[i];
 		__u64 end = rec->end_ts[i];
+		bool owns = !(rec->vflags[i] & DB_VF_NOFREE);
+		/* A version owning storage waits for every snapshot that can see
+		 * the storage, through older versions that shared it too. */
+		__u64 from = owns ? rec->born_ts[i] : begin;
 
-		if (!ts_committed(rec->begin_ts[i]) || !ts_committed(end) || end > horizon)
+		if (!ts_committed(begin) || !ts_committed(end) || end > horizon)
 			continue;
+		if (snaps && seen_by_snapshot(from, end))
+			continue;
+		/* Unpublish, then bump gc_seq, then free: a reader that saw the
+		 * version before the bump sees the bump after its copy. */
+		WRITE_ONCE(rec->begin_ts[i], 0);
 		__sync_fetch_and_add(&rec->gc_seq, 1);
-		if (!(rec->vflags[i] & DB_VF_NOFREE))
+		if (owns) {
+			if (from < begin)
+				__sync_fetch_and_add(&shared_free_seq, 1);
 			free_storage(rec->loc[i], rec->meta[i].len);
-		rec->begin_ts[i] = 0;
+		}
 		stat_add(&stats.versions_reclaimed, 1);
 	}
 }

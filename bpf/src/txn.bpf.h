@@ -44,6 +44,7 @@ static long stamp_one(__u64 i, struct txn_walk *w)
 	if (l->staged >= 0) {
 		__s32 s = l->staged;
 
+		rec->born_ts[V(s)] = live && l->shared ? rec->born_ts[V(cur)] : w->ts;
 		WRITE_ONCE(rec->begin_ts[V(s)], w->ts);
 		stat_add(&stats.value_bytes, rec->meta[V(s)].len);
 		if (!live)

@@ -88,6 +88,16 @@ impl Db {
     }
 }
 
+impl std::fmt::Debug for Txn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Txn")
+            .field("idx", &self.idx)
+            .field("id", &self.id)
+            .field("read_only", &self.read_only)
+            .finish()
+    }
+}
+
 impl Txn {
     pub fn read_only(&self) -> bool {
         self.read_only
