@@ -161,21 +161,33 @@ fn mv_onto_itself_is_a_no_op() {
 }
 
 #[test]
-fn open_reader_keeps_the_value_it_opened() {
+fn open_reader_keeps_the_value_it_opened_when_the_key_is_rewritten() {
     let m = Mount::new();
-    // Small value, rewritten while a handle is open.
     assert_eq!(
         m.ok("printf old > k; exec 3< k; printf new > k; cat <&3; echo; cat k"),
         "old\nnew"
     );
-    // Removed while open.
-    assert_eq!(m.ok("exec 3< k; rm k; cat <&3"), "new");
-    // Replaced by mv while open.
+}
+
+#[test]
+fn open_reader_keeps_the_value_it_opened_when_the_key_is_removed() {
+    let m = Mount::new();
+    assert_eq!(m.ok("printf v > k; exec 3< k; rm k; cat <&3"), "v");
+}
+
+#[test]
+fn open_reader_keeps_the_value_it_opened_when_mv_replaces_the_key() {
+    let m = Mount::new();
     assert_eq!(
         m.ok("printf B > b; printf A > a; exec 3< b; mv a b; cat <&3; echo; cat b"),
         "B\nA"
     );
-    // A 1 MiB value: read 4 KiB, replace the value, read the rest: all of it is the old one.
+}
+
+#[test]
+fn open_reader_of_a_1mib_value_reads_it_whole_across_a_rewrite() {
+    let m = Mount::new();
+    // Read 4 KiB, replace the value, read the rest: all of it is the old value.
     m.ok("dd if=/dev/urandom of=$T/old bs=1M count=1 iflag=fullblock 2>/dev/null");
     m.ok("dd if=/dev/urandom of=$T/new bs=1M count=1 iflag=fullblock 2>/dev/null");
     m.ok("cp $T/old big");
@@ -186,36 +198,54 @@ fn open_reader_keeps_the_value_it_opened() {
     m.ok("cmp $T/read $T/old && cmp big $T/new");
 }
 
+/// Runs `setup`, then `writer` in the background, reads k while the writer holds it open and
+/// after it closed; returns ["during:..", "after:.."]. dd holds the only write handle while it
+/// waits for its pipe; `sleep` never holds one.
+fn read_during_and_after(m: &Mount, setup: &str, writer: &str) -> Vec<String> {
+    let out = m.ok(&format!(
+        "{setup}
+         {writer} &
+         sleep 0.5
+         printf 'during:%s\\n' \"$(cat k)\"
+         wait
+         printf 'after:%s\\n' \"$(cat k)\""
+    ));
+    out.lines().map(str::to_owned).collect()
+}
+
 #[test]
-fn a_writer_commits_on_close_and_readers_see_the_old_value_until_then() {
+fn o_trunc_empties_only_the_writers_buffer_until_close() {
     let m = Mount::new();
-    // dd holds the only write handle while it waits for the pipe; `sleep` never holds one.
-    let out = m.ok("printf old > k
-         { sleep 2; printf new; } | dd of=k 2>/dev/null &
-         sleep 0.5
-         printf 'during:%s\\n' \"$(cat k)\"
-         wait
-         printf 'after:%s\\n' \"$(cat k)\"");
-    // O_TRUNC empties only the writer's buffer: readers still see "old", never "".
-    assert_eq!(lines(&out), ["during:old", "after:new"]);
+    // Readers still see "old", never "", until dd closes.
+    let got = read_during_and_after(
+        &m,
+        "printf old > k",
+        "{ sleep 2; printf new; } | dd of=k 2>/dev/null",
+    );
+    assert_eq!(got, ["during:old", "after:new"]);
+}
 
-    // Writes already made to the buffer are not visible before the close either.
-    let out = m.ok("printf old > k
-         { printf NEW; sleep 2; printf ER; } | dd of=k 2>/dev/null &
-         sleep 0.5
-         printf 'during:%s\\n' \"$(cat k)\"
-         wait
-         printf 'after:%s\\n' \"$(cat k)\"");
-    assert_eq!(lines(&out), ["during:old", "after:NEWER"]);
+#[test]
+fn writes_are_invisible_to_readers_until_close() {
+    let m = Mount::new();
+    let got = read_during_and_after(
+        &m,
+        "printf old > k",
+        "{ printf NEW; sleep 2; printf ER; } | dd of=k conv=notrunc 2>/dev/null",
+    );
+    assert_eq!(got, ["during:old", "after:NEWER"]);
+}
 
-    // ftruncate on an open writer edits its buffer only.
-    let out = m.ok("printf hello > k
-         { sleep 2; printf XY; } | dd of=k bs=1 seek=2 2>/dev/null &
-         sleep 0.5
-         printf 'during:%s\\n' \"$(cat k)\"
-         wait
-         printf 'after:%s\\n' \"$(cat k)\"");
-    assert_eq!(lines(&out), ["during:hello", "after:heXY"]);
+#[test]
+fn ftruncate_on_an_open_writer_edits_only_its_buffer() {
+    let m = Mount::new();
+    // dd seek=2 without conv=notrunc ftruncates its own handle to 2 bytes.
+    let got = read_during_and_after(
+        &m,
+        "printf hello > k",
+        "{ sleep 2; printf XY; } | dd of=k bs=1 seek=2 2>/dev/null",
+    );
+    assert_eq!(got, ["during:hello", "after:heXY"]);
 }
 
 #[test]
@@ -268,7 +298,7 @@ fn keys_may_be_named_with_any_bytes_but_slash_and_nul() {
     ] {
         let n = OsStr::new(name);
         let out = m.sh_env(
-            "printf 'v:%s' \"$N\" > \"$N\" && cat \"$N\" && ls -A && rm -- \"$N\"",
+            "printf 'v:%s' \"$N\" > \"$N\" && cat -- \"$N\" && echo && ls -A && rm -- \"$N\"",
             &[("N", n)],
         );
         let stdout = bpfdb_tests::assert_ok(&out, name);
@@ -285,7 +315,7 @@ fn keys_may_be_named_with_any_bytes_but_slash_and_nul() {
     let all: Vec<u8> = (1..=255u8).filter(|&b| b != b'/').collect();
     let n = OsStr::from_bytes(&all);
     let out = m.sh_env(
-        "printf v > \"$N\" && cat \"$N\" && [ -f \"$N\" ] && ls -A",
+        "printf v > \"$N\" && cat -- \"$N\" && [ -f \"$N\" ] && ls -A",
         &[("N", n)],
     );
     bpfdb_tests::assert_ok(&out, "every-byte name");

@@ -36,7 +36,10 @@ fn readers_see_only_complete_values_while_writers_rewrite_a_shared_key() {
          reader() {{
            n=0
            while [ $n -lt 20 ] || [ ! -e $T/stop ]; do
-             {{ cat shared || echo \"read failed\"; }} | md5sum >> $T/reads_$1
+             cat shared > $T/read_$1 || echo \"read failed\" > $T/read_$1
+             # md5, size and head of what was read: the head names the value it came from.
+             h=$(md5sum < $T/read_$1 | cut -c1-32)
+             echo \"$h $(wc -c < $T/read_$1) $(head -c 12 $T/read_$1 | tr '\\n\\0' '|.')\" >> $T/reads_$1
              n=$((n+1))
            done
          }}
@@ -45,8 +48,7 @@ fn readers_see_only_complete_values_while_writers_rewrite_a_shared_key() {
          for r in $(seq 1 {READERS}); do reader $r & done
          wait $pids
          touch $T/stop
-         wait
-         cat shared | md5sum >> $T/reads_final"
+         wait"
     );
     m.ok_quiet(&script);
 
@@ -56,25 +58,33 @@ fn readers_see_only_complete_values_while_writers_rewrite_a_shared_key() {
         .map(str::to_owned)
         .collect();
     assert_eq!(allowed.len(), 1 + WRITERS * VALUES_PER_WRITER);
-    let reads = m.ok("cat $T/reads_* | cut -d' ' -f1");
+    let reads = m.ok("cat $T/reads_*");
     let reads = lines(&reads);
     assert!(
-        reads.len() > READERS * 20,
+        reads.len() >= READERS * 20,
         "only {} reads recorded",
         reads.len()
     );
-    let bad: Vec<&&str> = reads.iter().filter(|r| !allowed.contains(**r)).collect();
+    let bad: Vec<&&str> = reads
+        .iter()
+        .filter(|r| !r.split(' ').next().is_some_and(|h| allowed.contains(h)))
+        .collect();
     assert!(
         bad.is_empty(),
-        "{} of {} reads were not a complete written value (torn, mixed, empty or failed): {:?}",
+        "{} of {} reads were not a complete written value of {VALUE_BYTES} bytes \
+         (torn, mixed, empty or failed); md5, size, head of the first ones: {:#?}",
         bad.len(),
         reads.len(),
-        &bad[..bad.len().min(5)]
+        &bad[..bad.len().min(8)]
     );
     // The shared key ended with a writer's value, not the initial one.
     let init = m.ok("md5sum < $T/val_init | cut -d' ' -f1");
     let last = m.ok("md5sum < shared | cut -d' ' -f1");
     assert_ne!(last, init);
+    assert!(
+        allowed.contains(last.trim()),
+        "final value {last} was never written"
+    );
 
     // Every writer's own keys hold exactly what it wrote.
     let listed = m.ok("for f in own_*; do printf '%s=%s\\n' \"$f\" \"$(cat $f)\"; done");
