@@ -98,6 +98,11 @@ fn truncate_grows_with_zeros_and_shrinks() {
     assert_eq!(m.ok_bytes("cat k"), b"he");
     m.ok("truncate -s 0 k");
     assert_eq!(m.ok("stat -c %s k && cat k && ls"), "0\nk\n");
+    // truncate(2) by path, with no handle open, commits at once.
+    m.ok("printf hello > p && perl -e 'truncate(\"p\", 2) or die \"truncate: $!\\n\"'");
+    assert_eq!(m.ok_bytes("cat p && stat -c %s p"), b"he2\n");
+    m.ok("perl -e 'truncate(\"p\", 4) or die \"truncate: $!\\n\"'");
+    assert_eq!(m.ok_bytes("cat p"), b"he\0\0");
     // truncate creates a missing key.
     m.ok("truncate -s 4 t");
     assert_eq!(m.ok_bytes("cat t"), b"\0\0\0\0");

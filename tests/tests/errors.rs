@@ -185,6 +185,17 @@ fn full_value_memory_gives_enospc_and_keeps_existing_values() {
     m.ok("cmp v1 $T/r1");
     m.fails("head -c 524288 $T/big >> v2", msg::ENOSPC);
     m.ok("cmp v2 $T/r2");
+    // fsync returns the commit's error too (perl: fsync on a handle that stays open).
+    m.fails(
+        r#"perl -MIO::Handle -e '
+             open(my $f, ">>", "v3") or die "open: $!\n";
+             open(my $big, "<", "$ENV{T}/big") or die;
+             read($big, my $buf, 524288) == 524288 or die;
+             syswrite($f, $buf) == 524288 or die "write: $!\n";
+             $f->sync or die "fsync: $!\n";'"#,
+        &format!("fsync: {}", msg::ENOSPC),
+    );
+    m.ok("cmp v3 $T/r3");
     // rm gives the memory back.
     m.ok("rm v1 v2");
     m.ok(&format!(
