@@ -1,0 +1,454 @@
+//! Open files and directories: snapshots taken at open, write buffers and
+//! their commits, listings served by offset.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+
+use bpfdb::{Error, Meta, NewMeta, Result, SetFlags};
+use log::{debug, warn};
+
+use super::{Attr, Fs, Kind, Opened, file_attr, ino_name, is_reserved, now_ns, restate, show};
+use crate::handles::lock;
+use crate::inodes::{ROOT_INO, Resolved, SNAP_INO, STATS_INO, TXN_INO};
+
+pub(super) enum Handle {
+    /// A value as it was at open (`.stats`: as rendered at open).
+    Snapshot {
+        ino: u64,
+        data: Vec<u8>,
+        meta: Meta,
+    },
+    Writer(Writer),
+    Dir {
+        ino: u64,
+        names: Vec<Vec<u8>>,
+    },
+}
+
+pub(super) struct Writer {
+    ino: u64,
+    buf: Vec<u8>,
+    /// Metadata of the committed value the buffer started from.
+    meta: Meta,
+    readable: bool,
+    append: bool,
+    /// Written (or truncated by a call) since the last commit.
+    dirty: bool,
+    /// Opened with O_TRUNC and not written since. Shells and dd open, dup
+    /// the descriptor and close the original, so a flush comes before the
+    /// first write; committing the empty value then would show readers an
+    /// empty key in the middle of `printf new > key`. Such a buffer commits
+    /// with the first write's flush, at fsync, or at release.
+    truncated: bool,
+    /// The last commit failed and nothing changed since, so release must not
+    /// retry behind the back of the close() that already reported it.
+    failed: bool,
+    /// A write went past max_value: the stream the application wrote is
+    /// incomplete, so the buffer is never committed and every flush fails.
+    too_big: bool,
+}
+
+impl Handle {
+    /// Attributes as this handle sees the file, so the kernel's idea of the
+    /// size matches what reads through this handle return.
+    pub(super) fn attr(&self, ino: u64) -> Option<Attr> {
+        match self {
+            Handle::Snapshot { ino: i, data, meta } if *i == ino => {
+                Some(file_attr(ino, meta, data.len()))
+            }
+            Handle::Writer(w) if w.ino == ino => Some(file_attr(ino, &w.meta, w.buf.len())),
+            _ => None,
+        }
+    }
+}
+
+impl Fs {
+    pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
+        match ino {
+            STATS_INO => {
+                if flags & libc::O_ACCMODE != libc::O_RDONLY {
+                    return Err(Error::new(
+                        libc::EACCES,
+                        "open \".stats\" for writing: it is read-only",
+                    ));
+                }
+                let data = self.stats_text().into_bytes();
+                let fh = self.handles.insert(Handle::Snapshot {
+                    ino,
+                    data,
+                    meta: Meta::default(),
+                })?;
+                Ok(Opened {
+                    fh,
+                    direct_io: true,
+                })
+            }
+            ROOT_INO | TXN_INO | SNAP_INO => Err(Error::new(
+                libc::EISDIR,
+                format!("open {}: is a directory", ino_name(ino)),
+            )),
+            _ => match self.inodes.resolve(ino) {
+                Resolved::Key(key) => self.open_key(ino, &key, flags),
+                // A reader just reads the key by its name. A writer's commit
+                // would be dropped (writes to a removed file go nowhere), so
+                // it gets ESTALE and the kernel looks the name up again.
+                Resolved::Unlinked(key) if flags & libc::O_ACCMODE == libc::O_RDONLY => {
+                    self.open_key(ino, &key, flags)
+                }
+                Resolved::Unlinked(key) => Err(Error::new(
+                    libc::ESTALE,
+                    format!("open {} for writing: replaced since its lookup", show(&key)),
+                )),
+                Resolved::Unknown => Err(Error::new(
+                    libc::ESTALE,
+                    format!("open inode {ino}: unknown inode"),
+                )),
+            },
+        }
+    }
+
+    /// The handle of a key `create` has just committed empty.
+    pub(super) fn open_created(&self, ino: u64, meta: Meta, flags: i32) -> Result<Opened> {
+        let handle = if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            Handle::Snapshot {
+                ino,
+                data: Vec::new(),
+                meta,
+            }
+        } else {
+            Handle::Writer(Writer::new(ino, Vec::new(), meta, flags, false))
+        };
+        let fh = self.handles.insert(handle)?;
+        Ok(Opened {
+            fh,
+            direct_io: true,
+        })
+    }
+
+    /// ftruncate on a handle open for writing edits only its buffer. False
+    /// when `fh` is not a write handle of `ino`.
+    pub(super) fn truncate_writer(&self, fh: Option<u64>, ino: u64, len: usize) -> bool {
+        let Some(h) = fh.and_then(|fh| self.handles.get(fh).ok()) else {
+            return false;
+        };
+        let mut h = lock(&h);
+        let Handle::Writer(w) = &mut *h else {
+            return false;
+        };
+        if w.ino != ino {
+            return false;
+        }
+        w.buf.resize(len, 0);
+        w.dirty = true;
+        w.truncated = false;
+        w.failed = false;
+        true
+    }
+
+    pub(super) fn open_key(&self, ino: u64, key: &[u8], flags: i32) -> Result<Opened> {
+        let what = || format!("open {}", show(key));
+        let handle = {
+            let mut s = self.db.session();
+            let mut data = Vec::new();
+            if flags & libc::O_ACCMODE == libc::O_RDONLY {
+                let meta = s.get(key, &mut data).map_err(|e| restate(e, what))?.meta;
+                Handle::Snapshot { ino, data, meta }
+            } else if flags & libc::O_TRUNC != 0 {
+                let meta = s.stat(key).map_err(|e| restate(e, what))?.meta;
+                Handle::Writer(Writer::new(ino, data, meta, flags, true))
+            } else {
+                let meta = s.get(key, &mut data).map_err(|e| restate(e, what))?.meta;
+                Handle::Writer(Writer::new(ino, data, meta, flags, false))
+            }
+        };
+        let fh = self.handles.insert(handle)?;
+        Ok(Opened {
+            fh,
+            direct_io: true,
+        })
+    }
+
+    /// Calls `f` with the bytes at `offset`, at most `size` of them.
+    pub fn read<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        let h = self.handles.get(fh)?;
+        let h = lock(&h);
+        let data: &[u8] = match &*h {
+            Handle::Snapshot { data, .. } => data,
+            Handle::Writer(w) if w.readable => &w.buf,
+            Handle::Writer(w) => {
+                return Err(Error::new(
+                    libc::EBADF,
+                    format!("read {}: opened write-only", self.name_for_log(w.ino)),
+                ));
+            }
+            Handle::Dir { ino, .. } => {
+                return Err(Error::new(
+                    libc::EISDIR,
+                    format!("read {}: is a directory", ino_name(*ino)),
+                ));
+            }
+        };
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let end = start.saturating_add(size as usize).min(data.len());
+        Ok(f(&data[start..end]))
+    }
+
+    /// Edits the handle's buffer; nothing reaches the engine until flush.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let h = self.handles.get(fh)?;
+        let mut h = lock(&h);
+        let Handle::Writer(w) = &mut *h else {
+            return Err(Error::new(
+                libc::EBADF,
+                format!("write: handle {fh} is not open for writing"),
+            ));
+        };
+        let start = if w.append {
+            w.buf.len()
+        } else {
+            usize::try_from(offset).unwrap_or(usize::MAX)
+        };
+        let end = match start.checked_add(data.len()) {
+            Some(end) if end <= self.max_value => end,
+            _ => {
+                w.too_big = true;
+                return Err(Error::new(
+                    libc::EFBIG,
+                    format!(
+                        "write {}: value would be {} bytes, over max_value {}; the previous value stays",
+                        self.name_for_log(w.ino),
+                        start as u128 + data.len() as u128,
+                        self.max_value
+                    ),
+                ));
+            }
+        };
+        if w.buf.len() < end {
+            w.buf.resize(end, 0);
+        }
+        w.buf[start..end].copy_from_slice(data);
+        w.dirty = true;
+        w.truncated = false;
+        w.failed = false;
+        // A single write is at most max_write (1 MiB), so it fits.
+        Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
+    }
+
+    /// close(): commits the buffer if it changed; the commit's error is
+    /// what close() returns.
+    pub fn flush(&self, fh: u64) -> Result<()> {
+        let h = self.handles.get(fh)?;
+        let mut h = lock(&h);
+        match &mut *h {
+            Handle::Writer(w) => self.commit(w),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn fsync(&self, fh: u64) -> Result<()> {
+        let h = self.handles.get(fh)?;
+        let mut h = lock(&h);
+        match &mut *h {
+            Handle::Writer(w) => {
+                w.dirty |= w.truncated;
+                self.commit(w)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Drops the handle. An O_TRUNC never written, or a buffer changed after
+    /// the last flush (writes through a shared mapping), is committed here;
+    /// the error can reach nobody, so it is only logged.
+    pub fn release(&self, fh: u64) {
+        let Some(h) = self.handles.remove(fh) else {
+            return;
+        };
+        let mut h = lock(&h);
+        // A refused write already failed at the caller; nothing to commit.
+        if let Handle::Writer(w) = &mut *h
+            && !w.too_big
+        {
+            w.dirty = (w.dirty && !w.failed) || w.truncated;
+            if let Err(e) = self.commit(w) {
+                warn!("release: {e}; no caller is left to report it to");
+            }
+        }
+    }
+
+    fn commit(&self, w: &mut Writer) -> Result<()> {
+        if w.too_big {
+            return Err(Error::new(
+                libc::EFBIG,
+                format!(
+                    "commit {}: not committed because a write went over max_value {}; the previous value stays",
+                    self.name_for_log(w.ino),
+                    self.max_value
+                ),
+            ));
+        }
+        if !w.dirty {
+            return Ok(());
+        }
+        let result = self.try_commit(w);
+        w.failed = result.is_err();
+        w.dirty = result.is_err();
+        if result.is_ok() {
+            w.truncated = false;
+        }
+        result
+    }
+
+    fn try_commit(&self, w: &mut Writer) -> Result<()> {
+        let key = match self.inodes.resolve(w.ino) {
+            Resolved::Key(key) => key,
+            Resolved::Unlinked(_) => {
+                // Like writes to an unlinked file: they go nowhere.
+                debug!(
+                    "commit inode {}: its key was removed while open; write dropped",
+                    w.ino
+                );
+                return Ok(());
+            }
+            Resolved::Unknown => {
+                return Err(Error::new(
+                    libc::ESTALE,
+                    format!("commit inode {}: the inode was forgotten while open", w.ino),
+                ));
+            }
+        };
+        let what = || format!("commit {}", show(&key));
+        let mut s = self.db.session();
+        // Mode and owners come from the key as it is now, so a chmod made
+        // while this file was open is not undone by the commit.
+        let base = match s.stat(&key) {
+            Ok(st) => st.meta,
+            Err(e) if e.errno == libc::ENOENT => w.meta,
+            Err(e) => return Err(restate(e, what)),
+        };
+        let meta = NewMeta {
+            mode: base.mode,
+            uid: base.uid,
+            gid: base.gid,
+            mtime_ns: now_ns(),
+        };
+        let st = s
+            .set(&key, &w.buf, meta, SetFlags::default())
+            .map_err(|e| restate(e, what))?;
+        w.meta = st.meta;
+        Ok(())
+    }
+
+    /// Lists the directory now; readdir serves this list by offset.
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let names = match ino {
+            ROOT_INO => self.list_keys()?,
+            TXN_INO | SNAP_INO => Vec::new(),
+            _ => {
+                return Err(Error::new(
+                    libc::ENOTDIR,
+                    format!("opendir {}: not a directory", self.name_for_log(ino)),
+                ));
+            }
+        };
+        self.handles.insert(Handle::Dir { ino, names })
+    }
+
+    fn list_keys(&self) -> Result<Vec<Vec<u8>>> {
+        let mut seen = HashSet::new();
+        let mut names = Vec::new();
+        let limit = self.max_keys;
+        self.db
+            .session()
+            .scan(|name| {
+                // The walk may see a key twice when keys move during it.
+                if names.len() < limit && !is_reserved(name) && seen.insert(name.to_vec()) {
+                    names.push(name.to_vec());
+                }
+            })
+            .map_err(|e| restate(e, || "readdir /".to_string()))?;
+        Ok(names)
+    }
+
+    /// Calls `add(ino, next_offset, kind, name)` for each entry from
+    /// `offset` on, until it returns true (the reply is full).
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, Kind, &[u8]) -> bool,
+    ) -> Result<()> {
+        let h = self.handles.get(fh)?;
+        let h = lock(&h);
+        let Handle::Dir { ino, names } = &*h else {
+            return Err(Error::new(
+                libc::ENOTDIR,
+                format!("readdir: handle {fh} is not a directory"),
+            ));
+        };
+        let root: [(u64, Kind, &[u8]); 5] = [
+            (ROOT_INO, Kind::Dir, b"."),
+            (ROOT_INO, Kind::Dir, b".."),
+            (STATS_INO, Kind::File, b".stats"),
+            (TXN_INO, Kind::Dir, b".txn"),
+            (SNAP_INO, Kind::Dir, b".snap"),
+        ];
+        let sub: [(u64, Kind, &[u8]); 2] = [(*ino, Kind::Dir, b"."), (ROOT_INO, Kind::Dir, b"..")];
+        let fixed: &[(u64, Kind, &[u8])] = if *ino == ROOT_INO { &root } else { &sub };
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for i in start..fixed.len().saturating_add(names.len()) {
+            let next = i as u64 + 1;
+            let full = match fixed.get(i) {
+                Some(&(e_ino, kind, name)) => add(e_ino, next, kind, name),
+                None => {
+                    let name = &names[i - fixed.len()];
+                    // When the table is full of inodes the kernel holds, a
+                    // listing still needs a number; this one is never an
+                    // inode the kernel can ask about.
+                    let e_ino = self
+                        .inodes
+                        .listing_ino(name)
+                        .unwrap_or_else(|| listing_only_ino(name));
+                    add(e_ino, next, Kind::File, name)
+                }
+            };
+            if full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.remove(fh);
+    }
+}
+
+impl Writer {
+    fn new(ino: u64, buf: Vec<u8>, meta: Meta, flags: i32, truncated: bool) -> Writer {
+        Writer {
+            ino,
+            buf,
+            meta,
+            readable: flags & libc::O_ACCMODE == libc::O_RDWR,
+            append: flags & libc::O_APPEND != 0,
+            dirty: false,
+            truncated,
+            failed: false,
+            too_big: false,
+        }
+    }
+}
+
+/// Above every counted inode number, so the kernel never confuses the two.
+fn listing_only_ino(name: &[u8]) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(name) | 1 << 63
+}

@@ -1,0 +1,72 @@
+//! The `.stats` file and `statfs`, both derived from the engine's counters
+//! and the sizes its maps were given at load.
+
+use std::fmt::Write;
+
+use bpfdb::Layout;
+use bpfdb::Stats;
+use bpfdb::abi::{Op, PAGE_SIZE, SMALL_CHUNK};
+
+/// `.stats` content: one `name value` pair per line.
+pub fn render(stats: &Stats, layout: &Layout) -> String {
+    let op = |o: Op| stats.ops.get(o as usize).copied().unwrap_or(0);
+    let lines: [(&str, u64); 18] = [
+        ("keys", stats.keys),
+        ("records", stats.records),
+        ("value_bytes", stats.value_bytes),
+        ("small_chunks_used", stats.small_used),
+        ("small_chunks_total", layout.small_chunks.into()),
+        ("pages_used", stats.pages_used),
+        ("pages_total", layout.pages.into()),
+        ("max_keys", layout.max_keys.into()),
+        ("ops_get", op(Op::Get)),
+        ("ops_set", op(Op::Set)),
+        ("ops_delete", op(Op::Delete)),
+        ("ops_rename", op(Op::Rename)),
+        ("ops_scan", op(Op::Scan)),
+        ("commits", stats.commits),
+        ("conflicts", stats.conflicts),
+        ("versions_reclaimed", stats.versions_reclaimed),
+        ("read_retries", stats.read_retries),
+        ("errors", stats.errors),
+    ];
+    let mut out = String::with_capacity(lines.len() * 24);
+    for (name, value) in lines {
+        let _ = writeln!(out, "{name} {value}");
+    }
+    out
+}
+
+/// What `statfs` reports, in blocks of `bsize` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FsStat {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+pub const BLOCK_SIZE: u32 = PAGE_SIZE as u32;
+pub const NAME_MAX: u32 = bpfdb::abi::KEY_MAX as u32;
+
+/// Capacity is the value memory (pages plus small chunks); files are keys.
+pub fn statfs(stats: &Stats, layout: &Layout) -> FsStat {
+    let page = PAGE_SIZE as u64;
+    let small = SMALL_CHUNK as u64;
+    let total = u64::from(layout.pages) * page + u64::from(layout.small_chunks) * small;
+    let used = stats.pages_used.saturating_mul(page) + stats.small_used.saturating_mul(small);
+    let free = total.saturating_sub(used) / u64::from(BLOCK_SIZE);
+    let files = u64::from(layout.max_keys);
+    FsStat {
+        blocks: total / u64::from(BLOCK_SIZE),
+        bfree: free,
+        bavail: free,
+        files,
+        ffree: files.saturating_sub(stats.records),
+        bsize: BLOCK_SIZE,
+        namelen: NAME_MAX,
+    }
+}
