@@ -1,7 +1,10 @@
 //! The bpfdb filesystem daemon as a library: `fs` is the testable core
-//! (plain Rust types, no FUSE).
+//! (plain Rust types, no FUSE), `fuse` the thin adapter the kernel talks
+//! to, `mount` the mount, unmount and signal handling of the daemon.
 
 pub mod fs;
+pub mod fuse;
 pub mod handles;
 pub mod inodes;
+pub mod mount;
 pub mod stats;
