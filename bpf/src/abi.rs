@@ -60,6 +60,8 @@ pub enum Detail {
     TxnInactive = 12,
     ReadOnly = 13,
     CommitBusy = 14,
+    WalFull = 15,
+    WalTooBig = 16,
 }
 
 impl Detail {
@@ -79,6 +81,8 @@ impl Detail {
             12 => Detail::TxnInactive,
             13 => Detail::ReadOnly,
             14 => Detail::CommitBusy,
+            15 => Detail::WalFull,
+            16 => Detail::WalTooBig,
             _ => Detail::None,
         }
     }

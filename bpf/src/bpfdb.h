@@ -189,7 +189,35 @@ enum db_detail {
 	DB_D_TXN_INACTIVE = 12,     /* ECANCELED: txn already committed or aborted */
 	DB_D_READ_ONLY = 13,        /* EROFS: write in a snapshot */
 	DB_D_COMMIT_BUSY = 14,      /* EBUSY: another commit is stamping; retry */
+	DB_D_WAL_FULL = 15,         /* EAGAIN: the log ringbuf lacks room; retry after it drains */
+	DB_D_WAL_TOO_BIG = 16,      /* EFBIG: the commit is larger than the log ringbuf */
 };
+
+/* ---- write-ahead log: fragments streamed through the wal ringbuf ----
+ *
+ * A commit is emitted under the commit lock, so its fragments are contiguous
+ * and commits appear in timestamp order:
+ *   BEGIN(ts)  { PUT(key, meta) data... | DEL(key) }*  COMMIT(ts)
+ * A PUT of meta.len bytes is followed by its data fragments: one small chunk
+ * (128 bytes) for len <= 128, else pages_of(len) pages of 4096 bytes; the
+ * last fragment is cut to the length by the reader. A BEGIN with no COMMIT
+ * (emission failed) is discarded by the reader at the next BEGIN. */
+enum db_wal_kind {
+	DB_WAL_BEGIN = 1,
+	DB_WAL_PUT = 2,
+	DB_WAL_DEL = 3,
+	DB_WAL_COMMIT = 4,
+};
+
+struct db_wal_frag {
+	__u32 kind;        /* enum db_wal_kind */
+	__u32 key_len;
+	__u64 ts;
+	struct db_meta meta;
+	char key[DB_KEY_SIZE];
+};
+
+#define DB_RINGBUF_HDR 8   /* bytes the ringbuf adds to every record */
 
 /* ---- transactions ---- */
 
@@ -267,6 +295,7 @@ _Static_assert(__builtin_offsetof(struct db_slot, cont) == 664, "db_slot.cont");
 _Static_assert(__builtin_offsetof(struct db_slot, scratch) == 680, "db_slot.scratch");
 _Static_assert(__builtin_offsetof(struct db_slot, data) == DB_SLOT_HEADER, "db_slot.data");
 _Static_assert(sizeof(struct db_txn_lock) == 32, "db_txn_lock");
+_Static_assert(sizeof(struct db_wal_frag) == 296, "db_wal_frag");
 _Static_assert(sizeof(struct db_stats) == 23 * 8, "db_stats");
 
 #endif /* BPFDB_H */

@@ -3,7 +3,8 @@
 //! through it, autocommit or inside a transaction (see txn.rs).
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
+use std::time::Duration;
 
 use log::debug;
 use xxhash_rust::xxh3::xxh3_128_with_seed;
@@ -12,6 +13,8 @@ use crate::Options;
 use crate::abi::{self, Detail, HKey, Meta, Op, Slot, Stats};
 use crate::engine::{Engine, Layout};
 use crate::error::{Error, Result};
+use crate::recovery;
+use crate::wal_writer::{Log, Start};
 
 /// Times an op is re-run after a transient conflict with another autocommit
 /// op (the engine never waits; a key is locked only for microseconds).
@@ -31,7 +34,17 @@ pub(crate) struct Inner {
     slot_freed: Condvar,
     /// Transaction table entries not in use (user space hands them out).
     pub(crate) free_txns: Mutex<Vec<u32>>,
+    /// Writers hold it shared around a commit; a checkpoint holds it
+    /// exclusively for the moment it needs no commit in flight.
+    pub(crate) gate: RwLock<()>,
+    /// The log writer, once recovery is done (None without a data dir).
+    pub(crate) log: OnceLock<Log>,
+    /// One checkpoint at a time.
+    checkpointing: Mutex<()>,
 }
+
+/// How often the background thread checks the log size.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(500);
 
 impl Db {
     pub fn open(opts: &Options) -> Result<Db> {
@@ -55,10 +68,84 @@ impl Db {
             free_slots,
             slot_freed: Condvar::new(),
             free_txns,
+            gate: RwLock::new(()),
+            log: OnceLock::new(),
+            checkpointing: Mutex::new(()),
         };
-        Ok(Db {
+        let db = Db {
             inner: Arc::new(inner),
-        })
+        };
+        if let Some(dir) = &opts.data_dir {
+            db.start_durability(dir)?;
+        }
+        Ok(db)
+    }
+
+    /// Recovers from `dir`, then turns on the log and its writer.
+    fn start_durability(&self, dir: &std::path::Path) -> Result<()> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(&format!("create {}", dir.display()), &e))?;
+        let rec = recovery::recover(self, dir, self.inner.opts.allow_corrupt_log)?;
+        let engine = &self.inner.engine;
+        let start = Start {
+            dir: dir.to_path_buf(),
+            segment: rec.segment,
+            next_seq: rec.next_seq,
+            last_ts: engine.last_ts(),
+            sync: self.inner.opts.sync,
+        };
+        let log = Log::start(engine.wal_map()?, start)?;
+        engine.set_wal_on(true)?;
+        let _ = self.inner.log.set(log);
+        let weak = Arc::downgrade(&self.inner);
+        std::thread::Builder::new()
+            .name("bpfdb-ckpt".into())
+            .spawn(move || checkpoint_when_large(weak))
+            .map_err(|e| Error::io("spawn checkpoint thread", &e))?;
+        Ok(())
+    }
+
+    /// Takes a checkpoint now: writers pause only while the log is drained
+    /// and a snapshot begins; the snapshot is written while they run.
+    pub fn checkpoint(&self) -> Result<()> {
+        let (Some(log), Some(dir)) = (self.inner.log.get(), self.inner.opts.data_dir.as_ref())
+        else {
+            return Ok(());
+        };
+        let _one = self
+            .inner
+            .checkpointing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let t = std::time::Instant::now();
+        let (snap, segment) = {
+            let _quiet = self.inner.gate.write().unwrap_or_else(|p| p.into_inner());
+            log.wait_written(self.inner.engine.last_ts())?;
+            let segment = log.rotate()?;
+            (self.begin(true)?, segment)
+        };
+        let pause = t.elapsed();
+        let keys = recovery::write_checkpoint(&snap, dir, segment)?;
+        drop(snap);
+        for old in crate::wal::segments(dir)?
+            .into_iter()
+            .filter(|&n| n < segment)
+        {
+            let p = crate::wal::segment_path(dir, old);
+            std::fs::remove_file(&p)
+                .map_err(|e| Error::io(&format!("remove {}", p.display()), &e))?;
+        }
+        log::info!(
+            "checkpoint: {keys} keys in {:?}, writers paused {:?}",
+            t.elapsed(),
+            pause
+        );
+        Ok(())
+    }
+
+    /// Bytes in the log segment being written (0 without a log).
+    pub fn log_bytes(&self) -> u64 {
+        self.inner.log.get().map_or(0, |l| l.segment_bytes())
     }
 
     pub fn options(&self) -> &Options {
@@ -79,7 +166,28 @@ impl Db {
     }
 }
 
+fn checkpoint_when_large(weak: Weak<Inner>) {
+    loop {
+        std::thread::sleep(CHECKPOINT_POLL);
+        let Some(inner) = weak.upgrade() else { return };
+        let db = Db { inner };
+        if db.log_bytes() > db.options().checkpoint_bytes
+            && let Err(e) = db.checkpoint()
+        {
+            log::warn!("checkpoint: {e}");
+        }
+    }
+}
+
 impl Inner {
+    /// Waits for the commit at `ts` to be durable, per the sync mode.
+    pub(crate) fn durable(&self, ts: u64) -> Result<()> {
+        match self.log.get() {
+            Some(log) => log.wait_durable(ts),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn session(&self) -> Session<'_> {
         let mut free = self.free_slots.lock().unwrap_or_else(|p| p.into_inner());
         loop {
@@ -216,6 +324,20 @@ impl Session<'_> {
         ))
     }
 
+    /// Runs a write. Autocommit: inside the checkpoint gate, and returns
+    /// once the commit is durable. In a transaction it only stages.
+    pub(crate) fn run_write(&mut self, what: &str) -> Result<abi::Resp> {
+        if self.txn != 0 {
+            return self.run(what);
+        }
+        let resp = {
+            let _gate = self.db.gate.read().unwrap_or_else(|p| p.into_inner());
+            self.run(what)?
+        };
+        self.db.durable(resp.ts)?;
+        Ok(resp)
+    }
+
     pub(crate) fn error(&mut self, what: &str, errno: i32, detail: Detail) -> Error {
         let key = {
             let k = &self.slot().req.key;
@@ -234,6 +356,8 @@ impl Session<'_> {
             Detail::TxnTooBig => "transaction locks too many keys",
             Detail::TxnInactive => "transaction is no longer active",
             Detail::ReadOnly => "snapshots are read-only",
+            Detail::WalFull => "the log buffer is full; the log writer is behind",
+            Detail::WalTooBig => "the commit is larger than the log buffer (wal_buffer)",
             Detail::Race | Detail::LockedAutocommit | Detail::CommitBusy => "conflict",
             Detail::None => "",
         };
@@ -327,7 +451,7 @@ impl Session<'_> {
             gid: meta.gid,
             len: value.len() as u32,
         };
-        let resp = self.run("set")?;
+        let resp = self.run_write("set")?;
         Ok(Stat {
             meta: resp.meta,
             ts: resp.ts,
@@ -344,7 +468,7 @@ impl Session<'_> {
             gid: meta.gid,
             len: 0,
         };
-        let resp = self.run("set_meta")?;
+        let resp = self.run_write("set_meta")?;
         Ok(Stat {
             meta: resp.meta,
             ts: resp.ts,
@@ -353,7 +477,7 @@ impl Session<'_> {
 
     pub fn delete(&mut self, key: &[u8]) -> Result<u64> {
         self.prepare(Op::Delete, 0, key)?;
-        Ok(self.run("delete")?.ts)
+        Ok(self.run_write("delete")?.ts)
     }
 
     /// Moves `from` to `to` in one commit, replacing `to` unless `no_replace`.
@@ -369,7 +493,7 @@ impl Session<'_> {
         req.hkey2 = key_hash(to, seed);
         req.key2_len = to.len() as u32;
         write_key(&mut req.key2, to);
-        Ok(self.run("rename")?.ts)
+        Ok(self.run_write("rename")?.ts)
     }
 
     /// Calls `f` with the name of every live key. Keys written during the

@@ -17,6 +17,7 @@
 #include "engine.bpf.h"
 #include "storage.bpf.h"
 #include "record.bpf.h"
+#include "wal.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -414,6 +415,14 @@ int stage_set_commit(struct pt_regs *ctx)
 		if (!ts) {
 			slot->resp.err = -EBUSY;
 			slot->resp.detail = DB_D_COMMIT_BUSY;
+		} else {
+			__u32 detail = DB_D_NONE;
+			int err = wal_room(wal_put_bytes(slot->req.meta.len), &detail);
+			if (err) {
+				commit_cancel();
+				slot->resp.err = err;
+				slot->resp.detail = detail;
+			}
 		}
 	}
 	if (slot->resp.err) {
@@ -452,6 +461,16 @@ int stage_set_commit(struct pt_regs *ctx)
 	rec->loc[V(v)] = slot->cont.loc;
 	rec->vflags[V(v)] = 0;
 	rec->born_ts[V(v)] = existed && meta_only ? rec->born_ts[V(p)] : ts;
+	/* Log first: the version becomes visible only once its record is out. */
+	if (wal_frag(DB_WAL_BEGIN, ts, NULL, NULL, 0) || wal_put(ts, rec, v) ||
+	    wal_frag(DB_WAL_COMMIT, ts, NULL, NULL, 0)) {
+		commit_cancel();
+		if (!meta_only)
+			free_storage(slot->cont.loc, slot->req.meta.len);
+		rec->begin_ts[V(v)] = 0;
+		unlock_record(rec, &slot->req.hkey);
+		return fail(slot, -EAGAIN, DB_D_WAL_FULL);
+	}
 	WRITE_ONCE(rec->begin_ts[V(v)], ts);
 	if (existed) {
 		if (meta_only)
@@ -525,6 +544,19 @@ int stage_delete(struct pt_regs *ctx)
 		unlock_record(rec, &slot->req.hkey);
 		return fail(slot, -EBUSY, DB_D_COMMIT_BUSY);
 	}
+	__u32 detail = DB_D_NONE;
+	int err = wal_room(WAL_FRAG_BYTES, &detail);
+	if (!err && (wal_frag(DB_WAL_BEGIN, ts, NULL, NULL, 0) ||
+		     wal_frag(DB_WAL_DEL, ts, NULL, rec->name, rec->key_len) ||
+		     wal_frag(DB_WAL_COMMIT, ts, NULL, NULL, 0))) {
+		err = -EAGAIN;
+		detail = DB_D_WAL_FULL;
+	}
+	if (err) {
+		commit_cancel();
+		unlock_record(rec, &slot->req.hkey);
+		return fail(slot, err, detail);
+	}
 	WRITE_ONCE(rec->end_ts[V(cur)], ts);
 	commit_end(ts);
 	stat_add(&stats.keys, -1);
@@ -584,6 +616,11 @@ int stage_rename(struct pt_regs *ctx)
 			if (!ts) {
 				err = -EBUSY;
 				detail = DB_D_COMMIT_BUSY;
+			} else {
+				err = wal_room(WAL_FRAG_BYTES + wal_put_bytes(src->meta[V(s)].len),
+					       &detail);
+				if (err)
+					commit_cancel();
 			}
 		}
 	}
@@ -599,6 +636,14 @@ int stage_rename(struct pt_regs *ctx)
 	dst->vflags[V(n)] = 0;
 	dst->born_ts[V(n)] = src->born_ts[V(s)];
 	dst->end_ts[V(n)] = DB_TS_INF;
+	if (wal_frag(DB_WAL_BEGIN, ts, NULL, NULL, 0) ||
+	    wal_frag(DB_WAL_DEL, ts, NULL, src->name, src->key_len) || wal_put(ts, dst, n) ||
+	    wal_frag(DB_WAL_COMMIT, ts, NULL, NULL, 0)) {
+		commit_cancel();
+		unlock_record(dst, &slot->req.hkey2);
+		unlock_record(src, &slot->req.hkey);
+		return fail(slot, -EAGAIN, DB_D_WAL_FULL);
+	}
 	WRITE_ONCE(dst->begin_ts[V(n)], ts);
 	if (replacing) {
 		WRITE_ONCE(dst->end_ts[V(d)], ts);

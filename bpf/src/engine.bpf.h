@@ -40,6 +40,7 @@ const volatile __u32 max_value = DB_VALUE_LIMIT;
 const volatile __u64 small_capacity = 0;
 const volatile __u64 page_capacity = 0;
 
+
 /* ---- state in .bss, mmap'ed by user space ---- */
 struct db_stats stats;
 /* Newest fully applied commit. Advanced only by the holder of commit_lock
@@ -52,6 +53,9 @@ __u64 snapshots;     /* registered snapshots; GC scans the txn table only if > 0
 /* Bumped when GC frees storage that an older version of another record may
  * still name (after a rename): lock-free readers re-check it like gc_seq. */
 __u64 shared_free_seq;
+/* Set by user space once recovery has replayed the log: replayed commits
+ * are already in it and must not be emitted twice. */
+__u32 wal_on;
 __u64 record_gen;    /* source of fresh gc_seq values for new records */
 __u64 small_next;    /* bump allocator: never-used small chunks start here */
 __u64 page_next;     /* bump allocator: never-used pages start here */
@@ -107,6 +111,12 @@ struct {
 	__type(key, __u32);
 	__type(value, struct db_txn);
 } txns SEC(".maps");
+
+/* Write-ahead log stream; size set by user space (a power of two). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 16);
+} wal SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);

@@ -34,6 +34,8 @@ pub struct Layout {
     pub small_chunks: u32,
     pub pages: u32,
     pub slots: u32,
+    /// Bytes of the log ringbuf (a power of two).
+    pub wal_buffer: u32,
 }
 
 impl Layout {
@@ -58,11 +60,24 @@ impl Layout {
                 "value_mem must hold at least one 1 MiB value",
             ));
         }
+        // Without a log the ringbuf is never written: keep it one page.
+        let wal_buffer = if o.data_dir.is_some() {
+            o.wal_buffer_bytes
+        } else {
+            4096
+        };
+        if !wal_buffer.is_power_of_two() || !(4096..=1 << 30).contains(&wal_buffer) {
+            return Err(Error::new(
+                libc::EINVAL,
+                format!("wal_buffer must be a power of two from 4 KiB to 1 GiB, not {wal_buffer}"),
+            ));
+        }
         Ok(Layout {
             max_keys: o.max_keys,
             small_chunks,
             pages,
             slots: o.slots,
+            wal_buffer: wal_buffer as u32,
         })
     }
 
@@ -74,6 +89,7 @@ impl Layout {
             + self.small_chunks as u64 * (abi::SMALL_CHUNK as u64 + 4)
             + self.pages as u64 * (abi::PAGE_SIZE as u64 + 4)
             + self.slots as u64 * std::mem::size_of::<Slot>() as u64
+            + self.wal_buffer as u64
     }
 }
 
@@ -147,6 +163,7 @@ impl Engine {
         open.maps.small_free.set_max_entries(layout.small_chunks)?;
         open.maps.page_pool.set_max_entries(layout.pages)?;
         open.maps.page_free.set_max_entries(layout.pages)?;
+        open.maps.wal.set_max_entries(layout.wal_buffer)?;
         let rodata = open
             .maps
             .rodata_data
@@ -225,6 +242,36 @@ impl Engine {
         // SAFETY: idx is within the mapping; Slot's size is a multiple of 8,
         // so elements are packed exactly as the array map lays them out.
         unsafe { self.slots.base.as_ptr().add(idx as usize) }
+    }
+
+    fn bss(&self) -> Result<*mut skel::types::bss> {
+        self.skel
+            .maps
+            .bss_data
+            .as_deref()
+            .map(|b| b as *const skel::types::bss as *mut skel::types::bss)
+            .ok_or_else(|| Error::new(libc::EIO, "engine has no .bss"))
+    }
+
+    /// Newest commit timestamp readers see.
+    pub fn last_ts(&self) -> u64 {
+        // SAFETY: an aligned u64 in the mmap'ed .bss; volatile, the kernel writes it.
+        self.bss()
+            .map(|b| unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*b).last_ts)) })
+            .unwrap_or(0)
+    }
+
+    /// Turns log emission on or off (off while recovery replays the log).
+    pub fn set_wal_on(&self, on: bool) -> Result<()> {
+        let b = self.bss()?;
+        // SAFETY: an aligned u32 in the mmap'ed .bss that only user space writes.
+        unsafe { std::ptr::write_volatile(std::ptr::addr_of_mut!((*b).wal_on), on as u32) };
+        Ok(())
+    }
+
+    /// An owned handle on the log ringbuf, for the log writer thread.
+    pub fn wal_map(&self) -> Result<libbpf_rs::MapHandle> {
+        Ok(libbpf_rs::MapHandle::try_from(&self.skel.maps.wal)?)
     }
 
     /// A copy of the engine counters (racy reads of independent counters).

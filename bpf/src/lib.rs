@@ -6,8 +6,11 @@ pub mod abi;
 mod db;
 mod engine;
 mod error;
+mod recovery;
 pub mod trigger;
 mod txn;
+pub mod wal;
+mod wal_writer;
 
 pub use abi::{Meta, Stats};
 pub use db::{Db, NewMeta, Session, SetFlags, Stat, TRANSIENT_RETRIES, check_key, key_hash};
@@ -32,6 +35,31 @@ pub struct Options {
     pub hash_seed: u64,
     /// Transactions and snapshots open at once (at most 64).
     pub max_txns: u32,
+    /// Where the log and checkpoints live; None: memory only, no log.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// When a commit counts as durable (see `SyncMode`).
+    pub sync: SyncMode,
+    /// Bytes of the kernel ringbuf that carries log records to user space;
+    /// a power of two. Bounds the log size of one commit.
+    pub wal_buffer_bytes: u64,
+    /// Log bytes after which a checkpoint is taken and the log truncated.
+    pub checkpoint_bytes: u64,
+    /// Start even when the log is corrupt before its end (data after the
+    /// corruption is lost).
+    pub allow_corrupt_log: bool,
+}
+
+/// When a commit is acknowledged, and what a crash can lose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    /// After its log record is fsynced (group commit). Loses nothing.
+    Commit,
+    /// After its record is written; fsync every N ms. A power failure
+    /// loses up to N ms of commits; a daemon crash loses nothing acked.
+    Interval(u32),
+    /// After its record is written; fsync only at checkpoints. A power
+    /// failure loses what the OS had not written back.
+    None,
 }
 
 impl Default for Options {
@@ -43,6 +71,11 @@ impl Default for Options {
             slots: 16,
             hash_seed: 0,
             max_txns: abi::MAX_TXNS,
+            data_dir: None,
+            sync: SyncMode::Commit,
+            wal_buffer_bytes: 64 << 20,
+            checkpoint_bytes: 256 << 20,
+            allow_corrupt_log: false,
         }
     }
 }

@@ -241,6 +241,12 @@ static __always_inline __u64 commit_begin(__u32 owner)
 	return 0;
 }
 
+/* Releases the commit lock of a commit that did not happen. */
+static __always_inline void commit_cancel(void)
+{
+	__sync_lock_test_and_set(&commit_lock, 0);
+}
+
 /* Publishes ts to readers and releases the commit lock. */
 static __always_inline void commit_end(__u64 ts)
 {

@@ -11,11 +11,13 @@
 #define TXN_BPF_H
 
 #include "record.bpf.h"
+#include "wal.bpf.h"
 
 struct txn_walk {
 	__u32 txn;
-	__u32 pad;
+	__s32 err;
 	__u64 ts;
+	__u64 bytes; /* log bytes the commit needs */
 };
 
 static __always_inline struct db_txn_lock *walk_lock(struct txn_walk *w, __u64 i,
@@ -28,6 +30,41 @@ static __always_inline struct db_txn_lock *walk_lock(struct txn_walk *w, __u64 i
 	struct db_txn_lock *l = &t->locks[i];
 	*rec = bpf_map_lookup_elem(&records, &l->hkey);
 	return *rec ? l : NULL;
+}
+
+/* Adds the log bytes of one staged write or delete. */
+static long size_one(__u64 i, struct txn_walk *w)
+{
+	struct db_record *rec = NULL;
+	struct db_txn_lock *l = walk_lock(w, i, &rec);
+
+	if (!l || !rec || l->mode != DB_LM_X)
+		return 0;
+	if (l->staged >= 0)
+		w->bytes += wal_put_bytes(rec->meta[V(l->staged)].len);
+	else if (l->deleted)
+		w->bytes += WAL_FRAG_BYTES;
+	return 0;
+}
+
+/* Emits one staged write or delete into the log. */
+static long log_one(__u64 i, struct txn_walk *w)
+{
+	struct db_record *rec = NULL;
+	struct db_txn_lock *l = walk_lock(w, i, &rec);
+	int err = 0;
+
+	if (!l || !rec || l->mode != DB_LM_X)
+		return 0;
+	if (l->staged >= 0)
+		err = wal_put(w->ts, rec, l->staged);
+	else if (l->deleted && version_live(rec, latest_version(rec)))
+		err = wal_frag(DB_WAL_DEL, w->ts, NULL, rec->name, rec->key_len);
+	if (err) {
+		w->err = err;
+		return 1;
+	}
+	return 0;
 }
 
 /* Stamps one staged write or delete with the commit timestamp. */
@@ -166,6 +203,21 @@ int stage_commit(struct pt_regs *ctx)
 		w.ts = commit_begin(w.txn);
 		if (!w.ts)
 			return fail(slot, -EBUSY, DB_D_COMMIT_BUSY);
+		/* Log the whole commit, then make it visible. Nothing is stamped
+		 * if the log has no room: the transaction stays active. */
+		__u32 detail = DB_D_NONE;
+		bpf_loop(t->n_locks, size_one, &w, 0);
+		int err = wal_room(w.bytes, &detail);
+		if (!err && !wal_frag(DB_WAL_BEGIN, w.ts, NULL, NULL, 0)) {
+			bpf_loop(t->n_locks, log_one, &w, 0);
+			err = w.err ? w.err : wal_frag(DB_WAL_COMMIT, w.ts, NULL, NULL, 0);
+		} else if (!err) {
+			err = -EAGAIN;
+		}
+		if (err) {
+			commit_cancel();
+			return fail(slot, err, err == -EFBIG ? DB_D_WAL_TOO_BIG : DB_D_WAL_FULL);
+		}
 		bpf_loop(t->n_locks, stamp_one, &w, 0);
 		commit_end(w.ts);
 	}

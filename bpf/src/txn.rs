@@ -145,13 +145,13 @@ impl Txn {
         s.txn = self.idx + 1;
         s.txn_id = self.id;
         let r = f(&mut s, &mut inner);
-        if let Err(e) = &r {
-            if aborted_by(s.last_detail) {
-                info!("transaction {} aborted: {}", self.idx, e.msg);
-                inner.state = TxnState::Aborted {
-                    reason: e.msg.clone(),
-                };
-            }
+        if let Err(e) = &r
+            && aborted_by(s.last_detail)
+        {
+            info!("transaction {} aborted: {}", self.idx, e.msg);
+            inner.state = TxnState::Aborted {
+                reason: e.msg.clone(),
+            };
         }
         r
     }
@@ -233,14 +233,21 @@ impl Txn {
         })
     }
 
-    /// Commits; returns the commit timestamp.
+    /// Commits; returns the commit timestamp once the commit is durable.
     pub fn commit(&self) -> Result<u64> {
-        self.with("commit", |s, inner| {
+        let ts = self.with("commit", |s, inner| {
             s.prepare_keyless(Op::Commit, 0);
-            let resp = s.run("commit")?;
+            let resp = {
+                let _gate = self.db.inner.gate.read().unwrap_or_else(|p| p.into_inner());
+                s.run("commit")?
+            };
             inner.state = TxnState::Committed { ts: resp.ts };
             Ok(resp.ts)
-        })
+        })?;
+        if !self.read_only {
+            self.db.inner.durable(ts)?;
+        }
+        Ok(ts)
     }
 
     pub fn abort(&self) -> Result<()> {
@@ -262,10 +269,10 @@ impl Txn {
 
 impl Drop for Txn {
     fn drop(&mut self) {
-        if self.state() == TxnState::Active {
-            if let Err(e) = self.abort_because("dropped") {
-                log::warn!("transaction {}: abort on drop failed: {e}", self.idx);
-            }
+        if self.state() == TxnState::Active
+            && let Err(e) = self.abort_because("dropped")
+        {
+            log::warn!("transaction {}: abort on drop failed: {e}", self.idx);
         }
         self.db
             .inner

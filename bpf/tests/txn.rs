@@ -359,7 +359,7 @@ fn bank_transfers_keep_the_total() {
     // Replay the committed transfers in commit order against a model.
     let mut log = committed.into_inner().unwrap();
     log.sort();
-    let mut model = vec![100i64; ACCOUNTS];
+    let mut model = [100i64; ACCOUNTS];
     for (_, from, to, amount) in &log {
         model[*from] -= amount;
         model[*to] += amount;

@@ -1,0 +1,114 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * wal.bpf.h - emitting commits into the wal ringbuf (format in bpfdb.h).
+ *
+ * Callers hold the commit lock, check room first with wal_room(), and emit
+ * before stamping, so a commit is never visible without its log record. A
+ * commit that does not fit fails; a record is never dropped.
+ */
+#ifndef WAL_BPF_H
+#define WAL_BPF_H
+
+#include "engine.bpf.h"
+#include "storage.bpf.h"
+
+#define WAL_FRAG_BYTES (sizeof(struct db_wal_frag) + DB_RINGBUF_HDR)
+
+/* Ringbuf bytes one PUT of len value bytes takes. */
+static __always_inline __u64 wal_put_bytes(__u32 len)
+{
+	if (len == 0)
+		return WAL_FRAG_BYTES;
+	if (len <= DB_SMALL_CHUNK)
+		return WAL_FRAG_BYTES + DB_SMALL_CHUNK + DB_RINGBUF_HDR;
+	return WAL_FRAG_BYTES + (__u64)pages_of(len) * (DB_PAGE_SIZE + DB_RINGBUF_HDR);
+}
+
+/* 0 when `need` bytes fit now; else the error and detail to report. */
+static __always_inline int wal_room(__u64 need, __u32 *detail)
+{
+	if (!READ_ONCE(wal_on))
+		return 0;
+	__u64 size = bpf_ringbuf_query(&wal, BPF_RB_RING_SIZE);
+	__u64 used = bpf_ringbuf_query(&wal, BPF_RB_AVAIL_DATA);
+
+	need += 2 * WAL_FRAG_BYTES; /* BEGIN and COMMIT */
+	if (need > size) {
+		*detail = DB_D_WAL_TOO_BIG;
+		return -EFBIG;
+	}
+	if (need > size - used) {
+		*detail = DB_D_WAL_FULL;
+		return -EAGAIN;
+	}
+	return 0;
+}
+
+/* One header fragment; key is a map value holding a zero-padded name. */
+static __always_inline int wal_frag(__u32 kind, __u64 ts, struct db_meta *meta, char *key,
+				    __u32 key_len)
+{
+	if (!READ_ONCE(wal_on))
+		return 0;
+	struct db_wal_frag *f = bpf_ringbuf_reserve(&wal, sizeof(*f), 0);
+
+	if (!f)
+		return -EAGAIN;
+	f->kind = kind;
+	f->key_len = key_len;
+	f->ts = ts;
+	if (meta)
+		f->meta = *meta;
+	else
+		__builtin_memset(&f->meta, 0, sizeof(f->meta));
+	if (!key || bpf_probe_read_kernel(f->key, sizeof(f->key), key))
+		__builtin_memset(f->key, 0, sizeof(f->key));
+	/* Wake the log writer once per commit, not per fragment. */
+	bpf_ringbuf_submit(f, kind == DB_WAL_COMMIT ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+static long wal_one_page(__u64 i, struct page_loop *pl)
+{
+	struct db_page *p = data_page(pl, i);
+
+	if (!p || bpf_ringbuf_output(&wal, p, DB_PAGE_SIZE, BPF_RB_NO_WAKEUP)) {
+		pl->err = -EAGAIN;
+		return 1;
+	}
+	return 0;
+}
+
+/* The data fragments of a value stored at loc. */
+static __noinline int wal_value(__u32 loc, __u32 len)
+{
+	if (!READ_ONCE(wal_on) || len == 0)
+		return 0;
+	if (len <= DB_SMALL_CHUNK) {
+		struct db_small_chunk *c = bpf_map_lookup_elem(&small_pool, &loc);
+
+		return c ? bpf_ringbuf_output(&wal, c, DB_SMALL_CHUNK, BPF_RB_NO_WAKEUP) : -EIO;
+	}
+	if (len <= DB_PAGE_SIZE) {
+		struct db_page *p = bpf_map_lookup_elem(&page_pool, &loc);
+
+		return p ? bpf_ringbuf_output(&wal, p, DB_PAGE_SIZE, BPF_RB_NO_WAKEUP) : -EIO;
+	}
+	struct page_loop pl = { .index_id = loc };
+
+	bpf_loop(pages_of(len), wal_one_page, &pl, 0);
+	return pl.err;
+}
+
+/* PUT of version v of rec under its own name. */
+static __noinline int wal_put(__u64 ts, struct db_record *rec, __u32 v)
+{
+	if (!rec)
+		return -EIO;
+	v &= DB_MAX_VERSIONS - 1;
+	if (wal_frag(DB_WAL_PUT, ts, &rec->meta[v], rec->name, rec->key_len))
+		return -EAGAIN;
+	return wal_value(rec->loc[v], rec->meta[v].len);
+}
+
+#endif /* WAL_BPF_H */

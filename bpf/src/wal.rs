@@ -1,0 +1,318 @@
+//! The on-disk formats: log segments and checkpoints.
+//!
+//! A log segment `wal-NNNNNNNN.log` is a header followed by records:
+//!
+//! ```text
+//! header  "BPFDBWAL" | version u32 | reserved u32
+//! record  len u32 | crc32c u32 | seq u64 | payload (len bytes)
+//! ```
+//!
+//! The crc covers seq and payload. A payload is one commit: `ts u64 |
+//! n_ops u32 | op*`, an op being `kind u8 | key_len u8 | key | [PUT: mode
+//! u32 | uid u32 | gid u32 | mtime_ns u64 | len u32 | value]`. A checkpoint
+//! `checkpoint` is `"BPFDBCKP" | version u32 | reserved u32 | next_segment
+//! u64 | n_keys u64 | PUT op* | crc32c u32` (crc over everything before it).
+//! All integers are little endian.
+
+use std::path::{Path, PathBuf};
+
+use crate::db::NewMeta;
+use crate::error::{Error, Result};
+
+pub const WAL_MAGIC: &[u8; 8] = b"BPFDBWAL";
+pub const CKPT_MAGIC: &[u8; 8] = b"BPFDBCKP";
+pub const FORMAT_VERSION: u32 = 1;
+pub const HEADER_BYTES: usize = 16;
+pub const RECORD_HEADER_BYTES: usize = 16;
+/// Largest payload a reader accepts: what one transaction can log.
+pub const MAX_PAYLOAD: usize = 1 << 30;
+
+pub const OP_PUT: u8 = 2;
+pub const OP_DEL: u8 = 3;
+
+/// One logical change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogOp {
+    Put {
+        key: Vec<u8>,
+        meta: NewMeta,
+        value: Vec<u8>,
+    },
+    Del {
+        key: Vec<u8>,
+    },
+}
+
+pub fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("wal-{n:08}.log"))
+}
+
+pub fn checkpoint_path(dir: &Path) -> PathBuf {
+    dir.join("checkpoint")
+}
+
+/// Segment numbers present in `dir`, ascending.
+pub fn segments(dir: &Path) -> Result<Vec<u64>> {
+    let rd =
+        std::fs::read_dir(dir).map_err(|e| Error::io(&format!("read {}", dir.display()), &e))?;
+    let mut out: Vec<u64> = rd
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_prefix("wal-")?
+                .strip_suffix(".log")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    out.sort_unstable();
+    Ok(out)
+}
+
+pub fn file_header(magic: &[u8; 8]) -> [u8; HEADER_BYTES] {
+    let mut h = [0u8; HEADER_BYTES];
+    h[..8].copy_from_slice(magic);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h
+}
+
+/// Checks a file header; an unknown version is refused with a clear message.
+pub fn check_header(bytes: &[u8], magic: &[u8; 8], what: &str) -> Result<()> {
+    if bytes.len() < HEADER_BYTES || &bytes[..8] != magic {
+        return Err(Error::new(
+            libc::EINVAL,
+            format!("{what}: not a bpfdb file (bad magic)"),
+        ));
+    }
+    let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if version != FORMAT_VERSION {
+        return Err(Error::new(
+            libc::EINVAL,
+            format!("{what}: format version {version}, this bpfdb reads version {FORMAT_VERSION}"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn put_op(out: &mut Vec<u8>, key: &[u8], meta: &NewMeta, value: &[u8]) {
+    out.push(OP_PUT);
+    out.push(key.len() as u8);
+    out.extend_from_slice(key);
+    out.extend_from_slice(&meta.mode.to_le_bytes());
+    out.extend_from_slice(&meta.uid.to_le_bytes());
+    out.extend_from_slice(&meta.gid.to_le_bytes());
+    out.extend_from_slice(&meta.mtime_ns.to_le_bytes());
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(value);
+}
+
+pub fn del_op(out: &mut Vec<u8>, key: &[u8]) {
+    out.push(OP_DEL);
+    out.push(key.len() as u8);
+    out.extend_from_slice(key);
+}
+
+/// Frames a payload as a record.
+pub fn frame(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
+    let mut crc = crc32c::crc32c(&seq.to_le_bytes());
+    crc = crc32c::crc32c_append(crc, payload);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// A cursor over bytes that fails instead of panicking on short input.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Reader<'a> {
+        Reader { buf, pos: 0 }
+    }
+
+    pub fn done(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(s)
+    }
+
+    pub fn u8(&mut self) -> Option<u8> {
+        self.bytes(1).map(|b| b[0])
+    }
+
+    pub fn u32(&mut self) -> Option<u32> {
+        self.bytes(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub fn u64(&mut self) -> Option<u64> {
+        let b = self.bytes(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Some(u64::from_le_bytes(a))
+    }
+
+    /// One op (PUT or DEL); None on malformed input.
+    pub fn op(&mut self) -> Option<LogOp> {
+        let kind = self.u8()?;
+        let key_len = self.u8()? as usize;
+        let key = self.bytes(key_len)?.to_vec();
+        match kind {
+            OP_PUT => {
+                let meta = NewMeta {
+                    mode: self.u32()?,
+                    uid: self.u32()?,
+                    gid: self.u32()?,
+                    mtime_ns: self.u64()?,
+                };
+                let len = self.u32()? as usize;
+                let value = self.bytes(len)?.to_vec();
+                Some(LogOp::Put { key, meta, value })
+            }
+            OP_DEL => Some(LogOp::Del { key }),
+            _ => None,
+        }
+    }
+}
+
+/// One commit decoded from a record payload.
+pub struct Commit {
+    pub ts: u64,
+    pub ops: Vec<LogOp>,
+}
+
+pub fn decode_commit(payload: &[u8]) -> Option<Commit> {
+    let mut r = Reader::new(payload);
+    let ts = r.u64()?;
+    let n = r.u32()?;
+    let mut ops = Vec::new();
+    for _ in 0..n {
+        ops.push(r.op()?);
+    }
+    r.done().then_some(Commit { ts, ops })
+}
+
+/// Outcome of reading a segment's records.
+pub enum Next<'a> {
+    Record {
+        seq: u64,
+        payload: &'a [u8],
+        end: usize,
+    },
+    /// Clean end of the file.
+    End,
+    /// A record that is cut short or fails its checksum at this offset.
+    Bad { offset: usize, why: &'static str },
+}
+
+/// The record at `offset` of a segment's bytes.
+pub fn record_at(buf: &[u8], offset: usize) -> Next<'_> {
+    if offset == buf.len() {
+        return Next::End;
+    }
+    let mut r = Reader::new(&buf[offset..]);
+    let (Some(len), Some(crc), Some(seq)) = (r.u32(), r.u32(), r.u64()) else {
+        return Next::Bad {
+            offset,
+            why: "partial record header",
+        };
+    };
+    if len as usize > MAX_PAYLOAD {
+        return Next::Bad {
+            offset,
+            why: "impossible record length",
+        };
+    }
+    let Some(payload) = r.bytes(len as usize) else {
+        return Next::Bad {
+            offset,
+            why: "partial record",
+        };
+    };
+    let want = crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), payload);
+    if want != crc {
+        return Next::Bad {
+            offset,
+            why: "checksum mismatch",
+        };
+    }
+    Next::Record {
+        seq,
+        payload,
+        end: offset + RECORD_HEADER_BYTES + len as usize,
+    }
+}
+
+/// Whether a valid record with sequence number `seq` or `seq + 1` starts
+/// after `offset`: tells corruption in the middle of a log (later commits
+/// exist) from a torn tail (nothing valid follows). Looks only where the
+/// sequence bytes match, so it stays linear in the file size.
+pub fn valid_record_after(buf: &[u8], offset: usize, seq: u64) -> bool {
+    let wanted = [seq.to_le_bytes(), (seq + 1).to_le_bytes()];
+    (offset + 1..buf.len().saturating_sub(RECORD_HEADER_BYTES - 1)).any(|o| {
+        let at = &buf[o + 8..o + 16];
+        wanted.iter().any(|w| at == w) && matches!(record_at(buf, o), Next::Record { .. })
+    })
+}
+
+/// How far a segment's records are good.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SegmentScan {
+    /// Offset just past the last good record.
+    pub end: usize,
+    /// The first bad record: offset, why, and whether valid records follow
+    /// it (corruption in the middle) or not (a torn tail).
+    pub bad: Option<(usize, &'static str, bool)>,
+    /// Sequence number the next record gets.
+    pub next_seq: u64,
+    pub commits: u64,
+}
+
+/// Walks the records of a segment (header included in `buf`), handing each
+/// decoded commit and the offset it ends at to `on_commit`, and stops at the
+/// end or at the first bad record.
+pub fn scan_segment(
+    buf: &[u8],
+    mut next_seq: u64,
+    mut on_commit: impl FnMut(Commit, usize) -> Result<()>,
+) -> Result<SegmentScan> {
+    let mut off = HEADER_BYTES;
+    let mut commits = 0;
+    loop {
+        match record_at(buf, off) {
+            Next::End => {
+                return Ok(SegmentScan {
+                    end: off,
+                    bad: None,
+                    next_seq,
+                    commits,
+                });
+            }
+            Next::Record { seq, payload, end } => {
+                let commit = decode_commit(payload).ok_or_else(|| {
+                    Error::new(libc::EIO, format!("malformed commit at byte {off}"))
+                })?;
+                on_commit(commit, end)?;
+                next_seq = seq + 1;
+                commits += 1;
+                off = end;
+            }
+            Next::Bad { offset, why } => {
+                let more = valid_record_after(buf, offset, next_seq);
+                return Ok(SegmentScan {
+                    end: offset,
+                    bad: Some((offset, why, more)),
+                    next_seq,
+                    commits,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! The log writer: one thread drains the engine's wal ringbuf, frames each
+//! commit as a checksummed record, appends it to the current segment and
+//! makes it durable. Group commit falls out of the loop: every commit that
+//! arrived while the previous fsync ran is written and synced by the next.
+
+use std::cell::RefCell;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+
+use crate::SyncMode;
+use crate::abi::{PAGE_SIZE, SMALL_CHUNK};
+use crate::db::NewMeta;
+use crate::error::{Error, Result};
+use crate::wal;
+
+/// How long the writer sleeps before retrying a failed write.
+const WRITE_RETRY: Duration = Duration::from_millis(100);
+/// How long the writer waits in poll before checking for requests.
+const POLL: Duration = Duration::from_millis(50);
+/// How long a committer waits for durability while the log cannot be
+/// written (full disk) before it gets the error.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+const FRAG_BYTES: usize = 296;
+const KIND_BEGIN: u32 = 1;
+const KIND_PUT: u32 = 2;
+const KIND_DEL: u32 = 3;
+const KIND_COMMIT: u32 = 4;
+
+#[derive(Default)]
+struct State {
+    /// Every commit with a timestamp at or below this is durable.
+    durable_ts: u64,
+    /// ... and at or below this is written to the file.
+    written_ts: u64,
+    /// Bytes in the current segment.
+    segment_bytes: u64,
+    /// Current segment number.
+    segment: u64,
+    /// Why the log cannot be written now; cleared by the next success.
+    error: Option<Error>,
+    /// Request to start a new segment (checkpoint).
+    rotate: bool,
+    stop: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+pub(crate) struct Log {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Where the writer starts: the segment to append to and its next record.
+pub(crate) struct Start {
+    pub dir: PathBuf,
+    pub segment: u64,
+    pub next_seq: u64,
+    pub last_ts: u64,
+    pub sync: SyncMode,
+}
+
+impl Log {
+    pub fn start(ringbuf: libbpf_rs::MapHandle, start: Start) -> Result<Log> {
+        let file = open_segment(&start.dir, start.segment)?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat log segment", &e))?
+            .len();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                durable_ts: start.last_ts,
+                written_ts: start.last_ts,
+                segment_bytes: len,
+                segment: start.segment,
+                ..State::default()
+            }),
+            cv: Condvar::new(),
+        });
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let sh = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("bpfdb-log".into())
+            .spawn(move || {
+                let mut w = match Writer::new(ringbuf, file, len, start, sh) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                w.run();
+            })
+            .map_err(|e| Error::io("spawn log writer", &e))?;
+        ready_rx
+            .recv()
+            .map_err(|_| Error::new(libc::EIO, "log writer died at start"))??;
+        info!("log writer started");
+        Ok(Log {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Blocks until the commit at `ts` is durable, or fails after the log
+    /// has been unwritable for STALL_TIMEOUT.
+    pub fn wait_durable(&self, ts: u64) -> Result<()> {
+        let deadline = Instant::now() + STALL_TIMEOUT;
+        let mut st = self.lock();
+        while st.durable_ts < ts {
+            if let Some(e) = &st.error
+                && Instant::now() >= deadline
+            {
+                return Err(Error::new(
+                    e.errno,
+                    format!("commit {ts} not durable: {}", e.msg),
+                ));
+            }
+            st = self
+                .shared
+                .cv
+                .wait_timeout(st, POLL)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Blocks until every commit up to `ts` is written to the file.
+    pub fn wait_written(&self, ts: u64) -> Result<()> {
+        let deadline = Instant::now() + STALL_TIMEOUT;
+        let mut st = self.lock();
+        while st.written_ts < ts {
+            if Instant::now() >= deadline {
+                let why = st
+                    .error
+                    .as_ref()
+                    .map(|e| e.msg.clone())
+                    .unwrap_or_else(|| "writer behind".into());
+                return Err(Error::new(
+                    libc::EIO,
+                    format!("log not written up to {ts}: {why}"),
+                ));
+            }
+            st = self
+                .shared
+                .cv
+                .wait_timeout(st, POLL)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Makes the writer start a new segment; returns its number. Every
+    /// commit written before is in the segments below it.
+    pub fn rotate(&self) -> Result<u64> {
+        let mut st = self.lock();
+        st.rotate = true;
+        let deadline = Instant::now() + STALL_TIMEOUT;
+        while st.rotate {
+            if Instant::now() >= deadline {
+                return Err(Error::new(
+                    libc::EIO,
+                    "log writer did not rotate the segment",
+                ));
+            }
+            st = self
+                .shared
+                .cv
+                .wait_timeout(st, POLL)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(st.segment)
+    }
+
+    pub fn segment_bytes(&self) -> u64 {
+        self.lock().segment_bytes
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        self.lock().stop = true;
+        self.shared.cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn open_segment(dir: &Path, n: u64) -> Result<File> {
+    let path = wal::segment_path(dir, n);
+    let mut f = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(&path)
+        .map_err(|e| Error::io(&format!("open {}", path.display()), &e))?;
+    let len = f
+        .metadata()
+        .map_err(|e| Error::io("stat log segment", &e))?
+        .len();
+    if len == 0 {
+        f.write_all(&wal::file_header(wal::WAL_MAGIC))
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io(&format!("write {}", path.display()), &e))?;
+        sync_dir(dir)?;
+    }
+    Ok(f)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(&format!("fsync {}", dir.display()), &e))
+}
+
+/// Rebuilds commits from ringbuf fragments (format in bpfdb.h).
+#[derive(Default)]
+struct Assembler {
+    /// (ts, payload being built, op count) of the commit in progress.
+    cur: Option<(u64, Vec<u8>, u32)>,
+    /// PUT whose data fragments are still arriving: key, meta, length.
+    put: Option<(Vec<u8>, NewMeta, usize)>,
+    value: Vec<u8>,
+    fragments_left: usize,
+    done: Vec<(u64, Vec<u8>)>,
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+impl Assembler {
+    fn fragment(&mut self, b: &[u8]) {
+        if self.fragments_left > 0 {
+            let Some((_, _, len)) = &self.put else { return };
+            let take = (len - self.value.len()).min(b.len());
+            self.value.extend_from_slice(&b[..take]);
+            self.fragments_left -= 1;
+            if self.fragments_left == 0 {
+                self.finish_put();
+            }
+            return;
+        }
+        if b.len() != FRAG_BYTES {
+            error!(
+                "log: unexpected fragment of {} bytes; dropping the commit in progress",
+                b.len()
+            );
+            self.cur = None;
+            return;
+        }
+        let (kind, key_len, ts) = (le_u32(b, 0), le_u32(b, 4) as usize, le_u64(b, 8));
+        let meta = NewMeta {
+            mtime_ns: le_u64(b, 16),
+            mode: le_u32(b, 24),
+            uid: le_u32(b, 28),
+            gid: le_u32(b, 32),
+        };
+        let len = le_u32(b, 36) as usize;
+        let key = b[40..40 + key_len.min(255)].to_vec();
+        match kind {
+            KIND_BEGIN => {
+                // A BEGIN without COMMIT before it was a failed emission.
+                let mut payload = Vec::with_capacity(64);
+                payload.extend_from_slice(&ts.to_le_bytes());
+                payload.extend_from_slice(&0u32.to_le_bytes());
+                self.cur = Some((ts, payload, 0));
+            }
+            KIND_PUT => {
+                self.put = Some((key, meta, len));
+                self.value.clear();
+                self.fragments_left = match len {
+                    0 => 0,
+                    l if l <= SMALL_CHUNK => 1,
+                    l => l.div_ceil(PAGE_SIZE),
+                };
+                if self.fragments_left == 0 {
+                    self.finish_put();
+                }
+            }
+            KIND_DEL => {
+                if let Some((_, payload, n)) = &mut self.cur {
+                    wal::del_op(payload, &key);
+                    *n += 1;
+                }
+            }
+            KIND_COMMIT => match self.cur.take() {
+                Some((begin_ts, mut payload, n)) if begin_ts == ts => {
+                    payload[8..12].copy_from_slice(&n.to_le_bytes());
+                    self.done.push((ts, payload));
+                }
+                _ => error!("log: COMMIT {ts} without its BEGIN; dropped"),
+            },
+            _ => error!("log: unknown fragment kind {kind}"),
+        }
+    }
+
+    fn finish_put(&mut self) {
+        if let (Some((key, meta, _)), Some((_, payload, n))) = (self.put.take(), &mut self.cur) {
+            wal::put_op(payload, &key, &meta, &self.value);
+            *n += 1;
+        }
+    }
+}
+
+struct Writer {
+    ringbuf: libbpf_rs::RingBuffer<'static>,
+    asm: Rc<RefCell<Assembler>>,
+    file: File,
+    /// File length up to the last whole record written.
+    good_len: u64,
+    batch: Vec<u8>,
+    batch_ts: u64,
+    next_seq: u64,
+    dir: PathBuf,
+    sync: SyncMode,
+    last_sync: Instant,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    fn new(
+        map: libbpf_rs::MapHandle,
+        file: File,
+        len: u64,
+        start: Start,
+        shared: Arc<Shared>,
+    ) -> Result<Writer> {
+        let asm = Rc::new(RefCell::new(Assembler::default()));
+        let a = asm.clone();
+        let mut b = libbpf_rs::RingBufferBuilder::new();
+        b.add(&map, move |frag: &[u8]| {
+            a.borrow_mut().fragment(frag);
+            0
+        })?;
+        let ringbuf = b.build()?;
+        Ok(Writer {
+            ringbuf,
+            asm,
+            file,
+            good_len: len,
+            batch: Vec::new(),
+            batch_ts: 0,
+            next_seq: start.next_seq,
+            dir: start.dir,
+            sync: start.sync,
+            last_sync: Instant::now(),
+            shared,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn run(&mut self) {
+        loop {
+            if let Err(e) = self.ringbuf.poll(POLL) {
+                error!("log: ringbuf poll: {e}");
+            }
+            let done = std::mem::take(&mut self.asm.borrow_mut().done);
+            for (ts, payload) in done {
+                wal::frame(&mut self.batch, self.next_seq, &payload);
+                self.next_seq += 1;
+                self.batch_ts = ts;
+            }
+            if !self.batch.is_empty() {
+                self.write_batch();
+            }
+            self.maybe_sync();
+            let (stop, rotate) = {
+                let st = self.lock();
+                (st.stop, st.rotate)
+            };
+            if rotate && self.batch.is_empty() {
+                self.rotate();
+            }
+            if stop && self.batch.is_empty() {
+                let _ = self.ringbuf.consume();
+                if self.asm.borrow().done.is_empty() {
+                    self.sync_now();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn write_batch(&mut self) {
+        match self.file.write_all(&self.batch) {
+            Ok(()) => {
+                self.good_len += self.batch.len() as u64;
+                let mut st = self.lock();
+                st.segment_bytes = self.good_len;
+                st.written_ts = self.batch_ts;
+                st.error = None;
+                if self.sync != SyncMode::Commit {
+                    st.durable_ts = self.batch_ts; // acked once written
+                }
+                drop(st);
+                self.batch.clear();
+                self.shared.cv.notify_all();
+            }
+            Err(e) => {
+                // Cut any partial record off and keep the batch: it is
+                // written when space returns; later commits queue behind it.
+                let err = Error::io("append to log", &e);
+                warn!("log: {err}; retrying");
+                let _ = self.file.set_len(self.good_len);
+                self.lock().error = Some(err);
+                self.shared.cv.notify_all();
+                std::thread::sleep(WRITE_RETRY);
+            }
+        }
+    }
+
+    fn maybe_sync(&mut self) {
+        let (written, durable) = {
+            let st = self.lock();
+            (st.written_ts, st.durable_ts)
+        };
+        match self.sync {
+            SyncMode::Commit if written > durable => self.sync_now(),
+            SyncMode::Interval(ms)
+                if self.last_sync.elapsed() >= Duration::from_millis(ms as u64) =>
+            {
+                self.sync_now()
+            }
+            _ => {}
+        }
+    }
+
+    fn sync_now(&mut self) {
+        let written = self.lock().written_ts;
+        self.last_sync = Instant::now();
+        match self.file.sync_data() {
+            Ok(()) => {
+                let mut st = self.lock();
+                st.durable_ts = st.durable_ts.max(written);
+                st.error = None;
+            }
+            Err(e) => {
+                let err = Error::io("fsync log", &e);
+                warn!("log: {err}");
+                self.lock().error = Some(err);
+            }
+        }
+        self.shared.cv.notify_all();
+    }
+
+    fn rotate(&mut self) {
+        self.sync_now();
+        let next = self.lock().segment + 1;
+        match open_segment(&self.dir, next) {
+            Ok(f) => {
+                let len = f
+                    .metadata()
+                    .map(|m| m.len())
+                    .unwrap_or(wal::HEADER_BYTES as u64);
+                self.file = f;
+                self.good_len = len;
+                let mut st = self.lock();
+                st.segment = next;
+                st.segment_bytes = len;
+                st.rotate = false;
+                info!("log: now writing segment {next}");
+            }
+            Err(e) => {
+                warn!("log: cannot start segment {next}: {e}");
+                self.lock().error = Some(e);
+            }
+        }
+        self.shared.cv.notify_all();
+    }
+}
+
+/// Reads a whole file; positional reads so a concurrent appender is harmless.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
+    let f = File::open(path).map_err(|e| Error::io(&format!("open {}", path.display()), &e))?;
+    let len = f.metadata().map_err(|e| Error::io("stat", &e))?.len() as usize;
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, 0)
+        .map_err(|e| Error::io(&format!("read {}", path.display()), &e))?;
+    Ok(buf)
+}
