@@ -43,6 +43,15 @@ pub(crate) struct Inner {
     checkpointing: Mutex<()>,
 }
 
+/// What a checkpoint did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CheckpointReport {
+    pub keys: u64,
+    /// How long commits were held back.
+    pub pause: Duration,
+    pub total: Duration,
+}
+
 /// How often the background thread checks the log size.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(500);
 
@@ -107,10 +116,10 @@ impl Db {
 
     /// Takes a checkpoint now: writers pause only while the log is drained
     /// and a snapshot begins; the snapshot is written while they run.
-    pub fn checkpoint(&self) -> Result<()> {
+    pub fn checkpoint(&self) -> Result<CheckpointReport> {
         let (Some(log), Some(dir)) = (self.inner.log.get(), self.inner.opts.data_dir.as_ref())
         else {
-            return Ok(());
+            return Ok(CheckpointReport::default());
         };
         let _one = self
             .inner
@@ -135,12 +144,9 @@ impl Db {
             std::fs::remove_file(&p)
                 .map_err(|e| Error::io(&format!("remove {}", p.display()), &e))?;
         }
-        log::info!(
-            "checkpoint: {keys} keys in {:?}, writers paused {:?}",
-            t.elapsed(),
-            pause
-        );
-        Ok(())
+        let total = t.elapsed();
+        log::info!("checkpoint: {keys} keys in {total:?}, writers paused {pause:?}");
+        Ok(CheckpointReport { keys, pause, total })
     }
 
     /// Bytes in the log segment being written (0 without a log).

@@ -13,7 +13,9 @@ pub mod wal;
 mod wal_writer;
 
 pub use abi::{Meta, Stats};
-pub use db::{Db, NewMeta, Session, SetFlags, Stat, TRANSIENT_RETRIES, check_key, key_hash};
+pub use db::{
+    CheckpointReport, Db, NewMeta, Session, SetFlags, Stat, TRANSIENT_RETRIES, check_key, key_hash,
+};
 pub use engine::Layout;
 pub use error::{Error, Result};
 pub use txn::{Txn, TxnState};
