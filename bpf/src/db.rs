@@ -149,6 +149,11 @@ impl Db {
         Ok(CheckpointReport { keys, pause, total })
     }
 
+    /// Kernel memory of each engine map, as bpftool reports it (`memlock`).
+    pub fn map_memory(&self) -> Result<Vec<(String, u64)>> {
+        self.inner.engine.map_memory()
+    }
+
     /// Bytes in the log segment being written (0 without a log).
     pub fn log_bytes(&self) -> u64 {
         self.inner.log.get().map_or(0, |l| l.segment_bytes())

@@ -274,6 +274,25 @@ impl Engine {
         Ok(libbpf_rs::MapHandle::try_from(&self.skel.maps.wal)?)
     }
 
+    /// Kernel memory charged to each map (`memlock`, as bpftool reports it).
+    pub fn map_memory(&self) -> Result<Vec<(String, u64)>> {
+        let m = &self.skel.maps;
+        let maps: [(&str, &dyn MapCore); 9] = [
+            ("records", &m.records),
+            ("small_pool", &m.small_pool),
+            ("small_free", &m.small_free),
+            ("page_pool", &m.page_pool),
+            ("page_free", &m.page_free),
+            ("slots", &m.slots),
+            ("txns", &m.txns),
+            ("wal", &m.wal),
+            ("stages", &m.stages),
+        ];
+        maps.iter()
+            .map(|(name, map)| Ok((name.to_string(), map.query_fdinfo()?.memlock.unwrap_or(0))))
+            .collect()
+    }
+
     /// A copy of the engine counters (racy reads of independent counters).
     pub fn stats(&self) -> Stats {
         let Some(bss) = self.skel.maps.bss_data.as_deref() else {

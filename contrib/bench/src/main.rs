@@ -45,6 +45,9 @@ fn main() {
     if want("engine") {
         engine::run();
     }
+    if want("scale") {
+        engine::scale();
+    }
     if want("txn") {
         txn::run();
     }
