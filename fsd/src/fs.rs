@@ -2,30 +2,52 @@
 //! plain Rust types only, so tests drive it without FUSE.
 //!
 //! Readers get a copy of the value taken at open; writers get a private
-//! buffer that one engine `set` commits on flush/fsync. The kernel names
-//! files by inode, the engine by key: `Inodes` maps one to the other.
+//! buffer that one engine `set` commits on flush/fsync (or, inside a
+//! transaction's directory, stages). The kernel names files by inode, the
+//! engine by key: `Inodes` maps one to the other, per scope (the root, or
+//! one open transaction or snapshot).
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bpfdb::{Db, Error, Meta, NewMeta, Result, SetFlags, check_key};
 
 use crate::handles::{Handles, lock};
-use crate::inodes::{FIRST_KEY_INO, Inodes, ROOT_INO, Resolved, SNAP_INO, STATS_INO, TXN_INO};
-use crate::stats::{self, FsStat};
+use crate::inodes::{
+    CTL_INO, FIRST_KEY_INO, Inodes, Place, ROOT_INO, ROOT_SCOPE, Resolved, SNAP_INO, STATS_INO,
+    TXN_INO,
+};
+use crate::stats::{self, DaemonStats, FsStat};
+use crate::txns::{self, Open, Reaper, TxnKind, Txns};
 
+mod ctl;
 mod files;
+mod space;
 #[cfg(test)]
 mod tests;
+mod txn_dirs;
+#[cfg(test)]
+mod txn_tests;
 
 use files::Handle;
+use space::Space;
 
 /// Most handles open at once. Each may hold a whole value (up to 1 MiB),
 /// so this also bounds the daemon's buffer memory.
 pub const MAX_HANDLES: usize = 4096;
 
+/// Inodes beyond the live keys and open handles: forgets the kernel has not
+/// sent yet, working directories, and the entries of transaction
+/// directories (dentries with a zero TTL are dropped once unused, so the
+/// kernel holds few of those at a time).
+pub const INODE_SLACK: usize = 1024;
+
 /// Root entries that are never keys.
 pub const RESERVED: [&[u8]; 4] = [b".stats", b".txn", b".snap", b".ctl"];
+
+/// How long a read-write transaction may stay idle by default.
+pub const DEFAULT_TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -58,7 +80,11 @@ pub struct SetAttr {
 
 impl SetAttr {
     fn changes_meta(&self) -> bool {
-        self.mode.is_some() || self.uid.is_some() || self.gid.is_some() || self.mtime_ns.is_some()
+        self.changes_owner_or_mode() || self.mtime_ns.is_some()
+    }
+
+    fn changes_owner_or_mode(&self) -> bool {
+        self.mode.is_some() || self.uid.is_some() || self.gid.is_some()
     }
 
     fn apply(&self, meta: &Meta, mtime_ns: u64) -> NewMeta {
@@ -85,15 +111,27 @@ pub struct Opened {
     pub fh: u64,
     /// Bypass the kernel's page cache. Keys need it: the cache is one per
     /// inode, so it would mix the pages of different open snapshots (a
-    /// reader would see bytes committed after its open). `.stats` needs it
-    /// because its size is unknown at stat.
+    /// reader would see bytes committed after its open). `.stats` and the
+    /// `.ctl` files need it because their content is made at open.
     pub direct_io: bool,
 }
 
+/// The directory an operation names its entry in.
+enum Parent {
+    Root,
+    /// `.txn` or `.snap`: holds only transaction directories.
+    List(TxnKind),
+    /// `.txn/NAME` or `.snap/NAME`.
+    Scope(Arc<Open>),
+}
+
 pub struct Fs {
+    /// First, so the reaper thread stops before anything else goes.
+    _reaper: Reaper,
     db: Db,
     inodes: Inodes,
     handles: Handles<Handle>,
+    txns: Arc<Txns>,
     max_value: usize,
     max_keys: usize,
     /// Owner of the daemon's own files (root, `.stats`, `.txn`, `.snap`).
@@ -102,59 +140,63 @@ pub struct Fs {
 }
 
 impl Fs {
-    pub fn new(db: Db) -> Fs {
+    /// The core over `db`; read-write transactions idle for `txn_timeout`
+    /// are aborted (zero: never).
+    pub fn new(db: Db, txn_timeout: Duration) -> Result<Fs> {
         let max_keys = db.options().max_keys as usize;
         // Keys the kernel holds are live keys, plus removed keys kept alive
-        // by open handles, plus slack for forgets the kernel has not sent yet.
-        let inode_capacity = max_keys + MAX_HANDLES + 1024;
-        Fs {
+        // by open handles, plus the transaction directories and their .ctl.
+        let inode_capacity = max_keys + MAX_HANDLES + 2 * txns::MAX_OPEN + INODE_SLACK;
+        let txns = Arc::new(Txns::default());
+        Ok(Fs {
+            _reaper: Reaper::start(txns.clone(), txn_timeout)?,
             max_value: db.options().max_value as usize,
             max_keys,
             inodes: Inodes::new(inode_capacity),
             handles: Handles::new(MAX_HANDLES),
+            txns,
             owner: Owner {
                 uid: nix::unistd::geteuid().as_raw(),
                 gid: nix::unistd::getegid().as_raw(),
             },
             started_ns: now_ns(),
             db,
-        }
+        })
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
-        match parent {
-            ROOT_INO => {}
-            TXN_INO | SNAP_INO => {
-                return Err(Error::new(
-                    libc::ENOENT,
-                    format!(
-                        "lookup {}/{}: empty until transactions are implemented",
-                        dir_name(parent),
-                        show(name)
-                    ),
-                ));
+        let open = match self.parent("lookup", parent, name)? {
+            Parent::Root => {
+                return match name {
+                    b".stats" => Ok(self.fixed_attr(STATS_INO)),
+                    b".txn" => Ok(self.fixed_attr(TXN_INO)),
+                    b".snap" => Ok(self.fixed_attr(SNAP_INO)),
+                    b".ctl" => Ok(self.fixed_attr(CTL_INO)),
+                    _ => self.lookup_key(&Space::Root, name),
+                };
             }
-            _ => return Err(self.not_a_dir("lookup", parent, name)),
+            Parent::List(kind) => return self.lookup_txn_dir(kind, name),
+            Parent::Scope(open) => open,
+        };
+        if name == b".ctl" && open.kind == TxnKind::ReadWrite {
+            return self.lookup_txn_ctl(&open);
         }
-        match name {
-            b".stats" => return Ok(self.fixed_attr(STATS_INO)),
-            b".txn" => return Ok(self.fixed_attr(TXN_INO)),
-            b".snap" => return Ok(self.fixed_attr(SNAP_INO)),
-            b".ctl" => {
-                return Err(Error::new(
-                    libc::ENOENT,
-                    "lookup \".ctl\": reserved for control commands, none defined yet",
-                ));
-            }
-            _ => {}
+        let space = Space::Open(open);
+        if is_reserved(name) {
+            return Err(Error::new(
+                libc::ENOENT,
+                format!("lookup {}: reserved name, never a key", space.show(name)),
+            ));
         }
+        self.lookup_key(&space, name)
+    }
+
+    fn lookup_key(&self, space: &Space, name: &[u8]) -> Result<Attr> {
         let key = valid_key("lookup", name)?;
-        let st = self
-            .db
-            .session()
-            .stat(key)
-            .map_err(|e| restate(e, || format!("lookup {}", show(key))))?;
-        let ino = self.inodes.remember(key)?;
+        let st = space
+            .stat(&self.db, key)
+            .map_err(|e| space.restate(e, "lookup", key))?;
+        let ino = self.inodes.remember(&Place::key(space.scope(), key))?;
         Ok(file_attr(ino, &st.meta, st.meta.len as usize))
     }
 
@@ -174,74 +216,118 @@ impl Fs {
         {
             return Ok(attr);
         }
-        if let Resolved::Unlinked(_) = self.inodes.resolve(ino) {
+        let (place, linked) = self.place_of("getattr", ino)?;
+        let (scope, key) = match place {
+            Place::Key { scope, name } => (scope, name),
+            Place::Dir { scope } => {
+                let open = self.live_scope("getattr", ino, scope, linked)?;
+                return Ok(self.txn_dir_attr(ino, &open));
+            }
+            Place::Ctl { scope } => {
+                let open = self.live_scope("getattr", ino, scope, linked)?;
+                return Ok(self.txn_ctl_attr(ino, &open));
+            }
+        };
+        if !linked {
             // fstat() of a file whose key was removed while open comes
             // without a handle; any handle open on the inode answers.
             if let Some(attr) = self.handles.find_map(|h| h.attr(ino)) {
                 return Ok(Attr { nlink: 0, ..attr });
             }
         }
-        let key = self.key_of("getattr", ino)?;
-        let st = self
-            .db
-            .session()
-            .stat(&key)
-            .map_err(|e| restate(e, || format!("getattr {}", show(&key))))?;
+        let space = self.space("getattr", scope)?;
+        let st = space
+            .stat(&self.db, &key)
+            .map_err(|e| space.restate(e, "getattr", &key))?;
         Ok(file_attr(ino, &st.meta, st.meta.len as usize))
     }
 
     pub fn setattr(&self, ino: u64, fh: Option<u64>, change: SetAttr) -> Result<Attr> {
-        if ino < FIRST_KEY_INO {
-            if change.size.is_none() && !change.changes_meta() {
-                return self.reserved_attr("setattr", ino);
-            }
-            return Err(Error::new(
+        let own_file = || {
+            Error::new(
                 libc::EPERM,
                 format!(
                     "setattr {}: the daemon's own files cannot be changed",
-                    ino_name(ino)
+                    self.name_for_log(ino)
+                ),
+            )
+        };
+        if ino < FIRST_KEY_INO {
+            // A size on `.ctl` is the O_TRUNC of `echo cmd > .ctl`.
+            if !change.changes_meta() && (change.size.is_none() || ino == CTL_INO) {
+                return self.reserved_attr("setattr", ino);
+            }
+            return Err(own_file());
+        }
+        let (scope, key) = match self.place_of("setattr", ino)?.0 {
+            Place::Key { scope, name } => (scope, name),
+            Place::Ctl { .. } if !change.changes_meta() => return self.getattr(ino, fh),
+            Place::Dir { .. } | Place::Ctl { .. } => return Err(own_file()),
+        };
+        let space = self.space("setattr", scope)?;
+        if change.size.is_some() || change.changes_meta() {
+            space.writable("setattr", &key)?;
+        }
+        if let Space::Open(_) = space
+            && change.changes_owner_or_mode()
+        {
+            return Err(Error::new(
+                libc::EPERM,
+                format!(
+                    "chmod/chown {}: not inside a transaction; change modes and owners at the root",
+                    space.show(&key)
                 ),
             ));
         }
         if let Some(size) = change.size {
-            let len = self.checked_size(size, || self.name_for_log(ino))?;
-            // Without an open writer the truncation commits at once,
-            // together with any other change in the same request.
+            let len = self.checked_size(size, || space.show(&key))?;
+            // Without an open writer the truncation commits (or, in a
+            // transaction, is staged) at once, with any other change in
+            // the same request.
             if !self.truncate_writer(fh, ino, len) {
-                return self.truncate_now(ino, len, &change);
+                return self.truncate_now(&space, ino, &key, len, &change);
             }
         }
         if change.changes_meta() {
-            let key = self.key_of("setattr", ino)?;
-            let what = || format!("setattr {}", show(&key));
-            let mut s = self.db.session();
-            let cur = s.stat(&key).map_err(|e| restate(e, what))?.meta;
+            let cur = space
+                .stat(&self.db, &key)
+                .map_err(|e| space.restate(e, "setattr", &key))?
+                .meta;
             let mtime = change.mtime_ns.unwrap_or(cur.mtime_ns);
-            s.set_meta(&key, change.apply(&cur, mtime))
-                .map_err(|e| restate(e, what))?;
+            space
+                .set_meta(&self.db, &key, change.apply(&cur, mtime))
+                .map_err(|e| space.restate(e, "setattr", &key))?;
         }
         self.getattr(ino, fh)
     }
 
-    fn truncate_now(&self, ino: u64, len: usize, change: &SetAttr) -> Result<Attr> {
-        let key = self.key_of("truncate", ino)?;
-        let what = || format!("truncate {}", show(&key));
-        let mut s = self.db.session();
+    fn truncate_now(
+        &self,
+        space: &Space,
+        ino: u64,
+        key: &[u8],
+        len: usize,
+        change: &SetAttr,
+    ) -> Result<Attr> {
         let mut value = Vec::new();
-        let cur = s.get(&key, &mut value).map_err(|e| restate(e, what))?.meta;
+        let cur = space
+            .get(&self.db, key, &mut value)
+            .map_err(|e| space.restate(e, "truncate", key))?
+            .meta;
         value.resize(len, 0);
         let meta = change.apply(&cur, change.mtime_ns.unwrap_or_else(now_ns));
         let must_exist = SetFlags {
             no_replace: false,
             must_exist: true,
         };
-        let st = s
-            .set(&key, &value, meta, must_exist)
-            .map_err(|e| restate(e, what))?;
+        let st = space
+            .set(&self.db, key, &value, meta, must_exist)
+            .map_err(|e| space.restate(e, "truncate", key))?;
         Ok(file_attr(ino, &st.meta, value.len()))
     }
 
-    /// `open(O_CREAT)`: commits an empty value at once unless the key exists.
+    /// `open(O_CREAT)`: commits (in a transaction: stages) an empty value
+    /// at once unless the key exists.
     pub fn create(
         &self,
         parent: u64,
@@ -251,8 +337,9 @@ impl Fs {
         flags: i32,
         who: Owner,
     ) -> Result<(Attr, Opened)> {
-        self.parent_dir("create", parent, name)?;
+        let space = self.key_space("create", parent, name)?;
         let key = valid_key("create", name)?;
+        space.writable("create", key)?;
         let meta = NewMeta {
             mode: libc::S_IFREG | (mode & !umask & 0o7777),
             uid: who.uid,
@@ -263,17 +350,16 @@ impl Fs {
             no_replace: true,
             must_exist: false,
         };
-        let created = self.db.session().set(key, &[], meta, no_replace);
-        let created = match created {
+        let created = match space.set(&self.db, key, &[], meta, no_replace) {
             Ok(st) => Some(st.meta),
             // Created by someone else since the kernel's lookup: open it.
             Err(e) if e.errno == libc::EEXIST && flags & libc::O_EXCL == 0 => None,
-            Err(e) => return Err(restate(e, || format!("create {}", show(key)))),
+            Err(e) => return Err(space.restate(e, "create", key)),
         };
-        let ino = self.inodes.remember(key)?;
+        let ino = self.inodes.remember(&Place::key(space.scope(), key))?;
         let opened = match created {
             Some(meta) => self.open_created(ino, meta, flags),
-            None => self.open_key(ino, key, flags),
+            None => self.open_key(ino, &space, key, flags),
         };
         let opened = match opened {
             Ok(o) => o,
@@ -288,26 +374,32 @@ impl Fs {
     }
 
     pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
-        self.parent_dir("unlink", parent, name)?;
+        let space = self.key_space("unlink", parent, name)?;
         let key = valid_key("unlink", name)?;
-        self.db
-            .session()
-            .delete(key)
-            .map_err(|e| restate(e, || format!("unlink {}", show(key))))?;
-        self.inodes.unlinked(key);
+        space.writable("unlink", key)?;
+        space
+            .delete(&self.db, key)
+            .map_err(|e| space.restate(e, "unlink", key))?;
+        self.inodes.unlinked(&Place::key(space.scope(), key));
         Ok(())
     }
 
     pub fn rmdir(&self, parent: u64, name: &[u8]) -> Result<()> {
-        self.parent_dir("rmdir", parent, name)?;
-        let (errno, why) = match name {
-            b".txn" | b".snap" => (libc::EPERM, "reserved directory"),
-            _ => (libc::ENOTDIR, "not a directory: keys are files"),
-        };
-        Err(Error::new(errno, format!("rmdir {}: {why}", show(name))))
+        match self.parent("rmdir", parent, name)? {
+            Parent::List(kind) => self.remove_txn_dir(kind, name),
+            Parent::Scope(open) => Err(flat("rmdir", &open, name)),
+            Parent::Root => {
+                let (errno, why) = match name {
+                    b".txn" | b".snap" => (libc::EPERM, "reserved directory"),
+                    _ => (libc::ENOTDIR, "not a directory: keys are files"),
+                };
+                Err(Error::new(errno, format!("rmdir {}: {why}", show(name))))
+            }
+        }
     }
 
-    /// `mv a b`: one engine commit. `flags` are renameat2 flags.
+    /// `mv a b`: one engine commit at the root; inside a transaction, one
+    /// staged move. `flags` are renameat2 flags.
     pub fn rename(
         &self,
         parent: u64,
@@ -316,9 +408,32 @@ impl Fs {
         new_name: &[u8],
         flags: u32,
     ) -> Result<()> {
-        self.parent_dir("rename", parent, name)?;
-        self.parent_dir("rename", new_parent, new_name)?;
+        let from_dir = self.parent("rename", parent, name)?;
+        let to_dir = self.parent("rename", new_parent, new_name)?;
         let what = || format!("rename {} -> {}", show(name), show(new_name));
+        let space = match (from_dir, to_dir) {
+            (Parent::List(_), _) | (_, Parent::List(_)) => {
+                return Err(Error::new(
+                    libc::EPERM,
+                    format!(
+                        "{}: transaction directories cannot be renamed, and keys cannot move into .txn or .snap",
+                        what()
+                    ),
+                ));
+            }
+            (Parent::Root, Parent::Root) => Space::Root,
+            (Parent::Scope(a), Parent::Scope(b)) if a.scope == b.scope => Space::Open(a),
+            _ => {
+                return Err(Error::new(
+                    libc::EXDEV,
+                    format!(
+                        "{}: keys move only within one directory (the root or one transaction)",
+                        what()
+                    ),
+                ));
+            }
+        };
+        let what = || format!("rename {} -> {}", space.show(name), space.show(new_name));
         if flags & libc::RENAME_EXCHANGE != 0 {
             return Err(Error::new(
                 libc::EINVAL,
@@ -333,28 +448,33 @@ impl Fs {
         }
         let from = valid_key("rename", name)?;
         let to = valid_key("rename onto", new_name)?;
+        space.writable("rename", from)?;
         let no_replace = flags & libc::RENAME_NOREPLACE != 0;
-        self.db
-            .session()
-            .rename(from, to, no_replace)
-            .map_err(|e| restate(e, what))?;
-        self.inodes.renamed(from, to);
+        space
+            .rename(&self.db, from, to, no_replace)
+            .map_err(|e| space.restate_as(e, what))?;
+        self.inodes.renamed(space.scope(), from, to);
         Ok(())
     }
 
+    /// `mkdir .txn/NAME` begins a transaction, `mkdir .snap/NAME` a
+    /// snapshot; anywhere else directories do not exist.
     pub fn mkdir(&self, parent: u64, name: &[u8]) -> Result<Attr> {
-        self.parent_dir("mkdir", parent, name)?;
-        Err(Error::new(
-            libc::EPERM,
-            format!(
-                "mkdir {}: directories are not supported, keys are files",
-                show(name)
-            ),
-        ))
+        match self.parent("mkdir", parent, name)? {
+            Parent::List(kind) => self.make_txn_dir(kind, name),
+            Parent::Scope(open) => Err(flat("mkdir", &open, name)),
+            Parent::Root => Err(Error::new(
+                libc::EPERM,
+                format!(
+                    "mkdir {}: directories are not supported, keys are files",
+                    show(name)
+                ),
+            )),
+        }
     }
 
     pub fn mknod(&self, parent: u64, name: &[u8]) -> Result<Attr> {
-        self.parent_dir("mknod", parent, name)?;
+        self.parent("mknod", parent, name)?;
         Err(Error::new(
             libc::EPERM,
             format!(
@@ -365,7 +485,7 @@ impl Fs {
     }
 
     pub fn symlink(&self, parent: u64, name: &[u8]) -> Result<Attr> {
-        self.parent_dir("symlink", parent, name)?;
+        self.parent("symlink", parent, name)?;
         Err(Error::new(
             libc::EPERM,
             format!("symlink {}: symbolic links are not supported", show(name)),
@@ -373,7 +493,7 @@ impl Fs {
     }
 
     pub fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr> {
-        self.parent_dir("link", new_parent, new_name)?;
+        self.parent("link", new_parent, new_name)?;
         Err(Error::new(
             libc::EPERM,
             format!(
@@ -389,51 +509,94 @@ impl Fs {
     }
 
     pub fn stats_text(&self) -> String {
-        stats::render(&self.db.stats(), &self.db.layout())
+        let daemon = DaemonStats {
+            oldest_snapshot_age_ms: u64::try_from(self.txns.oldest_age().as_millis())
+                .unwrap_or(u64::MAX),
+            log_bytes: self.db.log_bytes(),
+        };
+        stats::render(&self.db.stats(), &self.db.layout(), &daemon)
     }
 
-    /// Checks that `parent` is the root, where keys live. Inside `.txn` and
-    /// `.snap` every change fails until transactions exist.
-    fn parent_dir(&self, op: &str, parent: u64, name: &[u8]) -> Result<()> {
+    /// Classifies the directory `parent` an operation names `name` in.
+    fn parent(&self, op: &str, parent: u64, name: &[u8]) -> Result<Parent> {
         match parent {
-            ROOT_INO => Ok(()),
-            TXN_INO | SNAP_INO => Err(Error::new(
-                libc::EPERM,
-                format!(
-                    "{op} {}/{}: transactions are not implemented yet",
-                    dir_name(parent),
-                    show(name)
-                ),
-            )),
-            _ => Err(self.not_a_dir(op, parent, name)),
+            ROOT_INO => return Ok(Parent::Root),
+            TXN_INO => return Ok(Parent::List(TxnKind::ReadWrite)),
+            SNAP_INO => return Ok(Parent::List(TxnKind::Snapshot)),
+            _ => {}
         }
-    }
-
-    fn not_a_dir(&self, op: &str, parent: u64, name: &[u8]) -> Error {
-        if parent == STATS_INO || self.inodes.is_key(parent) {
-            Error::new(
+        match self.inodes.resolve(parent) {
+            Resolved::Live(Place::Dir { scope }) => match self.txns.get(scope) {
+                Some(open) => Ok(Parent::Scope(open)),
+                None => Err(removed_dir(op, name)),
+            },
+            Resolved::Unlinked(Place::Dir { .. }) => Err(removed_dir(op, name)),
+            Resolved::Unknown if parent != STATS_INO && parent != CTL_INO => Err(Error::new(
+                libc::ENOENT,
+                format!("{op} {}: unknown parent inode {parent}", show(name)),
+            )),
+            _ => Err(Error::new(
                 libc::ENOTDIR,
                 format!(
                     "{op} {}/{}: not a directory",
                     self.name_for_log(parent),
                     show(name)
                 ),
-            )
-        } else {
-            Error::new(
-                libc::ENOENT,
-                format!("{op} {}: unknown parent inode {parent}", show(name)),
-            )
+            )),
         }
     }
 
-    /// The key an inode names. An inode whose key was removed or replaced
-    /// since the kernel looked it up still stands for its last name: `cat k`
-    /// racing with `mv x k` then reads k as it is at open, which is what
-    /// docs/SEMANTICS.md promises for k.
-    fn key_of(&self, op: &str, ino: u64) -> Result<Vec<u8>> {
+    /// The space where `name` in `parent` is a key: the root or an open
+    /// transaction or snapshot. `.txn` and `.snap` hold no keys.
+    fn key_space(&self, op: &str, parent: u64, name: &[u8]) -> Result<Space> {
+        match self.parent(op, parent, name)? {
+            Parent::Root => Ok(Space::Root),
+            Parent::Scope(open) => Ok(Space::Open(open)),
+            Parent::List(kind) => Err(Error::new(
+                libc::EPERM,
+                format!(
+                    "{op} {}/{}: {} holds only directories (mkdir begins one)",
+                    kind.dir(),
+                    show(name),
+                    kind.dir()
+                ),
+            )),
+        }
+    }
+
+    /// The space of the keys of `scope`; ENOENT once its directory is gone.
+    fn space(&self, op: &str, scope: u64) -> Result<Space> {
+        if scope == ROOT_SCOPE {
+            return Ok(Space::Root);
+        }
+        self.txns.get(scope).map(Space::Open).ok_or_else(|| {
+            Error::new(
+                libc::ENOENT,
+                format!("{op}: the transaction directory was removed (rmdir)"),
+            )
+        })
+    }
+
+    /// The transaction or snapshot of a directory or `.ctl` inode, while it
+    /// is open.
+    fn live_scope(&self, op: &str, ino: u64, scope: u64, linked: bool) -> Result<Arc<Open>> {
+        match self.txns.get(scope) {
+            Some(open) if linked => Ok(open),
+            _ => Err(Error::new(
+                libc::ENOENT,
+                format!("{op} inode {ino}: its transaction directory was removed (rmdir)"),
+            )),
+        }
+    }
+
+    /// The place an inode names, and whether it still names it. An inode
+    /// whose key was removed or replaced since the kernel looked it up
+    /// still stands for its last name: `cat k` racing with `mv x k` then
+    /// reads k as it is at open, which is what docs/SEMANTICS.md promises.
+    fn place_of(&self, op: &str, ino: u64) -> Result<(Place, bool)> {
         match self.inodes.resolve(ino) {
-            Resolved::Key(key) | Resolved::Unlinked(key) => Ok(key),
+            Resolved::Live(place) => Ok((place, true)),
+            Resolved::Unlinked(place) => Ok((place, false)),
             Resolved::Unknown => Err(Error::new(
                 libc::ESTALE,
                 format!("{op} inode {ino}: unknown inode"),
@@ -445,10 +608,25 @@ impl Fs {
         if ino < FIRST_KEY_INO {
             return ino_name(ino).to_string();
         }
-        match self.inodes.resolve(ino) {
-            Resolved::Key(key) => show(&key).to_string(),
-            Resolved::Unlinked(key) => format!("{} (removed)", show(&key)),
-            Resolved::Unknown => format!("inode {ino}"),
+        let (place, linked) = match self.inodes.resolve(ino) {
+            Resolved::Live(p) => (p, true),
+            Resolved::Unlinked(p) => (p, false),
+            Resolved::Unknown => return format!("inode {ino}"),
+        };
+        let dir = |scope: u64| match self.txns.get(scope) {
+            Some(o) => o.path(),
+            None => "(removed transaction)".to_string(),
+        };
+        let path = match &place {
+            Place::Key { scope, name } if *scope == ROOT_SCOPE => name.clone(),
+            Place::Key { scope, name } => [dir(*scope).as_bytes(), b"/", name].concat(),
+            Place::Dir { scope } => dir(*scope).into_bytes(),
+            Place::Ctl { scope } => format!("{}/.ctl", dir(*scope)).into_bytes(),
+        };
+        if linked {
+            show(&path).to_string()
+        } else {
+            format!("{} (removed)", show(&path))
         }
     }
 
@@ -468,7 +646,7 @@ impl Fs {
 
     fn reserved_attr(&self, op: &str, ino: u64) -> Result<Attr> {
         match ino {
-            ROOT_INO | STATS_INO | TXN_INO | SNAP_INO => Ok(self.fixed_attr(ino)),
+            ROOT_INO | STATS_INO | TXN_INO | SNAP_INO | CTL_INO => Ok(self.fixed_attr(ino)),
             _ => Err(Error::new(
                 libc::ENOENT,
                 format!("{op} inode {ino}: unknown inode"),
@@ -489,7 +667,28 @@ impl Fs {
                 now_ns(),
                 self.stats_text().len() as u64,
             ),
-            _ => (Kind::Dir, 0o555, 2, self.started_ns, 0),
+            CTL_INO => (
+                Kind::File,
+                0o600,
+                1,
+                self.started_ns,
+                ctl::ROOT_USAGE.len() as u64,
+            ),
+            _ => {
+                let kind = if ino == TXN_INO {
+                    TxnKind::ReadWrite
+                } else {
+                    TxnKind::Snapshot
+                };
+                let subdirs = u32::try_from(self.txns.list(kind).len()).unwrap_or(u32::MAX);
+                (
+                    Kind::Dir,
+                    0o755,
+                    subdirs.saturating_add(2),
+                    self.started_ns,
+                    0,
+                )
+            }
         };
         Attr {
             ino,
@@ -565,12 +764,26 @@ fn show(name: &[u8]) -> impl fmt::Display + '_ {
     Quoted(name)
 }
 
-fn dir_name(ino: u64) -> &'static str {
-    match ino {
-        TXN_INO => ".txn",
-        SNAP_INO => ".snap",
-        _ => "",
-    }
+/// mkdir and rmdir inside a transaction directory: the namespace is flat.
+fn flat(op: &str, open: &Open, name: &[u8]) -> Error {
+    Error::new(
+        libc::EPERM,
+        format!(
+            "{op} {}/{}: a transaction directory holds keys only (flat namespace)",
+            open.path(),
+            show(name)
+        ),
+    )
+}
+
+fn removed_dir(op: &str, name: &[u8]) -> Error {
+    Error::new(
+        libc::ENOENT,
+        format!(
+            "{op} {}: its transaction directory was removed (rmdir)",
+            show(name)
+        ),
+    )
 }
 
 fn ino_name(ino: u64) -> &'static str {
@@ -579,6 +792,7 @@ fn ino_name(ino: u64) -> &'static str {
         STATS_INO => "\".stats\"",
         TXN_INO => "\".txn\"",
         SNAP_INO => "\".snap\"",
+        CTL_INO => "\".ctl\"",
         _ => "reserved inode",
     }
 }

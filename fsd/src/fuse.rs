@@ -49,7 +49,10 @@ fn fail(e: &Error) -> Errno {
         | libc::EINVAL
         | libc::EACCES
         | libc::ENOTDIR
-        | libc::EISDIR => info!("{e}"),
+        | libc::EISDIR
+        | libc::EROFS
+        | libc::EXDEV
+        | libc::ECANCELED => info!("{e}"),
         _ => warn!("{e}"),
     }
     Errno::from_i32(e.errno)

@@ -15,7 +15,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag};
 use nix::unistd::{ForkResult, fork, setsid};
 
-use bpfdb_fsd::fs::Fs;
+use bpfdb_fsd::fs::{DEFAULT_TXN_TIMEOUT, Fs};
 use bpfdb_fsd::fuse::FuseFs;
 use bpfdb_fsd::mount;
 
@@ -399,7 +399,9 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
     config.n_threads = Some(s.threads as usize);
     config.clone_fd = true;
     // The handshake (FUSE_INIT) runs here: once it returns the mount serves.
-    let session = match fuser::Session::from_fd(FuseFs::new(Fs::new(db)), fuse_fd, acl, config) {
+    let fs =
+        Fs::new(db, DEFAULT_TXN_TIMEOUT).map_err(|e| format!("starting the filesystem: {e}"))?;
+    let session = match fuser::Session::from_fd(FuseFs::new(fs), fuse_fd, acl, config) {
         Ok(session) => session,
         Err(e) => {
             mount::unmount(mountpoint);

@@ -1,5 +1,6 @@
 //! The `.stats` file and `statfs`, both derived from the engine's counters
-//! and the sizes its maps were given at load.
+//! and the sizes its maps were given at load, plus what only the daemon
+//! knows (its table of open transactions, the log writer).
 
 use std::fmt::Write;
 
@@ -7,10 +8,19 @@ use bpfdb::Layout;
 use bpfdb::Stats;
 use bpfdb::abi::{Op, PAGE_SIZE, SMALL_CHUNK};
 
+/// Figures `.stats` takes from the daemon rather than the engine's maps.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DaemonStats {
+    /// Age of the oldest open snapshot or active transaction; 0 if none.
+    pub oldest_snapshot_age_ms: u64,
+    /// Bytes in the log segment being written.
+    pub log_bytes: u64,
+}
+
 /// `.stats` content: one `name value` pair per line.
-pub fn render(stats: &Stats, layout: &Layout) -> String {
+pub fn render(stats: &Stats, layout: &Layout, daemon: &DaemonStats) -> String {
     let op = |o: Op| stats.ops.get(o as usize).copied().unwrap_or(0);
-    let lines: [(&str, u64); 18] = [
+    let lines: [(&str, u64); 24] = [
         ("keys", stats.keys),
         ("records", stats.records),
         ("value_bytes", stats.value_bytes),
@@ -29,6 +39,12 @@ pub fn render(stats: &Stats, layout: &Layout) -> String {
         ("versions_reclaimed", stats.versions_reclaimed),
         ("read_retries", stats.read_retries),
         ("errors", stats.errors),
+        ("txn_commits", stats.txn_commits),
+        ("txn_aborts", stats.txn_aborts),
+        ("txn_aborts_conflict", stats.txn_aborts_conflict),
+        ("txn_active", stats.txn_active),
+        ("oldest_snapshot_age_ms", daemon.oldest_snapshot_age_ms),
+        ("log_bytes", daemon.log_bytes),
     ];
     let mut out = String::with_capacity(lines.len() * 24);
     for (name, value) in lines {

@@ -1,5 +1,6 @@
 //! Open files and directories: snapshots taken at open, write buffers and
-//! their commits, listings served by offset.
+//! their commits (staged writes inside a transaction), listings served by
+//! offset.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -7,9 +8,12 @@ use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use bpfdb::{Error, Meta, NewMeta, Result, SetFlags};
 use log::{debug, warn};
 
-use super::{Attr, Fs, Kind, Opened, file_attr, ino_name, is_reserved, now_ns, restate, show};
+use super::ctl::Ctl;
+use super::space::Space;
+use super::{Attr, Fs, Kind, Opened, file_attr, ino_name, is_reserved, now_ns};
 use crate::handles::lock;
-use crate::inodes::{ROOT_INO, Resolved, SNAP_INO, STATS_INO, TXN_INO};
+use crate::inodes::{CTL_INO, Place, ROOT_INO, ROOT_SCOPE, Resolved, SNAP_INO, STATS_INO, TXN_INO};
+use crate::txns::TxnKind;
 
 pub(super) enum Handle {
     /// A value as it was at open (`.stats`: as rendered at open).
@@ -19,10 +23,31 @@ pub(super) enum Handle {
         meta: Meta,
     },
     Writer(Writer),
-    Dir {
-        ino: u64,
-        names: Vec<Vec<u8>>,
-    },
+    Ctl(Ctl),
+    Dir(Listing),
+}
+
+/// A directory as listed at opendir.
+pub(super) struct Listing {
+    /// ".", "..", and the daemon's own files, with their inodes.
+    fixed: Vec<(u64, Kind, &'static [u8])>,
+    names: Names,
+}
+
+enum Names {
+    /// Keys seen from `scope`.
+    Keys { scope: u64, names: Vec<Vec<u8>> },
+    /// Transaction or snapshot directories: (scope, name).
+    Dirs(Vec<(u64, Vec<u8>)>),
+}
+
+impl Names {
+    fn len(&self) -> usize {
+        match self {
+            Names::Keys { names, .. } => names.len(),
+            Names::Dirs(dirs) => dirs.len(),
+        }
+    }
 }
 
 pub(super) struct Writer {
@@ -78,32 +103,51 @@ impl Fs {
                     data,
                     meta: Meta::default(),
                 })?;
-                Ok(Opened {
+                return Ok(Opened {
                     fh,
                     direct_io: true,
-                })
+                });
             }
-            ROOT_INO | TXN_INO | SNAP_INO => Err(Error::new(
-                libc::EISDIR,
-                format!("open {}: is a directory", ino_name(ino)),
+            CTL_INO => return self.open_ctl(ROOT_SCOPE, flags),
+            ROOT_INO | TXN_INO | SNAP_INO => {
+                return Err(Error::new(
+                    libc::EISDIR,
+                    format!("open {}: is a directory", ino_name(ino)),
+                ));
+            }
+            _ => {}
+        }
+        let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        match self.inodes.resolve(ino) {
+            Resolved::Live(Place::Key { scope, name }) => {
+                let space = self.space("open", scope)?;
+                self.open_key(ino, &space, &name, flags)
+            }
+            // A reader just reads the key by its name. A writer's commit
+            // would be dropped (writes to a removed file go nowhere), so
+            // it gets ESTALE and the kernel looks the name up again.
+            Resolved::Unlinked(Place::Key { scope, name }) if !writing => {
+                let space = self.space("open", scope)?;
+                self.open_key(ino, &space, &name, flags)
+            }
+            Resolved::Unlinked(Place::Key { .. }) => Err(Error::new(
+                libc::ESTALE,
+                format!(
+                    "open {} for writing: replaced since its lookup",
+                    self.name_for_log(ino)
+                ),
             )),
-            _ => match self.inodes.resolve(ino) {
-                Resolved::Key(key) => self.open_key(ino, &key, flags),
-                // A reader just reads the key by its name. A writer's commit
-                // would be dropped (writes to a removed file go nowhere), so
-                // it gets ESTALE and the kernel looks the name up again.
-                Resolved::Unlinked(key) if flags & libc::O_ACCMODE == libc::O_RDONLY => {
-                    self.open_key(ino, &key, flags)
-                }
-                Resolved::Unlinked(key) => Err(Error::new(
-                    libc::ESTALE,
-                    format!("open {} for writing: replaced since its lookup", show(&key)),
-                )),
-                Resolved::Unknown => Err(Error::new(
-                    libc::ESTALE,
-                    format!("open inode {ino}: unknown inode"),
-                )),
-            },
+            Resolved::Live(Place::Ctl { scope }) => self.open_ctl(scope, flags),
+            Resolved::Live(Place::Dir { .. }) | Resolved::Unlinked(Place::Dir { .. }) => {
+                Err(Error::new(
+                    libc::EISDIR,
+                    format!("open {}: is a directory", self.name_for_log(ino)),
+                ))
+            }
+            Resolved::Unlinked(Place::Ctl { .. }) | Resolved::Unknown => Err(Error::new(
+                libc::ESTALE,
+                format!("open inode {ino}: unknown inode"),
+            )),
         }
     }
 
@@ -145,21 +189,52 @@ impl Fs {
         true
     }
 
-    pub(super) fn open_key(&self, ino: u64, key: &[u8], flags: i32) -> Result<Opened> {
-        let what = || format!("open {}", show(key));
-        let handle = {
-            let mut s = self.db.session();
-            let mut data = Vec::new();
-            if flags & libc::O_ACCMODE == libc::O_RDONLY {
-                let meta = s.get(key, &mut data).map_err(|e| restate(e, what))?.meta;
-                Handle::Snapshot { ino, data, meta }
-            } else if flags & libc::O_TRUNC != 0 {
-                let meta = s.stat(key).map_err(|e| restate(e, what))?.meta;
-                Handle::Writer(Writer::new(ino, data, meta, flags, true))
+    /// Opens a key: a reader copies the value; a writer gets a buffer. At
+    /// the root nothing is written until flush; in a transaction the open
+    /// stages a write at once (the value as it is, or empty for O_TRUNC),
+    /// taking the key's exclusive lock, so a conflict fails the open.
+    pub(super) fn open_key(
+        &self,
+        ino: u64,
+        space: &Space,
+        key: &[u8],
+        flags: i32,
+    ) -> Result<Opened> {
+        let fail = |e| space.restate(e, "open", key);
+        let mut data = Vec::new();
+        let handle = if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            let meta = space.get(&self.db, key, &mut data).map_err(fail)?.meta;
+            Handle::Snapshot { ino, data, meta }
+        } else {
+            space.writable("open for writing", key)?;
+            let truncate = flags & libc::O_TRUNC != 0;
+            let mut meta = if truncate {
+                space.stat(&self.db, key).map_err(fail)?.meta
             } else {
-                let meta = s.get(key, &mut data).map_err(|e| restate(e, what))?.meta;
-                Handle::Writer(Writer::new(ino, data, meta, flags, false))
+                space.get(&self.db, key, &mut data).map_err(fail)?.meta
+            };
+            if let Space::Open(_) = space {
+                let staged = NewMeta {
+                    mode: meta.mode,
+                    uid: meta.uid,
+                    gid: meta.gid,
+                    // An unchanged value keeps its mtime; a truncation is
+                    // a change.
+                    mtime_ns: if truncate { now_ns() } else { meta.mtime_ns },
+                };
+                let must_exist = SetFlags {
+                    no_replace: false,
+                    must_exist: true,
+                };
+                meta = space
+                    .set(&self.db, key, &data, staged, must_exist)
+                    .map_err(fail)?
+                    .meta;
             }
+            // Staged already in a transaction; at the root the truncation
+            // waits for the first write (see `Writer::truncated`).
+            let pending_truncate = truncate && matches!(space, Space::Root);
+            Handle::Writer(Writer::new(ino, data, meta, flags, pending_truncate))
         };
         let fh = self.handles.insert(handle)?;
         Ok(Opened {
@@ -187,10 +262,16 @@ impl Fs {
                     format!("read {}: opened write-only", self.name_for_log(w.ino)),
                 ));
             }
-            Handle::Dir { ino, .. } => {
+            Handle::Ctl(c) => match c.readable_text() {
+                Some(text) => text,
+                None => {
+                    return Err(Error::new(libc::EBADF, "read .ctl: opened write-only"));
+                }
+            },
+            Handle::Dir(_) => {
                 return Err(Error::new(
                     libc::EISDIR,
-                    format!("read {}: is a directory", ino_name(*ino)),
+                    format!("read: handle {fh} is a directory"),
                 ));
             }
         };
@@ -205,11 +286,15 @@ impl Fs {
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
         let h = self.handles.get(fh)?;
         let mut h = lock(&h);
-        let Handle::Writer(w) = &mut *h else {
-            return Err(Error::new(
-                libc::EBADF,
-                format!("write: handle {fh} is not open for writing"),
-            ));
+        let w = match &mut *h {
+            Handle::Writer(w) => w,
+            Handle::Ctl(c) => return self.ctl_write(c, data),
+            _ => {
+                return Err(Error::new(
+                    libc::EBADF,
+                    format!("write: handle {fh} is not open for writing"),
+                ));
+            }
         };
         let start = if w.append {
             w.buf.len()
@@ -307,9 +392,10 @@ impl Fs {
         result
     }
 
+    /// Commits the buffer (in a transaction: stages it).
     fn try_commit(&self, w: &mut Writer) -> Result<()> {
-        let key = match self.inodes.resolve(w.ino) {
-            Resolved::Key(key) => key,
+        let (scope, key) = match self.inodes.resolve(w.ino) {
+            Resolved::Live(Place::Key { scope, name }) => (scope, name),
             Resolved::Unlinked(_) => {
                 // Like writes to an unlinked file: they go nowhere.
                 debug!(
@@ -318,21 +404,25 @@ impl Fs {
                 );
                 return Ok(());
             }
-            Resolved::Unknown => {
+            _ => {
                 return Err(Error::new(
                     libc::ESTALE,
                     format!("commit inode {}: the inode was forgotten while open", w.ino),
                 ));
             }
         };
-        let what = || format!("commit {}", show(&key));
-        let mut s = self.db.session();
+        let space = self.space("commit", scope)?;
+        let op = if scope == ROOT_SCOPE {
+            "commit"
+        } else {
+            "stage"
+        };
         // Mode and owners come from the key as it is now, so a chmod made
         // while this file was open is not undone by the commit.
-        let base = match s.stat(&key) {
+        let base = match space.stat(&self.db, &key) {
             Ok(st) => st.meta,
             Err(e) if e.errno == libc::ENOENT => w.meta,
-            Err(e) => return Err(restate(e, what)),
+            Err(e) => return Err(space.restate(e, op, &key)),
         };
         let meta = NewMeta {
             mode: base.mode,
@@ -340,42 +430,97 @@ impl Fs {
             gid: base.gid,
             mtime_ns: now_ns(),
         };
-        let st = s
-            .set(&key, &w.buf, meta, SetFlags::default())
-            .map_err(|e| restate(e, what))?;
+        let st = space
+            .set(&self.db, &key, &w.buf, meta, SetFlags::default())
+            .map_err(|e| space.restate(e, op, &key))?;
         w.meta = st.meta;
         Ok(())
     }
 
     /// Lists the directory now; readdir serves this list by offset.
     pub fn opendir(&self, ino: u64) -> Result<u64> {
-        let names = match ino {
-            ROOT_INO => self.list_keys()?,
-            TXN_INO | SNAP_INO => Vec::new(),
-            _ => {
-                return Err(Error::new(
-                    libc::ENOTDIR,
-                    format!("opendir {}: not a directory", self.name_for_log(ino)),
-                ));
+        let dot = |ino| (ino, Kind::Dir, &b"."[..]);
+        let dotdot = |ino| (ino, Kind::Dir, &b".."[..]);
+        let listing = match ino {
+            ROOT_INO => Listing {
+                fixed: vec![
+                    dot(ROOT_INO),
+                    dotdot(ROOT_INO),
+                    (STATS_INO, Kind::File, b".stats"),
+                    (TXN_INO, Kind::Dir, b".txn"),
+                    (SNAP_INO, Kind::Dir, b".snap"),
+                    (CTL_INO, Kind::File, b".ctl"),
+                ],
+                names: self.list_keys(&Space::Root)?,
+            },
+            TXN_INO | SNAP_INO => {
+                let kind = if ino == TXN_INO {
+                    TxnKind::ReadWrite
+                } else {
+                    TxnKind::Snapshot
+                };
+                let dirs = self.txns.list(kind);
+                Listing {
+                    fixed: vec![dot(ino), dotdot(ROOT_INO)],
+                    names: Names::Dirs(dirs.iter().map(|o| (o.scope, o.name.clone())).collect()),
+                }
             }
+            _ => match self.inodes.resolve(ino) {
+                Resolved::Live(Place::Dir { scope }) => {
+                    let space = self.space("opendir", scope)?;
+                    let Space::Open(open) = &space else {
+                        return Err(Error::new(libc::EIO, "opendir: root scope as a directory"));
+                    };
+                    let mut fixed = match open.kind {
+                        TxnKind::ReadWrite => vec![dot(ino), dotdot(TXN_INO)],
+                        TxnKind::Snapshot => vec![dot(ino), dotdot(SNAP_INO)],
+                    };
+                    if open.kind == TxnKind::ReadWrite {
+                        let ctl = Place::Ctl { scope };
+                        let ctl_ino = self
+                            .inodes
+                            .listing_ino(&ctl)
+                            .unwrap_or_else(|| listing_only_ino(&ctl));
+                        fixed.push((ctl_ino, Kind::File, b".ctl"));
+                    }
+                    Listing {
+                        fixed,
+                        names: self.list_keys(&space)?,
+                    }
+                }
+                Resolved::Unlinked(Place::Dir { .. }) => {
+                    return Err(Error::new(
+                        libc::ENOENT,
+                        format!("opendir {}: removed", self.name_for_log(ino)),
+                    ));
+                }
+                _ => {
+                    return Err(Error::new(
+                        libc::ENOTDIR,
+                        format!("opendir {}: not a directory", self.name_for_log(ino)),
+                    ));
+                }
+            },
         };
-        self.handles.insert(Handle::Dir { ino, names })
+        self.handles.insert(Handle::Dir(listing))
     }
 
-    fn list_keys(&self) -> Result<Vec<Vec<u8>>> {
+    fn list_keys(&self, space: &Space) -> Result<Names> {
         let mut seen = HashSet::new();
         let mut names = Vec::new();
         let limit = self.max_keys;
-        self.db
-            .session()
-            .scan(|name| {
+        space
+            .scan(&self.db, |name| {
                 // The walk may see a key twice when keys move during it.
                 if names.len() < limit && !is_reserved(name) && seen.insert(name.to_vec()) {
                     names.push(name.to_vec());
                 }
             })
-            .map_err(|e| restate(e, || "readdir /".to_string()))?;
-        Ok(names)
+            .map_err(|e| space.restate_as(e, || format!("readdir {}", space.dir_name())))?;
+        Ok(Names::Keys {
+            scope: space.scope(),
+            names,
+        })
     }
 
     /// Calls `add(ino, next_offset, kind, name)` for each entry from
@@ -388,36 +533,37 @@ impl Fs {
     ) -> Result<()> {
         let h = self.handles.get(fh)?;
         let h = lock(&h);
-        let Handle::Dir { ino, names } = &*h else {
+        let Handle::Dir(listing) = &*h else {
             return Err(Error::new(
                 libc::ENOTDIR,
                 format!("readdir: handle {fh} is not a directory"),
             ));
         };
-        let root: [(u64, Kind, &[u8]); 5] = [
-            (ROOT_INO, Kind::Dir, b"."),
-            (ROOT_INO, Kind::Dir, b".."),
-            (STATS_INO, Kind::File, b".stats"),
-            (TXN_INO, Kind::Dir, b".txn"),
-            (SNAP_INO, Kind::Dir, b".snap"),
-        ];
-        let sub: [(u64, Kind, &[u8]); 2] = [(*ino, Kind::Dir, b"."), (ROOT_INO, Kind::Dir, b"..")];
-        let fixed: &[(u64, Kind, &[u8])] = if *ino == ROOT_INO { &root } else { &sub };
+        let fixed = &listing.fixed;
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        for i in start..fixed.len().saturating_add(names.len()) {
+        for i in start..fixed.len().saturating_add(listing.names.len()) {
             let next = i as u64 + 1;
             let full = match fixed.get(i) {
                 Some(&(e_ino, kind, name)) => add(e_ino, next, kind, name),
                 None => {
-                    let name = &names[i - fixed.len()];
+                    let (place, kind, name) = match &listing.names {
+                        Names::Keys { scope, names } => {
+                            let name = &names[i - fixed.len()];
+                            (Place::key(*scope, name), Kind::File, &name[..])
+                        }
+                        Names::Dirs(dirs) => {
+                            let (scope, name) = &dirs[i - fixed.len()];
+                            (Place::Dir { scope: *scope }, Kind::Dir, &name[..])
+                        }
+                    };
                     // When the table is full of inodes the kernel holds, a
                     // listing still needs a number; this one is never an
                     // inode the kernel can ask about.
                     let e_ino = self
                         .inodes
-                        .listing_ino(name)
-                        .unwrap_or_else(|| listing_only_ino(name));
-                    add(e_ino, next, Kind::File, name)
+                        .listing_ino(&place)
+                        .unwrap_or_else(|| listing_only_ino(&place));
+                    add(e_ino, next, kind, name)
                 }
             };
             if full {
@@ -449,6 +595,6 @@ impl Writer {
 }
 
 /// Above every counted inode number, so the kernel never confuses the two.
-fn listing_only_ino(name: &[u8]) -> u64 {
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(name) | 1 << 63
+fn listing_only_ino(place: &Place) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(place) | 1 << 63
 }

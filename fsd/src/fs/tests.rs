@@ -1,36 +1,45 @@
 //! `Fs` on a real engine (root and eBPF needed), no FUSE and no mocks.
 
 use bpfdb::{Db, Options};
+use std::time::Duration;
 
 use super::*;
 
-const WHO: Owner = Owner {
+pub(super) const WHO: Owner = Owner {
     uid: 1000,
     gid: 1001,
 };
-const CREATE: i32 = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
+pub(super) const CREATE: i32 = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
 
-fn fs_with(max_value: u32) -> Fs {
-    let opts = Options {
+pub(super) fn small_options(max_value: u32) -> Options {
+    Options {
         max_keys: 4096,
         max_value,
         value_mem_bytes: 16 << 20,
-        slots: 4,
+        slots: 6,
         ..Options::default()
-    };
-    Fs::new(Db::open(&opts).unwrap_or_else(|e| panic!("open engine: {e}")))
+    }
 }
 
-fn fs() -> Fs {
+pub(super) fn fs_on(opts: &Options, txn_timeout: Duration) -> Fs {
+    let db = Db::open(opts).unwrap_or_else(|e| panic!("open engine: {e}"));
+    Fs::new(db, txn_timeout).unwrap_or_else(|e| panic!("start fs: {e}"))
+}
+
+fn fs_with(max_value: u32) -> Fs {
+    fs_on(&small_options(max_value), DEFAULT_TXN_TIMEOUT)
+}
+
+pub(super) fn fs() -> Fs {
     fs_with(1 << 20)
 }
 
-fn errno<T: fmt::Debug>(r: Result<T>) -> i32 {
+pub(super) fn errno<T: fmt::Debug>(r: Result<T>) -> i32 {
     r.expect_err("expected an error").errno
 }
 
 /// `echo -n data > name`
-fn put(fs: &Fs, name: &str, data: &[u8]) -> u64 {
+pub(super) fn put(fs: &Fs, name: &str, data: &[u8]) -> u64 {
     let (attr, o) = fs
         .create(ROOT_INO, name.as_bytes(), 0o644, 0o022, CREATE, WHO)
         .unwrap();
@@ -40,7 +49,7 @@ fn put(fs: &Fs, name: &str, data: &[u8]) -> u64 {
     attr.ino
 }
 
-fn read_all(fs: &Fs, fh: u64) -> Vec<u8> {
+pub(super) fn read_all(fs: &Fs, fh: u64) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
         let chunk = fs.read(fh, out.len() as u64, 4096, |d| d.to_vec()).unwrap();
@@ -52,7 +61,7 @@ fn read_all(fs: &Fs, fh: u64) -> Vec<u8> {
 }
 
 /// `cat name`
-fn cat(fs: &Fs, name: &str) -> Result<Vec<u8>> {
+pub(super) fn cat(fs: &Fs, name: &str) -> Result<Vec<u8>> {
     let attr = fs.lookup(ROOT_INO, name.as_bytes())?;
     let o = fs.open(attr.ino, libc::O_RDONLY)?;
     let data = read_all(fs, o.fh);
@@ -60,7 +69,7 @@ fn cat(fs: &Fs, name: &str) -> Result<Vec<u8>> {
     Ok(data)
 }
 
-fn list(fs: &Fs, ino: u64) -> Vec<Vec<u8>> {
+pub(super) fn list(fs: &Fs, ino: u64) -> Vec<Vec<u8>> {
     let fh = fs.opendir(ino).unwrap();
     let mut names = Vec::new();
     fs.readdir(fh, 0, |_, _, _, name| {
@@ -305,8 +314,6 @@ fn reserved_names_and_unsupported_kinds_are_eperm() {
         );
     }
     assert_eq!(errno(fs.mkdir(ROOT_INO, b"d")), libc::EPERM);
-    assert_eq!(errno(fs.mkdir(TXN_INO, b"t1")), libc::EPERM);
-    assert_eq!(errno(fs.mkdir(SNAP_INO, b"s1")), libc::EPERM);
     assert_eq!(
         errno(fs.create(TXN_INO, b"k", 0o644, 0, CREATE, WHO)),
         libc::EPERM
@@ -316,7 +323,7 @@ fn reserved_names_and_unsupported_kinds_are_eperm() {
     let x = fs.lookup(ROOT_INO, b"x").unwrap().ino;
     assert_eq!(errno(fs.link(x, ROOT_INO, b"h")), libc::EPERM);
     assert_eq!(errno(fs.rmdir(ROOT_INO, b".txn")), libc::EPERM);
-    assert_eq!(errno(fs.lookup(ROOT_INO, b".ctl")), libc::ENOENT);
+    assert_eq!(fs.lookup(ROOT_INO, b".ctl").unwrap().ino, CTL_INO);
     assert_eq!(errno(fs.lookup(TXN_INO, b"x")), libc::ENOENT);
     assert_eq!(errno(fs.lookup(x, b"y")), libc::ENOTDIR);
     assert_eq!(errno(fs.open(ROOT_INO, libc::O_RDONLY)), libc::EISDIR);
@@ -465,16 +472,17 @@ fn readdir_lists_fixed_entries_then_keys() {
     }
     let mut got = list(&fs, ROOT_INO);
     assert_eq!(
-        got[..5],
+        got[..6],
         [
             b".".to_vec(),
             b"..".to_vec(),
             b".stats".to_vec(),
             b".txn".to_vec(),
-            b".snap".to_vec()
+            b".snap".to_vec(),
+            b".ctl".to_vec()
         ]
     );
-    let mut keys = got.split_off(5);
+    let mut keys = got.split_off(6);
     keys.sort();
     assert_eq!(keys, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
 
@@ -484,12 +492,12 @@ fn readdir_lists_fixed_entries_then_keys() {
     let mut first = Vec::new();
     fs.readdir(fh, 0, |ino, next, _, name| {
         first.push((ino, next, name.to_vec()));
-        first.len() == 6
+        first.len() == 7
     })
     .unwrap();
-    assert_eq!(first.len(), 6);
-    let (ino, next, name) = first[5].clone();
-    assert_eq!(next, 6);
+    assert_eq!(first.len(), 7);
+    let (ino, next, name) = first[6].clone();
+    assert_eq!(next, 7);
     let name = String::from_utf8(name).unwrap();
     assert_eq!(fs.lookup(ROOT_INO, name.as_bytes()).unwrap().ino, ino);
     let mut rest = Vec::new();
@@ -539,10 +547,18 @@ fn stats_file_content() {
         "versions_reclaimed",
         "read_retries",
         "errors",
+        "txn_commits",
+        "txn_aborts",
+        "txn_aborts_conflict",
+        "txn_active",
+        "oldest_snapshot_age_ms",
+        "log_bytes",
     ] {
         field(name);
     }
-    assert_eq!(text.lines().count(), 18);
+    assert_eq!(text.lines().count(), 24);
+    // Memory only: no log.
+    assert_eq!(field("log_bytes"), 0);
     // The size a stat shows is the length of the text at that moment.
     let len = text.len() as u64;
     assert!(
