@@ -5,6 +5,10 @@
 //! Tests drive the mount only through real processes (`sh -c` and the shell tools it runs), so
 //! what they check is what a person at a shell sees. Dropping a `Mount` unmounts it and fails
 //! the test unless the daemon then exited 0 and the mount is gone.
+//!
+//! A `Mount` outlives its daemon: [`Mount::restart`], [`Mount::kill9`] and
+//! [`Mount::start_again`] serve the same DATA_DIR with a new daemon, which is how the
+//! durability and crash tests check what a restart recovers.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -38,6 +42,9 @@ pub mod msg {
     pub const EACCES: &str = "Permission denied";
     pub const EEXIST: &str = "File exists";
     pub const EINVAL: &str = "Invalid argument";
+    pub const EBUSY: &str = "Device or resource busy";
+    pub const ECANCELED: &str = "Operation canceled";
+    pub const EROFS: &str = "Read-only file system";
 }
 
 /// Names at the mount root that are never keys (docs/SEMANTICS.md, "Namespace").
@@ -309,6 +316,7 @@ pub struct MountBuilder {
     threads: Option<String>,
     extra: Vec<OsString>,
     foreground: bool,
+    tmpfs_size: Option<String>,
 }
 
 impl Default for MountBuilder {
@@ -320,6 +328,7 @@ impl Default for MountBuilder {
             threads: Some("4".into()),
             extra: Vec::new(),
             foreground: true,
+            tmpfs_size: None,
         }
     }
 }
@@ -371,6 +380,15 @@ impl MountBuilder {
         self
     }
 
+    /// Puts DATA_DIR on a tmpfs of its own with this size limit (`mount -t tmpfs -o size=SIZE`),
+    /// mounted at [`Mount::tmpfs_dir`] with DATA_DIR its subdirectory `data`, so a test can fill
+    /// the disk under the log and free space again with a file of its own beside DATA_DIR. The
+    /// tmpfs is unmounted when the `Mount` is dropped, also when the test fails.
+    pub fn tmpfs_data_dir(mut self, size: &str) -> MountBuilder {
+        self.tmpfs_size = Some(size.into());
+        self
+    }
+
     fn args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         if self.foreground {
@@ -400,62 +418,39 @@ impl MountBuilder {
             .expect("create tempdir");
         // mountinfo shows canonical paths.
         let root = dir.path().canonicalize().expect("canonicalize tempdir");
-        let data = root.join("data");
         let mnt = root.join("mnt");
         let scratch = root.join("scratch");
-        for d in [&data, &mnt, &scratch] {
+        for d in [&mnt, &scratch] {
             std::fs::create_dir(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
         }
-        let log = root.join("daemon.log");
-        let log_file = File::create(&log).expect("create daemon log");
-        let bin = daemon_bin();
-        let mut args = self.args();
-        args.push(data.clone().into());
-        args.push(mnt.clone().into());
-
-        let mut cmd = Command::new(&bin);
-        cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("dup log fd"))
-            .stderr(log_file)
-            .env_remove("RUST_LOG");
-        // BPFDB_TEST_LOG=debug makes the daemons log verbosely for a debugging session; the
-        // default is the daemon's own, which is what the log assertions check.
-        if let Some(level) = std::env::var_os("BPFDB_TEST_LOG") {
-            cmd.env("RUST_LOG", level);
-        }
+        let tmpfs = self
+            .tmpfs_size
+            .as_deref()
+            .map(|size| Tmpfs::mount(&root.join("disk"), size));
+        let data = match &tmpfs {
+            Some(t) => t.path.join("data"),
+            None => root.join("data"),
+        };
+        std::fs::create_dir(&data).unwrap_or_else(|e| panic!("mkdir {}: {e}", data.display()));
         let mut mount = Mount {
+            tmpfs,
             dir: Some(dir),
+            root,
             data,
             mnt,
             scratch,
-            log,
-            args,
+            log: PathBuf::new(),
+            runs: 0,
+            args: Vec::new(),
+            builder: self,
             child: None,
-            foreground: self.foreground,
-            finished: false,
+            finished: true,
         };
-        if self.foreground {
-            // Own process group: a Ctrl-C at the terminal is for the test runner. If the
-            // runner dies anyway, the kernel sends the daemon SIGTERM, which unmounts.
-            // SAFETY: prctl(2) is async-signal-safe and touches no memory of ours.
-            unsafe {
-                cmd.process_group(0).pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-            let child = cmd
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-            mount.child = Some(child);
-            mount.wait_mounted();
+        if mount.builder.foreground {
+            mount.launch(&[]);
         } else {
-            let mut child = cmd
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+            let mut child = mount.spawn(&[]);
+            mount.finished = false;
             let status = wait_timeout(&mut child, DAEMON_TIMEOUT);
             let Some(status) = status else {
                 let _ = child.kill();
@@ -487,16 +482,62 @@ impl MountBuilder {
     }
 }
 
-/// One running daemon and its mount; see the crate docs.
+/// A tmpfs with a size limit, unmounted on drop (lazily if something still holds it).
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir(path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        let mut cmd = Command::new("mount");
+        cmd.args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={size}"))
+            .arg("tmpfs")
+            .arg(path);
+        let out = run_with_timeout(&mut cmd, DAEMON_TIMEOUT, "mount -t tmpfs");
+        assert_ok(
+            &out,
+            &format!("mount -t tmpfs -o size={size} tmpfs {}", path.display()),
+        );
+        Tmpfs {
+            path: path.to_owned(),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
+
+/// One daemon and its mount; see the crate docs. The same data directory can be served again
+/// by a new daemon after the first one stopped ([`Mount::restart`], [`Mount::kill9`] and
+/// [`Mount::start_again`]); each run logs to a file of its own.
 pub struct Mount {
+    // Dropped before `dir`, so TempDir never walks into a mounted tmpfs.
+    tmpfs: Option<Tmpfs>,
     dir: Option<TempDir>,
+    root: PathBuf,
     data: PathBuf,
     mnt: PathBuf,
     scratch: PathBuf,
+    /// Log of the current (last started) run.
     log: PathBuf,
+    /// Daemons started so far.
+    runs: u32,
+    /// Arguments of the current run.
     args: Vec<OsString>,
+    builder: MountBuilder,
     child: Option<Child>,
-    foreground: bool,
     /// Daemon already stopped and checked (or never started): Drop only cleans up.
     finished: bool,
 }
@@ -592,6 +633,248 @@ impl Mount {
         }
     }
 
+    /// Spawns a daemon on this mount's DATA_DIR and MOUNTPOINT with the builder's arguments
+    /// plus `extra` (before DATA_DIR), logging to a new file; returns it without waiting.
+    fn spawn(&mut self, extra: &[OsString]) -> Child {
+        let log = if self.runs == 0 {
+            self.root.join("daemon.log")
+        } else {
+            self.root.join(format!("daemon.{}.log", self.runs))
+        };
+        self.runs += 1;
+        let log_file = File::create(&log).expect("create daemon log");
+        self.log = log;
+        let bin = daemon_bin();
+        let mut args = self.builder.args();
+        args.extend(extra.iter().cloned());
+        args.push(self.data.clone().into());
+        args.push(self.mnt.clone().into());
+        self.args = args;
+
+        let mut cmd = Command::new(&bin);
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("dup log fd"))
+            .stderr(log_file)
+            .env_remove("RUST_LOG");
+        // BPFDB_TEST_LOG=debug makes the daemons log verbosely for a debugging session; the
+        // default is the daemon's own, which is what the log assertions check.
+        if let Some(level) = std::env::var_os("BPFDB_TEST_LOG") {
+            cmd.env("RUST_LOG", level);
+        }
+        if self.builder.foreground {
+            // Own process group: a Ctrl-C at the terminal is for the test runner. If the
+            // runner dies anyway, the kernel sends the daemon SIGTERM, which unmounts.
+            // SAFETY: prctl(2) is async-signal-safe and touches no memory of ours.
+            unsafe {
+                cmd.process_group(0).pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()))
+    }
+
+    /// Starts a foreground daemon and waits until the mount is live.
+    fn launch(&mut self, extra: &[OsString]) {
+        assert!(
+            self.finished && self.child.is_none() && !self.is_mounted(),
+            "a daemon is already serving {}",
+            self.mnt.display()
+        );
+        let child = self.spawn(extra);
+        self.child = Some(child);
+        self.finished = false;
+        self.wait_mounted();
+    }
+
+    fn check_restartable(&self) {
+        assert!(
+            self.builder.foreground,
+            "only foreground mounts are restarted"
+        );
+        assert!(
+            self.finished,
+            "the daemon of {} is still running; stop it first",
+            self.mnt.display()
+        );
+        assert!(
+            !self.is_mounted(),
+            "{} is still mounted; a killed daemon's mount needs detach_dead_mount()",
+            self.mnt.display()
+        );
+    }
+
+    /// Starts a new daemon on the same DATA_DIR (after [`Mount::umount_expect_clean_exit`],
+    /// [`Mount::kill9`] or a failed start) and waits until the mount is live.
+    #[track_caller]
+    pub fn start_again(&mut self) {
+        self.start_again_with(&[]);
+    }
+
+    /// [`Mount::start_again`] with more arguments for this run only.
+    #[track_caller]
+    pub fn start_again_with(&mut self, extra: &[&str]) {
+        self.check_restartable();
+        self.child = None;
+        let extra: Vec<OsString> = extra.iter().map(OsString::from).collect();
+        self.launch(&extra);
+    }
+
+    /// Clean restart: `umount` (the daemon must exit 0), then a new daemon on the same DATA_DIR.
+    #[track_caller]
+    pub fn restart(&mut self) {
+        self.umount_expect_clean_exit();
+        self.start_again();
+    }
+
+    /// Starts a daemon on the same DATA_DIR (with `extra` arguments) that must refuse to start:
+    /// it must exit non-zero within [`DAEMON_TIMEOUT`] without mounting. Returns its exit status
+    /// and its log.
+    #[track_caller]
+    pub fn start_expect_failure(&mut self, extra: &[&str]) -> (ExitStatus, String) {
+        self.check_restartable();
+        self.child = None;
+        let extra: Vec<OsString> = extra.iter().map(OsString::from).collect();
+        let mut child = self.spawn(&extra);
+        let deadline = Instant::now() + DAEMON_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait daemon") {
+                if self.is_mounted() {
+                    let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+                }
+                assert!(
+                    !status.success(),
+                    "the daemon exited 0, want a refusal to start\n{}",
+                    self.log_tail()
+                );
+                return (status, self.log());
+            }
+            if self.is_mounted() {
+                // The daemon serves: Drop unmounts it and checks its exit.
+                self.child = Some(child);
+                self.finished = false;
+                panic!(
+                    "the daemon mounted {} although it should have refused to start\n{}",
+                    self.mnt.display(),
+                    self.log_tail()
+                );
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the daemon neither exited nor mounted within {} s\n{}",
+                    DAEMON_TIMEOUT.as_secs(),
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9` of the daemon, then a lazy unmount of its dead mount so that the next daemon
+    /// can mount again. Processes still working in the mount get ENOTCONN.
+    #[track_caller]
+    pub fn kill9(&mut self) {
+        self.kill9_daemon();
+        self.detach_dead_mount();
+    }
+
+    /// `kill -9` of the daemon only: the dead mount stays attached (every operation on it fails
+    /// with ENOTCONN, so nothing can reach the directory underneath) until
+    /// [`Mount::detach_dead_mount`].
+    #[track_caller]
+    pub fn kill9_daemon(&mut self) {
+        let child = self.child.as_mut().expect("a foreground daemon to kill");
+        send_signal(child.id(), libc::SIGKILL);
+        let status = wait_timeout(child, DAEMON_TIMEOUT);
+        self.finished = true;
+        let status = status.unwrap_or_else(|| {
+            panic!(
+                "daemon still running {} s after SIGKILL",
+                DAEMON_TIMEOUT.as_secs()
+            )
+        });
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "daemon exited with {status} before SIGKILL reached it\n{}",
+            self.log_tail()
+        );
+    }
+
+    /// `umount -l` of the mount of a killed daemon.
+    #[track_caller]
+    pub fn detach_dead_mount(&mut self) {
+        assert!(self.finished, "detach_dead_mount() with a live daemon");
+        let mut cmd = Command::new("umount");
+        cmd.arg("-l").arg(&self.mnt);
+        let out = run_with_timeout(&mut cmd, DAEMON_TIMEOUT, "umount -l");
+        assert_ok(&out, "umount -l MOUNTPOINT");
+        assert!(
+            wait_until(DAEMON_TIMEOUT, || !self.is_mounted()),
+            "{} still mounted after umount -l",
+            self.mnt.display()
+        );
+    }
+
+    /// The logs of every run so far, oldest first, each under a `=== run N ===` line.
+    pub fn all_logs(&self) -> String {
+        let mut out = String::new();
+        for run in 0..self.runs {
+            let path = if run == 0 {
+                self.root.join("daemon.log")
+            } else {
+                self.root.join(format!("daemon.{run}.log"))
+            };
+            out.push_str(&format!("=== run {run} ===\n"));
+            out.push_str(&String::from_utf8_lossy(
+                &std::fs::read(path).unwrap_or_default(),
+            ));
+        }
+        out
+    }
+
+    /// The tmpfs that holds DATA_DIR (see [`MountBuilder::tmpfs_data_dir`]).
+    pub fn tmpfs_dir(&self) -> Option<&Path> {
+        self.tmpfs.as_ref().map(|t| t.path.as_path())
+    }
+
+    /// The log segments `wal-NNNNNNNN.log` in DATA_DIR, in order.
+    pub fn wal_segments(&self) -> Vec<PathBuf> {
+        let mut segs: Vec<PathBuf> = std::fs::read_dir(&self.data)
+            .unwrap_or_else(|e| panic!("read {}: {e}", self.data.display()))
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(OsStr::to_str)
+                    .is_some_and(|n| n.starts_with("wal-") && n.ends_with(".log"))
+            })
+            .collect();
+        segs.sort();
+        segs
+    }
+
+    /// The last log segment (there must be one).
+    #[track_caller]
+    pub fn last_wal_segment(&self) -> PathBuf {
+        let segs = self.wal_segments();
+        segs.last().cloned().unwrap_or_else(|| {
+            panic!(
+                "no wal-*.log in {}: {:?}",
+                self.data.display(),
+                std::fs::read_dir(&self.data)
+                    .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+            )
+        })
+    }
+
     /// A `sh -c SCRIPT` command with the mountpoint as working directory and `$M` (mountpoint),
     /// `$T` (scratch dir outside the mount) and `$D` (data dir) set; `LC_ALL=C` so tool
     /// messages and `ls` order are predictable.
@@ -606,6 +889,31 @@ impl Mount {
             .env("LC_ALL", "C")
             .env_remove("POSIXLY_CORRECT");
         cmd
+    }
+
+    /// Starts `sh -c SCRIPT` (see [`Mount::command`]) in the background; see [`Background`].
+    pub fn spawn_sh(&self, script: &str) -> Background {
+        Background::spawn(self.command(script), script)
+    }
+
+    /// Every key of directory `dir` of the mount (`.` for the root, `.txn/NAME`, `.snap/NAME`)
+    /// with its value, read with `cat` and stripped of trailing newlines; for one-line values.
+    #[track_caller]
+    pub fn values(&self, dir: &str) -> BTreeMap<String, String> {
+        let text = self.ok(&format!(
+            "cd '{dir}' || exit 1
+             for f in *; do
+               [ -e \"$f\" ] || continue
+               v=$(cat \"$f\") || exit 1
+               printf '%s %s\\n' \"$f\" \"$v\"
+             done"
+        ));
+        text.lines()
+            .map(|l| match l.split_once(' ') {
+                Some((k, v)) => (k.to_owned(), v.to_owned()),
+                None => panic!("bad line {l:?} reading {dir}"),
+            })
+            .collect()
     }
 
     /// Runs `sh -c SCRIPT` (see [`Mount::command`]).
@@ -680,6 +988,41 @@ impl Mount {
         map
     }
 
+    /// `cat .txn/NAME/.ctl`, trimmed: `active`, `committed at TS` or `aborted: REASON`.
+    #[track_caller]
+    pub fn txn_state(&self, name: &str) -> String {
+        self.ok(&format!("cat .txn/{name}/.ctl")).trim().to_owned()
+    }
+
+    /// Asserts that `.txn/NAME/.ctl` says `aborted: REASON` and returns REASON.
+    #[track_caller]
+    pub fn assert_aborted(&self, name: &str) -> String {
+        let state = self.txn_state(name);
+        match state.strip_prefix("aborted: ") {
+            Some(reason) if !reason.trim().is_empty() => reason.to_owned(),
+            _ => panic!(".txn/{name}/.ctl says {state:?}, want \"aborted: REASON\""),
+        }
+    }
+
+    /// Asserts that `.txn/NAME/.ctl` says `committed at TS` and returns TS.
+    #[track_caller]
+    pub fn assert_committed(&self, name: &str) -> u64 {
+        let state = self.txn_state(name);
+        state
+            .strip_prefix("committed at ")
+            .and_then(|ts| ts.trim().parse().ok())
+            .unwrap_or_else(|| panic!(".txn/{name}/.ctl says {state:?}, want \"committed at TS\""))
+    }
+
+    /// A named counter of `.stats`, which must be there.
+    #[track_caller]
+    pub fn stat(&self, name: &str) -> u64 {
+        let stats = self.stats();
+        *stats
+            .get(name)
+            .unwrap_or_else(|| panic!(".stats has no `{name}` line: {stats:?}"))
+    }
+
     /// The `keys` counter of `.stats`.
     #[track_caller]
     pub fn stat_keys(&self) -> u64 {
@@ -708,7 +1051,7 @@ impl Mount {
 
     #[track_caller]
     fn expect_clean_exit(&mut self, after: &str) {
-        if !self.foreground {
+        if !self.builder.foreground {
             let gone = wait_until(DAEMON_TIMEOUT, || pids_with_arg(&self.mnt).is_empty());
             self.finished = true;
             assert!(
@@ -830,4 +1173,204 @@ pub fn numbered(prefix: &str, n: usize) -> Vec<String> {
 /// Lines of a listing, for exact comparisons.
 pub fn lines(s: &str) -> Vec<&str> {
     s.lines().collect()
+}
+
+/// The on-disk log format, as far as the crash tests need it to damage a log on purpose. It
+/// mirrors the format comment of bpf/src/wal.rs: a segment is a 16-byte header (`"BPFDBWAL"`,
+/// version u32, reserved u32) and records `len u32 | crc32c u32 | seq u64 | payload`; the
+/// checkpoint starts with `"BPFDBCKP"`, version u32. Little endian throughout.
+pub mod wal {
+    use std::path::Path;
+
+    pub const HEADER_BYTES: u64 = 16;
+    pub const RECORD_HEADER_BYTES: u64 = 16;
+    /// Offset of the format version in a segment or checkpoint header.
+    pub const VERSION_OFFSET: u64 = 8;
+
+    /// `(offset, total length)` of each record of a segment, walking the length fields only
+    /// (no checksums); stops at the first record that runs past the end of the file.
+    #[track_caller]
+    pub fn records(path: &Path) -> Vec<(u64, u64)> {
+        let buf = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let mut out = Vec::new();
+        let mut off = HEADER_BYTES as usize;
+        while off + RECORD_HEADER_BYTES as usize <= buf.len() {
+            let len = u32::from_le_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
+            let total = RECORD_HEADER_BYTES as usize + len;
+            if off + total > buf.len() {
+                break;
+            }
+            out.push((off as u64, total as u64));
+            off += total;
+        }
+        out
+    }
+
+    /// Inverts every bit of the byte at `offset`.
+    #[track_caller]
+    pub fn flip_byte(path: &Path, offset: u64) {
+        let mut buf =
+            std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let i = usize::try_from(offset).expect("offset fits in usize");
+        assert!(
+            i < buf.len(),
+            "{} has {} bytes, cannot flip byte {offset}",
+            path.display(),
+            buf.len()
+        );
+        buf[i] ^= 0xff;
+        std::fs::write(path, &buf).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
+    /// Writes `value` as a little-endian u32 at `offset`.
+    #[track_caller]
+    pub fn put_u32(path: &Path, offset: u64, value: u32) {
+        let mut buf =
+            std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let i = usize::try_from(offset).expect("offset fits in usize");
+        buf[i..i + 4].copy_from_slice(&value.to_le_bytes());
+        std::fs::write(path, &buf).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
+    /// Cuts the last `n` bytes off a file.
+    #[track_caller]
+    pub fn truncate_by(path: &Path, n: u64) {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        let len = f.metadata().expect("stat").len();
+        assert!(len >= n, "{} has only {len} bytes", path.display());
+        f.set_len(len - n)
+            .unwrap_or_else(|e| panic!("truncate {}: {e}", path.display()));
+    }
+
+    /// Size of a file in bytes.
+    #[track_caller]
+    pub fn file_len(path: &Path) -> u64 {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+            .len()
+    }
+}
+
+/// A small deterministic pseudo-random generator (xorshift64*), so a failing run can be
+/// repeated from the seed it prints.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `$BPFDB_TEST_SEED` if set, else from the clock; prints the seed.
+    pub fn from_env_or_time(what: &str) -> Rng {
+        let seed = std::env::var("BPFDB_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("{what}: BPFDB_TEST_SEED={seed}");
+        Rng::new(seed)
+    }
+
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        assert!(lo < hi);
+        lo + self.next_u64() % (hi - lo)
+    }
+}
+
+/// A script running in the background in its own process group, its output captured. Dropping
+/// it unfinished kills the whole group, so a failing test leaves no shell loops behind.
+pub struct Background {
+    child: Option<Child>,
+    what: String,
+    out: Option<std::thread::JoinHandle<Vec<u8>>>,
+    err: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Background {
+    fn spawn(mut cmd: Command, what: &str) -> Background {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        let mut out = child.stdout.take().expect("piped stdout");
+        let mut err = child.stderr.take().expect("piped stderr");
+        Background {
+            child: Some(child),
+            what: what.to_owned(),
+            out: Some(std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = out.read_to_end(&mut v);
+                v
+            })),
+            err: Some(std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = err.read_to_end(&mut v);
+                v
+            })),
+        }
+    }
+
+    fn kill_group(child: &Child) {
+        let pgid = i32::try_from(child.id()).expect("pid fits in pid_t");
+        // SAFETY: kill(2) of the process group we created for this script.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    }
+
+    /// Waits up to `timeout` for the script to end and returns its output; kills it and fails
+    /// the test if it is still running then.
+    #[track_caller]
+    pub fn finish(mut self, timeout: Duration) -> Output {
+        let mut child = self.child.take().expect("not finished yet");
+        let Some(status) = wait_timeout(&mut child, timeout) else {
+            Background::kill_group(&child);
+            let _ = child.wait();
+            panic!(
+                "background script still running after {} s; killed it:\n{}",
+                timeout.as_secs(),
+                self.what
+            );
+        };
+        // The scripts `wait` for their own background jobs, so the pipes close with them.
+        Output {
+            status,
+            stdout: self
+                .out
+                .take()
+                .and_then(|h| h.join().ok())
+                .unwrap_or_default(),
+            stderr: self
+                .err
+                .take()
+                .and_then(|h| h.join().ok())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            Background::kill_group(&child);
+            let _ = child.wait();
+        }
+    }
 }
