@@ -1,0 +1,379 @@
+//! Crashes: the daemon is `kill -9`ed while shells write, and restarted on the same DATA_DIR;
+//! logs damaged the way a crash or a bad disk leaves them (a torn tail, a flipped byte) are
+//! recovered or refused.
+//!
+//! "Acknowledged" means the shell command that wrote returned 0: only then does a writer note
+//! the write in its side file. Writes whose exit status matters go through coreutils `echo`
+//! (`env echo`): dash's builtin `echo` never reports an error of the `close` that commits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use bpfdb_tests::{Mount, Rng, wal};
+
+const ROUNDS: u32 = 8;
+const KEY_WRITERS: u32 = 3;
+/// Keys per key writer, rewritten round-robin.
+const KEYS_PER_WRITER: u32 = 16;
+/// Keys every transaction of the transaction writer writes, all with its id.
+const TXN_KEYS: u32 = 4;
+const BANK_ACCOUNTS: u32 = 4;
+const BANK_TOTAL: i64 = 1000;
+
+/// The writers of one round (`$R` is the round). Each loops until `$T/stop` exists or one of
+/// its operations fails (the daemon is gone). Side files, appended across rounds:
+/// `attempt_wW`/`ack_wW` (`KEY VALUE` before and after each write of key writer W),
+/// `attempt_txn`/`ack_txn` (each transaction id before BEGIN and after its commit returned 0).
+const WRITERS: &str = r#"
+kw() {
+  w=$1; i=0
+  while [ ! -e $T/stop ]; do
+    i=$((i+1)); k=w${w}_$((i % KEYS)); v=r$R-w$w-$i
+    echo "$k $v" >> $T/attempt_w$w
+    env echo $v > $k || break
+    echo "$k $v" >> $T/ack_w$w
+  done
+}
+tw() {
+  i=0
+  while [ ! -e $T/stop ]; do
+    i=$((i+1)); id=r$R-t$i; t=.txn/$id
+    echo $id >> $T/attempt_txn
+    mkdir $t || break
+    j=0
+    while [ $j -lt $TXN_KEYS ]; do env echo $id > $t/t_$j || break 2; j=$((j+1)); done
+    env echo commit > $t/.ctl || break
+    echo $id >> $T/ack_txn
+    rmdir $t || break
+  done
+}
+bw() {
+  i=0
+  while [ ! -e $T/stop ]; do
+    i=$((i+1)); t=.txn/r$R-b$i
+    from=$((i % 4)); to=$(( (from + 1 + (i / 4) % 3) % 4 ))
+    mkdir $t || break
+    a=$(cat $t/b$from) && b=$(cat $t/b$to) || break
+    env echo $((a - 7)) > $t/b$from && env echo $((b + 7)) > $t/b$to || break
+    env echo commit > $t/.ctl || break
+    rmdir $t || break
+  done
+}
+for w in $(seq 1 $KEY_WRITERS); do kw $w & done
+tw & bw &
+wait
+"#;
+
+/// Lines of a scratch file (empty if it does not exist).
+fn scratch_lines(m: &Mount, name: &str) -> Vec<String> {
+    std::fs::read_to_string(m.scratch().join(name))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Checks the database against the side files after a restart; returns (acknowledged key
+/// writes, acknowledged transactions) so far.
+#[track_caller]
+fn check_recovered(m: &Mount, round: u32) -> (usize, usize) {
+    let values = m.values(".");
+    let ctx = |what: String| format!("after crash {round}: {what}\n{}", m.log_tail());
+    let mut expected_keys: BTreeSet<String> = BTreeSet::new();
+
+    // Every acknowledged write is there, or a later attempted one.
+    let mut acks = 0;
+    for w in 1..=KEY_WRITERS {
+        let attempts = scratch_lines(m, &format!("attempt_w{w}"));
+        let acked = scratch_lines(m, &format!("ack_w{w}"));
+        acks += acked.len();
+        let mut per_key: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for line in &attempts {
+            let (k, v) = line.split_once(' ').expect("KEY VALUE");
+            per_key.entry(k).or_default().push(v);
+        }
+        let mut last_ack: BTreeMap<&str, &str> = BTreeMap::new();
+        for line in &acked {
+            let (k, v) = line.split_once(' ').expect("KEY VALUE");
+            last_ack.insert(k, v);
+        }
+        for (k, tried) in &per_key {
+            expected_keys.insert((*k).to_owned());
+            let got = values.get(*k).map(String::as_str);
+            match last_ack.get(k) {
+                Some(acked) => {
+                    let from = tried
+                        .iter()
+                        .position(|v| v == acked)
+                        .expect("an acked value was attempted");
+                    let allowed = &tried[from..];
+                    assert!(
+                        got.is_some_and(|g| allowed.contains(&g)),
+                        "{}",
+                        ctx(format!(
+                            "key {k} holds {got:?}; acknowledged {acked:?}, attempted after it {:?}",
+                            &allowed[1..]
+                        ))
+                    );
+                }
+                None => assert!(
+                    got.is_none_or(|g| g.is_empty() || tried.contains(&g)),
+                    "{}",
+                    ctx(format!(
+                        "key {k} (never acknowledged) holds {got:?}; attempted {tried:?}"
+                    ))
+                ),
+            }
+        }
+    }
+
+    // The transaction keys carry one transaction's id, all of them, and not an older one
+    // than the last acknowledged.
+    let attempts = scratch_lines(m, "attempt_txn");
+    let acked = scratch_lines(m, "ack_txn");
+    let txn_vals: Vec<Option<&str>> = (0..TXN_KEYS)
+        .map(|j| values.get(&format!("t_{j}")).map(String::as_str))
+        .collect();
+    for j in 0..TXN_KEYS {
+        expected_keys.insert(format!("t_{j}"));
+    }
+    assert!(
+        txn_vals.iter().all(|v| *v == txn_vals[0]),
+        "{}",
+        ctx(format!(
+            "a partial transaction is visible: t_* = {txn_vals:?}"
+        ))
+    );
+    match acked.last() {
+        Some(last) => {
+            let from = attempts
+                .iter()
+                .position(|a| a == last)
+                .expect("an acked txn was attempted");
+            assert!(
+                txn_vals[0].is_some_and(|v| attempts[from..].iter().any(|a| a == v)),
+                "{}",
+                ctx(format!(
+                    "t_* = {:?}; last acknowledged transaction {last}, attempted after it {:?}",
+                    txn_vals[0],
+                    &attempts[from + 1..]
+                ))
+            );
+        }
+        None => assert!(
+            txn_vals[0].is_none_or(|v| attempts.iter().any(|a| a == v)),
+            "{}",
+            ctx(format!(
+                "t_* = {:?} but no transaction was acknowledged",
+                txn_vals[0]
+            ))
+        ),
+    }
+
+    // The bank's transfers are whole: the sum holds, at the root and in a snapshot.
+    let mut sum = 0;
+    for i in 0..BANK_ACCOUNTS {
+        let k = format!("b{i}");
+        let v = values
+            .get(&k)
+            .unwrap_or_else(|| panic!("{}", ctx(format!("account {k} is missing"))));
+        sum += v
+            .parse::<i64>()
+            .unwrap_or_else(|_| panic!("{}", ctx(format!("account {k} holds {v:?}"))));
+        expected_keys.insert(k);
+    }
+    assert_eq!(sum, BANK_TOTAL, "{}", ctx("bank total".into()));
+    let snap = m.ok("mkdir .snap/check && cat .snap/check/b* && rmdir .snap/check");
+    let snap_sum: i64 = snap.lines().map(|l| l.parse::<i64>().unwrap_or(0)).sum();
+    assert_eq!(
+        snap_sum,
+        BANK_TOTAL,
+        "{}",
+        ctx(format!("snapshot balances {snap:?}"))
+    );
+
+    // Nothing else appeared.
+    let extra: Vec<&String> = values
+        .keys()
+        .filter(|k| !expected_keys.contains(*k))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "{}",
+        ctx(format!("unexpected keys {extra:?}"))
+    );
+    (acks, acked.len())
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_no_acknowledged_write_and_no_transaction_half() {
+    let mut m = Mount::new();
+    let mut rng = Rng::from_env_or_time("crash");
+    m.ok(&format!(
+        "for i in $(seq 0 {}); do env echo {} > b$i || exit 1; done",
+        BANK_ACCOUNTS - 1,
+        BANK_TOTAL / i64::from(BANK_ACCOUNTS)
+    ));
+    let stop = m.scratch().join("stop");
+    let mut errors: Vec<String> = Vec::new();
+    for round in 1..=ROUNDS {
+        let script = format!(
+            "R={round}; KEYS={KEYS_PER_WRITER}; TXN_KEYS={TXN_KEYS}; KEY_WRITERS={KEY_WRITERS}\n{WRITERS}"
+        );
+        let writers = m.spawn_sh(&script);
+        let delay = rng.range(100, 1000);
+        std::thread::sleep(Duration::from_millis(delay));
+        m.kill9_daemon();
+        std::fs::write(&stop, "").expect("touch stop");
+        // The writers end on the dead mount (ENOTCONN) before it is detached, so none of them
+        // can reach the directory underneath.
+        let out = writers.finish(Duration::from_secs(30));
+        m.detach_dead_mount();
+        std::fs::remove_file(&stop).expect("rm stop");
+        errors.extend(
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .map(|l| format!("round {round}: {l}")),
+        );
+        m.start_again();
+        let (acks, txns) = check_recovered(&m, round);
+        eprintln!("crash {round} after {delay} ms: {acks} key writes, {txns} transactions acked");
+    }
+    let (acks, txns) = check_recovered(&m, ROUNDS);
+    assert!(
+        acks >= 20,
+        "only {acks} acknowledged writes in {ROUNDS} rounds"
+    );
+    assert!(
+        txns >= 3,
+        "only {txns} acknowledged transactions in {ROUNDS} rounds"
+    );
+    // The writers only ever failed because the daemon was gone.
+    let unexpected: Vec<&String> = errors
+        .iter()
+        .filter(|l| {
+            !l.contains("Transport endpoint is not connected")
+                && !l.contains("Software caused connection abort")
+        })
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "writers failed for other reasons than the crash: {unexpected:#?}"
+    );
+}
+
+/// 20 one-record-each writes, then `kill -9`; returns the last segment.
+fn write_then_crash(m: &mut Mount) -> std::path::PathBuf {
+    m.ok("for i in $(seq 1 20); do env echo v$i > k$i || exit 1; done");
+    m.ok("env echo final > last");
+    m.kill9();
+    let seg = m.last_wal_segment();
+    let recs = wal::records(&seg);
+    assert!(
+        recs.len() >= 21,
+        "{} holds {} records",
+        seg.display(),
+        recs.len()
+    );
+    let (off, len) = *recs.last().expect("records");
+    assert_eq!(
+        off + len,
+        wal::file_len(&seg),
+        "{} does not end at a record boundary",
+        seg.display()
+    );
+    seg
+}
+
+/// After a torn tail was cut: the prefix is there, the daemon said it cut, and the log it
+/// continues is sound (another crash and recovery keep new writes).
+fn check_tail_recovery(m: &mut Mount) {
+    let log = m.log();
+    let says_cut = |line: &str| {
+        line.to_lowercase()
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .any(|w| ["cut", "torn", "truncat"].iter().any(|p| w.starts_with(p)))
+    };
+    assert!(
+        log.lines().any(says_cut),
+        "the daemon log does not say that it cut the log's tail:\n{log}"
+    );
+    let want: String = (1..=20).map(|i| format!("v{i}\n")).collect();
+    assert_eq!(
+        m.ok("for i in $(seq 1 20); do cat k$i || exit 1; done"),
+        want
+    );
+    let last = m.sh("cat last");
+    let last_value = String::from_utf8_lossy(&last.stdout);
+    assert!(
+        !last.status.success() || last_value.is_empty() || last_value == "final\n",
+        "the key of the damaged record holds {last_value:?}"
+    );
+    m.ok("env echo after > after");
+    m.kill9();
+    m.start_again();
+    assert_eq!(m.ok("cat k1 k20 after"), "v1\nv20\nafter\n");
+}
+
+#[test]
+fn a_log_cut_in_its_last_record_is_cut_back_and_recovers() {
+    let mut m = Mount::new();
+    let seg = write_then_crash(&mut m);
+    wal::truncate_by(&seg, 3);
+    m.start_again();
+    check_tail_recovery(&mut m);
+}
+
+#[test]
+fn a_flipped_byte_in_the_last_record_is_cut_off_and_recovers() {
+    let mut m = Mount::new();
+    let seg = write_then_crash(&mut m);
+    let len = wal::file_len(&seg);
+    wal::flip_byte(&seg, len - 1);
+    m.start_again();
+    check_tail_recovery(&mut m);
+}
+
+#[test]
+fn corruption_inside_the_log_refuses_to_start_unless_allow_corrupt_log() {
+    let mut m = Mount::new();
+    m.ok("for i in $(seq 1 60); do env echo value-$i > k$i || exit 1; done");
+    m.kill9();
+    let seg = m.last_wal_segment();
+    let recs = wal::records(&seg);
+    assert!(
+        recs.len() >= 60,
+        "{} holds {} records",
+        seg.display(),
+        recs.len()
+    );
+    // A byte in the middle of the payload of the third record.
+    let (off, len) = recs[2];
+    wal::flip_byte(
+        &seg,
+        off + wal::RECORD_HEADER_BYTES + (len - wal::RECORD_HEADER_BYTES) / 2,
+    );
+    let damaged = std::fs::read(&seg).expect("read segment");
+
+    let (status, log) = m.start_expect_failure(&[]);
+    // (Not just "corrupt": the start-up line lists the setting allow_corrupt_log.)
+    assert!(
+        log.lines().any(|l| {
+            let l = l.to_lowercase();
+            l.contains("refus") || (l.contains("error") && l.contains("corrupt"))
+        }),
+        "exit {status}; the log does not say it refuses a corrupt log:\n{log}"
+    );
+    assert_eq!(
+        std::fs::read(&seg).expect("read segment"),
+        damaged,
+        "the refusing daemon changed the log"
+    );
+
+    // With --allow-corrupt-log it starts, serves, and leaves a log that starts again without it.
+    m.start_again_with(&["--allow-corrupt-log"]);
+    m.ok("env echo fresh > fresh && cat fresh");
+    m.kill9();
+    m.start_again();
+    assert_eq!(m.ok("cat fresh"), "fresh\n");
+}

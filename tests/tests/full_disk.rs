@@ -1,0 +1,109 @@
+//! A full disk under the log: DATA_DIR on a 2 MiB tmpfs. A commit that cannot be logged fails
+//! with ENOSPC (after the daemon gives up on the stalled log, about 2 s), reads go on, and once
+//! space is freed the database takes writes again and a restart has every acknowledged one.
+
+use std::time::{Duration, Instant};
+
+use bpfdb_tests::{Mount, msg};
+
+const VALUES: usize = 100;
+const VALUE_BYTES: usize = 32 << 10;
+
+/// `cmp` of the keys that were acknowledged, and the state of the one that failed: absent,
+/// empty (its `open(O_CREAT)` committed) or the whole attempted value.
+#[track_caller]
+fn check(m: &Mount, stored: usize, when: &str) {
+    m.ok(&format!(
+        "for i in $(seq 1 {stored}); do cmp k$i $T/v$i || exit 1; done"
+    ));
+    let failed = stored + 1;
+    let out = m.ok(&format!(
+        "if [ ! -e k{failed} ]; then echo absent
+         elif [ ! -s k{failed} ]; then echo empty
+         elif cmp -s k{failed} $T/v{failed}; then echo whole
+         else echo other; fi"
+    ));
+    assert_ne!(
+        out, "other\n",
+        "{when}: the key whose commit failed holds neither its old nor its new value"
+    );
+    let txn = m.ok(&format!(
+        "if [ ! -e txn-big ]; then echo absent
+         elif cmp -s txn-big $T/v{}; then echo whole
+         else echo other; fi",
+        VALUES - 1
+    ));
+    assert_ne!(
+        txn, "other\n",
+        "{when}: the transaction whose commit failed left txn-big half there"
+    );
+    assert_eq!(m.ok("cat new-small"), "small\n", "{when}");
+    m.ok(&format!("cmp new-big $T/v{VALUES}"));
+}
+
+#[test]
+fn a_full_log_disk_gives_enospc_and_the_database_recovers_when_space_is_freed() {
+    let mut m = Mount::builder().tmpfs_data_dir("2m").start();
+    let disk = m.tmpfs_dir().expect("tmpfs").to_owned();
+    // The filler leaves the log about 0.75 MiB, and its removal room for a checkpoint.
+    m.ok("head -c 1310720 /dev/zero > $D/../filler");
+    m.ok(&format!(
+        "for i in $(seq 1 {VALUES}); do head -c {VALUE_BYTES} /dev/urandom > $T/v$i; done"
+    ));
+    let started = Instant::now();
+    let out = m.sh(&format!(
+        "i=1
+         while [ $i -le {VALUES} ]; do
+           cp $T/v$i k$i || {{ echo $((i-1)); exit 0; }}
+           i=$((i+1))
+         done
+         echo never"
+    ));
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stored: usize = stdout.parse().unwrap_or_else(|_| {
+        panic!(
+            "no write failed on a full disk ({stdout}); stderr: {stderr}\n{}",
+            m.log_tail()
+        )
+    });
+    assert!(
+        stderr.contains(msg::ENOSPC),
+        "the failing write did not report ENOSPC: {stderr}\n{}",
+        m.log_tail()
+    );
+    // 0.75 MiB of log holds some 32 KiB values, far from all.
+    assert!(
+        (5..VALUES - 1).contains(&stored),
+        "{stored} values of {VALUE_BYTES} bytes stored before ENOSPC"
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "filling the disk took {took:?}: the failing commit hung"
+    );
+    // Reads go on while the log cannot be written.
+    m.ok(&format!(
+        "for i in $(seq 1 {stored}); do cmp k$i $T/v$i || exit 1; done"
+    ));
+    // A transaction's commit fails the same way, through the write to its .ctl.
+    m.ok(&format!(
+        "mkdir .txn/full && cp $T/v{} .txn/full/txn-big",
+        VALUES - 1
+    ));
+    m.fails("env echo commit > .txn/full/.ctl", msg::ENOSPC);
+    m.ok("rmdir .txn/full");
+
+    // Free the space: the database takes writes again.
+    std::fs::remove_file(disk.join("filler")).expect("rm filler");
+    m.ok("env echo small > new-small");
+    m.ok(&format!("cp $T/v{VALUES} new-big"));
+    check(&m, stored, "after freeing space");
+
+    // Everything acknowledged survives a crash and a clean restart.
+    m.kill9();
+    m.start_again();
+    check(&m, stored, "after kill -9 and restart");
+    m.restart();
+    check(&m, stored, "after a clean restart");
+}
