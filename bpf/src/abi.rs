@@ -18,6 +18,8 @@ pub const MAX_TXNS: u32 = 64;
 pub const TXN_MAX_LOCKS: usize = 128;
 
 pub const OWNER_AUTOCOMMIT: u32 = 1 << 31;
+/// enum db_txn_state: DB_TXN_ACTIVE.
+pub const TXN_ACTIVE: u32 = 1;
 
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,6 +187,23 @@ pub struct Stats {
     pub txn_active: u64,
 }
 
+pub const LAYOUT_MAGIC: u64 = 0x5344504644504221;
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// struct db_layout: the sizes pinned maps were created with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PinnedLayout {
+    pub magic: u64,
+    pub version: u32,
+    pub max_keys: u32,
+    pub small_chunks: u32,
+    pub pages: u32,
+    pub wal_buffer: u32,
+    pub pad: u32,
+    pub hash_seed: u64,
+}
+
 /// Size of struct db_record, the value of one hash-map element.
 pub const RECORD_SIZE: usize = 16 + MAX_VERSIONS * (8 + 8 + 8 + 24 + 4 + 4) + 8 + KEY_SIZE;
 
@@ -213,4 +232,5 @@ const _: () = {
     assert!(offset_of!(Slot, data) == SLOT_HEADER);
     assert!(size_of::<Slot>() == SLOT_HEADER + VALUE_LIMIT);
     assert!(size_of::<Stats>() == 23 * 8);
+    assert!(size_of::<PinnedLayout>() == 40);
 };

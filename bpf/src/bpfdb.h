@@ -193,6 +193,22 @@ enum db_detail {
 	DB_D_WAL_TOO_BIG = 16,      /* EFBIG: the commit is larger than the log ringbuf */
 };
 
+/* ---- pinned state: what a restarted daemon checks before reusing maps ---- */
+
+#define DB_LAYOUT_MAGIC 0x5344504644504221ULL /* "!BPFDPDS" */
+#define DB_LAYOUT_VERSION 1 /* bump on any change to a pinned map's layout */
+
+struct db_layout {
+	__u64 magic;
+	__u32 version;
+	__u32 max_keys;
+	__u32 small_chunks;
+	__u32 pages;
+	__u32 wal_buffer;
+	__u32 pad;
+	__u64 hash_seed; /* records are keyed by this seed's hashes */
+};
+
 /* ---- write-ahead log: fragments streamed through the wal ringbuf ----
  *
  * A commit is emitted under the commit lock, so its fragments are contiguous
@@ -296,6 +312,8 @@ _Static_assert(__builtin_offsetof(struct db_slot, scratch) == 680, "db_slot.scra
 _Static_assert(__builtin_offsetof(struct db_slot, data) == DB_SLOT_HEADER, "db_slot.data");
 _Static_assert(sizeof(struct db_txn_lock) == 32, "db_txn_lock");
 _Static_assert(sizeof(struct db_wal_frag) == 296, "db_wal_frag");
+_Static_assert(sizeof(struct db_layout) == 40, "db_layout");
+_Static_assert(__builtin_offsetof(struct db_txn, state) == 24, "db_txn.state");
 _Static_assert(sizeof(struct db_stats) == 23 * 8, "db_stats");
 
 #endif /* BPFDB_H */

@@ -69,11 +69,15 @@ impl Db {
         }
         let instance = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
         let engine = Engine::load(opts, instance)?;
+        // Keys are hashed with the seed the (possibly pinned) maps use.
+        let mut opts = opts.clone();
+        opts.hash_seed = engine.hash_seed;
+        let reused = engine.reused;
         let free_slots = Mutex::new((0..engine.layout.slots).rev().collect());
         let free_txns = Mutex::new((0..opts.max_txns.min(abi::MAX_TXNS)).rev().collect());
         let inner = Inner {
             engine,
-            opts: opts.clone(),
+            opts,
             free_slots,
             slot_freed: Condvar::new(),
             free_txns,
@@ -84,17 +88,39 @@ impl Db {
         let db = Db {
             inner: Arc::new(inner),
         };
-        if let Some(dir) = &opts.data_dir {
-            db.start_durability(dir)?;
+        if reused {
+            db.abort_orphaned_txns()?;
+        }
+        if let Some(dir) = db.inner.opts.data_dir.clone() {
+            db.start_durability(&dir, reused)?;
         }
         Ok(db)
     }
 
-    /// Recovers from `dir`, then turns on the log and its writer.
-    fn start_durability(&self, dir: &std::path::Path) -> Result<()> {
+    /// Transactions that were open when a pinned engine's daemon stopped
+    /// still hold locks: abort them.
+    fn abort_orphaned_txns(&self) -> Result<()> {
+        for (idx, id) in self.inner.engine.active_txns()? {
+            let mut s = self.inner.session();
+            s.txn = idx + 1;
+            s.txn_id = id;
+            s.prepare_keyless(Op::Abort, 0);
+            s.run("abort orphaned transaction")?;
+            log::info!("hot restart: aborted transaction {idx} left open by the previous daemon");
+        }
+        Ok(())
+    }
+
+    /// Recovers from `dir` (or, on a hot restart, finds where the log goes
+    /// on), then turns on the log and its writer.
+    fn start_durability(&self, dir: &std::path::Path, reused: bool) -> Result<()> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(&format!("create {}", dir.display()), &e))?;
-        let rec = recovery::recover(self, dir, self.inner.opts.allow_corrupt_log)?;
+        let rec = if reused {
+            recovery::resume(dir)?
+        } else {
+            recovery::recover(self, dir, self.inner.opts.allow_corrupt_log)?
+        };
         let engine = &self.inner.engine;
         let start = Start {
             dir: dir.to_path_buf(),
@@ -106,6 +132,11 @@ impl Db {
         let log = Log::start(engine.wal_map()?, start)?;
         engine.set_wal_on(true)?;
         let _ = self.inner.log.set(log);
+        if reused {
+            // Commits the previous daemon made visible but had not logged
+            // yet are in the maps: a checkpoint makes the log match them.
+            self.checkpoint()?;
+        }
         let weak = Arc::downgrade(&self.inner);
         std::thread::Builder::new()
             .name("bpfdb-ckpt".into())

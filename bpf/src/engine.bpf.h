@@ -112,6 +112,14 @@ struct {
 	__type(value, struct db_txn);
 } txns SEC(".maps");
 
+/* Written by user space when it pins the maps; never read by programs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct db_layout);
+} layout SEC(".maps");
+
 /* Write-ahead log stream; size set by user space (a power of two). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -13,6 +13,7 @@ use log::info;
 use crate::Options;
 use crate::abi::{self, Slot, Stats};
 use crate::error::{Error, Result};
+use crate::pin;
 use crate::trigger;
 
 mod skel {
@@ -140,6 +141,76 @@ pub struct Engine {
     _object: Box<MaybeUninit<OpenObject>>,
     pub layout: Layout,
     pub instance: u32,
+    /// The data maps came from a pinned earlier run.
+    pub reused: bool,
+    /// Seed the records map is keyed with (the pinned one when reused).
+    pub hash_seed: u64,
+}
+
+/// libbpf maps `.bss` onto the kernel map only for maps it created; a
+/// reused one would leave the skeleton reading its private initial image.
+/// Map the pinned map at the same address instead.
+fn remap_reused_bss(skel: &EngineSkel<'static>) -> Result<()> {
+    let bss = skel
+        .maps
+        .bss_data
+        .as_deref()
+        .ok_or_else(|| Error::new(libc::EIO, "engine has no .bss"))?;
+    let addr = bss as *const skel::types::bss as *mut libc::c_void;
+    let len = std::mem::size_of::<skel::types::bss>().next_multiple_of(4096);
+    // SAFETY: replaces the skeleton's own anonymous mapping of exactly this
+    // range (page aligned by libbpf) with the map's shared memory.
+    let p = unsafe {
+        libc::mmap(
+            addr,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_FIXED,
+            skel.maps.bss.as_fd().as_raw_fd(),
+            0,
+        )
+    };
+    if p != addr {
+        return Err(Error::io(
+            "mmap pinned .bss",
+            &std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// The data maps in pin-name order (pin::PINNED_MAPS), before load.
+fn open_data_maps<'a, 'o>(
+    m: &'a mut skel::OpenEngineMaps<'o>,
+) -> [(&'static str, &'a mut libbpf_rs::OpenMapMut<'o>); 9] {
+    [
+        ("records", &mut m.records),
+        ("small_pool", &mut m.small_pool),
+        ("small_free", &mut m.small_free),
+        ("page_pool", &mut m.page_pool),
+        ("page_free", &mut m.page_free),
+        ("txns", &mut m.txns),
+        ("wal", &mut m.wal),
+        ("layout", &mut m.layout),
+        ("bss", &mut m.bss),
+    ]
+}
+
+/// The data maps in pin-name order, after load.
+fn data_maps<'a, 'o>(
+    m: &'a mut skel::EngineMaps<'o>,
+) -> [(&'static str, &'a mut libbpf_rs::MapMut<'o>); 9] {
+    [
+        ("records", &mut m.records),
+        ("small_pool", &mut m.small_pool),
+        ("small_free", &mut m.small_free),
+        ("page_pool", &mut m.page_pool),
+        ("page_free", &mut m.page_free),
+        ("txns", &mut m.txns),
+        ("wal", &mut m.wal),
+        ("layout", &mut m.layout),
+        ("bss", &mut m.bss),
+    ]
 }
 
 // SAFETY: the skeleton is only used to read .bss counters after load; slots
@@ -182,8 +253,41 @@ impl Engine {
             layout.slots,
             layout.map_bytes() >> 20
         );
-        let skel = open.load()?;
+        // Hot restart: reuse pinned data maps of the same layout.
+        let pinned = match &opts.pin_dir {
+            Some(dir) => {
+                pin::prepare_dir(dir)?;
+                pin::read_layout(dir)?
+            }
+            None => None,
+        };
+        if let (Some(found), Some(dir)) = (&pinned, &opts.pin_dir) {
+            pin::check(found, &layout, dir)?;
+            for (name, map) in open_data_maps(&mut open.maps) {
+                map.reuse_pinned_map(dir.join(name))?;
+            }
+            info!(
+                "engine {instance}: reusing the maps pinned in {}",
+                dir.display()
+            );
+        }
+        let mut skel = open.load()?;
         info!("engine {instance}: programs verified and loaded");
+        let hash_seed = match (&pinned, &opts.pin_dir) {
+            (Some(found), _) => {
+                remap_reused_bss(&skel)?;
+                found.hash_seed
+            }
+            (None, Some(dir)) => {
+                pin::write_layout(&skel.maps.layout, &pin::describe(&layout, opts.hash_seed))?;
+                for (name, map) in data_maps(&mut skel.maps) {
+                    map.pin(dir.join(name))?;
+                }
+                info!("engine {instance}: data maps pinned in {}", dir.display());
+                opts.hash_seed
+            }
+            (None, None) => opts.hash_seed,
+        };
 
         // Prog array in enum db_stage order.
         let stages: [&libbpf_rs::ProgramMut; abi::STAGE_COUNT] = [
@@ -233,6 +337,8 @@ impl Engine {
             _object: object,
             layout,
             instance,
+            reused: pinned.is_some(),
+            hash_seed,
         })
     }
 
@@ -272,6 +378,36 @@ impl Engine {
     /// An owned handle on the log ringbuf, for the log writer thread.
     pub fn wal_map(&self) -> Result<libbpf_rs::MapHandle> {
         Ok(libbpf_rs::MapHandle::try_from(&self.skel.maps.wal)?)
+    }
+
+    /// (index, id) of transactions the txns map says are active.
+    pub fn active_txns(&self) -> Result<Vec<(u32, u64)>> {
+        let mut out = Vec::new();
+        for idx in 0..abi::MAX_TXNS {
+            let Some(v) = self
+                .skel
+                .maps
+                .txns
+                .lookup(&idx.to_ne_bytes(), MapFlags::ANY)?
+            else {
+                continue;
+            };
+            // struct db_txn: id at 0, state at 24.
+            let id = u64::from_ne_bytes(
+                v[0..8]
+                    .try_into()
+                    .map_err(|_| Error::new(libc::EIO, "short txn"))?,
+            );
+            let state = u32::from_ne_bytes(
+                v[24..28]
+                    .try_into()
+                    .map_err(|_| Error::new(libc::EIO, "short txn"))?,
+            );
+            if state == abi::TXN_ACTIVE {
+                out.push((idx, id));
+            }
+        }
+        Ok(out)
     }
 
     /// Kernel memory charged to each map (`memlock`, as bpftool reports it).

@@ -6,6 +6,7 @@ pub mod abi;
 mod db;
 mod engine;
 mod error;
+mod pin;
 mod recovery;
 pub mod trigger;
 mod txn;
@@ -18,6 +19,7 @@ pub use db::{
 };
 pub use engine::Layout;
 pub use error::{Error, Result};
+pub use pin::unpin;
 pub use txn::{Txn, TxnState};
 
 /// Engine sizes, fixed when the engine is loaded.
@@ -49,6 +51,9 @@ pub struct Options {
     /// Start even when the log is corrupt before its end (data after the
     /// corruption is lost).
     pub allow_corrupt_log: bool,
+    /// Pin the data maps here (a bpffs directory) so a restarted daemon
+    /// reuses them instead of replaying the log. None: nothing is pinned.
+    pub pin_dir: Option<std::path::PathBuf>,
 }
 
 /// When a commit is acknowledged, and what a crash can lose.
@@ -78,6 +83,7 @@ impl Default for Options {
             wal_buffer_bytes: 64 << 20,
             checkpoint_bytes: 256 << 20,
             allow_corrupt_log: false,
+            pin_dir: None,
         }
     }
 }

@@ -164,6 +164,42 @@ pub(crate) fn recover(db: &Db, dir: &Path, allow_corrupt: bool) -> Result<Recove
     })
 }
 
+/// Finds where the log continues without replaying it (hot restart: the
+/// kernel state is current). A torn tail of the last segment is cut.
+pub(crate) fn resume(dir: &Path) -> Result<Recovered> {
+    let Some(&n) = wal::segments(dir)?.last() else {
+        return Ok(Recovered {
+            segment: 1,
+            next_seq: 1,
+        });
+    };
+    let path = wal::segment_path(dir, n);
+    let buf = read_file(&path)?;
+    let what = path.display().to_string();
+    if buf.len() < wal::HEADER_BYTES {
+        return Ok(Recovered {
+            segment: n,
+            next_seq: 1,
+        });
+    }
+    wal::check_header(&buf, wal::WAL_MAGIC, &what)?;
+    let scan = wal::scan_segment(&buf, 1, |_, _| Ok(()))?;
+    if let Some((offset, why, _)) = scan.bad {
+        warn!("hot restart: {what}: {why} at byte {offset}; cutting the tail");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&what, &e))?;
+        f.set_len(offset as u64)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io(&what, &e))?;
+    }
+    Ok(Recovered {
+        segment: n,
+        next_seq: scan.next_seq,
+    })
+}
+
 /// Writes a checkpoint of the snapshot `snap` atomically: temp file, fsync,
 /// rename, fsync of the directory. Replay then starts at `next_segment`.
 pub(crate) fn write_checkpoint(snap: &crate::Txn, dir: &Path, next_segment: u64) -> Result<u64> {

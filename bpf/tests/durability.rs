@@ -290,3 +290,107 @@ fn concurrent_committers_share_fsyncs() {
     let db = Db::open(&opts(dir.path())).unwrap();
     assert_eq!(dump(&db).len(), 400);
 }
+
+/// A bpffs directory for one test, unpinned when the test ends either way.
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = bpfdb::unpin(&self.0);
+        }
+    }
+}
+
+fn pin_dir(tag: &str) -> PinDir {
+    let name = format!("/sys/fs/bpf/bpfdb-test-{tag}-{}", std::process::id());
+    PinDir(std::path::PathBuf::from(name))
+}
+
+#[test]
+fn hot_restart_reuses_pinned_maps_without_replaying() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = pin_dir("hot");
+    let pin = guard.0.clone();
+    let pinned = Options {
+        pin_dir: Some(pin.clone()),
+        hash_seed: 0x1234_5678,
+        ..opts(dir.path())
+    };
+    let before = {
+        let db = Db::open(&pinned).unwrap();
+        workload(&db);
+        dump(&db)
+    };
+    assert!(pin.join("records").exists(), "maps are pinned");
+    // Remove the log: whatever the next start has, it got from the maps.
+    for n in bpfdb::wal::segments(dir.path()).unwrap() {
+        std::fs::remove_file(bpfdb::wal::segment_path(dir.path(), n)).unwrap();
+    }
+    // Another seed is ignored: the pinned maps are keyed by the first one.
+    let db = Db::open(&Options {
+        hash_seed: 99,
+        ..pinned.clone()
+    })
+    .unwrap();
+    assert!(dump(&db) == before, "pinned state differs");
+    assert_eq!(
+        db.stats().keys as usize,
+        before.len(),
+        "statistics carried over"
+    );
+    // The restart wrote a checkpoint, so the log alone recovers it too.
+    db.session()
+        .set(b"after", b"restart", meta(0o100644, 3), SetFlags::default())
+        .unwrap();
+    let want = dump(&db);
+    drop(db);
+    bpfdb::unpin(&pin).unwrap();
+    let db = Db::open(&opts(dir.path())).unwrap();
+    assert!(dump(&db) == want, "log after a hot restart differs");
+}
+
+#[test]
+fn pinned_state_of_another_layout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = pin_dir("layout");
+    let pin = guard.0.clone();
+    drop(
+        Db::open(&Options {
+            pin_dir: Some(pin.clone()),
+            ..opts(dir.path())
+        })
+        .unwrap(),
+    );
+    let err = Db::open(&Options {
+        pin_dir: Some(pin.clone()),
+        max_keys: 8192,
+        ..opts(dir.path())
+    })
+    .map(|_| ())
+    .unwrap_err();
+    bpfdb::unpin(&pin).unwrap();
+    assert!(err.msg.contains("pinned state"), "{err}");
+}
+
+#[test]
+fn without_pinning_nothing_is_left_in_bpffs() {
+    let dir = tempfile::tempdir().unwrap();
+    let listing = || {
+        std::fs::read_dir("/sys/fs/bpf")
+            .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let before = listing();
+    let db = Db::open(&opts(dir.path())).unwrap();
+    db.session()
+        .set(b"k", b"v", meta(0o100644, 1), SetFlags::default())
+        .unwrap();
+    drop(db);
+    let mut after = listing();
+    // Other tests pin concurrently under their own names; ours add none.
+    after.retain(|n| !n.to_string_lossy().starts_with("bpfdb-test-"));
+    let mut before = before;
+    before.retain(|n| !n.to_string_lossy().starts_with("bpfdb-test-"));
+    assert_eq!(before, after);
+}

@@ -1,0 +1,137 @@
+//! Pinning the engine's data maps in bpffs, so that a restarted daemon can
+//! reuse the kernel state (hot restart: new programs, same data) instead of
+//! replaying the log. Programs are never pinned; without a pin directory
+//! nothing is left in bpffs after exit.
+
+use std::path::Path;
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use log::info;
+
+use crate::abi::{self, PinnedLayout};
+use crate::engine::Layout;
+use crate::error::{Error, Result};
+
+/// Maps holding data, by pin name. `bss` carries timestamps, allocator
+/// counters and statistics.
+pub const PINNED_MAPS: [&str; 9] = [
+    "records",
+    "small_pool",
+    "small_free",
+    "page_pool",
+    "page_free",
+    "txns",
+    "wal",
+    "layout",
+    "bss",
+];
+
+const BPFFS: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Makes sure `dir` exists on bpffs, mounting bpffs at /sys/fs/bpf if the
+/// directory is below it and it is not mounted yet.
+pub fn prepare_dir(dir: &Path) -> Result<()> {
+    let on_bpffs =
+        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
+    if dir.starts_with(BPFFS) && !on_bpffs(Path::new(BPFFS)) {
+        nix::mount::mount(
+            Some("bpf"),
+            BPFFS,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| Error::new(e as i32, format!("mount bpffs at {BPFFS}: {e}")))?;
+        info!("mounted bpffs at {BPFFS}");
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(&format!("create {}", dir.display()), &e))?;
+    if !on_bpffs(dir) {
+        return Err(Error::new(
+            libc::EINVAL,
+            format!("pin directory {} is not on bpffs", dir.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// The layout pinned in `dir`, or None if nothing is pinned there.
+pub fn read_layout(dir: &Path) -> Result<Option<PinnedLayout>> {
+    let path = dir.join("layout");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let map = MapHandle::from_pinned_path(&path)?;
+    let bytes = map
+        .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)?
+        .ok_or_else(|| Error::new(libc::EIO, "pinned layout map is empty"))?;
+    if bytes.len() != std::mem::size_of::<PinnedLayout>() {
+        return Err(Error::new(
+            libc::EINVAL,
+            "pinned layout has another size: an incompatible bpfdb pinned it",
+        ));
+    }
+    // SAFETY: PinnedLayout is repr(C) plain data of exactly this size.
+    Ok(Some(unsafe {
+        std::ptr::read_unaligned(bytes.as_ptr().cast::<PinnedLayout>())
+    }))
+}
+
+/// Refuses pinned state of another layout version or other sizes.
+pub fn check(found: &PinnedLayout, want: &Layout, dir: &Path) -> Result<()> {
+    let mine = describe(want, 0);
+    let theirs = PinnedLayout {
+        hash_seed: 0,
+        ..*found
+    };
+    if found.magic != abi::LAYOUT_MAGIC || found.version != abi::LAYOUT_VERSION || theirs != mine {
+        return Err(Error::new(
+            libc::EINVAL,
+            format!(
+                "pinned state in {} has layout {theirs:?}, this daemon wants {mine:?}; \
+                 start with the same sizes, or remove the directory to recover from the log",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub fn describe(l: &Layout, hash_seed: u64) -> PinnedLayout {
+    PinnedLayout {
+        magic: abi::LAYOUT_MAGIC,
+        version: abi::LAYOUT_VERSION,
+        max_keys: l.max_keys,
+        small_chunks: l.small_chunks,
+        pages: l.pages,
+        wal_buffer: l.wal_buffer,
+        pad: 0,
+        hash_seed,
+    }
+}
+
+/// Writes the layout into the (pinned) layout map.
+pub fn write_layout(map: &dyn MapCore, layout: &PinnedLayout) -> Result<()> {
+    // SAFETY: viewing a repr(C) plain-data struct as bytes.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (layout as *const PinnedLayout).cast::<u8>(),
+            std::mem::size_of::<PinnedLayout>(),
+        )
+    };
+    map.update(&0u32.to_ne_bytes(), bytes, MapFlags::ANY)?;
+    Ok(())
+}
+
+/// Removes pinned state (after which the next start recovers from the log).
+pub fn unpin(dir: &Path) -> Result<()> {
+    for name in PINNED_MAPS {
+        let p = dir.join(name);
+        if p.exists() {
+            std::fs::remove_file(&p)
+                .map_err(|e| Error::io(&format!("unpin {}", p.display()), &e))?;
+        }
+    }
+    std::fs::remove_dir(dir).map_err(|e| Error::io(&format!("remove {}", dir.display()), &e))
+}
