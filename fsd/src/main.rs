@@ -1,12 +1,14 @@
-//! `bpfdb [OPTIONS] DATA_DIR MOUNTPOINT`: loads the eBPF engine and mounts
-//! it as a directory. Without `-f` the command returns once the mount is
-//! live and a daemon serves it; `umount`, SIGINT and SIGTERM end it.
+//! `bpfdb [OPTIONS] DATA_DIR MOUNTPOINT`: loads the eBPF engine, recovers
+//! the database from DATA_DIR and mounts it as a directory. Without `-f` the
+//! command returns once the mount is live and a daemon serves it; `umount`,
+//! SIGINT and SIGTERM end it, after a checkpoint.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use bpfdb::{Db, Options};
+use bpfdb::{Db, Options, SyncMode};
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 use fuser::{Config, SessionACL};
@@ -15,11 +17,14 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag};
 use nix::unistd::{ForkResult, fork, setsid};
 
-use bpfdb_fsd::fs::{DEFAULT_TXN_TIMEOUT, Fs};
+use bpfdb_fsd::fs::Fs;
 use bpfdb_fsd::fuse::FuseFs;
 use bpfdb_fsd::mount;
 
 const MAX_VALUE_LIMIT: u64 = bpfdb::abi::VALUE_LIMIT as u64;
+/// Bounds of --wal-buffer, which the engine checks too.
+const WAL_BUFFER_MIN: u64 = 4 << 10;
+const WAL_BUFFER_MAX: u64 = 1 << 30;
 /// Engine slots are FUSE threads plus two (the slot pool holds at most 64).
 const MAX_THREADS: u32 = bpfdb::abi::MAX_SLOTS - 2;
 
@@ -38,7 +43,12 @@ noauto, user, nouser, _netdev, defaults, atime, noatime, relatime) are
 accepted and ignored; ro is refused: bpfdb mounts are read-write.
 
 BYTES take K, M or G suffixes (powers of 1024).
-Logging goes to stderr; RUST_LOG (e.g. RUST_LOG=debug) sets the level.";
+Logging goes to stderr; RUST_LOG (e.g. RUST_LOG=debug) sets the level.
+
+DATA_DIR holds the log (wal-*.log) and the last checkpoint; at start the
+daemon replays them, and at a clean shutdown (umount, SIGINT, SIGTERM) it
+takes a checkpoint and exits 0 only if that succeeded. `echo checkpoint >
+MOUNTPOINT/.ctl` takes one at any time.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,8 +58,8 @@ Logging goes to stderr; RUST_LOG (e.g. RUST_LOG=debug) sets the level.";
     after_help = AFTER_HELP
 )]
 struct Cli {
-    /// Directory for the database's files; created if missing and locked
-    /// (DATA_DIR/LOCK) while the daemon runs.
+    /// Directory for the database's log and checkpoint; created if missing
+    /// and locked (DATA_DIR/LOCK) while the daemon runs.
     data_dir: PathBuf,
 
     /// Existing directory to mount the database on.
@@ -72,6 +82,34 @@ struct Cli {
     /// FUSE worker threads (engine request slots: threads + 2); at most 62.
     #[arg(long, value_name = "N", default_value_t = 4)]
     threads: u32,
+
+    /// When a commit is acknowledged: `commit` (once its log record is
+    /// fsynced, with group commit; a crash loses nothing acknowledged),
+    /// `interval:MS` (once written; fsync every MS milliseconds, so a power
+    /// failure loses up to MS ms of commits) or `none` (once written; fsync
+    /// only at checkpoints).
+    #[arg(long, value_name = "MODE", default_value = "commit", value_parser = parse_sync)]
+    sync: SyncMode,
+
+    /// Kernel buffer carrying log records to the log writer, in bytes; a
+    /// power of two from 4K to 1G. One commit's log records must fit in it.
+    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_bytes)]
+    wal_buffer: u64,
+
+    /// Log size, in bytes, after which a checkpoint is taken and the log
+    /// truncated.
+    #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = parse_bytes)]
+    checkpoint_bytes: u64,
+
+    /// Start even when the log is corrupt before its end, losing every
+    /// commit from the corruption on [default: off: refuse to start].
+    #[arg(long)]
+    allow_corrupt_log: bool,
+
+    /// Seconds a transaction (.txn/NAME) may stay idle before it is aborted;
+    /// 0: never. Snapshots do not time out.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    txn_timeout: u64,
 
     /// Let users other than the one who mounted access the mount [default:
     /// off].
@@ -108,6 +146,34 @@ struct Settings {
     threads: u32,
     allow_other: bool,
     foreground: bool,
+    sync: SyncMode,
+    wal_buffer: u64,
+    checkpoint_bytes: u64,
+    allow_corrupt_log: bool,
+    txn_timeout_secs: u64,
+}
+
+/// `commit`, `interval:MS` or `none`.
+fn parse_sync(s: &str) -> Result<SyncMode, String> {
+    match s.trim() {
+        "commit" => Ok(SyncMode::Commit),
+        "none" => Ok(SyncMode::None),
+        t => match t.strip_prefix("interval:").map(|ms| ms.parse::<u32>()) {
+            Some(Ok(ms)) if ms > 0 => Ok(SyncMode::Interval(ms)),
+            _ => Err(format!(
+                "'{s}' is not a sync mode: commit, interval:MS (MS from 1 to {}) or none",
+                u32::MAX
+            )),
+        },
+    }
+}
+
+fn show_sync(mode: SyncMode) -> String {
+    match mode {
+        SyncMode::Commit => "commit".into(),
+        SyncMode::Interval(ms) => format!("interval:{ms}"),
+        SyncMode::None => "none".into(),
+    }
 }
 
 fn parse_bytes(s: &str) -> Result<u64, String> {
@@ -142,6 +208,11 @@ impl Settings {
             threads: cli.threads,
             allow_other: cli.allow_other,
             foreground: cli.foreground,
+            sync: cli.sync,
+            wal_buffer: cli.wal_buffer,
+            checkpoint_bytes: cli.checkpoint_bytes,
+            allow_corrupt_log: cli.allow_corrupt_log,
+            txn_timeout_secs: cli.txn_timeout,
         };
         let mut max_value = cli.max_value;
         for opt in cli.options.iter().flat_map(|o| o.split(',')) {
@@ -158,6 +229,17 @@ impl Settings {
         }
         if !(1..=MAX_THREADS).contains(&s.threads) {
             return Err(format!("threads {}: must be 1 to {MAX_THREADS}", s.threads));
+        }
+        if !s.wal_buffer.is_power_of_two()
+            || !(WAL_BUFFER_MIN..=WAL_BUFFER_MAX).contains(&s.wal_buffer)
+        {
+            return Err(format!(
+                "wal_buffer {}: must be a power of two from 4K to 1G",
+                s.wal_buffer
+            ));
+        }
+        if s.checkpoint_bytes == 0 {
+            return Err("checkpoint_bytes must be at least 1".into());
         }
         Ok(s)
     }
@@ -178,12 +260,30 @@ impl Settings {
             ("value_mem", Some(v)) => {
                 self.value_mem = parse_bytes(v).map_err(|e| format!("{name}: {e}"))?;
             }
+            ("sync", Some(v)) => self.sync = parse_sync(v).map_err(|e| format!("{name}: {e}"))?,
+            ("wal_buffer", Some(v)) => {
+                self.wal_buffer = parse_bytes(v).map_err(|e| format!("{name}: {e}"))?;
+            }
+            ("checkpoint_bytes", Some(v)) => {
+                self.checkpoint_bytes = parse_bytes(v).map_err(|e| format!("{name}: {e}"))?;
+            }
+            ("txn_timeout", Some(v)) => {
+                self.txn_timeout_secs = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{name}: '{v}' is not a whole number of seconds"))?;
+            }
             ("allow_other", None) => self.allow_other = true,
             ("foreground", None) => self.foreground = true,
-            ("max_keys" | "threads" | "max_value" | "value_mem", None) => {
+            ("allow_corrupt_log", None) => self.allow_corrupt_log = true,
+            (
+                "max_keys" | "threads" | "max_value" | "value_mem" | "sync" | "wal_buffer"
+                | "checkpoint_bytes" | "txn_timeout",
+                None,
+            ) => {
                 return Err(format!("-o {name} needs a value: -o {name}=VALUE"));
             }
-            ("allow_other" | "foreground", Some(_)) => {
+            ("allow_other" | "foreground" | "allow_corrupt_log", Some(_)) => {
                 return Err(format!("-o {name} takes no value"));
             }
             ("ro", None) => {
@@ -232,6 +332,21 @@ fn start(s: &Settings) -> i32 {
         s.threads,
         s.threads + 2,
         if s.allow_other { ", allow_other" } else { "" }
+    );
+    info!(
+        "durability: sync {}, wal_buffer {} B ({} MiB), checkpoint_bytes {} B ({} MiB), allow_corrupt_log {}, txn_timeout {} s{}",
+        show_sync(s.sync),
+        s.wal_buffer,
+        s.wal_buffer >> 20,
+        s.checkpoint_bytes,
+        s.checkpoint_bytes >> 20,
+        if s.allow_corrupt_log { "on" } else { "off" },
+        s.txn_timeout_secs,
+        if s.txn_timeout_secs == 0 {
+            " (never)"
+        } else {
+            ""
+        }
     );
     let prepared = match prepare(s) {
         Ok(p) => p,
@@ -373,7 +488,23 @@ fn detach() -> Result<(), String> {
     Ok(())
 }
 
-/// Loads the engine, mounts, reports readiness and serves until unmounted.
+/// A fresh seed for the key hash. The log and checkpoints store names, not
+/// hashes, so every start may pick its own: names crafted to collide under
+/// one seed do not collide under the next.
+fn random_seed() -> Result<u64, String> {
+    let mut buf = [0u8; 8];
+    // SAFETY: `buf` is valid for writes of its length.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if usize::try_from(n) != Ok(buf.len()) {
+        File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut buf))
+            .map_err(|e| format!("reading a random hash seed from /dev/urandom: {e}"))?;
+    }
+    Ok(u64::from_ne_bytes(buf))
+}
+
+/// Loads the engine, mounts, reports readiness and serves until unmounted;
+/// then takes the shutdown checkpoint.
 fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), String> {
     mount::block_shutdown_signals()?;
 
@@ -382,10 +513,18 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
         max_value: s.max_value,
         value_mem_bytes: s.value_mem,
         slots: s.threads + 2,
+        hash_seed: random_seed()?,
+        data_dir: Some(s.data_dir.clone()),
+        sync: s.sync,
+        wal_buffer_bytes: s.wal_buffer,
+        checkpoint_bytes: s.checkpoint_bytes,
+        allow_corrupt_log: s.allow_corrupt_log,
         ..Options::default()
     };
     let db = Db::open(&opts).map_err(|e| format!("loading the engine: {e}"))?;
     info!("engine loaded: {:?}", db.layout());
+    let fs = Fs::new(db.clone(), Duration::from_secs(s.txn_timeout_secs))
+        .map_err(|e| format!("starting the filesystem: {e}"))?;
 
     info!("mounting {}", mountpoint.display());
     let fuse_fd = mount::mount(mountpoint, s.allow_other)?;
@@ -399,8 +538,6 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
     config.n_threads = Some(s.threads as usize);
     config.clone_fd = true;
     // The handshake (FUSE_INIT) runs here: once it returns the mount serves.
-    let fs =
-        Fs::new(db, DEFAULT_TXN_TIMEOUT).map_err(|e| format!("starting the filesystem: {e}"))?;
     let session = match fuser::Session::from_fd(FuseFs::new(fs), fuse_fd, acl, config) {
         Ok(session) => session,
         Err(e) => {
@@ -419,9 +556,33 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
         s.threads
     );
     ready.send("ok");
-    session
+    // run() drops the filesystem when the session ends, and with it every
+    // open transaction (aborted) and snapshot, so the checkpoint below has
+    // the engine to itself.
+    let served = session
         .run()
-        .map_err(|e| format!("FUSE session on {}: {e}", mountpoint.display()))?;
-    info!("{} unmounted; exiting", mountpoint.display());
-    Ok(())
+        .map_err(|e| format!("FUSE session on {}: {e}", mountpoint.display()));
+    info!(
+        "{} unmounted; taking the shutdown checkpoint",
+        mountpoint.display()
+    );
+    let checkpointed = match db.checkpoint() {
+        Ok(report) => {
+            info!(
+                "shutdown checkpoint done: {} keys in {:?}; exiting",
+                report.keys, report.total
+            );
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "shutdown checkpoint failed: {e}; the log still holds every acknowledged commit and is replayed at the next start"
+        )),
+    };
+    match (served, checkpointed) {
+        (Err(e), Err(c)) => {
+            error!("{c}");
+            Err(e)
+        }
+        (served, checkpointed) => served.and(checkpointed),
+    }
 }
