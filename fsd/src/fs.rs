@@ -15,8 +15,7 @@ use bpfdb::{Db, Error, Meta, NewMeta, Result, SetFlags, check_key};
 
 use crate::handles::{Handles, lock};
 use crate::inodes::{
-    CTL_INO, FIRST_KEY_INO, Inodes, Place, ROOT_INO, ROOT_SCOPE, Resolved, SNAP_INO, STATS_INO,
-    TXN_INO,
+    CTL_INO, FIRST_KEY_INO, Inodes, Place, ROOT_INO, SNAP_INO, STATS_INO, TXN_INO,
 };
 use crate::stats::{self, DaemonStats, FsStat};
 use crate::txns::{self, Open, Reaper, TxnKind, Txns};
@@ -31,7 +30,7 @@ mod txn_dirs;
 mod txn_tests;
 
 use files::Handle;
-use space::Space;
+use space::{Parent, Space};
 
 /// Most handles open at once. Each may hold a whole value (up to 1 MiB),
 /// so this also bounds the daemon's buffer memory.
@@ -114,15 +113,6 @@ pub struct Opened {
     /// reader would see bytes committed after its open). `.stats` and the
     /// `.ctl` files need it because their content is made at open.
     pub direct_io: bool,
-}
-
-/// The directory an operation names its entry in.
-enum Parent {
-    Root,
-    /// `.txn` or `.snap`: holds only transaction directories.
-    List(TxnKind),
-    /// `.txn/NAME` or `.snap/NAME`.
-    Scope(Arc<Open>),
 }
 
 pub struct Fs {
@@ -517,119 +507,6 @@ impl Fs {
         stats::render(&self.db.stats(), &self.db.layout(), &daemon)
     }
 
-    /// Classifies the directory `parent` an operation names `name` in.
-    fn parent(&self, op: &str, parent: u64, name: &[u8]) -> Result<Parent> {
-        match parent {
-            ROOT_INO => return Ok(Parent::Root),
-            TXN_INO => return Ok(Parent::List(TxnKind::ReadWrite)),
-            SNAP_INO => return Ok(Parent::List(TxnKind::Snapshot)),
-            _ => {}
-        }
-        match self.inodes.resolve(parent) {
-            Resolved::Live(Place::Dir { scope }) => match self.txns.get(scope) {
-                Some(open) => Ok(Parent::Scope(open)),
-                None => Err(removed_dir(op, name)),
-            },
-            Resolved::Unlinked(Place::Dir { .. }) => Err(removed_dir(op, name)),
-            Resolved::Unknown if parent != STATS_INO && parent != CTL_INO => Err(Error::new(
-                libc::ENOENT,
-                format!("{op} {}: unknown parent inode {parent}", show(name)),
-            )),
-            _ => Err(Error::new(
-                libc::ENOTDIR,
-                format!(
-                    "{op} {}/{}: not a directory",
-                    self.name_for_log(parent),
-                    show(name)
-                ),
-            )),
-        }
-    }
-
-    /// The space where `name` in `parent` is a key: the root or an open
-    /// transaction or snapshot. `.txn` and `.snap` hold no keys.
-    fn key_space(&self, op: &str, parent: u64, name: &[u8]) -> Result<Space> {
-        match self.parent(op, parent, name)? {
-            Parent::Root => Ok(Space::Root),
-            Parent::Scope(open) => Ok(Space::Open(open)),
-            Parent::List(kind) => Err(Error::new(
-                libc::EPERM,
-                format!(
-                    "{op} {}/{}: {} holds only directories (mkdir begins one)",
-                    kind.dir(),
-                    show(name),
-                    kind.dir()
-                ),
-            )),
-        }
-    }
-
-    /// The space of the keys of `scope`; ENOENT once its directory is gone.
-    fn space(&self, op: &str, scope: u64) -> Result<Space> {
-        if scope == ROOT_SCOPE {
-            return Ok(Space::Root);
-        }
-        self.txns.get(scope).map(Space::Open).ok_or_else(|| {
-            Error::new(
-                libc::ENOENT,
-                format!("{op}: the transaction directory was removed (rmdir)"),
-            )
-        })
-    }
-
-    /// The transaction or snapshot of a directory or `.ctl` inode, while it
-    /// is open.
-    fn live_scope(&self, op: &str, ino: u64, scope: u64, linked: bool) -> Result<Arc<Open>> {
-        match self.txns.get(scope) {
-            Some(open) if linked => Ok(open),
-            _ => Err(Error::new(
-                libc::ENOENT,
-                format!("{op} inode {ino}: its transaction directory was removed (rmdir)"),
-            )),
-        }
-    }
-
-    /// The place an inode names, and whether it still names it. An inode
-    /// whose key was removed or replaced since the kernel looked it up
-    /// still stands for its last name: `cat k` racing with `mv x k` then
-    /// reads k as it is at open, which is what docs/SEMANTICS.md promises.
-    fn place_of(&self, op: &str, ino: u64) -> Result<(Place, bool)> {
-        match self.inodes.resolve(ino) {
-            Resolved::Live(place) => Ok((place, true)),
-            Resolved::Unlinked(place) => Ok((place, false)),
-            Resolved::Unknown => Err(Error::new(
-                libc::ESTALE,
-                format!("{op} inode {ino}: unknown inode"),
-            )),
-        }
-    }
-
-    fn name_for_log(&self, ino: u64) -> String {
-        if ino < FIRST_KEY_INO {
-            return ino_name(ino).to_string();
-        }
-        let (place, linked) = match self.inodes.resolve(ino) {
-            Resolved::Live(p) => (p, true),
-            Resolved::Unlinked(p) => (p, false),
-            Resolved::Unknown => return format!("inode {ino}"),
-        };
-        let dir = |scope: u64| match self.txns.get(scope) {
-            Some(o) => o.path(),
-            None => "(removed transaction)".to_string(),
-        };
-        let path = match &place {
-            Place::Key { scope, name } if *scope == ROOT_SCOPE => name.clone(),
-            Place::Key { scope, name } => [dir(*scope).as_bytes(), b"/", name].concat(),
-            Place::Dir { scope } => dir(*scope).into_bytes(),
-            Place::Ctl { scope } => format!("{}/.ctl", dir(*scope)).into_bytes(),
-        };
-        if linked {
-            show(&path).to_string()
-        } else {
-            format!("{} (removed)", show(&path))
-        }
-    }
-
     fn checked_size(&self, size: u64, name: impl FnOnce() -> String) -> Result<usize> {
         match usize::try_from(size) {
             Ok(len) if len <= self.max_value => Ok(len),
@@ -771,16 +648,6 @@ fn flat(op: &str, open: &Open, name: &[u8]) -> Error {
         format!(
             "{op} {}/{}: a transaction directory holds keys only (flat namespace)",
             open.path(),
-            show(name)
-        ),
-    )
-}
-
-fn removed_dir(op: &str, name: &[u8]) -> Error {
-    Error::new(
-        libc::ENOENT,
-        format!(
-            "{op} {}: its transaction directory was removed (rmdir)",
             show(name)
         ),
     )

@@ -1,17 +1,33 @@
-//! Where key operations run: autocommit sessions at the root, or inside the
-//! transaction or snapshot whose directory the key is in. Each operation is
-//! one engine call either way; only the snapshot refuses writes up front.
+//! Where things are: which directory an operation names its entry in, what
+//! an inode stands for, and where key operations run — autocommit sessions
+//! at the root, or inside the transaction or snapshot whose directory the
+//! key is in. Each key operation is one engine call either way; only the
+//! snapshot refuses writes up front.
 
 use std::sync::Arc;
 
 use bpfdb::{Db, Error, NewMeta, Result, SetFlags, Stat};
 
-use super::{restate, show};
-use crate::inodes::ROOT_SCOPE;
+use super::{Fs, ino_name, restate, show};
+use crate::inodes::{
+    CTL_INO, FIRST_KEY_INO, Place, ROOT_INO, ROOT_SCOPE, Resolved, SNAP_INO, STATS_INO, TXN_INO,
+};
 use crate::txns::{Open, TxnKind};
 
-pub(crate) enum Space {
+/// The directory an operation names its entry in.
+pub(super) enum Parent {
     Root,
+    /// `.txn` or `.snap`: holds only transaction directories.
+    List(TxnKind),
+    /// `.txn/NAME` or `.snap/NAME`.
+    Scope(Arc<Open>),
+}
+
+/// Where key operations run.
+pub(crate) enum Space {
+    /// Autocommit: each operation is its own commit.
+    Root,
+    /// Staged in a transaction, or read from a snapshot.
     Open(Arc<Open>),
 }
 
@@ -133,4 +149,135 @@ impl Space {
             Space::Open(o) => o.txn.scan(f),
         }
     }
+}
+
+impl Fs {
+    /// Classifies the directory `parent` an operation names `name` in.
+    pub(super) fn parent(&self, op: &str, parent: u64, name: &[u8]) -> Result<Parent> {
+        match parent {
+            ROOT_INO => return Ok(Parent::Root),
+            TXN_INO => return Ok(Parent::List(TxnKind::ReadWrite)),
+            SNAP_INO => return Ok(Parent::List(TxnKind::Snapshot)),
+            _ => {}
+        }
+        match self.inodes.resolve(parent) {
+            Resolved::Live(Place::Dir { scope }) => match self.txns.get(scope) {
+                Some(open) => Ok(Parent::Scope(open)),
+                None => Err(removed_dir(op, name)),
+            },
+            Resolved::Unlinked(Place::Dir { .. }) => Err(removed_dir(op, name)),
+            Resolved::Unknown if parent != STATS_INO && parent != CTL_INO => Err(Error::new(
+                libc::ENOENT,
+                format!("{op} {}: unknown parent inode {parent}", show(name)),
+            )),
+            _ => Err(Error::new(
+                libc::ENOTDIR,
+                format!(
+                    "{op} {}/{}: not a directory",
+                    self.name_for_log(parent),
+                    show(name)
+                ),
+            )),
+        }
+    }
+
+    /// The space where `name` in `parent` is a key: the root or an open
+    /// transaction or snapshot. `.txn` and `.snap` hold no keys.
+    pub(super) fn key_space(&self, op: &str, parent: u64, name: &[u8]) -> Result<Space> {
+        match self.parent(op, parent, name)? {
+            Parent::Root => Ok(Space::Root),
+            Parent::Scope(open) => Ok(Space::Open(open)),
+            Parent::List(kind) => Err(Error::new(
+                libc::EPERM,
+                format!(
+                    "{op} {}/{}: {} holds only directories (mkdir begins one)",
+                    kind.dir(),
+                    show(name),
+                    kind.dir()
+                ),
+            )),
+        }
+    }
+
+    /// The space of the keys of `scope`; ENOENT once its directory is gone.
+    pub(super) fn space(&self, op: &str, scope: u64) -> Result<Space> {
+        if scope == ROOT_SCOPE {
+            return Ok(Space::Root);
+        }
+        self.txns.get(scope).map(Space::Open).ok_or_else(|| {
+            Error::new(
+                libc::ENOENT,
+                format!("{op}: the transaction directory was removed (rmdir)"),
+            )
+        })
+    }
+
+    /// The transaction or snapshot of a directory or `.ctl` inode, while it
+    /// is open.
+    pub(super) fn live_scope(
+        &self,
+        op: &str,
+        ino: u64,
+        scope: u64,
+        linked: bool,
+    ) -> Result<Arc<Open>> {
+        match self.txns.get(scope) {
+            Some(open) if linked => Ok(open),
+            _ => Err(Error::new(
+                libc::ENOENT,
+                format!("{op} inode {ino}: its transaction directory was removed (rmdir)"),
+            )),
+        }
+    }
+
+    /// The place an inode names, and whether it still names it. An inode
+    /// whose key was removed or replaced since the kernel looked it up
+    /// still stands for its last name: `cat k` racing with `mv x k` then
+    /// reads k as it is at open, which is what docs/SEMANTICS.md promises.
+    pub(super) fn place_of(&self, op: &str, ino: u64) -> Result<(Place, bool)> {
+        match self.inodes.resolve(ino) {
+            Resolved::Live(place) => Ok((place, true)),
+            Resolved::Unlinked(place) => Ok((place, false)),
+            Resolved::Unknown => Err(Error::new(
+                libc::ESTALE,
+                format!("{op} inode {ino}: unknown inode"),
+            )),
+        }
+    }
+
+    pub(super) fn name_for_log(&self, ino: u64) -> String {
+        if ino < FIRST_KEY_INO {
+            return ino_name(ino).to_string();
+        }
+        let (place, linked) = match self.inodes.resolve(ino) {
+            Resolved::Live(p) => (p, true),
+            Resolved::Unlinked(p) => (p, false),
+            Resolved::Unknown => return format!("inode {ino}"),
+        };
+        let dir = |scope: u64| match self.txns.get(scope) {
+            Some(o) => o.path(),
+            None => "(removed transaction)".to_string(),
+        };
+        let path = match &place {
+            Place::Key { scope, name } if *scope == ROOT_SCOPE => name.clone(),
+            Place::Key { scope, name } => [dir(*scope).as_bytes(), b"/", name].concat(),
+            Place::Dir { scope } => dir(*scope).into_bytes(),
+            Place::Ctl { scope } => format!("{}/.ctl", dir(*scope)).into_bytes(),
+        };
+        if linked {
+            show(&path).to_string()
+        } else {
+            format!("{} (removed)", show(&path))
+        }
+    }
+}
+
+fn removed_dir(op: &str, name: &[u8]) -> Error {
+    Error::new(
+        libc::ENOENT,
+        format!(
+            "{op} {}: its transaction directory was removed (rmdir)",
+            show(name)
+        ),
+    )
 }
