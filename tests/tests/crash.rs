@@ -24,6 +24,8 @@ const BANK_TOTAL: i64 = 1000;
 /// its operations fails (the daemon is gone). Side files, appended across rounds:
 /// `attempt_wW`/`ack_wW` (`KEY VALUE` before and after each write of key writer W),
 /// `attempt_txn`/`ack_txn` (each transaction id before BEGIN and after its commit returned 0).
+/// Each writer's stderr goes to a file of its own (`err_R-NAME`), so that the messages of
+/// several processes cannot interleave.
 const WRITERS: &str = r#"
 kw() {
   w=$1; i=0
@@ -59,8 +61,8 @@ bw() {
     rmdir $t || break
   done
 }
-for w in $(seq 1 $KEY_WRITERS); do kw $w & done
-tw & bw &
+for w in $(seq 1 $KEY_WRITERS); do kw $w 2> $T/err_$R-kw$w & done
+tw 2> $T/err_$R-tw & bw 2> $T/err_$R-bw &
 wait
 "#;
 
@@ -230,11 +232,17 @@ fn kill_9_at_random_moments_loses_no_acknowledged_write_and_no_transaction_half(
         let out = writers.finish(Duration::from_secs(30));
         m.detach_dead_mount();
         std::fs::remove_file(&stop).expect("rm stop");
-        errors.extend(
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .map(|l| format!("round {round}: {l}")),
-        );
+        bpfdb_tests::assert_ok(&out, "the writers' script");
+        let names = (1..=KEY_WRITERS)
+            .map(|w| format!("kw{w}"))
+            .chain(["tw".to_owned(), "bw".to_owned()]);
+        for name in names {
+            errors.extend(
+                scratch_lines(&m, &format!("err_{round}-{name}"))
+                    .into_iter()
+                    .map(|l| format!("round {round} {name}: {l}")),
+            );
+        }
         m.start_again();
         let (acks, txns) = check_recovered(&m, round);
         eprintln!("crash {round} after {delay} ms: {acks} key writes, {txns} transactions acked");
