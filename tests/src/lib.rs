@@ -50,9 +50,9 @@ pub mod msg {
 /// Names at the mount root that are never keys (docs/SEMANTICS.md, "Namespace").
 pub const RESERVED: [&str; 4] = [".stats", ".txn", ".snap", ".ctl"];
 
-/// The reserved entries a listing shows (`.ctl` is absent until a feature defines it), in
+/// The reserved entries a listing shows: all four (docs/SEMANTICS.md, "Namespace"), in
 /// `LC_ALL=C ls -A` order.
-pub const LISTED_RESERVED: [&str; 3] = [".snap", ".stats", ".txn"];
+pub const LISTED_RESERVED: [&str; 4] = [".ctl", ".snap", ".stats", ".txn"];
 
 /// Number of the renameat2 syscall, for [`renameat2_sh`].
 #[cfg(target_arch = "x86_64")]

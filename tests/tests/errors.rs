@@ -1,8 +1,8 @@
 //! Every errno of the table in docs/SEMANTICS.md ("Errors"), as the shell tools report it, and
 //! that a failed operation leaves the previous value in place.
 //!
-//! Two rows cannot be produced from a shell today: `EBUSY` needs transactions (a later
-//! feature), and a name with NUL cannot cross the kernel's C-string interface at all.
+//! The transaction rows (`EBUSY`, `ECANCELED`, `EROFS`) are checked in transactions.rs and
+//! isolation.rs; a name with NUL cannot cross the kernel's C-string interface at all.
 
 use std::ffi::OsStr;
 
@@ -21,10 +21,13 @@ fn missing_keys_give_enoent() {
     );
     m.fails("ls nope", msg::ENOENT);
     // A failed mv creates nothing.
-    assert_eq!(m.ok("ls -A"), ".snap\n.stats\n.txn\n");
-    // `.ctl` is reserved but absent until a feature defines it.
-    m.fails("cat .ctl", msg::ENOENT);
-    m.fails("stat .ctl", msg::ENOENT);
+    assert_eq!(m.ok("ls -A"), ".ctl\n.snap\n.stats\n.txn\n");
+    // A transaction or snapshot that is not open.
+    m.fails("cat .txn/nope/.ctl", msg::ENOENT);
+    m.fails("ls .txn/nope", msg::ENOENT);
+    m.fails("ls .snap/nope", msg::ENOENT);
+    m.fails("rmdir .txn/nope", msg::ENOENT);
+    m.fails("rmdir .snap/nope", msg::ENOENT);
 }
 
 fn long_name(len: usize) -> String {
@@ -219,7 +222,7 @@ fn mkdir_links_and_device_nodes_give_eperm() {
     m.fails("mknod pipe p", msg::EPERM);
     m.fails("mknod chr c 1 3", msg::EPERM);
     // Nothing was created and k is unchanged.
-    assert_eq!(m.ok("ls -A && cat k"), ".snap\n.stats\n.txn\nk\nv\n");
+    assert_eq!(m.ok("ls -A && cat k"), ".ctl\n.snap\n.stats\n.txn\nk\nv\n");
     assert_eq!(m.stat_keys(), 1);
 }
 
@@ -227,49 +230,61 @@ fn mkdir_links_and_device_nodes_give_eperm() {
 fn reserved_names_cannot_be_created_removed_or_renamed_onto() {
     let m = Mount::new();
     m.ok("echo v > k");
-    // Creating the reserved name that does not exist yet.
-    m.fails("touch .ctl", msg::EPERM);
-    m.fails("echo x > .ctl", msg::EPERM);
-    m.fails("mv k .ctl", msg::EPERM);
-    m.fails("mkdir .ctl", msg::EPERM);
-    // Removing the ones that exist.
+    // Removing them.
+    m.fails("rm .ctl", msg::EPERM);
     m.fails("rm .stats", msg::EPERM);
     m.fails("rm -f .stats", msg::EPERM);
     m.fails("rmdir .txn", msg::EPERM);
     m.fails("rmdir .snap", msg::EPERM);
     m.fails("rm -rf .txn", msg::EPERM);
     // Renaming onto or away from them.
+    m.fails("mv k .ctl", msg::EPERM);
+    m.fails("mv .ctl ctl", msg::EPERM);
     m.fails("mv k .stats", msg::EPERM);
     m.fails("mv .stats stats", msg::EPERM);
     m.fails("mv .txn txn", msg::EPERM);
     m.fails("mv .snap snap", msg::EPERM);
     // Everything is as it was.
-    assert_eq!(m.ok("ls -A && cat k"), ".snap\n.stats\n.txn\nk\nv\n");
+    assert_eq!(m.ok("ls -A && cat k"), ".ctl\n.snap\n.stats\n.txn\nk\nv\n");
     assert_eq!(
-        m.ok("[ -f .stats ] && [ -d .txn ] && [ -d .snap ] && echo same"),
+        m.ok("[ -f .stats ] && [ -f .ctl ] && [ -d .txn ] && [ -d .snap ] && echo same"),
         "same\n"
     );
-    m.fails("cat .ctl", msg::ENOENT);
     assert_eq!(m.stat_keys(), 1);
 }
 
 #[test]
-fn txn_and_snap_are_empty_and_read_only() {
+fn an_unknown_ctl_command_gives_einval() {
+    let m = Mount::new();
+    // coreutils echo: dash's builtin reports a failed write only as "I/O error".
+    m.fails("env echo x > .ctl", msg::EINVAL);
+    m.fails("env echo bogus > .ctl", msg::EINVAL);
+    m.ok("mkdir .txn/t");
+    m.fails("env echo checkpoint > .txn/t/.ctl", msg::EINVAL);
+    m.fails("env echo bogus > .txn/t/.ctl", msg::EINVAL);
+    assert_eq!(m.txn_state("t"), "active");
+    m.ok("env echo checkpoint > .ctl");
+    m.ok("rmdir .txn/t");
+}
+
+#[test]
+fn txn_and_snap_hold_only_their_directories() {
     let m = Mount::new();
     assert_eq!(m.ok("ls -A .txn && ls -A .snap"), "");
-    for script in [
-        "touch .txn/x",
-        "echo x > .snap/x",
-        "mkdir .txn/t",
-        "mkdir .snap/s",
-    ] {
-        let out = m.sh(script);
-        assert!(
-            !out.status.success(),
-            "{script} succeeded: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
+    m.fails("touch .txn/x", msg::EPERM);
+    m.fails("env echo x > .txn/x", msg::EPERM);
+    m.fails("touch .snap/x", msg::EPERM);
+    m.fails("env echo x > .snap/x", msg::EPERM);
+    // Their directories can be neither renamed nor nested.
+    m.ok("mkdir .txn/t .snap/s");
+    m.fails("mv .txn/t .txn/u", msg::EPERM);
+    m.fails("mv .snap/s .snap/u", msg::EPERM);
+    m.fails("mkdir .txn/t/d", msg::EPERM);
+    m.fails("mkdir .snap/s/d", msg::EPERM);
+    // A name already open: EEXIST.
+    m.fails("mkdir .txn/t", msg::EEXIST);
+    m.fails("mkdir .snap/s", msg::EEXIST);
+    m.ok("rmdir .txn/t .snap/s");
     assert_eq!(m.ok("ls -A .txn && ls -A .snap && ls"), "");
 }
 

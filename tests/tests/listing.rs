@@ -7,12 +7,12 @@ use bpfdb_tests::{LISTED_RESERVED, Mount, lines};
 fn an_empty_mount_lists_only_the_reserved_entries() {
     let m = Mount::new();
     assert_eq!(m.ok("ls"), "");
-    assert_eq!(m.ok("ls -A"), ".snap\n.stats\n.txn\n");
-    assert_eq!(m.ok("ls -a"), ".\n..\n.snap\n.stats\n.txn\n");
+    assert_eq!(m.ok("ls -A"), ".ctl\n.snap\n.stats\n.txn\n");
+    assert_eq!(m.ok("ls -a"), ".\n..\n.ctl\n.snap\n.stats\n.txn\n");
     assert_eq!(m.ok("ls -A .txn .snap"), ".snap:\n\n.txn:\n");
     // (Its stat size is not part of the contract: "regular empty file" is fine too.)
     assert_eq!(
-        m.ok("[ -f .stats ] && [ -d .txn ] && [ -d .snap ] && cat .stats | grep -c '^keys 0$'"),
+        m.ok("[ -f .stats ] && [ -f .ctl ] && [ -d .txn ] && [ -d .snap ] && cat .stats | grep -c '^keys 0$'"),
         "1\n"
     );
     assert_eq!(m.stat_keys(), 0);
@@ -23,7 +23,10 @@ fn dot_keys_are_keys_hidden_by_plain_ls() {
     let m = Mount::new();
     m.ok("echo h > .hidden && echo v > visible");
     assert_eq!(m.ok("ls"), "visible\n");
-    assert_eq!(m.ok("ls -A"), ".hidden\n.snap\n.stats\n.txn\nvisible\n");
+    assert_eq!(
+        m.ok("ls -A"),
+        ".ctl\n.hidden\n.snap\n.stats\n.txn\nvisible\n"
+    );
     assert_eq!(m.ok("cat .hidden"), "h\n");
     assert_eq!(m.stat_keys(), 2);
 }
@@ -64,7 +67,7 @@ fn ten_thousand_keys_are_all_listed() {
     // All gone with one rm.
     m.ok("rm k*");
     assert_eq!(m.ok("ls"), "");
-    assert_eq!(m.ok("ls -A"), ".snap\n.stats\n.txn\n");
+    assert_eq!(m.ok("ls -A"), ".ctl\n.snap\n.stats\n.txn\n");
     assert_eq!(m.stat_keys(), 0);
 }
 
