@@ -176,8 +176,20 @@ fn kill_9_with_an_open_transaction_loses_only_that_transaction() {
     m.kill9();
     m.start_again();
     assert_eq!(m.ok("ls && cat k j"), "j\nk\n1\n3\n");
-    // Its lock did not survive either.
+    // Transactions do not survive a restart, nor do their locks.
+    assert_eq!(m.ok("ls .txn .snap"), ".snap:\n\n.txn:\n");
     m.ok("env echo 4 > k");
+}
+
+#[test]
+fn a_clean_shutdown_aborts_open_transactions_and_ends_snapshots() {
+    let mut m = Mount::new();
+    m.ok("env echo 1 > k");
+    m.ok("mkdir .txn/open .snap/s && env echo 2 > .txn/open/k && env echo 2 > .txn/open/new");
+    m.restart();
+    assert_eq!(m.ok("ls && cat k"), "k\n1\n");
+    assert_eq!(m.ok("ls .txn .snap"), ".snap:\n\n.txn:\n");
+    m.ok("env echo 3 > k && mkdir .txn/open && rmdir .txn/open");
 }
 
 #[test]

@@ -372,3 +372,116 @@ fn stats_count_commits_aborts_conflicts_and_active_transactions() {
         "log_bytes went from {before} to {after} after a 100000-byte commit"
     );
 }
+
+#[test]
+fn after_a_commit_every_operation_in_the_transaction_gives_ecanceled() {
+    let m = Mount::new();
+    m.ok("echo 1 > k && mkdir .txn/t1 && env echo 2 > .txn/t1/k && env echo commit > .txn/t1/.ctl");
+    let ts = m.assert_committed("t1");
+    m.fails("cat .txn/t1/k", msg::ECANCELED);
+    m.fails("env echo 3 > .txn/t1/k", msg::ECANCELED);
+    m.fails("env echo commit > .txn/t1/.ctl", msg::ECANCELED);
+    m.fails("env echo abort > .txn/t1/.ctl", msg::ECANCELED);
+    // Still committed, at the same timestamp, and its value stays.
+    assert_eq!(m.assert_committed("t1"), ts);
+    assert_eq!(m.ok("cat k"), "2\n");
+    m.ok("rmdir .txn/t1");
+}
+
+#[test]
+fn renames_between_the_root_transactions_and_snapshots_give_exdev() {
+    let m = Mount::new();
+    m.ok("echo r > r && mkdir .txn/t1 .txn/t2 .snap/s");
+    m.ok("env echo t > .txn/t1/t");
+    // rename(2) itself (`mv` would fall back to copy and delete). Destinations are names nobody
+    // locked: the kernel looks the destination up first, and a lookup takes a lock.
+    let rename = renameat2_sh();
+    for (from, to) in [
+        ("r", ".txn/t1/r2"),
+        (".txn/t1/t", "t"),
+        (".txn/t1/t", ".txn/t2/u"),
+        (".snap/s/r", "r3"),
+    ] {
+        m.fails(
+            &format!("{rename}renameat2 {from} {to} 0"),
+            "Invalid cross-device link",
+        );
+    }
+    assert_eq!(m.ok("ls"), "r\n");
+    assert_eq!(m.txn_state("t1"), "active");
+    m.ok("env echo commit > .txn/t1/.ctl");
+    assert_eq!(m.ok("ls && cat t"), "r\nt\nt\n");
+    m.ok("rmdir .txn/t1 .txn/t2 .snap/s");
+}
+
+#[test]
+fn chmod_chown_and_subdirectories_in_a_transaction_give_eperm() {
+    let m = Mount::new();
+    m.ok("echo v > k && mkdir .txn/t1");
+    let modes = m.ok("stat -c '%a %u %g' k");
+    m.fails("chmod 600 .txn/t1/k", msg::EPERM);
+    m.fails("chown 1234 .txn/t1/k", msg::EPERM);
+    m.fails("mkdir .txn/t1/d", msg::EPERM);
+    m.fails("ln -s k .txn/t1/sym", msg::EPERM);
+    m.fails("mkfifo .txn/t1/fifo", msg::EPERM);
+    assert_eq!(m.ok("stat -c '%a %u %g' k"), modes);
+    m.ok("rmdir .txn/t1");
+}
+
+#[test]
+fn a_transaction_locks_at_most_128_keys() {
+    let m = Mount::new();
+    m.ok("for i in $(seq 1 129); do : > k$i || exit 1; done");
+    m.ok("mkdir .txn/t1");
+    // 128 reads take 128 locks.
+    m.ok("for i in $(seq 1 128); do cat .txn/t1/k$i || exit 1; done");
+    assert_eq!(m.txn_state("t1"), "active");
+    // One more: ENOSPC, and the transaction is aborted.
+    m.fails("cat .txn/t1/k129", msg::ENOSPC);
+    m.assert_aborted("t1");
+    m.fails("cat .txn/t1/k1", msg::ECANCELED);
+    // Its locks are gone.
+    m.ok("env echo x > k1 && env echo x > k128");
+    m.ok("rmdir .txn/t1");
+}
+
+#[test]
+fn when_all_64_entries_are_in_use_mkdir_gives_eagain() {
+    let m = Mount::new();
+    m.ok("for i in $(seq 1 32); do mkdir .txn/t$i .snap/s$i || exit 1; done");
+    m.fails("mkdir .txn/one-more", "Resource temporarily unavailable");
+    m.fails("mkdir .snap/one-more", "Resource temporarily unavailable");
+    // A checkpoint needs an entry too.
+    m.fails(
+        "env echo checkpoint > .ctl",
+        "Resource temporarily unavailable",
+    );
+    // Autocommit does not.
+    m.ok("env echo v > k && cat k");
+    // rmdir frees an entry, whatever the state of what it held.
+    m.ok("env echo commit > .txn/t1/.ctl && rmdir .txn/t1");
+    m.ok("mkdir .txn/one-more && rmdir .txn/one-more");
+    m.ok("env echo abort > .txn/t2/.ctl && rmdir .txn/t2");
+    m.ok("env echo checkpoint > .ctl");
+    m.ok("cd .txn && rmdir t*");
+    m.ok("cd .snap && rmdir s*");
+    assert_eq!(m.ok("ls .txn .snap"), ".snap:\n\n.txn:\n");
+}
+
+#[test]
+fn reading_ctl_does_not_keep_an_idle_transaction_alive() {
+    let m = Mount::builder().arg("--txn-timeout").arg("1").start();
+    m.ok("echo 1 > k && mkdir .txn/idle && env echo 2 > .txn/idle/k");
+    let out = m.ok("i=0
+         while [ $i -lt 40 ]; do
+           s=$(cat .txn/idle/.ctl)
+           case \"$s\" in aborted*) echo \"$s\"; exit 0;; esac
+           sleep 0.2; i=$((i+1))
+         done
+         echo \"still $s\"");
+    assert!(
+        out.starts_with("aborted: ") && out.contains("idle"),
+        "a transaction whose .ctl is read every 200 ms but idle otherwise: {out:?}"
+    );
+    m.ok("env echo 3 > k && rmdir .txn/idle");
+}
