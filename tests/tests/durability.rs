@@ -320,3 +320,93 @@ fn an_unknown_sync_value_fails_with_a_clear_message() {
     }
     m.start_again();
 }
+
+/// Runs `script` on the mount while `strace` watches every thread of the daemon, and returns how
+/// many fsync/fdatasync calls the daemon made meanwhile.
+fn fsyncs_during(m: &Mount, script: &str) -> usize {
+    let pid = m.pid();
+    let out = m.scratch().join("strace.out");
+    let mut strace = std::process::Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=fsync,fdatasync,sync_file_range",
+            "-o",
+        ])
+        .arg(&out)
+        .arg("-p")
+        .arg(pid.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn strace");
+    // Wait until every thread of the daemon is traced.
+    let traced = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks.flatten().all(|t| {
+                    std::fs::read_to_string(t.path().join("status"))
+                        .map(|s| {
+                            s.lines().any(|l| {
+                                l.starts_with("TracerPid:")
+                                    && l.split_whitespace().nth(1) != Some("0")
+                            })
+                        })
+                        .unwrap_or(false)
+                })
+            })
+            .unwrap_or(false)
+    };
+    assert!(
+        bpfdb_tests::wait_until(std::time::Duration::from_secs(10), traced),
+        "strace did not attach to every thread of the daemon"
+    );
+    m.ok(script);
+    // SIGINT detaches strace cleanly.
+    bpfdb_tests::send_signal(strace.id(), libc::SIGINT);
+    let status = bpfdb_tests::wait_timeout(&mut strace, std::time::Duration::from_secs(10));
+    if status.is_none() {
+        let _ = strace.kill();
+        let _ = strace.wait();
+        panic!("strace did not exit after SIGINT");
+    }
+    std::fs::read_to_string(&out)
+        .expect("strace output")
+        .lines()
+        .filter(|l| {
+            l.contains("fsync(") || l.contains("fdatasync(") || l.contains("sync_file_range(")
+        })
+        .count()
+}
+
+const SEQUENTIAL_WRITES: usize = 40;
+
+fn sequential_writes() -> String {
+    format!("for i in $(seq 1 {SEQUENTIAL_WRITES}); do env echo $i > k$i || exit 1; done")
+}
+
+#[test]
+fn sync_commit_syncs_the_log_before_each_sequential_commit_returns() {
+    let m = Mount::new();
+    let n = fsyncs_during(&m, &sequential_writes());
+    eprintln!("--sync commit: {n} syncs for {SEQUENTIAL_WRITES} commits");
+    // Each write waits for its own record to be durable, so group commit cannot merge them.
+    assert!(
+        n >= SEQUENTIAL_WRITES,
+        "{n} fsync/fdatasync calls for {SEQUENTIAL_WRITES} sequential commits with --sync commit"
+    );
+}
+
+#[test]
+fn sync_none_does_not_sync_per_commit() {
+    let m = Mount::builder().arg("--sync").arg("none").start();
+    let n = fsyncs_during(&m, &sequential_writes());
+    eprintln!("--sync none: {n} syncs for {SEQUENTIAL_WRITES} commits");
+    assert!(
+        n < SEQUENTIAL_WRITES / 4,
+        "{n} fsync/fdatasync calls for {SEQUENTIAL_WRITES} sequential commits with --sync none"
+    );
+    assert_eq!(m.ok("cat k1 k40"), "1\n40\n");
+}
