@@ -60,6 +60,11 @@ fn staged_writes_deletes_and_renames_are_invisible_until_commit() {
     m.fails("cat b", msg::ENOENT);
     m.ok("mkdir .snap/before");
     assert_eq!(m.ok("ls .snap/before"), "a\nalice\nbob\n");
+    // Another transaction's listing (plain `ls` looks no key up, so it takes no lock).
+    m.ok("mkdir .txn/t2");
+    assert_eq!(m.ok("ls .txn/t2"), "a\nalice\nbob\n");
+    m.fails("cat .txn/t2/fresh", msg::EBUSY);
+    m.ok("rmdir .txn/t2");
     assert_eq!(m.stat_keys(), 3);
     assert_eq!(m.txn_state("t1"), "active");
 
@@ -79,10 +84,10 @@ fn staged_writes_deletes_and_renames_are_invisible_until_commit() {
     assert_eq!(m.ok("ls .txn"), "");
 
     // A later transaction commits at a later timestamp.
-    m.ok("mkdir .txn/t2 && env echo 1 > .txn/t2/x && env echo commit > .txn/t2/.ctl");
-    let ts2 = m.assert_committed("t2");
-    assert!(ts2 > ts, "second commit at {ts2}, first at {ts}");
-    m.ok("rmdir .txn/t2");
+    m.ok("mkdir .txn/t3 && env echo 1 > .txn/t3/x && env echo commit > .txn/t3/.ctl");
+    let ts3 = m.assert_committed("t3");
+    assert!(ts3 > ts, "second commit at {ts3}, first at {ts}");
+    m.ok("rmdir .txn/t3");
     assert_eq!(m.ok("cat x"), "1\n");
 }
 
@@ -362,6 +367,15 @@ fn stats_count_commits_aborts_conflicts_and_active_transactions() {
         "oldest_snapshot_age_ms {age} with a snapshot open for 0.5 s"
     );
     m.ok("rmdir .snap/s");
+
+    // Old versions nobody can see any more are reclaimed.
+    let reclaimed = m.stat("versions_reclaimed");
+    m.ok("for i in $(seq 1 20); do env echo $i > churn || exit 1; done");
+    let now = m.stat("versions_reclaimed");
+    assert!(
+        now >= reclaimed + 10,
+        "versions_reclaimed went from {reclaimed} to {now} over 20 rewrites of one key"
+    );
 
     // The log grows by at least the bytes committed.
     let before = m.stat("log_bytes");
