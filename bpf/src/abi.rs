@@ -14,7 +14,12 @@ pub const MAX_VERSIONS: usize = 4;
 pub const MAX_SLOTS: u32 = 64;
 pub const SLOT_HEADER: usize = 2048;
 pub const OP_COUNT: usize = 9;
-pub const MAX_TXNS: u32 = 64;
+/// Transaction table entries (DB_MAX_TXNS): the last one is reserved for
+/// checkpoints, so users can never starve them.
+pub const MAX_TXNS: u32 = 65;
+/// Entries users can have: transactions and snapshots open at once.
+pub const MAX_USER_TXNS: u32 = MAX_TXNS - 1;
+pub const CHECKPOINT_TXN: u32 = MAX_TXNS - 1;
 pub const TXN_MAX_LOCKS: usize = 128;
 
 pub const OWNER_AUTOCOMMIT: u32 = 1 << 31;

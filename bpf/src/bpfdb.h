@@ -26,7 +26,7 @@
 #define DB_MAX_SLOTS 64              /* request slots (worker threads + API users) */
 #define DB_SLOT_HEADER 2048          /* bytes of a slot before its data area */
 #define DB_SCAN_ENTRY_MAX (1 + DB_KEY_SIZE) /* worst-case bytes of one scan entry */
-#define DB_MAX_TXNS 64               /* transaction table entries */
+#define DB_MAX_TXNS 65               /* transaction table entries: 64 for users, 1 for checkpoints */
 #define DB_TXN_MAX_LOCKS 128         /* keys one transaction may lock (reads + writes) */
 #define DB_LOCK_CAS_TRIES 8          /* CAS attempts on a contended lock word before EBUSY */
 #define DB_SNAP_TRIES 8              /* attempts to register a snapshot while commits race */

@@ -74,7 +74,7 @@ impl Db {
         opts.hash_seed = engine.hash_seed;
         let reused = engine.reused;
         let free_slots = Mutex::new((0..engine.layout.slots).rev().collect());
-        let free_txns = Mutex::new((0..opts.max_txns.min(abi::MAX_TXNS)).rev().collect());
+        let free_txns = Mutex::new((0..opts.max_txns.min(abi::MAX_USER_TXNS)).rev().collect());
         let inner = Inner {
             engine,
             opts,
@@ -162,7 +162,7 @@ impl Db {
             let _quiet = self.inner.gate.write().unwrap_or_else(|p| p.into_inner());
             log.wait_written(self.inner.engine.last_ts())?;
             let segment = log.rotate()?;
-            (self.begin(true)?, segment)
+            (self.begin_at(Some(abi::CHECKPOINT_TXN), true)?, segment)
         };
         let pause = t.elapsed();
         let keys = recovery::write_checkpoint(&snap, dir, segment)?;

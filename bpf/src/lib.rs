@@ -77,7 +77,7 @@ impl Default for Options {
             value_mem_bytes: 256 << 20,
             slots: 16,
             hash_seed: 0,
-            max_txns: abi::MAX_TXNS,
+            max_txns: abi::MAX_USER_TXNS,
             data_dir: None,
             sync: SyncMode::Commit,
             wal_buffer_bytes: 64 << 20,

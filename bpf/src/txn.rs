@@ -34,6 +34,8 @@ struct Inner {
 pub struct Txn {
     db: Db,
     idx: u32,
+    /// Entry reserved for checkpoints: never on the free list.
+    reserved: bool,
     id: u64,
     read_only: bool,
     begin_ts: u64,
@@ -43,21 +45,14 @@ pub struct Txn {
 impl Db {
     /// Starts a transaction; `read_only` makes it a snapshot.
     pub fn begin(&self, read_only: bool) -> Result<Txn> {
-        let idx = {
-            let mut free = self
-                .inner
-                .free_txns
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            free.pop().ok_or_else(|| {
-                Error::new(
-                    libc::EAGAIN,
-                    format!(
-                        "all {} transaction entries are in use (max_txns)",
-                        self.options().max_txns
-                    ),
-                )
-            })?
+        self.begin_at(None, read_only)
+    }
+
+    /// Starts a transaction in entry `reserved`, or in a free one.
+    pub(crate) fn begin_at(&self, reserved: Option<u32>, read_only: bool) -> Result<Txn> {
+        let idx = match reserved {
+            Some(idx) => idx,
+            None => self.take_entry()?,
         };
         let mut s = self.inner.session();
         s.txn = idx + 1;
@@ -66,6 +61,7 @@ impl Db {
             Ok(resp) => Ok(Txn {
                 db: self.clone(),
                 idx,
+                reserved: reserved.is_some(),
                 id: resp.txn_id,
                 read_only,
                 begin_ts: resp.ts,
@@ -77,14 +73,37 @@ impl Db {
             }),
             Err(e) => {
                 drop(s);
-                self.inner
-                    .free_txns
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(idx);
+                if reserved.is_none() {
+                    self.give_back_entry(idx);
+                }
                 Err(e)
             }
         }
+    }
+
+    fn give_back_entry(&self, idx: u32) {
+        self.inner
+            .free_txns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(idx);
+    }
+
+    fn take_entry(&self) -> Result<u32> {
+        let mut free = self
+            .inner
+            .free_txns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        free.pop().ok_or_else(|| {
+            Error::new(
+                libc::EAGAIN,
+                format!(
+                    "all {} transaction entries are in use (max_txns)",
+                    self.options().max_txns
+                ),
+            )
+        })
     }
 }
 
@@ -268,18 +287,22 @@ impl Txn {
 }
 
 impl Drop for Txn {
+    /// An open read-write transaction is aborted; an open snapshot simply
+    /// ends (committing it is the same and is not counted as an abort).
     fn drop(&mut self) {
-        if self.state() == TxnState::Active
-            && let Err(e) = self.abort_because("dropped")
-        {
-            log::warn!("transaction {}: abort on drop failed: {e}", self.idx);
+        if self.state() == TxnState::Active {
+            let r = if self.read_only {
+                self.commit().map(|_| ())
+            } else {
+                self.abort_because("dropped")
+            };
+            if let Err(e) = r {
+                log::warn!("transaction {}: ending it on drop failed: {e}", self.idx);
+            }
         }
-        self.db
-            .inner
-            .free_txns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(self.idx);
+        if !self.reserved {
+            self.db.give_back_entry(self.idx);
+        }
     }
 }
 

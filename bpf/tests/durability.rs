@@ -394,3 +394,30 @@ fn without_pinning_nothing_is_left_in_bpffs() {
     before.retain(|n| !n.to_string_lossy().starts_with("bpfdb-test-"));
     assert_eq!(before, after);
 }
+
+#[test]
+fn checkpoints_run_while_users_hold_every_transaction_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&opts(dir.path())).unwrap();
+    db.session()
+        .set(b"k", b"v", meta(0o100644, 1), SetFlags::default())
+        .unwrap();
+    let held: Vec<_> = (0..db.options().max_txns)
+        .map(|_| db.begin(true).unwrap())
+        .collect();
+    assert_eq!(db.begin(true).unwrap_err().errno, libc::EAGAIN);
+    let aborts = db.stats().txn_aborts;
+    let r = db.checkpoint().unwrap();
+    assert_eq!(r.keys, 1);
+    assert_eq!(
+        db.stats().txn_aborts,
+        aborts,
+        "ending the checkpoint's snapshot is no abort"
+    );
+    drop(held);
+    assert_eq!(
+        db.stats().txn_aborts,
+        aborts,
+        "dropping snapshots is no abort"
+    );
+}

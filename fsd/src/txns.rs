@@ -14,7 +14,7 @@ use log::{debug, info};
 
 /// Most transactions and snapshots open at once: the size of the engine's
 /// transaction table, which `Db::begin` runs out of first.
-pub const MAX_OPEN: usize = bpfdb::abi::MAX_TXNS as usize;
+pub const MAX_OPEN: usize = bpfdb::abi::MAX_USER_TXNS as usize;
 
 /// How often the reaper looks, as a fraction of the timeout and within
 /// these bounds: an idle transaction is aborted at most a quarter of the
