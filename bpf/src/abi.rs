@@ -47,6 +47,7 @@ pub const F_META_ONLY: u32 = 1 << 0;
 pub const F_NOREPLACE: u32 = 1 << 1;
 pub const F_MUST_EXIST: u32 = 1 << 2;
 pub const F_READ_ONLY: u32 = 1 << 3;
+pub const F_NUDGE: u32 = 1 << 4;
 
 /// `enum db_detail`: why an op failed, for error messages and retry decisions.
 #[repr(u32)]

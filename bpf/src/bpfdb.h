@@ -82,6 +82,7 @@ enum db_stage {
 #define DB_F_NOREPLACE (1u << 1)  /* SET: fail with EEXIST if key exists; RENAME: if key2 exists */
 #define DB_F_MUST_EXIST (1u << 2) /* SET: fail with ENOENT if key does not exist */
 #define DB_F_READ_ONLY (1u << 3)  /* BEGIN: a read-only snapshot transaction */
+#define DB_F_NUDGE (1u << 4)      /* NOP: wake the log writer (a NUDGE fragment) */
 
 /* ---- shared structs ---- */
 
@@ -223,6 +224,7 @@ enum db_wal_kind {
 	DB_WAL_PUT = 2,
 	DB_WAL_DEL = 3,
 	DB_WAL_COMMIT = 4,
+	DB_WAL_NUDGE = 5, /* carries nothing; wakes the log writer for a request */
 };
 
 struct db_wal_frag {

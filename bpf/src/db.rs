@@ -161,7 +161,9 @@ impl Db {
         let (snap, segment) = {
             let _quiet = self.inner.gate.write().unwrap_or_else(|p| p.into_inner());
             log.wait_written(self.inner.engine.last_ts())?;
-            let segment = log.rotate()?;
+            log.request_rotate();
+            self.inner.session().nudge_log();
+            let segment = log.wait_rotated()?;
             (self.begin_at(Some(abi::CHECKPOINT_TXN), true)?, segment)
         };
         let pause = t.elapsed();
@@ -417,6 +419,12 @@ impl Session<'_> {
         req.txn = txn;
         req.txn_id = txn_id;
         req.key.fill(0);
+    }
+
+    /// Wakes the log writer out of its wait on the ringbuf.
+    pub(crate) fn nudge_log(&mut self) {
+        self.prepare_keyless(Op::Nop, abi::F_NUDGE);
+        crate::trigger::fire(self.db.engine.instance, self.idx);
     }
 
     /// The bare trigger: dispatcher runs and returns at once.

@@ -64,7 +64,8 @@ static __always_inline int wal_frag(__u32 kind, __u64 ts, struct db_meta *meta, 
 	if (!key || bpf_probe_read_kernel(f->key, sizeof(f->key), key))
 		__builtin_memset(f->key, 0, sizeof(f->key));
 	/* Wake the log writer once per commit, not per fragment. */
-	bpf_ringbuf_submit(f, kind == DB_WAL_COMMIT ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	bool wake = kind == DB_WAL_COMMIT || kind == DB_WAL_NUDGE;
+	bpf_ringbuf_submit(f, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 	return 0;
 }
 

@@ -34,6 +34,7 @@ const KIND_BEGIN: u32 = 1;
 const KIND_PUT: u32 = 2;
 const KIND_DEL: u32 = 3;
 const KIND_COMMIT: u32 = 4;
+const KIND_NUDGE: u32 = 5;
 
 #[derive(Default)]
 struct State {
@@ -168,11 +169,16 @@ impl Log {
         Ok(())
     }
 
-    /// Makes the writer start a new segment; returns its number. Every
-    /// commit written before is in the segments below it.
-    pub fn rotate(&self) -> Result<u64> {
+    /// Asks the writer to start a new segment; wait_rotated() returns its
+    /// number. Every commit written before is in the segments below it.
+    pub fn request_rotate(&self) {
+        self.lock().rotate = true;
+    }
+
+    /// Waits until the writer has done what request_rotate() asked (nudge
+    /// it first, or this waits out its poll timeout).
+    pub fn wait_rotated(&self) -> Result<u64> {
         let mut st = self.lock();
-        st.rotate = true;
         let deadline = Instant::now() + STALL_TIMEOUT;
         while st.rotate {
             if Instant::now() >= deadline {
@@ -317,6 +323,7 @@ impl Assembler {
                 }
                 _ => error!("log: COMMIT {ts} without its BEGIN; dropped"),
             },
+            KIND_NUDGE => {}
             _ => error!("log: unknown fragment kind {kind}"),
         }
     }

@@ -111,6 +111,13 @@ struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     txn_timeout: u64,
 
+    /// Pin the engine's data maps in this bpffs directory (e.g.
+    /// /sys/fs/bpf/bpfdb); a restart with the same directory and sizes
+    /// reuses them instead of replaying the log (hot restart: upgrade the
+    /// programs, keep the data). [default: none: nothing is pinned]
+    #[arg(long, value_name = "DIR")]
+    pin_dir: Option<PathBuf>,
+
     /// Let users other than the one who mounted access the mount [default:
     /// off].
     #[arg(long)]
@@ -151,6 +158,7 @@ struct Settings {
     checkpoint_bytes: u64,
     allow_corrupt_log: bool,
     txn_timeout_secs: u64,
+    pin_dir: Option<PathBuf>,
 }
 
 /// `commit`, `interval:MS` or `none`.
@@ -213,6 +221,7 @@ impl Settings {
             checkpoint_bytes: cli.checkpoint_bytes,
             allow_corrupt_log: cli.allow_corrupt_log,
             txn_timeout_secs: cli.txn_timeout,
+            pin_dir: cli.pin_dir.clone(),
         };
         let mut max_value = cli.max_value;
         for opt in cli.options.iter().flat_map(|o| o.split(',')) {
@@ -273,12 +282,13 @@ impl Settings {
                     .parse()
                     .map_err(|_| format!("{name}: '{v}' is not a whole number of seconds"))?;
             }
+            ("pin_dir", Some(v)) => self.pin_dir = Some(PathBuf::from(v)),
             ("allow_other", None) => self.allow_other = true,
             ("foreground", None) => self.foreground = true,
             ("allow_corrupt_log", None) => self.allow_corrupt_log = true,
             (
                 "max_keys" | "threads" | "max_value" | "value_mem" | "sync" | "wal_buffer"
-                | "checkpoint_bytes" | "txn_timeout",
+                | "checkpoint_bytes" | "txn_timeout" | "pin_dir",
                 None,
             ) => {
                 return Err(format!("-o {name} needs a value: -o {name}=VALUE"));
@@ -519,6 +529,7 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
         wal_buffer_bytes: s.wal_buffer,
         checkpoint_bytes: s.checkpoint_bytes,
         allow_corrupt_log: s.allow_corrupt_log,
+        pin_dir: s.pin_dir.clone(),
         ..Options::default()
     };
     let db = Db::open(&opts).map_err(|e| format!("loading the engine: {e}"))?;
