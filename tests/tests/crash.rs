@@ -20,8 +20,10 @@ const TXN_KEYS: u32 = 4;
 const BANK_ACCOUNTS: u32 = 4;
 const BANK_TOTAL: i64 = 1000;
 
-/// The writers of one round (`$R` is the round). Each loops until `$T/stop` exists or one of
-/// its operations fails (the daemon is gone). Side files, appended across rounds:
+/// The writers of one round (`$R` is the round), and a checkpointer (`echo checkpoint > .ctl`
+/// every 100 ms) so that crashes also hit checkpoints and log rotations. Each loops until
+/// `$T/stop` exists or one of its operations fails (the daemon is gone). Side files, appended
+/// across rounds (`ack_ckpt` counts the checkpoints):
 /// `attempt_wW`/`ack_wW` (`KEY VALUE` before and after each write of key writer W),
 /// `attempt_txn`/`ack_txn` (each transaction id before BEGIN and after its commit returned 0).
 /// Each writer's stderr goes to a file of its own (`err_R-NAME`), so that the messages of
@@ -61,8 +63,15 @@ bw() {
     rmdir $t || break
   done
 }
+cw() {
+  while [ ! -e $T/stop ]; do
+    env echo checkpoint > .ctl || break
+    echo ok >> $T/ack_ckpt
+    sleep 0.1
+  done
+}
 for w in $(seq 1 $KEY_WRITERS); do kw $w 2> $T/err_$R-kw$w & done
-tw 2> $T/err_$R-tw & bw 2> $T/err_$R-bw &
+tw 2> $T/err_$R-tw & bw 2> $T/err_$R-bw & cw 2> $T/err_$R-cw &
 wait
 "#;
 
@@ -233,9 +242,11 @@ fn kill_9_at_random_moments_loses_no_acknowledged_write_and_no_transaction_half(
         m.detach_dead_mount();
         std::fs::remove_file(&stop).expect("rm stop");
         bpfdb_tests::assert_ok(&out, "the writers' script");
-        let names = (1..=KEY_WRITERS)
-            .map(|w| format!("kw{w}"))
-            .chain(["tw".to_owned(), "bw".to_owned()]);
+        let names = (1..=KEY_WRITERS).map(|w| format!("kw{w}")).chain([
+            "tw".to_owned(),
+            "bw".to_owned(),
+            "cw".to_owned(),
+        ]);
         for name in names {
             errors.extend(
                 scratch_lines(&m, &format!("err_{round}-{name}"))
@@ -245,7 +256,10 @@ fn kill_9_at_random_moments_loses_no_acknowledged_write_and_no_transaction_half(
         }
         m.start_again();
         let (acks, txns) = check_recovered(&m, round);
-        eprintln!("crash {round} after {delay} ms: {acks} key writes, {txns} transactions acked");
+        eprintln!(
+            "crash {round} after {delay} ms: {acks} key writes, {txns} transactions, {} checkpoints acked",
+            scratch_lines(&m, "ack_ckpt").len()
+        );
     }
     let (acks, txns) = check_recovered(&m, ROUNDS);
     assert!(
@@ -255,6 +269,11 @@ fn kill_9_at_random_moments_loses_no_acknowledged_write_and_no_transaction_half(
     assert!(
         txns >= 3,
         "only {txns} acknowledged transactions in {ROUNDS} rounds"
+    );
+    let checkpoints = scratch_lines(&m, "ack_ckpt").len();
+    assert!(
+        checkpoints >= 3,
+        "only {checkpoints} checkpoints in {ROUNDS} rounds"
     );
     // The writers only ever failed because the daemon was gone.
     let unexpected: Vec<&String> = errors
@@ -328,6 +347,18 @@ fn a_log_cut_in_its_last_record_is_cut_back_and_recovers() {
     let mut m = Mount::new();
     let seg = write_then_crash(&mut m);
     wal::truncate_by(&seg, 3);
+    m.start_again();
+    check_tail_recovery(&mut m);
+}
+
+#[test]
+fn a_log_cut_inside_the_last_record_header_is_cut_back_and_recovers() {
+    let mut m = Mount::new();
+    let seg = write_then_crash(&mut m);
+    let (off, _) = *wal::records(&seg).last().expect("records");
+    // Leave 10 of the 16 header bytes of the last record.
+    let len = wal::file_len(&seg);
+    wal::truncate_by(&seg, len - (off + 10));
     m.start_again();
     check_tail_recovery(&mut m);
 }

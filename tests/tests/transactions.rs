@@ -297,7 +297,7 @@ fn a_snapshot_keeps_a_1mib_value_that_the_root_rewrites_and_deletes() {
 fn an_idle_transaction_is_aborted_after_txn_timeout_and_a_busy_one_is_not() {
     let m = Mount::builder().arg("--txn-timeout").arg("1").start();
     m.ok("echo 1 > k && echo 1 > busy");
-    m.ok("mkdir .txn/idle .txn/live");
+    m.ok("mkdir .txn/idle .txn/live .snap/s");
     m.ok("env echo 2 > .txn/idle/k && env echo 2 > .txn/live/busy");
     // The live transaction works every 200 ms; the idle one only holds its lock on k, which
     // autocommit tries to take every 200 ms until the idle transaction is aborted.
@@ -325,7 +325,9 @@ fn an_idle_transaction_is_aborted_after_txn_timeout_and_a_busy_one_is_not() {
     assert_eq!(m.txn_state("live"), "active");
     m.ok("env echo commit > .txn/live/.ctl");
     assert_eq!(m.ok("cat busy"), "2\n");
-    m.ok("rmdir .txn/idle .txn/live");
+    // Snapshots do not time out.
+    assert_eq!(m.ok("cat .snap/s/k .snap/s/busy"), "1\n1\n");
+    m.ok("rmdir .txn/idle .txn/live .snap/s");
 }
 
 #[test]
@@ -498,4 +500,35 @@ fn reading_ctl_does_not_keep_an_idle_transaction_alive() {
         "a transaction whose .ctl is read every 200 ms but idle otherwise: {out:?}"
     );
     m.ok("env echo 3 > k && rmdir .txn/idle");
+}
+
+#[test]
+fn appends_offset_writes_truncates_and_touch_are_staged_too() {
+    let m = Mount::new();
+    m.ok("printf abc > k && printf 0123456789 > t && echo m > old");
+    m.ok("touch -d '2001-01-01 00:00:00' old");
+    let mtime = m.ok("stat -c %y old");
+    m.ok("mkdir .txn/t1");
+    m.ok("env echo y >> .txn/t1/k");
+    m.ok("printf XY | dd of=.txn/t1/k bs=1 seek=1 conv=notrunc 2>/dev/null");
+    m.ok("truncate -s 4 .txn/t1/t");
+    m.ok("touch -d '2002-02-02 02:02:02' .txn/t1/old");
+    assert_eq!(m.ok_bytes("cat .txn/t1/k .txn/t1/t"), b"aXYy\n0123");
+    assert!(
+        m.ok("stat -c %y .txn/t1/old")
+            .starts_with("2002-02-02 02:02:02"),
+        "touch in the transaction: {}",
+        m.ok("stat -c %y .txn/t1/old")
+    );
+    // Nothing of it at the root yet.
+    assert_eq!(m.ok_bytes("cat k t"), b"abc0123456789");
+    assert_eq!(m.ok("stat -c %y old"), mtime);
+    m.ok("env echo commit > .txn/t1/.ctl");
+    assert_eq!(m.ok_bytes("cat k t"), b"aXYy\n0123");
+    assert!(
+        m.ok("stat -c %y old").starts_with("2002-02-02 02:02:02"),
+        "touch in the transaction did not commit its mtime: {}",
+        m.ok("stat -c %y old")
+    );
+    m.ok("rmdir .txn/t1");
 }
