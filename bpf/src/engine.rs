@@ -28,6 +28,24 @@ mod skel {
 }
 use skel::{EngineSkel, EngineSkelBuilder};
 
+/// The data maps of a skeleton's `maps` (open or loaded), paired with
+/// their pin names (pin::PINNED_MAPS).
+macro_rules! data_maps {
+    ($m:expr) => {
+        [
+            ("records", &mut $m.records),
+            ("small_pool", &mut $m.small_pool),
+            ("small_free", &mut $m.small_free),
+            ("page_pool", &mut $m.page_pool),
+            ("page_free", &mut $m.page_free),
+            ("txns", &mut $m.txns),
+            ("wal", &mut $m.wal),
+            ("layout", &mut $m.layout),
+            ("bss", &mut $m.bss),
+        ]
+    };
+}
+
 /// Sizes of the kernel maps, derived from the options.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
@@ -179,40 +197,6 @@ fn remap_reused_bss(skel: &EngineSkel<'static>) -> Result<()> {
     Ok(())
 }
 
-/// The data maps in pin-name order (pin::PINNED_MAPS), before load.
-fn open_data_maps<'a, 'o>(
-    m: &'a mut skel::OpenEngineMaps<'o>,
-) -> [(&'static str, &'a mut libbpf_rs::OpenMapMut<'o>); 9] {
-    [
-        ("records", &mut m.records),
-        ("small_pool", &mut m.small_pool),
-        ("small_free", &mut m.small_free),
-        ("page_pool", &mut m.page_pool),
-        ("page_free", &mut m.page_free),
-        ("txns", &mut m.txns),
-        ("wal", &mut m.wal),
-        ("layout", &mut m.layout),
-        ("bss", &mut m.bss),
-    ]
-}
-
-/// The data maps in pin-name order, after load.
-fn data_maps<'a, 'o>(
-    m: &'a mut skel::EngineMaps<'o>,
-) -> [(&'static str, &'a mut libbpf_rs::MapMut<'o>); 9] {
-    [
-        ("records", &mut m.records),
-        ("small_pool", &mut m.small_pool),
-        ("small_free", &mut m.small_free),
-        ("page_pool", &mut m.page_pool),
-        ("page_free", &mut m.page_free),
-        ("txns", &mut m.txns),
-        ("wal", &mut m.wal),
-        ("layout", &mut m.layout),
-        ("bss", &mut m.bss),
-    ]
-}
-
 // SAFETY: the skeleton is only used to read .bss counters after load; slots
 // are handed out to one user at a time by Db.
 unsafe impl Send for Engine {}
@@ -263,7 +247,7 @@ impl Engine {
         };
         if let (Some(found), Some(dir)) = (&pinned, &opts.pin_dir) {
             pin::check(found, &layout, dir)?;
-            for (name, map) in open_data_maps(&mut open.maps) {
+            for (name, map) in data_maps!(open.maps) {
                 map.reuse_pinned_map(dir.join(name))?;
             }
             info!(
@@ -280,7 +264,7 @@ impl Engine {
             }
             (None, Some(dir)) => {
                 pin::write_layout(&skel.maps.layout, &pin::describe(&layout, opts.hash_seed))?;
-                for (name, map) in data_maps(&mut skel.maps) {
+                for (name, map) in data_maps!(skel.maps) {
                     map.pin(dir.join(name))?;
                 }
                 info!("engine {instance}: data maps pinned in {}", dir.display());

@@ -21,6 +21,18 @@ use crate::wal_writer::{read_file, sync_dir};
 /// Progress is logged every this many bytes of log replayed.
 const PROGRESS_BYTES: usize = 64 << 20;
 
+/// Cuts a log segment at `offset` (a torn tail) durably.
+fn cut(path: &Path, offset: usize) -> Result<()> {
+    let what = path.display().to_string();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(&what, &e))?;
+    f.set_len(offset as u64)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(&what, &e))
+}
+
 /// Where the log writer continues after recovery.
 pub(crate) struct Recovered {
     pub segment: u64,
@@ -132,13 +144,7 @@ pub(crate) fn recover(db: &Db, dir: &Path, allow_corrupt: bool) -> Result<Recove
                 "recovery: {what}: {why} at byte {offset}; log ends there, cutting {} bytes",
                 buf.len() - offset
             );
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| Error::io(&what, &e))?;
-            f.set_len(offset as u64)
-                .and_then(|_| f.sync_all())
-                .map_err(|e| Error::io(&what, &e))?;
+            cut(&path, offset)?;
             for &later in &segments[i + 1..] {
                 let p = wal::segment_path(dir, later);
                 warn!("recovery: discarding {}", p.display());
@@ -186,13 +192,7 @@ pub(crate) fn resume(dir: &Path) -> Result<Recovered> {
     let scan = wal::scan_segment(&buf, 1, |_, _| Ok(()))?;
     if let Some((offset, why, _)) = scan.bad {
         warn!("hot restart: {what}: {why} at byte {offset}; cutting the tail");
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(&what, &e))?;
-        f.set_len(offset as u64)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Error::io(&what, &e))?;
+        cut(&path, offset)?;
     }
     Ok(Recovered {
         segment: n,

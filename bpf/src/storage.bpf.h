@@ -71,6 +71,7 @@ struct page_loop {
 	__u32 slot_idx; /* read/write: slot whose data area is copied */
 	__u32 got;      /* alloc: pages allocated so far */
 	__s32 err;
+	bool to_slot;   /* copy: pool -> slot (a read), else slot -> pool */
 };
 
 static __always_inline struct db_index *index_page(__u32 id)
@@ -110,26 +111,19 @@ static __always_inline struct db_page *data_page(struct page_loop *pl, __u64 i)
 	return bpf_map_lookup_elem(&page_pool, &id);
 }
 
-static long read_one_page(__u64 i, struct page_loop *pl)
+/* Copies one data page between the pool and the slot's data area. */
+static long copy_one_page(__u64 i, struct page_loop *pl)
 {
 	struct db_page *p = data_page(pl, i);
 	struct db_slot *slot = bpf_map_lookup_elem(&slots, &pl->slot_idx);
 
-	if (!p || !slot || i >= DB_VALUE_PAGES ||
-	    bpf_probe_read_kernel(slot->data + i * DB_PAGE_SIZE, DB_PAGE_SIZE, p)) {
+	if (!p || !slot || i >= DB_VALUE_PAGES) {
 		pl->err = -EIO;
 		return 1;
 	}
-	return 0;
-}
-
-static long write_one_page(__u64 i, struct page_loop *pl)
-{
-	struct db_page *p = data_page(pl, i);
-	struct db_slot *slot = bpf_map_lookup_elem(&slots, &pl->slot_idx);
-
-	if (!p || !slot || i >= DB_VALUE_PAGES ||
-	    bpf_probe_read_kernel(p, DB_PAGE_SIZE, slot->data + i * DB_PAGE_SIZE)) {
+	void *data = slot->data + i * DB_PAGE_SIZE;
+	if (pl->to_slot ? bpf_probe_read_kernel(data, DB_PAGE_SIZE, p)
+			: bpf_probe_read_kernel(p, DB_PAGE_SIZE, data)) {
 		pl->err = -EIO;
 		return 1;
 	}
@@ -183,8 +177,10 @@ static __noinline int alloc_storage(__u32 len, __u32 *loc, __u32 *detail)
 	return -ENOSPC;
 }
 
-/* Copies the value bytes of a version into the data area of slot slot_idx. */
-static __noinline int read_storage(__u32 slot_idx, __u32 loc, __u32 len)
+/* Copies a value between its storage at loc and the data area of slot
+ * slot_idx: into the slot (a read) or out of it (a write into storage that
+ * alloc_storage returned). */
+static __noinline int copy_storage(__u32 slot_idx, __u32 loc, __u32 len, bool to_slot)
 {
 	struct db_slot *slot = bpf_map_lookup_elem(&slots, &slot_idx);
 
@@ -197,48 +193,31 @@ static __noinline int read_storage(__u32 slot_idx, __u32 loc, __u32 len)
 
 		if (!c)
 			return -EIO;
-		return bpf_probe_read_kernel(slot->data, DB_SMALL_CHUNK, c);
+		return to_slot ? bpf_probe_read_kernel(slot->data, DB_SMALL_CHUNK, c)
+			       : bpf_probe_read_kernel(c, DB_SMALL_CHUNK, slot->data);
 	}
 	if (len <= DB_PAGE_SIZE) {
 		struct db_page *p = bpf_map_lookup_elem(&page_pool, &loc);
 
 		if (!p)
 			return -EIO;
-		return bpf_probe_read_kernel(slot->data, DB_PAGE_SIZE, p);
+		return to_slot ? bpf_probe_read_kernel(slot->data, DB_PAGE_SIZE, p)
+			       : bpf_probe_read_kernel(p, DB_PAGE_SIZE, slot->data);
 	}
-	struct page_loop pl = { .index_id = loc, .slot_idx = slot_idx };
+	struct page_loop pl = { .index_id = loc, .slot_idx = slot_idx, .to_slot = to_slot };
 
-	bpf_loop(pages_of(len), read_one_page, &pl, 0);
+	bpf_loop(pages_of(len), copy_one_page, &pl, 0);
 	return pl.err;
 }
 
-/* Copies the data area of slot slot_idx into storage from alloc_storage. */
-static __noinline int write_storage(__u32 slot_idx, __u32 loc, __u32 len)
+static __always_inline int read_storage(__u32 slot_idx, __u32 loc, __u32 len)
 {
-	struct db_slot *slot = bpf_map_lookup_elem(&slots, &slot_idx);
+	return copy_storage(slot_idx, loc, len, true);
+}
 
-	if (!slot)
-		return -EIO;
-	if (len == 0)
-		return 0;
-	if (len <= DB_SMALL_CHUNK) {
-		struct db_small_chunk *c = bpf_map_lookup_elem(&small_pool, &loc);
-
-		if (!c)
-			return -EIO;
-		return bpf_probe_read_kernel(c, DB_SMALL_CHUNK, slot->data);
-	}
-	if (len <= DB_PAGE_SIZE) {
-		struct db_page *p = bpf_map_lookup_elem(&page_pool, &loc);
-
-		if (!p)
-			return -EIO;
-		return bpf_probe_read_kernel(p, DB_PAGE_SIZE, slot->data);
-	}
-	struct page_loop pl = { .index_id = loc, .slot_idx = slot_idx };
-
-	bpf_loop(pages_of(len), write_one_page, &pl, 0);
-	return pl.err;
+static __always_inline int write_storage(__u32 slot_idx, __u32 loc, __u32 len)
+{
+	return copy_storage(slot_idx, loc, len, false);
 }
 
 #endif /* STORAGE_BPF_H */
