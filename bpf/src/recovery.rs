@@ -159,10 +159,14 @@ pub(crate) fn recover(db: &Db, dir: &Path, allow_corrupt: bool) -> Result<Recove
         done += buf.len();
     }
     let secs = t.elapsed().as_secs_f64();
+    let rate = if total >= 1 << 20 {
+        format!(" ({:.1} s/GiB)", secs * (1u64 << 30) as f64 / total as f64)
+    } else {
+        String::new()
+    };
     info!(
-        "recovery: {commits} commits, {} MiB of log replayed in {secs:.3} s ({:.1} s/GiB)",
-        total >> 20,
-        secs * (1u64 << 30) as f64 / total.max(1) as f64
+        "recovery: {commits} commits, {} MiB of log replayed in {secs:.3} s{rate}",
+        total >> 20
     );
     Ok(Recovered {
         segment: segments.last().copied().unwrap_or(start),
