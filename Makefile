@@ -43,8 +43,9 @@ install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/bpfdb
 	ln -sf $(PREFIX)/bin/bpfdb $(DESTDIR)/sbin/mount.fuse.bpfdb 2>/dev/null || true
 
+# Prints Markdown tables and keeps them in BENCHMARKS.md.
 bench: build
-	$(CARGO) run --release -p bpfdb-bench
+	$(CARGO) run --release -p bpfdb-bench | tee BENCHMARKS.md
 
 fmt:
 	$(CARGO) fmt --all
