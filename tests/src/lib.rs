@@ -1042,15 +1042,31 @@ impl Mount {
     /// Runs `umount MOUNTPOINT` and asserts that the daemon then exits 0.
     #[track_caller]
     pub fn umount_expect_clean_exit(&mut self) {
+        self.umount_expect_exit(0);
+    }
+
+    /// Runs `umount MOUNTPOINT` and asserts that the foreground daemon then exits with `code`
+    /// and the mount is gone.
+    #[track_caller]
+    pub fn umount_expect_exit(&mut self, code: i32) {
         let mut cmd = Command::new("umount");
         cmd.arg(&self.mnt);
         let out = run_with_timeout(&mut cmd, DAEMON_TIMEOUT, "umount");
         assert_ok(&out, "umount MOUNTPOINT");
-        self.expect_clean_exit("umount");
+        self.expect_exit("umount", code);
     }
 
     #[track_caller]
     fn expect_clean_exit(&mut self, after: &str) {
+        self.expect_exit(after, 0);
+    }
+
+    #[track_caller]
+    fn expect_exit(&mut self, after: &str, code: i32) {
+        assert!(
+            code == 0 || self.builder.foreground,
+            "only a foreground daemon's exit code is known"
+        );
         if !self.builder.foreground {
             let gone = wait_until(DAEMON_TIMEOUT, || pids_with_arg(&self.mnt).is_empty());
             self.finished = true;
@@ -1075,8 +1091,8 @@ impl Mount {
                 );
             };
             assert!(
-                status.success(),
-                "daemon exited with {status} (signal {:?}) after {after}, want 0\n{}",
+                status.code() == Some(code),
+                "daemon exited with {status} (signal {:?}) after {after}, want {code}\n{}",
                 status.signal(),
                 self.log_tail()
             );

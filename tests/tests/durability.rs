@@ -410,3 +410,18 @@ fn sync_none_does_not_sync_per_commit() {
     );
     assert_eq!(m.ok("cat k1 k40"), "1\n40\n");
 }
+
+#[test]
+fn a_checkpoint_during_a_transaction_holds_only_committed_data() {
+    let mut m = Mount::new();
+    m.ok("env echo 1 > k && env echo 1 > j");
+    m.ok("mkdir .txn/late .txn/never");
+    m.ok("env echo 2 > .txn/late/k && env echo 2 > .txn/late/new-late");
+    m.ok("env echo 3 > .txn/never/j && env echo 3 > .txn/never/new-never");
+    m.ok("env echo checkpoint > .ctl");
+    // One commits after the checkpoint (its record is in the new log), one never does.
+    m.ok("env echo commit > .txn/late/.ctl");
+    m.kill9();
+    m.start_again();
+    assert_eq!(m.ok("ls && cat k j new-late"), "j\nk\nnew-late\n2\n1\n2\n");
+}

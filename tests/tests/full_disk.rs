@@ -41,16 +41,14 @@ fn check(m: &Mount, stored: usize, when: &str) {
     m.ok(&format!("cmp new-big $T/v{VALUES}"));
 }
 
-#[test]
-fn a_full_log_disk_gives_enospc_and_the_database_recovers_when_space_is_freed() {
-    let mut m = Mount::builder().tmpfs_data_dir("2m").start();
-    let disk = m.tmpfs_dir().expect("tmpfs").to_owned();
-    // The filler leaves the log about 0.75 MiB, and its removal room for a checkpoint.
+/// Fills the log's disk (2 MiB tmpfs, 1.25 MiB of it a filler file) with values of
+/// [`VALUE_BYTES`] until a write fails with ENOSPC; returns how many were stored.
+#[track_caller]
+fn fill(m: &Mount) -> usize {
     m.ok("head -c 1310720 /dev/zero > $D/../filler");
     m.ok(&format!(
         "for i in $(seq 1 {VALUES}); do head -c {VALUE_BYTES} /dev/urandom > $T/v$i; done"
     ));
-    let started = Instant::now();
     let out = m.sh(&format!(
         "i=1
          while [ $i -le {VALUES} ]; do
@@ -59,7 +57,6 @@ fn a_full_log_disk_gives_enospc_and_the_database_recovers_when_space_is_freed() 
          done
          echo never"
     ));
-    let took = started.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let stored: usize = stdout.parse().unwrap_or_else(|_| {
@@ -78,6 +75,37 @@ fn a_full_log_disk_gives_enospc_and_the_database_recovers_when_space_is_freed() 
         (5..VALUES - 1).contains(&stored),
         "{stored} values of {VALUE_BYTES} bytes stored before ENOSPC"
     );
+    stored
+}
+
+#[test]
+fn a_shutdown_checkpoint_that_does_not_fit_exits_1_and_loses_nothing() {
+    let mut m = Mount::builder().tmpfs_data_dir("2m").start();
+    let disk = m.tmpfs_dir().expect("tmpfs").to_owned();
+    let stored = fill(&m);
+    // No room for the checkpoint: the daemon says why and exits 1.
+    m.umount_expect_exit(1);
+    let log = m.log();
+    assert!(
+        log.lines()
+            .any(|l| l.to_lowercase().contains("checkpoint") && l.contains(msg::ENOSPC)),
+        "the daemon log does not say that the shutdown checkpoint failed for lack of space:\n{log}"
+    );
+    // The log still holds every acknowledged commit.
+    std::fs::remove_file(disk.join("filler")).expect("rm filler");
+    m.start_again();
+    m.ok(&format!(
+        "for i in $(seq 1 {stored}); do cmp k$i $T/v$i || exit 1; done"
+    ));
+}
+
+#[test]
+fn a_full_log_disk_gives_enospc_and_the_database_recovers_when_space_is_freed() {
+    let mut m = Mount::builder().tmpfs_data_dir("2m").start();
+    let disk = m.tmpfs_dir().expect("tmpfs").to_owned();
+    let started = Instant::now();
+    let stored = fill(&m);
+    let took = started.elapsed();
     assert!(
         took < Duration::from_secs(30),
         "filling the disk took {took:?}: the failing commit hung"
