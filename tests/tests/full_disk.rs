@@ -121,10 +121,19 @@ fn a_full_log_disk_gives_enospc_and_the_database_recovers_when_space_is_freed() 
     ));
     m.fails("env echo commit > .txn/full/.ctl", msg::ENOSPC);
     m.ok("rmdir .txn/full");
+    // A checkpoint cannot be written either: `echo checkpoint > .ctl` fails, and in bounded
+    // time. (Which errno is not specified; this daemon gives EIO.)
+    let out = m.sh("timeout 20 env echo checkpoint > .ctl");
+    assert!(
+        !out.status.success() && out.status.code() != Some(124),
+        "a checkpoint on a full disk: {out:?}\n{}",
+        m.log_tail()
+    );
 
     // Free the space: the database takes writes again.
     std::fs::remove_file(disk.join("filler")).expect("rm filler");
     m.ok("env echo small > new-small");
+    m.ok("env echo checkpoint > .ctl");
     m.ok(&format!("cp $T/v{VALUES} new-big"));
     check(&m, stored, "after freeing space");
 
