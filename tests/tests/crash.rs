@@ -416,3 +416,18 @@ fn corruption_inside_the_log_refuses_to_start_unless_allow_corrupt_log() {
     m.start_again();
     assert_eq!(m.ok("cat fresh"), "fresh\n");
 }
+
+#[test]
+fn a_torn_transaction_record_leaves_none_of_the_transaction() {
+    let mut m = Mount::new();
+    m.ok("for k in a b c; do env echo old > $k || exit 1; done");
+    m.ok("mkdir .txn/t && for k in a b c d; do env echo new > .txn/t/$k || exit 1; done");
+    m.ok("env echo commit > .txn/t/.ctl");
+    assert_eq!(m.ok("cat a b c d"), "new\nnew\nnew\nnew\n");
+    m.kill9();
+    // The transaction's commit is the log's last record: tear it.
+    let seg = m.last_wal_segment();
+    wal::truncate_by(&seg, 3);
+    m.start_again();
+    assert_eq!(m.ok("ls && cat a b c"), "a\nb\nc\nold\nold\nold\n");
+}

@@ -528,3 +528,27 @@ fn appends_offset_writes_truncates_and_touch_are_staged_too() {
     );
     m.ok("rmdir .txn/t1");
 }
+
+#[test]
+fn data_not_yet_closed_at_commit_is_not_committed_and_its_close_gives_ecanceled() {
+    let m = Mount::new();
+    m.ok("echo old > k && mkdir .txn/t1");
+    // perl holds the file open, written but not closed, while another process commits, then
+    // reports the error of its close. (Not system() from perl: the exec would close, and so
+    // flush, the inherited descriptor.)
+    let out = m.ok(r#"perl -e '
+             open(my $f, ">", ".txn/t1/k") or die "open: $!\n";
+             syswrite($f, "unflushed\n") == 10 or die "write: $!\n";
+             open(my $o, ">", "$ENV{T}/opened") or die; close($o);
+             for (1..400) { last if -e "$ENV{T}/go"; select(undef, undef, undef, 0.05) }
+             if (close($f)) { print "close ok\n" } else { print "close: $!\n" }' &
+           for i in $(seq 1 400); do [ -e $T/opened ] && break; sleep 0.05; done
+           env echo commit > .txn/t1/.ctl || echo 'commit failed'
+           touch $T/go
+           wait"#);
+    assert_eq!(out, format!("close: {}\n", msg::ECANCELED));
+    m.assert_committed("t1");
+    // What was committed is what was staged at open: O_TRUNC staged an empty value.
+    assert_eq!(m.ok("cat k"), "");
+    m.ok("rmdir .txn/t1");
+}
