@@ -26,6 +26,8 @@ const BANK_TOTAL: i64 = 1000;
 /// across rounds (`ack_ckpt` counts the checkpoints):
 /// `attempt_wW`/`ack_wW` (`KEY VALUE` before and after each write of key writer W),
 /// `attempt_txn`/`ack_txn` (each transaction id before BEGIN and after its commit returned 0).
+/// A transaction writes its id to the `TXN_KEYS` keys `t_J`, deletes the key `n_PREV` of the
+/// one before it and creates `n_ID`.
 /// Each writer's stderr goes to a file of its own (`err_R-NAME`), so that the messages of
 /// several processes cannot interleave.
 const WRITERS: &str = r#"
@@ -46,6 +48,8 @@ tw() {
     mkdir $t || break
     j=0
     while [ $j -lt $TXN_KEYS ]; do env echo $id > $t/t_$j || break 2; j=$((j+1)); done
+    for f in $t/n_*; do if [ -e "$f" ]; then rm "$f" || break 2; fi; done
+    env echo $id > $t/n_$id || break
     env echo commit > $t/.ctl || break
     echo $id >> $T/ack_txn
     rmdir $t || break
@@ -155,6 +159,25 @@ fn check_recovered(m: &Mount, round: u32) -> (usize, usize) {
             "a partial transaction is visible: t_* = {txn_vals:?}"
         ))
     );
+    // Each transaction also deleted its predecessor's key n_ID and created its own: exactly the
+    // key of the transaction the t_* keys name is there.
+    let marker: Vec<&String> = values.keys().filter(|k| k.starts_with("n_")).collect();
+    let want_marker: Vec<String> = txn_vals[0]
+        .map(|id| format!("n_{id}"))
+        .into_iter()
+        .collect();
+    assert!(
+        marker
+            .iter()
+            .map(|k| k.as_str())
+            .eq(want_marker.iter().map(String::as_str)),
+        "{}",
+        ctx(format!(
+            "t_* = {:?} but the transaction keys n_* are {marker:?}",
+            txn_vals[0]
+        ))
+    );
+    expected_keys.extend(want_marker);
     match acked.last() {
         Some(last) => {
             let from = attempts
