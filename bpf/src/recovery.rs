@@ -229,10 +229,13 @@ pub(crate) fn write_checkpoint(snap: &crate::Txn, dir: &Path, next_segment: u64)
     body.extend_from_slice(&crc.to_le_bytes());
     let tmp = dir.join("checkpoint.tmp");
     let what = tmp.display().to_string();
-    let mut f = File::create(&tmp).map_err(|e| Error::io(&what, &e))?;
-    f.write_all(&body)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::io(&what, &e))?;
+    let written =
+        File::create(&tmp).and_then(|mut f| f.write_all(&body).and_then(|_| f.sync_all()));
+    if let Err(e) = written {
+        // A partial temp file would only hold space a full disk needs.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&what, &e));
+    }
     std::fs::rename(&tmp, wal::checkpoint_path(dir))
         .map_err(|e| Error::io("rename checkpoint", &e))?;
     sync_dir(dir)?;

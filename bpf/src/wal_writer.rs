@@ -387,6 +387,10 @@ impl Writer {
     }
 
     fn run(&mut self) {
+        // Once asked to stop, a log that cannot be written (full disk) is
+        // retried for STALL_TIMEOUT, then given up: its commits were never
+        // acknowledged, and shutdown must not hang on them.
+        let mut stop_deadline: Option<Instant> = None;
         loop {
             if let Err(e) = self.ringbuf.poll(POLL) {
                 error!("log: ringbuf poll: {e}");
@@ -412,6 +416,17 @@ impl Writer {
                 let _ = self.ringbuf.consume();
                 if self.asm.borrow().done.is_empty() {
                     self.sync_now();
+                    return;
+                }
+            }
+            if stop {
+                let deadline = *stop_deadline.get_or_insert_with(|| Instant::now() + STALL_TIMEOUT);
+                if Instant::now() >= deadline {
+                    error!(
+                        "log: stopping with {} bytes of unwritten log (commits after ts {} were never acknowledged)",
+                        self.batch.len(),
+                        self.lock().written_ts
+                    );
                     return;
                 }
             }
