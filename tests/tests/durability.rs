@@ -425,3 +425,20 @@ fn a_checkpoint_during_a_transaction_holds_only_committed_data() {
     m.start_again();
     assert_eq!(m.ok("ls && cat k j new-late"), "j\nk\nnew-late\n2\n1\n2\n");
 }
+
+#[test]
+fn the_durability_options_can_be_given_as_o_options() {
+    let mut m = Mount::builder()
+        .arg("-o")
+        .arg("sync=interval:50,wal_buffer=8M,checkpoint_bytes=65536,txn_timeout=5")
+        .start();
+    works_and_survives_a_restart(&mut m);
+    m.umount_expect_clean_exit();
+    let (status, log) = m.start_expect_failure(&["-o", "sync=sometimes"]);
+    assert!(
+        log.lines().any(|l| l.contains("sometimes")),
+        "-o sync=sometimes: exit {status}, the message does not name the value:\n{log}"
+    );
+    m.start_again_with(&["-o", "allow_corrupt_log"]);
+    assert_eq!(m.ok("cat k20"), "20\n");
+}
