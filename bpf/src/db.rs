@@ -347,6 +347,7 @@ impl Session<'_> {
     /// Fires the trigger and turns the response into a Result, re-running
     /// the op on transient conflicts with other autocommit ops.
     pub(crate) fn run(&mut self, what: &str) -> Result<abi::Resp> {
+        let log_deadline = std::time::Instant::now() + crate::wal_writer::STALL_TIMEOUT;
         for _ in 0..TRANSIENT_RETRIES {
             crate::trigger::fire(self.db.engine.instance, self.idx);
             // SAFETY: see slot(); volatile because the kernel wrote it.
@@ -356,6 +357,18 @@ impl Session<'_> {
             }
             let detail = Detail::from_raw(resp.detail);
             self.last_detail = detail;
+            if detail == Detail::WalFull {
+                // The log writer drains the ringbuf at disk speed: wait for
+                // it, but not forever (a disk that cannot be written).
+                if std::time::Instant::now() >= log_deadline {
+                    return Err(Error::new(
+                        libc::EAGAIN,
+                        format!("{what}: the log buffer stayed full: the log cannot be written"),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
             if detail.transient() {
                 std::thread::yield_now();
                 continue;
