@@ -421,3 +421,53 @@ fn checkpoints_run_while_users_hold_every_transaction_entry() {
         "dropping snapshots is no abort"
     );
 }
+
+#[test]
+fn a_commit_larger_than_the_log_buffer_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&Options {
+        wal_buffer_bytes: 64 << 10,
+        ..opts(dir.path())
+    })
+    .unwrap();
+    let mut s = db.session();
+    s.set(
+        b"k",
+        &vec![1u8; 16 << 10],
+        meta(0o100644, 1),
+        SetFlags::default(),
+    )
+    .unwrap();
+    let err = s
+        .set(
+            b"k",
+            &vec![2u8; 100 << 10],
+            meta(0o100644, 1),
+            SetFlags::default(),
+        )
+        .unwrap_err();
+    assert_eq!(err.errno, libc::EFBIG, "{err}");
+    assert!(err.msg.contains("wal_buffer"), "{err}");
+    // Many commits that each fit pass through a small buffer one after
+    // another: committers wait for the log writer to drain it.
+    for i in 0..200u32 {
+        s.set(
+            format!("m{i}").as_bytes(),
+            &vec![3u8; 8 << 10],
+            meta(0o100644, 1),
+            SetFlags::default(),
+        )
+        .unwrap();
+    }
+    let mut out = Vec::new();
+    s.get(b"k", &mut out).unwrap();
+    assert_eq!(
+        out,
+        vec![1u8; 16 << 10],
+        "the refused commit left the old value"
+    );
+    drop(s);
+    drop(db);
+    let db = Db::open(&opts(dir.path())).unwrap();
+    assert_eq!(dump(&db).len(), 201);
+}
