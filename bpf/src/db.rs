@@ -329,15 +329,21 @@ impl Session<'_> {
         unsafe { &mut *self.slot }
     }
 
-    fn prepare(&mut self, op: Op, flags: u32, key: &[u8]) -> Result<()> {
-        let key = check_key(key)?;
-        let seed = self.db.opts.hash_seed;
+    /// Op, flags and the transaction the request runs in.
+    fn set_header(&mut self, op: Op, flags: u32) {
         let (txn, txn_id) = (self.txn, self.txn_id);
         let req = &mut self.slot().req;
         req.op = op as u32;
         req.flags = flags;
         req.txn = txn;
         req.txn_id = txn_id;
+    }
+
+    fn prepare(&mut self, op: Op, flags: u32, key: &[u8]) -> Result<()> {
+        let key = check_key(key)?;
+        let seed = self.db.opts.hash_seed;
+        self.set_header(op, flags);
+        let req = &mut self.slot().req;
         req.hkey = key_hash(key, seed);
         req.key_len = key.len() as u32;
         write_key(&mut req.key, key);
@@ -425,13 +431,8 @@ impl Session<'_> {
 
     /// Sets up a request that names no key (transaction control, scans).
     pub(crate) fn prepare_keyless(&mut self, op: Op, flags: u32) {
-        let (txn, txn_id) = (self.txn, self.txn_id);
-        let req = &mut self.slot().req;
-        req.op = op as u32;
-        req.flags = flags;
-        req.txn = txn;
-        req.txn_id = txn_id;
-        req.key.fill(0);
+        self.set_header(op, flags);
+        self.slot().req.key.fill(0);
     }
 
     /// Wakes the log writer out of its wait on the ringbuf.

@@ -119,19 +119,20 @@ impl Log {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Blocks until the commit at `ts` is durable, or fails after the log
-    /// has been unwritable for STALL_TIMEOUT.
-    pub fn wait_durable(&self, ts: u64) -> Result<()> {
+    /// Waits until `done` holds. Once STALL_TIMEOUT has passed, `late`
+    /// decides: an error to return, or None to keep waiting.
+    fn wait(
+        &self,
+        done: impl Fn(&State) -> bool,
+        late: impl Fn(&State) -> Option<Error>,
+    ) -> Result<std::sync::MutexGuard<'_, State>> {
         let deadline = Instant::now() + STALL_TIMEOUT;
         let mut st = self.lock();
-        while st.durable_ts < ts {
-            if let Some(e) = &st.error
-                && Instant::now() >= deadline
+        while !done(&st) {
+            if Instant::now() >= deadline
+                && let Some(e) = late(&st)
             {
-                return Err(Error::new(
-                    e.errno,
-                    format!("commit {ts} not durable: {}", e.msg),
-                ));
+                return Err(e);
             }
             st = self
                 .shared
@@ -140,33 +141,39 @@ impl Log {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        Ok(())
+        Ok(st)
+    }
+
+    /// Blocks until the commit at `ts` is durable, or fails once the log has
+    /// been unwritable for STALL_TIMEOUT (a slow but working disk is waited for).
+    pub fn wait_durable(&self, ts: u64) -> Result<()> {
+        self.wait(
+            |st| st.durable_ts >= ts,
+            |st| {
+                st.error
+                    .as_ref()
+                    .map(|e| Error::new(e.errno, format!("commit {ts} not durable: {}", e.msg)))
+            },
+        )
+        .map(drop)
     }
 
     /// Blocks until every commit up to `ts` is written to the file.
     pub fn wait_written(&self, ts: u64) -> Result<()> {
-        let deadline = Instant::now() + STALL_TIMEOUT;
-        let mut st = self.lock();
-        while st.written_ts < ts {
-            if Instant::now() >= deadline {
+        self.wait(
+            |st| st.written_ts >= ts,
+            |st| {
                 let why = st
                     .error
                     .as_ref()
-                    .map(|e| e.msg.clone())
-                    .unwrap_or_else(|| "writer behind".into());
-                return Err(Error::new(
+                    .map_or_else(|| "writer behind".to_string(), |e| e.msg.clone());
+                Some(Error::new(
                     libc::EIO,
                     format!("log not written up to {ts}: {why}"),
-                ));
-            }
-            st = self
-                .shared
-                .cv
-                .wait_timeout(st, POLL)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        Ok(())
+                ))
+            },
+        )
+        .map(drop)
     }
 
     /// Asks the writer to start a new segment; wait_rotated() returns its
@@ -178,22 +185,15 @@ impl Log {
     /// Waits until the writer has done what request_rotate() asked (nudge
     /// it first, or this waits out its poll timeout).
     pub fn wait_rotated(&self) -> Result<u64> {
-        let mut st = self.lock();
-        let deadline = Instant::now() + STALL_TIMEOUT;
-        while st.rotate {
-            if Instant::now() >= deadline {
-                return Err(Error::new(
+        let st = self.wait(
+            |st| !st.rotate,
+            |_| {
+                Some(Error::new(
                     libc::EIO,
                     "log writer did not rotate the segment",
-                ));
-            }
-            st = self
-                .shared
-                .cv
-                .wait_timeout(st, POLL)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+                ))
+            },
+        )?;
         Ok(st.segment)
     }
 
