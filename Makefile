@@ -6,7 +6,8 @@ DATA ?= $(CURDIR)/data
 MNT ?= $(CURDIR)/mnt
 BIN := target/release/bpfdb
 # Debian packages the build, the mount and the tests need.
-DEB_PACKAGES := clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config fuse3 bpftool make binutils
+DEB_PACKAGES := clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config fuse3 bpftool make binutils \
+	strace perl util-linux
 
 .PHONY: deps build run stop test check install bench fmt clippy clean
 
