@@ -81,6 +81,13 @@ impl MemFs {
 }
 
 impl Filesystem for MemFs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // As bpfdb does: O_TRUNC arrives with open, not as a separate setattr,
+        // so a SET costs the same number of round trips on both.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC);
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         if parent != INodeNo::ROOT {
             return reply.error(Errno::ENOENT);
@@ -165,8 +172,8 @@ impl Filesystem for MemFs {
         let Some(data) = files.data_mut(ino) else {
             return reply.error(Errno::ENOENT);
         };
-        // Reached only when the kernel passes O_TRUNC through (atomic_o_trunc);
-        // otherwise it truncates with setattr first.
+        // With FUSE_ATOMIC_O_TRUNC (see init); kernels without it truncate
+        // with setattr first.
         if flags.0 & libc::O_TRUNC != 0 {
             data.clear();
         }
