@@ -1,11 +1,13 @@
 //! `make bench`: every figure next to a baseline measured in the same run.
 //!
 //! Sections: engine ops against the bare trigger; transactions; durable
-//! commits and recovery. Figures are medians of several runs; the output is
-//! Markdown so it can be pasted into a report.
+//! commits and recovery; GET and SET through the mount against a FUSE
+//! floor. Figures are medians of several runs; the output is Markdown so it
+//! can be pasted into a report.
 
 mod durability;
 mod engine;
+mod fuse;
 mod txn;
 
 use std::time::Instant;
@@ -77,5 +79,8 @@ fn main() {
     }
     if want("durability") {
         durability::run();
+    }
+    if want("fuse") {
+        fuse::run();
     }
 }
