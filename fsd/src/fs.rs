@@ -7,15 +7,17 @@
 //! engine by key: `Inodes` maps one to the other, per scope (the root, or
 //! one open transaction or snapshot).
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bpfdb::{Db, Error, Meta, NewMeta, Result, SetFlags, check_key};
 
 use crate::handles::{Handles, lock};
 use crate::inodes::{
-    CTL_INO, FIRST_KEY_INO, Inodes, Place, ROOT_INO, SNAP_INO, STATS_INO, TXN_INO,
+    CTL_INO, FIRST_KEY_INO, Inodes, Place, ROOT_INO, ROOT_SCOPE, SNAP_INO, STATS_INO, TXN_INO,
 };
 use crate::stats::{self, DaemonStats, FsStat};
 use crate::txns::{self, Open, Reaper, TxnKind, Txns};
@@ -65,6 +67,10 @@ pub struct Attr {
     pub mtime_ns: u64,
     pub kind: Kind,
     pub nlink: u32,
+    /// The kernel may keep these attributes (and the entry naming them)
+    /// until told otherwise: true only for committed keys at the root,
+    /// whose every change goes through `Fs::root_changed`.
+    pub cacheable: bool,
 }
 
 /// Changes requested by `setattr`; `None` leaves a field alone.
@@ -108,12 +114,24 @@ pub struct Owner {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Opened {
     pub fh: u64,
-    /// Bypass the kernel's page cache. Keys need it: the cache is one per
-    /// inode, so it would mix the pages of different open snapshots (a
-    /// reader would see bytes committed after its open). `.stats` and the
-    /// `.ctl` files need it because their content is made at open.
+    /// Bypass the kernel's page cache; otherwise keep it across opens. The
+    /// cache is one per inode, shared by every handle, so only a root key
+    /// of at most `CACHE_MAX_VALUE` bytes with no writer open is read
+    /// through it (one page: one read fills it whole, and every commit to
+    /// the key drops it). Other keys' readers keep the value they opened;
+    /// `.stats` and the `.ctl` files are made at open.
     pub direct_io: bool,
 }
+
+/// Largest value read through the kernel's page cache: one page, so that
+/// one READ request fills it with one whole value.
+pub const CACHE_MAX_VALUE: usize = 4096;
+
+/// Called with the inode of a root key the kernel holds, after a commit
+/// changed the key and before the commit is acknowledged: the kernel must
+/// drop its cached attributes, so its next use asks again and, seeing a
+/// new mtime or size, drops the cached pages too.
+pub type Invalidate = Box<dyn Fn(u64) + Send + Sync>;
 
 pub struct Fs {
     /// First, so the reaper thread stops before anything else goes.
@@ -127,6 +145,20 @@ pub struct Fs {
     /// Owner of the daemon's own files (root, `.stats`, `.txn`, `.snap`).
     owner: Owner,
     started_ns: u64,
+    /// Root keys' inodes with writers open, and how many: their readers
+    /// bypass the page cache (the kernel sizes the file by the writer's
+    /// buffer until the commit).
+    writers: Mutex<HashMap<u64, usize>>,
+    invalidate: Invalidate,
+    counters: Counters,
+}
+
+/// What the daemon counts for `.stats` (see `DaemonStats`).
+#[derive(Default)]
+struct Counters {
+    key_reads: AtomicU64,
+    cached_opens: AtomicU64,
+    direct_opens: AtomicU64,
 }
 
 impl Fs {
@@ -150,8 +182,25 @@ impl Fs {
                 gid: nix::unistd::getegid().as_raw(),
             },
             started_ns: now_ns(),
+            writers: Mutex::default(),
+            invalidate: Box::new(|_| {}),
+            counters: Counters::default(),
             db,
         })
+    }
+
+    /// Sets what `root_changed` calls (the FUSE adapter's invalidation).
+    pub fn set_invalidate(&mut self, f: Invalidate) {
+        self.invalidate = f;
+    }
+
+    /// A commit changed `key` at the root (its value, metadata or name):
+    /// drops what the kernel may have cached about it. Called after the
+    /// engine commit and before the reply that acknowledges it.
+    fn root_changed(&self, key: &[u8]) {
+        if let Some(ino) = self.inodes.held(&Place::key(ROOT_SCOPE, key)) {
+            (self.invalidate)(ino);
+        }
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
@@ -187,7 +236,7 @@ impl Fs {
             .stat(&self.db, key)
             .map_err(|e| space.restate(e, "lookup", key))?;
         let ino = self.inodes.remember(&Place::key(space.scope(), key))?;
-        Ok(file_attr(ino, &st.meta, st.meta.len as usize))
+        Ok(space.attr(ino, &st.meta, st.meta.len as usize))
     }
 
     pub fn forget(&self, ino: u64, nlookup: u64) {
@@ -202,7 +251,7 @@ impl Fs {
         }
         if let Some(fh) = fh
             && let Ok(h) = self.handles.get(fh)
-            && let Some(attr) = lock(&h).attr(ino)
+            && let Some(attr) = lock(&h).own_attr(ino)
         {
             return Ok(attr);
         }
@@ -228,8 +277,8 @@ impl Fs {
         let space = self.space("getattr", scope)?;
         let st = space
             .stat(&self.db, &key)
-            .map_err(|e| space.restate(e, "getattr", &key))?;
-        Ok(file_attr(ino, &st.meta, st.meta.len as usize))
+            .map_err(|e| space.gone_since_lookup(e, "getattr", &key))?;
+        Ok(space.attr(ino, &st.meta, st.meta.len as usize))
     }
 
     pub fn setattr(&self, ino: u64, fh: Option<u64>, change: SetAttr) -> Result<Attr> {
@@ -275,18 +324,25 @@ impl Fs {
             // transaction, is staged) at once, with any other change in
             // the same request.
             if !self.truncate_writer(fh, ino, len) {
-                return self.truncate_now(&space, ino, &key, len, &change);
+                let attr = self.truncate_now(&space, ino, &key, len, &change)?;
+                if let Space::Root = space {
+                    self.root_changed(&key);
+                }
+                return Ok(attr);
             }
         }
         if change.changes_meta() {
             let cur = space
                 .stat(&self.db, &key)
-                .map_err(|e| space.restate(e, "setattr", &key))?
+                .map_err(|e| space.gone_since_lookup(e, "setattr", &key))?
                 .meta;
             let mtime = change.mtime_ns.unwrap_or(cur.mtime_ns);
             space
                 .set_meta(&self.db, &key, change.apply(&cur, mtime))
                 .map_err(|e| space.restate(e, "setattr", &key))?;
+            if let Space::Root = space {
+                self.root_changed(&key);
+            }
         }
         self.getattr(ino, fh)
     }
@@ -302,7 +358,7 @@ impl Fs {
         let mut value = Vec::new();
         let cur = space
             .get(&self.db, key, &mut value)
-            .map_err(|e| space.restate(e, "truncate", key))?
+            .map_err(|e| space.gone_since_lookup(e, "truncate", key))?
             .meta;
         value.resize(len, 0);
         let meta = change.apply(&cur, change.mtime_ns.unwrap_or_else(now_ns));
@@ -313,7 +369,7 @@ impl Fs {
         let st = space
             .set(&self.db, key, &value, meta, must_exist)
             .map_err(|e| space.restate(e, "truncate", key))?;
-        Ok(file_attr(ino, &st.meta, value.len()))
+        Ok(space.attr(ino, &st.meta, value.len()))
     }
 
     /// `open(O_CREAT)`: commits (in a transaction: stages) an empty value
@@ -370,6 +426,9 @@ impl Fs {
         space
             .delete(&self.db, key)
             .map_err(|e| space.restate(e, "unlink", key))?;
+        if let Space::Root = space {
+            self.root_changed(key);
+        }
         self.inodes.unlinked(&Place::key(space.scope(), key));
         Ok(())
     }
@@ -443,6 +502,10 @@ impl Fs {
         space
             .rename(&self.db, from, to, no_replace)
             .map_err(|e| space.restate_as(e, what))?;
+        if let Space::Root = space {
+            self.root_changed(from);
+            self.root_changed(to);
+        }
         self.inodes.renamed(space.scope(), from, to);
         Ok(())
     }
@@ -503,6 +566,9 @@ impl Fs {
             oldest_snapshot_age_ms: u64::try_from(self.txns.oldest_age().as_millis())
                 .unwrap_or(u64::MAX),
             log_bytes: self.db.log_bytes(),
+            key_reads: self.counters.key_reads.load(Ordering::Relaxed),
+            cached_opens: self.counters.cached_opens.load(Ordering::Relaxed),
+            direct_opens: self.counters.direct_opens.load(Ordering::Relaxed),
         };
         stats::render(&self.db.stats(), &self.db.layout(), &daemon)
     }
@@ -576,10 +642,12 @@ impl Fs {
             mtime_ns,
             kind,
             nlink,
+            cacheable: false,
         }
     }
 }
 
+/// Attributes of a key as a handle or a transaction sees it: never cached.
 fn file_attr(ino: u64, meta: &Meta, len: usize) -> Attr {
     Attr {
         ino,
@@ -590,6 +658,7 @@ fn file_attr(ino: u64, meta: &Meta, len: usize) -> Attr {
         mtime_ns: meta.mtime_ns,
         kind: Kind::File,
         nlink: 1,
+        cacheable: false,
     }
 }
 

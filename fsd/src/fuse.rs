@@ -4,22 +4,60 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bpfdb::Error;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::{debug, info, warn};
 
-use crate::fs::{Attr, Fs, Kind, Opened, Owner, SetAttr, now_ns};
+use crate::fs::{Attr, Fs, Invalidate, Kind, Opened, Owner, SetAttr, now_ns};
 
-/// Zero until the daemon can invalidate the kernel's caches: every stat and
-/// lookup then asks the engine.
+/// How long the kernel may keep a root key's entry and attributes. Not what
+/// keeps them right: every commit that changes a root key drops them first
+/// (`KernelCache`); this only bounds how long a missed drop could last.
+const CACHE_TTL: Duration = Duration::from_secs(3600);
+
+/// Everything else (the daemon's own files, transaction directories and
+/// their keys) is asked for each time.
 const TTL: Duration = Duration::ZERO;
+
+fn ttl(a: &Attr) -> &'static Duration {
+    if a.cacheable { &CACHE_TTL } else { &TTL }
+}
+
+/// The kernel's end of `Fs::root_changed`. It drops the inode's attributes
+/// only (offset -1): that takes no page locks, so a FUSE worker can send
+/// it before replying without waiting on a reader whose page is locked
+/// while its READ sits in the queue. The pages go on the next use, when
+/// the kernel refetches the attributes, sees a new mtime or size, and
+/// (with FUSE_AUTO_INVAL_DATA) drops them itself.
+#[derive(Clone, Default)]
+pub struct KernelCache(Arc<OnceLock<Notifier>>);
+
+impl KernelCache {
+    /// Connects to the session; before that no request has been served,
+    /// so nothing can be cached.
+    pub fn connect(&self, notifier: Notifier) {
+        let _ = self.0.set(notifier);
+    }
+
+    pub fn invalidate(&self) -> Invalidate {
+        let cell = self.0.clone();
+        Box::new(move |ino| {
+            if let Some(n) = cell.get()
+                && let Err(e) = n.inval_inode(INodeNo(ino), -1, 0)
+            {
+                warn!("invalidating the kernel's attributes of inode {ino}: {e}");
+            }
+        })
+    }
+}
 
 /// Writes arrive in pieces of at most this; one piece may be a whole value.
 const MAX_WRITE: u32 = 1 << 20;
@@ -86,11 +124,17 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-fn fopen_flags(o: &Opened) -> FopenFlags {
-    if o.direct_io {
+/// Readers need no FLUSH at close: only a writer's flush commits.
+fn fopen_flags(o: &Opened, open_flags: i32) -> FopenFlags {
+    let cache = if o.direct_io {
         FopenFlags::FOPEN_DIRECT_IO
     } else {
-        FopenFlags::empty()
+        FopenFlags::FOPEN_KEEP_CACHE
+    };
+    if open_flags & libc::O_ACCMODE == libc::O_RDONLY {
+        cache | FopenFlags::FOPEN_NOFLUSH
+    } else {
+        cache
     }
 }
 
@@ -116,6 +160,14 @@ impl Filesystem for FuseFs {
         {
             info!("kernel lacks FUSE_ATOMIC_O_TRUNC; O_TRUNC comes as a truncate");
         }
+        // A root key's attributes are cached; when a commit drops them, the
+        // refetch compares mtime and size and drops stale pages too.
+        if config
+            .add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA)
+            .is_err()
+        {
+            warn!("kernel lacks FUSE_AUTO_INVAL_DATA; cached pages could outlive a commit");
+        }
         // Files are opened with direct I/O, which refuses shared mappings
         // unless the kernel is told the daemon copes with them.
         if config
@@ -129,7 +181,7 @@ impl Filesystem for FuseFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name.as_bytes()) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(fail(&e)),
         }
     }
@@ -140,7 +192,7 @@ impl Filesystem for FuseFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(ttl(&a), &file_attr(&a)),
             Err(e) => reply.error(fail(&e)),
         }
     }
@@ -172,7 +224,7 @@ impl Filesystem for FuseFs {
             mtime_ns: mtime.map(ns_of),
         };
         match self.fs.setattr(ino.0, fh.map(|f| f.0), change) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(ttl(&a), &file_attr(&a)),
             Err(e) => reply.error(fail(&e)),
         }
     }
@@ -188,7 +240,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         match self.fs.mknod(parent.0, name.as_bytes()) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(fail(&e)),
         }
     }
@@ -203,7 +255,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         match self.fs.mkdir(parent.0, name.as_bytes()) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(fail(&e)),
         }
     }
@@ -231,7 +283,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         match self.fs.symlink(parent.0, link_name.as_bytes()) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(fail(&e)),
         }
     }
@@ -268,14 +320,14 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         match self.fs.link(ino.0, newparent.0, newname.as_bytes()) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(fail(&e)),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, flags.0) {
-            Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
+            Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o, flags.0)),
             Err(e) => reply.error(fail(&e)),
         }
     }
@@ -446,18 +498,20 @@ impl Filesystem for FuseFs {
             .create(parent.0, name.as_bytes(), mode, umask, flags, who)
         {
             Ok((a, o)) => reply.created(
-                &TTL,
+                ttl(&a),
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(o.fh),
-                fopen_flags(&o),
+                fopen_flags(&o, flags),
             ),
             Err(e) => reply.error(fail(&e)),
         }
     }
 
-    // Keys have no extended attributes; answering "none" spares the log the
-    // not-implemented warnings `ls -l` and `cp -a` would cause.
+    // Keys have no extended attributes. ENOSYS (answered here, so fuser
+    // logs no not-implemented warning) makes the kernel stop asking: it
+    // would otherwise send a getxattr of security.capability before every
+    // write, a whole round trip per SET. Users get EOPNOTSUPP.
     fn getxattr(
         &self,
         _req: &Request,
@@ -466,7 +520,22 @@ impl Filesystem for FuseFs {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(Errno::NO_XATTR);
+        reply.error(Errno::ENOSYS);
+    }
+
+    // No ioctls: ENOTTY is what isatty() and friends expect to hear.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOTTY));
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {

@@ -119,6 +119,25 @@ impl Inodes {
         self.lock().ino_of(place).ok()
     }
 
+    /// The inode of `place` if the kernel holds a lookup on it (and so may
+    /// have cached its attributes and pages); None otherwise.
+    pub fn held(&self, place: &Place) -> Option<u64> {
+        let t = self.lock();
+        let ino = *t.by_place.get(place)?;
+        t.nodes
+            .get(&ino)
+            .is_some_and(|n| n.lookups > 0)
+            .then_some(ino)
+    }
+
+    /// Whether `ino` is (or was, until removed) a key at the root.
+    pub fn is_root_key(&self, ino: u64) -> bool {
+        self.lock()
+            .nodes
+            .get(&ino)
+            .is_some_and(|n| matches!(n.place, Place::Key { scope, .. } if scope == ROOT_SCOPE))
+    }
+
     pub fn resolve(&self, ino: u64) -> Resolved {
         match self.lock().nodes.get(&ino) {
             Some(node) if node.linked => Resolved::Live(node.place.clone()),

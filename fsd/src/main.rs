@@ -18,7 +18,7 @@ use nix::fcntl::{Flock, FlockArg, OFlag};
 use nix::unistd::{ForkResult, fork, setsid};
 
 use bpfdb_fsd::fs::Fs;
-use bpfdb_fsd::fuse::FuseFs;
+use bpfdb_fsd::fuse::{FuseFs, KernelCache};
 use bpfdb_fsd::mount;
 
 const MAX_VALUE_LIMIT: u64 = bpfdb::abi::VALUE_LIMIT as u64;
@@ -534,8 +534,10 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
     };
     let db = Db::open(&opts).map_err(|e| format!("loading the engine: {e}"))?;
     info!("engine loaded: {:?}", db.layout());
-    let fs = Fs::new(db.clone(), Duration::from_secs(s.txn_timeout_secs))
+    let mut fs = Fs::new(db.clone(), Duration::from_secs(s.txn_timeout_secs))
         .map_err(|e| format!("starting the filesystem: {e}"))?;
+    let kernel_cache = KernelCache::default();
+    fs.set_invalidate(kernel_cache.invalidate());
 
     info!("mounting {}", mountpoint.display());
     let fuse_fd = mount::mount(mountpoint, s.allow_other)?;
@@ -556,6 +558,7 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
             return Err(format!("FUSE handshake on {}: {e}", mountpoint.display()));
         }
     };
+    kernel_cache.connect(session.notifier());
     if let Err(msg) = mount::watch_signals(mountpoint.to_path_buf()) {
         mount::unmount(mountpoint);
         return Err(msg);

@@ -15,12 +15,18 @@ pub struct DaemonStats {
     pub oldest_snapshot_age_ms: u64,
     /// Bytes in the log segment being written.
     pub log_bytes: u64,
+    /// READ requests the daemon served for keys (reads the kernel's page
+    /// cache answered never reach it).
+    pub key_reads: u64,
+    /// Opens of a key read through the page cache / with direct I/O.
+    pub cached_opens: u64,
+    pub direct_opens: u64,
 }
 
 /// `.stats` content: one `name value` pair per line.
 pub fn render(stats: &Stats, layout: &Layout, daemon: &DaemonStats) -> String {
     let op = |o: Op| stats.ops.get(o as usize).copied().unwrap_or(0);
-    let lines: [(&str, u64); 24] = [
+    let lines: [(&str, u64); 27] = [
         ("keys", stats.keys),
         ("records", stats.records),
         ("value_bytes", stats.value_bytes),
@@ -45,6 +51,9 @@ pub fn render(stats: &Stats, layout: &Layout, daemon: &DaemonStats) -> String {
         ("txn_active", stats.txn_active),
         ("oldest_snapshot_age_ms", daemon.oldest_snapshot_age_ms),
         ("log_bytes", daemon.log_bytes),
+        ("key_reads", daemon.key_reads),
+        ("cached_opens", daemon.cached_opens),
+        ("direct_opens", daemon.direct_opens),
     ];
     let mut out = String::with_capacity(lines.len() * 24);
     for (name, value) in lines {

@@ -3,7 +3,7 @@
 //! to `rmdir`. Also the reaper thread that aborts read-write transactions
 //! left idle, since their locks block everyone else.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -49,6 +49,11 @@ pub struct Open {
     pub started: Instant,
     /// Wall-clock time of the mkdir, the directory's mtime.
     pub started_ns: u64,
+    /// Keys this transaction has written, deleted or renamed: at commit the
+    /// kernel's cached attributes of the same keys at the root are dropped.
+    /// Every such change holds an engine lock, so there are at most
+    /// `TXN_MAX_LOCKS` of them.
+    touched: Mutex<HashSet<Vec<u8>>>,
 }
 
 impl Open {
@@ -72,6 +77,21 @@ impl Open {
 
     pub fn is_active(&self) -> bool {
         self.txn.state() == TxnState::Active
+    }
+
+    /// Notes that a staged change to `key` succeeded.
+    pub fn touch(&self, key: &[u8]) {
+        let mut t = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        if !t.contains(key) {
+            debug_assert!(t.len() < 2 * bpfdb::abi::TXN_MAX_LOCKS);
+            t.insert(key.to_vec());
+        }
+    }
+
+    /// The keys changed so far, emptied: called once, at commit.
+    pub fn take_touched(&self) -> Vec<Vec<u8>> {
+        let mut t = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        t.drain().collect()
     }
 }
 
@@ -137,6 +157,7 @@ impl Txns {
             txn,
             started: Instant::now(),
             started_ns: crate::fs::now_ns(),
+            touched: Mutex::default(),
         });
         t.by_scope.insert(scope, open.clone());
         Ok(open)

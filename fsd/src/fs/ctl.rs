@@ -100,6 +100,9 @@ impl Fs {
         match word {
             "commit" => {
                 let ts = open.txn.commit().map_err(|e| restate(e, what))?;
+                for key in open.take_touched() {
+                    self.root_changed(&key);
+                }
                 info!("{}: committed at ts {ts}", what());
                 Ok(())
             }
@@ -131,6 +134,7 @@ impl Fs {
             mtime_ns: open.started_ns,
             kind: Kind::File,
             nlink: 1,
+            cacheable: false,
         }
     }
 }

@@ -4,13 +4,14 @@
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::atomic::Ordering;
 
 use bpfdb::{Error, Meta, NewMeta, Result, SetFlags};
 use log::{debug, warn};
 
 use super::ctl::Ctl;
 use super::space::Space;
-use super::{Attr, Fs, Kind, Opened, file_attr, ino_name, is_reserved, now_ns};
+use super::{Attr, CACHE_MAX_VALUE, Fs, Kind, Opened, file_attr, ino_name, is_reserved, now_ns};
 use crate::handles::lock;
 use crate::inodes::{CTL_INO, Place, ROOT_INO, ROOT_SCOPE, Resolved, SNAP_INO, STATS_INO, TXN_INO};
 use crate::txns::TxnKind;
@@ -19,6 +20,17 @@ pub(super) enum Handle {
     /// A value as it was at open (`.stats`: as rendered at open).
     Snapshot {
         ino: u64,
+        data: Vec<u8>,
+        meta: Meta,
+    },
+    /// A small root key read through the kernel's page cache. The pages are
+    /// shared by every reader of the inode, so a read serves the value as
+    /// committed now, not as at open: a page filled after a commit's
+    /// invalidation then always holds the new value. `data` is the last
+    /// value seen, served if the key is removed while open.
+    Cached {
+        ino: u64,
+        key: Vec<u8>,
         data: Vec<u8>,
         meta: Meta,
     },
@@ -78,11 +90,21 @@ impl Handle {
     /// size matches what reads through this handle return.
     pub(super) fn attr(&self, ino: u64) -> Option<Attr> {
         match self {
-            Handle::Snapshot { ino: i, data, meta } if *i == ino => {
-                Some(file_attr(ino, meta, data.len()))
-            }
+            Handle::Snapshot { ino: i, data, meta }
+            | Handle::Cached {
+                ino: i, data, meta, ..
+            } if *i == ino => Some(file_attr(ino, meta, data.len())),
             Handle::Writer(w) if w.ino == ino => Some(file_attr(ino, &w.meta, w.buf.len())),
             _ => None,
+        }
+    }
+
+    /// `attr`, except for a cached reader, which reads what is committed
+    /// now and so has no attributes of its own.
+    pub(super) fn own_attr(&self, ino: u64) -> Option<Attr> {
+        match self {
+            Handle::Cached { .. } => None,
+            _ => self.attr(ino),
         }
     }
 }
@@ -122,6 +144,12 @@ impl Fs {
             Resolved::Live(Place::Key { scope, name }) => {
                 let space = self.space("open", scope)?;
                 self.open_key(ino, &space, &name, flags)
+                    .map_err(|e| match e.errno {
+                        // Removed by a transaction while the kernel kept
+                        // its lookup: it looks the name up again.
+                        libc::ENOENT => space.gone_since_lookup(e, "open", &name),
+                        _ => e,
+                    })
             }
             // A reader just reads the key by its name. A writer's commit
             // would be dropped (writes to a removed file go nowhere), so
@@ -162,11 +190,7 @@ impl Fs {
         } else {
             Handle::Writer(Writer::new(ino, Vec::new(), meta, flags, false))
         };
-        let fh = self.handles.insert(handle)?;
-        Ok(Opened {
-            fh,
-            direct_io: true,
-        })
+        self.insert_handle(handle)
     }
 
     /// ftruncate on a handle open for writing edits only its buffer. False
@@ -204,7 +228,19 @@ impl Fs {
         let mut data = Vec::new();
         let handle = if flags & libc::O_ACCMODE == libc::O_RDONLY {
             let meta = space.get(&self.db, key, &mut data).map_err(fail)?.meta;
-            Handle::Snapshot { ino, data, meta }
+            if matches!(space, Space::Root)
+                && data.len() <= CACHE_MAX_VALUE
+                && !lock(&self.writers).contains_key(&ino)
+            {
+                Handle::Cached {
+                    ino,
+                    key: key.to_vec(),
+                    data,
+                    meta,
+                }
+            } else {
+                Handle::Snapshot { ino, data, meta }
+            }
         } else {
             space.writable("open for writing", key)?;
             let truncate = flags & libc::O_TRUNC != 0;
@@ -236,10 +272,29 @@ impl Fs {
             let pending_truncate = truncate && matches!(space, Space::Root);
             Handle::Writer(Writer::new(ino, data, meta, flags, pending_truncate))
         };
+        self.insert_handle(handle)
+    }
+
+    /// Numbers a key's handle; counts root writers (see `Fs::writers`).
+    fn insert_handle(&self, handle: Handle) -> Result<Opened> {
+        let cached = matches!(handle, Handle::Cached { .. });
+        let root_writer = match &handle {
+            Handle::Writer(w) if self.inodes.is_root_key(w.ino) => Some(w.ino),
+            _ => None,
+        };
         let fh = self.handles.insert(handle)?;
+        let opens = if cached {
+            &self.counters.cached_opens
+        } else {
+            &self.counters.direct_opens
+        };
+        opens.fetch_add(1, Ordering::Relaxed);
+        if let Some(ino) = root_writer {
+            *lock(&self.writers).entry(ino).or_default() += 1;
+        }
         Ok(Opened {
             fh,
-            direct_io: true,
+            direct_io: !cached,
         })
     }
 
@@ -252,9 +307,26 @@ impl Fs {
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R> {
         let h = self.handles.get(fh)?;
-        let h = lock(&h);
+        let mut h = lock(&h);
+        if let Handle::Cached { key, data, .. } = &mut *h {
+            let mut now = Vec::new();
+            match self.db.session().get(key, &mut now) {
+                Ok(_) => *data = now,
+                // Removed while open: like a removed file, still readable.
+                Err(e) if e.errno == libc::ENOENT => {}
+                Err(e) => return Err(Space::Root.restate(e, "read", key)),
+            }
+        }
+        let is_key = match &*h {
+            Handle::Snapshot { ino, .. } => *ino != STATS_INO,
+            Handle::Cached { .. } | Handle::Writer(_) => true,
+            Handle::Ctl(_) | Handle::Dir(_) => false,
+        };
+        if is_key {
+            self.counters.key_reads.fetch_add(1, Ordering::Relaxed);
+        }
         let data: &[u8] = match &*h {
-            Handle::Snapshot { data, .. } => data,
+            Handle::Snapshot { data, .. } | Handle::Cached { data, .. } => data,
             Handle::Writer(w) if w.readable => &w.buf,
             Handle::Writer(w) => {
                 return Err(Error::new(
@@ -358,6 +430,15 @@ impl Fs {
             return;
         };
         let mut h = lock(&h);
+        if let Handle::Writer(w) = &*h {
+            let mut writers = lock(&self.writers);
+            if let Some(n) = writers.get_mut(&w.ino) {
+                *n -= 1;
+                if *n == 0 {
+                    writers.remove(&w.ino);
+                }
+            }
+        }
         // A refused write already failed at the caller; nothing to commit.
         if let Handle::Writer(w) = &mut *h
             && !w.too_big
@@ -434,6 +515,9 @@ impl Fs {
             .set(&self.db, &key, &w.buf, meta, SetFlags::default())
             .map_err(|e| space.restate(e, op, &key))?;
         w.meta = st.meta;
+        if scope == ROOT_SCOPE {
+            self.root_changed(&key);
+        }
         Ok(())
     }
 

@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use bpfdb::{Db, Error, NewMeta, Result, SetFlags, Stat};
+use bpfdb::{Db, Error, Meta, NewMeta, Result, SetFlags, Stat};
 
-use super::{Fs, ino_name, restate, show};
+use super::{Attr, Fs, file_attr, ino_name, restate, show};
 use crate::inodes::{
     CTL_INO, FIRST_KEY_INO, Place, ROOT_INO, ROOT_SCOPE, Resolved, SNAP_INO, STATS_INO, TXN_INO,
 };
@@ -94,6 +94,33 @@ impl Space {
         }
     }
 
+    /// Attributes of committed `key` as this space sees it; the kernel may
+    /// cache them only at the root (see `Fs::root_changed`).
+    pub fn attr(&self, ino: u64, meta: &Meta, len: usize) -> Attr {
+        Attr {
+            cacheable: matches!(self, Space::Root),
+            ..file_attr(ino, meta, len)
+        }
+    }
+
+    /// `restate` for an operation on an inode the kernel looked up by name.
+    /// At the root the kernel may hold that lookup for a while, so a key a
+    /// transaction has since removed gives ESTALE: the kernel then looks
+    /// the name up again and the user sees the fresh answer (ENOENT, or
+    /// the key created since).
+    pub fn gone_since_lookup(&self, e: Error, op: &str, key: &[u8]) -> Error {
+        match self {
+            Space::Root if e.errno == libc::ENOENT => Error::new(
+                libc::ESTALE,
+                format!(
+                    "{op} {}: removed since the kernel's lookup; it looks again",
+                    self.show(key)
+                ),
+            ),
+            _ => self.restate(e, op, key),
+        }
+    }
+
     pub fn get(&self, db: &Db, key: &[u8], out: &mut Vec<u8>) -> Result<Stat> {
         match self {
             Space::Root => db.session().get(key, out),
@@ -118,28 +145,31 @@ impl Space {
     ) -> Result<Stat> {
         match self {
             Space::Root => db.session().set(key, value, meta, flags),
-            Space::Open(o) => o.txn.set(key, value, meta, flags),
+            Space::Open(o) => o.txn.set(key, value, meta, flags).inspect(|_| o.touch(key)),
         }
     }
 
     pub fn set_meta(&self, db: &Db, key: &[u8], meta: NewMeta) -> Result<Stat> {
         match self {
             Space::Root => db.session().set_meta(key, meta),
-            Space::Open(o) => o.txn.set_meta(key, meta),
+            Space::Open(o) => o.txn.set_meta(key, meta).inspect(|_| o.touch(key)),
         }
     }
 
     pub fn delete(&self, db: &Db, key: &[u8]) -> Result<()> {
         match self {
             Space::Root => db.session().delete(key).map(drop),
-            Space::Open(o) => o.txn.delete(key),
+            Space::Open(o) => o.txn.delete(key).inspect(|_| o.touch(key)),
         }
     }
 
     pub fn rename(&self, db: &Db, from: &[u8], to: &[u8], no_replace: bool) -> Result<()> {
         match self {
             Space::Root => db.session().rename(from, to, no_replace).map(drop),
-            Space::Open(o) => o.txn.rename(from, to, no_replace),
+            Space::Open(o) => o.txn.rename(from, to, no_replace).inspect(|_| {
+                o.touch(from);
+                o.touch(to);
+            }),
         }
     }
 

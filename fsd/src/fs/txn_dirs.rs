@@ -115,6 +115,7 @@ impl Fs {
             mtime_ns: open.started_ns,
             kind: Kind::Dir,
             nlink: 2,
+            cacheable: false,
         }
     }
 }
