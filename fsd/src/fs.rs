@@ -22,6 +22,8 @@ use crate::inodes::{
 use crate::stats::{self, DaemonStats, FsStat};
 use crate::txns::{self, Open, Reaper, TxnKind, Txns};
 
+#[cfg(test)]
+mod cache_tests;
 mod ctl;
 mod files;
 mod space;
@@ -275,9 +277,13 @@ impl Fs {
             }
         }
         let space = self.space("getattr", scope)?;
-        let st = space
-            .stat(&self.db, &key)
-            .map_err(|e| space.gone_since_lookup(e, "getattr", &key))?;
+        let st = space.stat(&self.db, &key).map_err(|e| {
+            if linked {
+                space.gone_since_lookup(e, "getattr", &key)
+            } else {
+                space.restate(e, "getattr", &key)
+            }
+        })?;
         Ok(space.attr(ino, &st.meta, st.meta.len as usize))
     }
 

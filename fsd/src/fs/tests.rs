@@ -553,10 +553,13 @@ fn stats_file_content() {
         "txn_active",
         "oldest_snapshot_age_ms",
         "log_bytes",
+        "key_reads",
+        "cached_opens",
+        "direct_opens",
     ] {
         field(name);
     }
-    assert_eq!(text.lines().count(), 24);
+    assert_eq!(text.lines().count(), 27);
     // Memory only: no log.
     assert_eq!(field("log_bytes"), 0);
     // The size a stat shows is the length of the text at that moment.

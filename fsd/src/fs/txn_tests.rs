@@ -10,7 +10,7 @@ use super::tests::{CREATE, WHO, cat, errno, fs, fs_on, list, put, read_all, smal
 use super::*;
 
 /// `mkdir .txn/NAME` (or `.snap/NAME`): the directory's inode.
-fn mkdir(fs: &Fs, list_ino: u64, name: &str) -> u64 {
+pub(super) fn mkdir(fs: &Fs, list_ino: u64, name: &str) -> u64 {
     let attr = fs
         .mkdir(list_ino, name.as_bytes())
         .unwrap_or_else(|e| panic!("mkdir {name}: {e}"));
@@ -29,7 +29,7 @@ fn state(fs: &Fs, dir: u64) -> String {
 
 /// `echo WORD > DIR/.ctl` (`dir` ROOT_INO: the root `.ctl`); the write's
 /// result, which is the command's.
-fn control(fs: &Fs, dir: u64, word: &str) -> Result<()> {
+pub(super) fn control(fs: &Fs, dir: u64, word: &str) -> Result<()> {
     let ctl = fs.lookup(dir, b".ctl")?;
     let o = fs.open(ctl.ino, libc::O_WRONLY | libc::O_TRUNC)?;
     let written = fs.write(o.fh, 0, format!("{word}\n").as_bytes());
@@ -39,7 +39,7 @@ fn control(fs: &Fs, dir: u64, word: &str) -> Result<()> {
 }
 
 /// `printf DATA > DIR/NAME`: lookup, then open(O_TRUNC) or create.
-fn write_in(fs: &Fs, dir: u64, name: &str, data: &[u8]) -> Result<()> {
+pub(super) fn write_in(fs: &Fs, dir: u64, name: &str, data: &[u8]) -> Result<()> {
     let o = match fs.lookup(dir, name.as_bytes()) {
         Ok(attr) => fs.open(attr.ino, libc::O_WRONLY | libc::O_TRUNC)?,
         Err(e) if e.errno == libc::ENOENT => {
