@@ -372,6 +372,9 @@ impl Session<'_> {
                         format!("{what}: the log buffer stayed full: the log cannot be written"),
                     ));
                 }
+                if let Some(log) = self.db.log.get() {
+                    log.help();
+                }
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             }

@@ -69,8 +69,8 @@ int dispatch(struct pt_regs *ctx)
 	__u32 op = slot->req.op;
 	if (op == DB_OP_NOP) {
 		/* Under the commit lock, so it never lands inside a commit's
-		 * fragments; if a commit holds the lock, that commit wakes the
-		 * writer anyway. */
+		 * fragments; if a commit holds the lock, the nudger's own wait
+		 * runs the writer (wal_writer.rs), so skipping is harmless. */
 		if ((slot->req.flags & DB_F_NUDGE) && commit_begin(autocommit_owner(ctx))) {
 			wal_frag(DB_WAL_NUDGE, 0, NULL, NULL, 0);
 			commit_cancel();

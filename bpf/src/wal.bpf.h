@@ -63,8 +63,10 @@ static __always_inline int wal_frag(__u32 kind, __u64 ts, struct db_meta *meta, 
 		__builtin_memset(&f->meta, 0, sizeof(f->meta));
 	if (!key || bpf_probe_read_kernel(f->key, sizeof(f->key), key))
 		__builtin_memset(f->key, 0, sizeof(f->key));
-	/* Wake the log writer once per commit, not per fragment. */
-	bool wake = kind == DB_WAL_COMMIT || kind == DB_WAL_NUDGE;
+	/* Only a nudge wakes the log writer's thread: a committer writes its
+	 * own commit (wal_writer.rs), so waking a thread per commit would only
+	 * cost a context switch. */
+	bool wake = kind == DB_WAL_NUDGE;
 	bpf_ringbuf_submit(f, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 	return 0;
 }

@@ -1,14 +1,16 @@
-//! The log writer: one thread drains the engine's wal ringbuf, frames each
-//! commit as a checksummed record, appends it to the current segment and
-//! makes it durable. Group commit falls out of the loop: every commit that
-//! arrived while the previous fsync ran is written and synced by the next.
+//! The log writer: drains the engine's wal ringbuf, frames each commit as a
+//! checksummed record, appends it to the current segment and makes it
+//! durable. Whoever waits for a commit does that work itself when the
+//! writer is free (a committer takes it right after its own commit), so an
+//! acknowledgement costs no thread handoff; a committer that finds it busy
+//! waits, and the next one to take it writes and syncs everything that
+//! arrived meanwhile: group commit. A background thread only serves nudges,
+//! `interval` syncs and shutdown.
 
-use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -23,7 +25,9 @@ use crate::wal;
 
 /// How long the writer sleeps before retrying a failed write.
 const WRITE_RETRY: Duration = Duration::from_millis(100);
-/// How long the writer waits in poll before checking for requests.
+/// How long the background thread waits in poll before checking for
+/// requests, and a waiter before looking again (it is woken earlier
+/// whenever the writer finishes a step).
 const POLL: Duration = Duration::from_millis(50);
 /// How long a committer waits for durability while the log cannot be
 /// written (full disk) before it gets the error.
@@ -51,6 +55,9 @@ struct State {
     /// Request to start a new segment (checkpoint).
     rotate: bool,
     stop: bool,
+    /// Steps the writer has finished: a waiter that could not take the
+    /// writer sees this change and tries again.
+    steps: u64,
 }
 
 struct Shared {
@@ -60,6 +67,7 @@ struct Shared {
 
 pub(crate) struct Log {
     shared: Arc<Shared>,
+    writer: Arc<Mutex<Writer>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -89,28 +97,19 @@ impl Log {
             }),
             cv: Condvar::new(),
         });
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let sh = shared.clone();
+        let sync = start.sync;
+        let writer = Writer::new(ringbuf, file, len, start, shared.clone())?;
+        let epoll_fd = writer.ringbuf.epoll_fd();
+        let writer = Arc::new(Mutex::new(writer));
+        let (sh, w) = (shared.clone(), writer.clone());
         let thread = std::thread::Builder::new()
             .name("bpfdb-log".into())
-            .spawn(move || {
-                let mut w = match Writer::new(ringbuf, file, len, start, sh) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                w.run();
-            })
+            .spawn(move || background(&sh, &w, epoll_fd, sync))
             .map_err(|e| Error::io("spawn log writer", &e))?;
-        ready_rx
-            .recv()
-            .map_err(|_| Error::new(libc::EIO, "log writer died at start"))??;
         info!("log writer started");
         Ok(Log {
             shared,
+            writer,
             thread: Some(thread),
         })
     }
@@ -127,21 +126,40 @@ impl Log {
         late: impl Fn(&State) -> Option<Error>,
     ) -> Result<std::sync::MutexGuard<'_, State>> {
         let deadline = Instant::now() + STALL_TIMEOUT;
-        let mut st = self.lock();
-        while !done(&st) {
-            if Instant::now() >= deadline
-                && let Some(e) = late(&st)
-            {
-                return Err(e);
+        loop {
+            let before = self.lock().steps;
+            self.help();
+            let mut st = self.lock();
+            // Until done, or until the writer finished a step someone else
+            // was running (then take it: what we wait for may be left).
+            while st.steps == before || done(&st) {
+                if done(&st) {
+                    return Ok(st);
+                }
+                if Instant::now() >= deadline
+                    && let Some(e) = late(&st)
+                {
+                    return Err(e);
+                }
+                st = self
+                    .shared
+                    .cv
+                    .wait_timeout(st, POLL)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
             }
-            st = self
-                .shared
-                .cv
-                .wait_timeout(st, POLL)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
         }
-        Ok(st)
+    }
+
+    /// Runs one writer step here if nobody else is: drains the ringbuf,
+    /// writes, syncs per the mode, rotates if asked. Also what a committer
+    /// blocked on a full ringbuf calls.
+    pub fn help(&self) {
+        if let Ok(mut w) = self.writer.try_lock() {
+            w.step();
+            drop(w);
+            finished_step(&self.shared);
+        }
     }
 
     /// Blocks until the commit at `ts` is durable, or fails once the log has
@@ -338,7 +356,7 @@ impl Assembler {
 
 struct Writer {
     ringbuf: libbpf_rs::RingBuffer<'static>,
-    asm: Rc<RefCell<Assembler>>,
+    asm: Arc<Mutex<Assembler>>,
     file: File,
     /// File length up to the last whole record written.
     good_len: u64,
@@ -359,11 +377,11 @@ impl Writer {
         start: Start,
         shared: Arc<Shared>,
     ) -> Result<Writer> {
-        let asm = Rc::new(RefCell::new(Assembler::default()));
+        let asm = Arc::new(Mutex::new(Assembler::default()));
         let a = asm.clone();
         let mut b = libbpf_rs::RingBufferBuilder::new();
         b.add(&map, move |frag: &[u8]| {
-            a.borrow_mut().fragment(frag);
+            a.lock().unwrap_or_else(|p| p.into_inner()).fragment(frag);
             0
         })?;
         let ringbuf = b.build()?;
@@ -386,50 +404,35 @@ impl Writer {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn run(&mut self) {
-        // Once asked to stop, a log that cannot be written (full disk) is
-        // retried for STALL_TIMEOUT, then given up: its commits were never
-        // acknowledged, and shutdown must not hang on them.
-        let mut stop_deadline: Option<Instant> = None;
-        loop {
-            if let Err(e) = self.ringbuf.poll(POLL) {
-                error!("log: ringbuf poll: {e}");
-            }
-            let done = std::mem::take(&mut self.asm.borrow_mut().done);
-            for (ts, payload) in done {
-                wal::frame(&mut self.batch, self.next_seq, &payload);
-                self.next_seq += 1;
-                self.batch_ts = ts;
-            }
-            if !self.batch.is_empty() {
-                self.write_batch();
-            }
-            self.maybe_sync();
-            let (stop, rotate) = {
-                let st = self.lock();
-                (st.stop, st.rotate)
-            };
-            if rotate && self.batch.is_empty() {
-                self.rotate();
-            }
-            if stop && self.batch.is_empty() {
-                let _ = self.ringbuf.consume();
-                if self.asm.borrow().done.is_empty() {
-                    self.sync_now();
-                    return;
-                }
-            }
-            if stop {
-                let deadline = *stop_deadline.get_or_insert_with(|| Instant::now() + STALL_TIMEOUT);
-                if Instant::now() >= deadline {
-                    error!(
-                        "log: stopping with {} bytes of unwritten log (commits after ts {} were never acknowledged)",
-                        self.batch.len(),
-                        self.lock().written_ts
-                    );
-                    return;
-                }
-            }
+    fn assembled_is_empty(&self) -> bool {
+        self.asm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .done
+            .is_empty()
+    }
+
+    fn assembled(&self) -> Vec<(u64, Vec<u8>)> {
+        std::mem::take(&mut self.asm.lock().unwrap_or_else(|p| p.into_inner()).done)
+    }
+
+    /// Drains the ringbuf, writes what it held, syncs per the mode and
+    /// rotates if asked (once everything before is written).
+    fn step(&mut self) {
+        if let Err(e) = self.ringbuf.consume() {
+            error!("log: ringbuf consume: {e}");
+        }
+        for (ts, payload) in self.assembled() {
+            wal::frame(&mut self.batch, self.next_seq, &payload);
+            self.next_seq += 1;
+            self.batch_ts = ts;
+        }
+        if !self.batch.is_empty() {
+            self.write_batch();
+        }
+        self.maybe_sync();
+        if self.lock().rotate && self.batch.is_empty() {
+            self.rotate();
         }
     }
 
@@ -518,6 +521,62 @@ impl Writer {
             }
         }
         self.shared.cv.notify_all();
+    }
+}
+
+/// Counts a finished step and wakes the waiters (after the writer lock is
+/// released, so a woken waiter can take it).
+fn finished_step(shared: &Shared) {
+    shared.state.lock().unwrap_or_else(|p| p.into_inner()).steps += 1;
+    shared.cv.notify_all();
+}
+
+/// The background thread: sleeps on the ringbuf's epoll fd (woken by a
+/// nudge; commits do not wake it, their committers write them) and steps
+/// for `interval` syncs, nudges and commits nobody waited for. Once asked
+/// to stop it drains and syncs; a log that cannot be written (full disk)
+/// is retried for STALL_TIMEOUT, then given up: its commits were never
+/// acknowledged, and shutdown must not hang on them.
+fn background(shared: &Shared, writer: &Mutex<Writer>, epoll_fd: i32, sync: SyncMode) {
+    let timeout = match sync {
+        SyncMode::Interval(ms) => POLL.min(Duration::from_millis(u64::from(ms).max(1))),
+        _ => POLL,
+    };
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    let mut stop_deadline: Option<Instant> = None;
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: epoll_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; the ringbuf owning the fd outlives this
+        // thread (the writer is dropped after the join).
+        unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+        w.step();
+        let stop = w.lock().stop;
+        if stop && w.batch.is_empty() && w.assembled_is_empty() {
+            w.sync_now();
+            drop(w);
+            finished_step(shared);
+            return;
+        }
+        if stop {
+            let deadline = *stop_deadline.get_or_insert_with(|| Instant::now() + STALL_TIMEOUT);
+            if Instant::now() >= deadline {
+                error!(
+                    "log: stopping with {} bytes of unwritten log (commits after ts {} were never acknowledged)",
+                    w.batch.len(),
+                    w.lock().written_ts
+                );
+                drop(w);
+                finished_step(shared);
+                return;
+            }
+        }
+        drop(w);
+        finished_step(shared);
     }
 }
 
