@@ -77,6 +77,11 @@ pub(super) struct Writer {
     /// empty key in the middle of `printf new > key`. Such a buffer commits
     /// with the first write's flush, at fsync, or at release.
     truncated: bool,
+    /// A root key's writer with changes not yet committed: counted in
+    /// `Fs::writers` until they are (the kernel sizes the file by this
+    /// buffer meanwhile, so readers then bypass the page cache).
+    root: bool,
+    registered: bool,
     /// The last commit failed and nothing changed since, so release must not
     /// retry behind the back of the close() that already reported it.
     failed: bool,
@@ -207,6 +212,7 @@ impl Fs {
             return false;
         }
         w.buf.resize(len, 0);
+        self.track_writer(w, true);
         w.dirty = true;
         w.truncated = false;
         w.failed = false;
@@ -276,26 +282,44 @@ impl Fs {
     }
 
     /// Numbers a key's handle; counts root writers (see `Fs::writers`).
-    fn insert_handle(&self, handle: Handle) -> Result<Opened> {
+    fn insert_handle(&self, mut handle: Handle) -> Result<Opened> {
         let cached = matches!(handle, Handle::Cached { .. });
-        let root_writer = match &handle {
-            Handle::Writer(w) if self.inodes.is_root_key(w.ino) => Some(w.ino),
-            _ => None,
-        };
+        if let Handle::Writer(w) = &mut handle {
+            w.root = self.inodes.is_root_key(w.ino);
+        }
         let fh = self.handles.insert(handle)?;
+        if let Ok(h) = self.handles.get(fh)
+            && let Handle::Writer(w) = &mut *lock(&h)
+        {
+            self.track_writer(w, true);
+        }
         let opens = if cached {
             &self.counters.cached_opens
         } else {
             &self.counters.direct_opens
         };
         opens.fetch_add(1, Ordering::Relaxed);
-        if let Some(ino) = root_writer {
-            *lock(&self.writers).entry(ino).or_default() += 1;
-        }
         Ok(Opened {
             fh,
             direct_io: !cached,
         })
+    }
+
+    /// Counts (`pending`) or uncounts a root writer in `Fs::writers`.
+    fn track_writer(&self, w: &mut Writer, pending: bool) {
+        if !w.root || w.registered == pending {
+            return;
+        }
+        w.registered = pending;
+        let mut writers = lock(&self.writers);
+        if pending {
+            *writers.entry(w.ino).or_default() += 1;
+        } else if let Some(n) = writers.get_mut(&w.ino) {
+            *n -= 1;
+            if *n == 0 {
+                writers.remove(&w.ino);
+            }
+        }
     }
 
     /// Calls `f` with the bytes at `offset`, at most `size` of them.
@@ -308,7 +332,9 @@ impl Fs {
     ) -> Result<R> {
         let h = self.handles.get(fh)?;
         let mut h = lock(&h);
-        if let Handle::Cached { key, data, .. } = &mut *h {
+        if let Handle::Cached { ino, key, data, .. } = &mut *h
+            && self.inodes.resolve(*ino) == Resolved::Live(Place::key(ROOT_SCOPE, key))
+        {
             let mut now = Vec::new();
             match self.db.session().get(key, &mut now) {
                 Ok(_) => *data = now,
@@ -392,6 +418,7 @@ impl Fs {
             w.buf.resize(end, 0);
         }
         w.buf[start..end].copy_from_slice(data);
+        self.track_writer(w, true);
         w.dirty = true;
         w.truncated = false;
         w.failed = false;
@@ -405,7 +432,12 @@ impl Fs {
         let h = self.handles.get(fh)?;
         let mut h = lock(&h);
         match &mut *h {
-            Handle::Writer(w) => self.commit(w),
+            Handle::Writer(w) => {
+                let r = self.commit(w);
+                let pending = w.dirty || w.truncated;
+                self.track_writer(w, pending);
+                r
+            }
             _ => Ok(()),
         }
     }
@@ -416,7 +448,10 @@ impl Fs {
         match &mut *h {
             Handle::Writer(w) => {
                 w.dirty |= w.truncated;
-                self.commit(w)
+                let r = self.commit(w);
+                let pending = w.dirty || w.truncated;
+                self.track_writer(w, pending);
+                r
             }
             _ => Ok(()),
         }
@@ -430,15 +465,6 @@ impl Fs {
             return;
         };
         let mut h = lock(&h);
-        if let Handle::Writer(w) = &*h {
-            let mut writers = lock(&self.writers);
-            if let Some(n) = writers.get_mut(&w.ino) {
-                *n -= 1;
-                if *n == 0 {
-                    writers.remove(&w.ino);
-                }
-            }
-        }
         // A refused write already failed at the caller; nothing to commit.
         if let Handle::Writer(w) = &mut *h
             && !w.too_big
@@ -447,6 +473,9 @@ impl Fs {
             if let Err(e) = self.commit(w) {
                 warn!("release: {e}; no caller is left to report it to");
             }
+        }
+        if let Handle::Writer(w) = &mut *h {
+            self.track_writer(w, false);
         }
     }
 
@@ -672,6 +701,8 @@ impl Writer {
             append: flags & libc::O_APPEND != 0,
             dirty: false,
             truncated,
+            root: false,
+            registered: false,
             failed: false,
             too_big: false,
         }
