@@ -5,9 +5,12 @@ PREFIX ?= /usr/local
 DATA ?= $(CURDIR)/data
 MNT ?= $(CURDIR)/mnt
 BIN := target/release/bpfdb
-# Debian packages the build, the mount and the tests need.
+# Debian packages the build, the mount and the tests need; the last line is
+# what `make bench` compares against (Redis, redis-benchmark) and the font
+# its plots are labelled with.
 DEB_PACKAGES := clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config fuse3 bpftool make binutils \
-	strace perl util-linux
+	strace perl util-linux \
+	redis-server redis-tools fonts-dejavu-core
 
 .PHONY: deps build run stop test check install bench fmt clippy clean
 
@@ -44,9 +47,11 @@ install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/bpfdb
 	ln -sf $(PREFIX)/bin/bpfdb $(DESTDIR)/sbin/mount.fuse.bpfdb 2>/dev/null || true
 
-# Prints Markdown tables and keeps them in BENCHMARKS.md.
+# Prints Markdown tables and keeps them in BENCHMARKS.md, with the plots it
+# links (bench-*.png) next to it. pipefail: a failed bench fails the target
+# instead of leaving a truncated BENCHMARKS.md behind a successful tee.
 bench: build
-	$(CARGO) run --release -p bpfdb-bench | tee BENCHMARKS.md
+	set -o pipefail; BPFDB_BENCH_OUT=$(CURDIR) $(CARGO) run --release -p bpfdb-bench | tee BENCHMARKS.md
 
 fmt:
 	$(CARGO) fmt --all
