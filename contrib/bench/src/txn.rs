@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use bpfdb::{Db, NewMeta, Options, SetFlags};
 
-use crate::{RUNS, die, median, median_ns_per_op};
+use crate::plot::Figure;
+use crate::{RUNS, commands, die, median, median_ns_per_op};
 
 const KEYS: usize = 10_000;
 const WINDOW: Duration = Duration::from_millis(500);
@@ -89,7 +90,7 @@ fn contend(
     (c / t.elapsed().as_secs_f64(), 100.0 * a / (c + a).max(1.0))
 }
 
-pub fn run() {
+pub fn run() -> Vec<Figure> {
     let db = db();
     println!(
         "## Transactions (no log), {KEYS} keys, median of {RUNS} windows of {} ms\n",
@@ -147,4 +148,6 @@ pub fn run() {
     );
     println!("| empty read-write txn (begin + commit) | {begin_ns:.0} | |");
     println!();
+    commands("txn", &[]);
+    Vec::new()
 }
