@@ -10,6 +10,7 @@
 mod durability;
 mod engine;
 mod fuse;
+mod memfloor;
 mod mount;
 mod plot;
 mod redis;
