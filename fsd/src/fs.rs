@@ -7,10 +7,9 @@
 //! engine by key: `Inodes` maps one to the other, per scope (the root, or
 //! one open transaction or snapshot).
 
-use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bpfdb::{Db, Error, Meta, NewMeta, Result, SetFlags, check_key};
@@ -19,6 +18,7 @@ use crate::handles::{Handles, lock};
 use crate::inodes::{
     CTL_INO, FIRST_KEY_INO, Inodes, Place, ROOT_INO, ROOT_SCOPE, SNAP_INO, STATS_INO, TXN_INO,
 };
+use crate::keyuse::{CommitGuard, KeyUse};
 use crate::stats::{self, DaemonStats, FsStat};
 use crate::txns::{self, Open, Reaper, TxnKind, Txns};
 
@@ -147,10 +147,9 @@ pub struct Fs {
     /// Owner of the daemon's own files (root, `.stats`, `.txn`, `.snap`).
     owner: Owner,
     started_ns: u64,
-    /// Root keys' inodes with writers open, and how many: their readers
-    /// bypass the page cache (the kernel sizes the file by the writer's
-    /// buffer until the commit).
-    writers: Mutex<HashMap<u64, usize>>,
+    /// Cached readers, pending writers and commits per root key: they
+    /// never overlap (see `keyuse`).
+    uses: KeyUse,
     invalidate: Invalidate,
     counters: Counters,
 }
@@ -184,7 +183,7 @@ impl Fs {
                 gid: nix::unistd::getegid().as_raw(),
             },
             started_ns: now_ns(),
-            writers: Mutex::default(),
+            uses: KeyUse::default(),
             invalidate: Box::new(|_| {}),
             counters: Counters::default(),
             db,
@@ -203,6 +202,17 @@ impl Fs {
         if let Some(ino) = self.inodes.held(&Place::key(ROOT_SCOPE, key)) {
             (self.invalidate)(ino);
         }
+    }
+
+    /// Holds off cached readers of root `keys` (once those open have
+    /// closed) until the guard drops: take it before a commit changing
+    /// them, drop it after `root_changed`.
+    fn root_commit(&self, keys: &[&[u8]]) -> CommitGuard<'_> {
+        let inos = keys
+            .iter()
+            .filter_map(|k| self.inodes.held(&Place::key(ROOT_SCOPE, k)))
+            .collect();
+        self.uses.commit(inos)
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
@@ -330,6 +340,7 @@ impl Fs {
             // transaction, is staged) at once, with any other change in
             // the same request.
             if !self.truncate_writer(fh, ino, len) {
+                let _quiet = matches!(space, Space::Root).then(|| self.root_commit(&[&key]));
                 let attr = self.truncate_now(&space, ino, &key, len, &change)?;
                 if let Space::Root = space {
                     self.root_changed(&key);
@@ -343,6 +354,7 @@ impl Fs {
                 .map_err(|e| space.gone_since_lookup(e, "setattr", &key))?
                 .meta;
             let mtime = change.mtime_ns.unwrap_or(cur.mtime_ns);
+            let _quiet = matches!(space, Space::Root).then(|| self.root_commit(&[&key]));
             space
                 .set_meta(&self.db, &key, change.apply(&cur, mtime))
                 .map_err(|e| space.restate(e, "setattr", &key))?;
@@ -429,6 +441,7 @@ impl Fs {
         let space = self.key_space("unlink", parent, name)?;
         let key = valid_key("unlink", name)?;
         space.writable("unlink", key)?;
+        let _quiet = matches!(space, Space::Root).then(|| self.root_commit(&[key]));
         space
             .delete(&self.db, key)
             .map_err(|e| space.restate(e, "unlink", key))?;
@@ -505,6 +518,7 @@ impl Fs {
         let to = valid_key("rename onto", new_name)?;
         space.writable("rename", from)?;
         let no_replace = flags & libc::RENAME_NOREPLACE != 0;
+        let _quiet = matches!(space, Space::Root).then(|| self.root_commit(&[from, to]));
         space
             .rename(&self.db, from, to, no_replace)
             .map_err(|e| space.restate_as(e, what))?;

@@ -7,6 +7,7 @@ pub mod fs;
 pub mod fuse;
 pub mod handles;
 pub mod inodes;
+pub mod keyuse;
 pub mod mount;
 pub mod stats;
 pub mod txns;

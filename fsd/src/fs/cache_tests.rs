@@ -135,3 +135,28 @@ fn a_transaction_commit_invalidates_every_key_it_changed() {
     control(&fs, dir, "abort").unwrap();
     assert!(take(&seen).is_empty());
 }
+
+#[test]
+fn a_writer_waits_for_the_cached_readers_to_close() {
+    let fs = fs();
+    let ino = put(&fs, "k", b"old");
+    let r = fs.open(ino, libc::O_RDONLY).unwrap();
+    assert!(!r.direct_io);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            // A cat that read the value whole, then closed.
+            assert_eq!(read_all(&fs, r.fh), b"old");
+            fs.release(r.fh);
+        });
+        let t = std::time::Instant::now();
+        // Its O_TRUNC would set the kernel's size to 0 under the reader.
+        let w = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+        assert!(t.elapsed() >= std::time::Duration::from_millis(10));
+        // Meanwhile readers take their own snapshot.
+        let o = fs.open(ino, libc::O_RDONLY).unwrap();
+        assert!(o.direct_io);
+        fs.release(o.fh);
+        fs.release(w.fh);
+    });
+}

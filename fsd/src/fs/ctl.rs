@@ -99,9 +99,12 @@ impl Fs {
         let what = || format!("{word} {}", show(open.path().as_bytes()));
         match word {
             "commit" => {
+                let touched = open.take_touched();
+                let keys: Vec<&[u8]> = touched.iter().map(Vec::as_slice).collect();
+                let _quiet = self.root_commit(&keys);
                 let ts = open.txn.commit().map_err(|e| restate(e, what))?;
-                for key in open.take_touched() {
-                    self.root_changed(&key);
+                for key in keys {
+                    self.root_changed(key);
                 }
                 info!("{}: committed at ts {ts}", what());
                 Ok(())

@@ -78,7 +78,7 @@ pub(super) struct Writer {
     /// with the first write's flush, at fsync, or at release.
     truncated: bool,
     /// A root key's writer with changes not yet committed: counted in
-    /// `Fs::writers` until they are (the kernel sizes the file by this
+    /// `Fs::uses` until they are (the kernel sizes the file by this
     /// buffer meanwhile, so readers then bypass the page cache).
     root: bool,
     registered: bool,
@@ -236,7 +236,7 @@ impl Fs {
             let meta = space.get(&self.db, key, &mut data).map_err(fail)?.meta;
             if matches!(space, Space::Root)
                 && data.len() <= CACHE_MAX_VALUE
-                && !lock(&self.writers).contains_key(&ino)
+                && self.uses.open_cached(ino)
             {
                 Handle::Cached {
                     ino,
@@ -287,7 +287,15 @@ impl Fs {
         if let Handle::Writer(w) = &mut handle {
             w.root = self.inodes.is_root_key(w.ino);
         }
-        let fh = self.handles.insert(handle)?;
+        let cached_ino = match &handle {
+            Handle::Cached { ino, .. } => Some(*ino),
+            _ => None,
+        };
+        let fh = self.handles.insert(handle).inspect_err(|_| {
+            if let Some(ino) = cached_ino {
+                self.uses.close_cached(ino);
+            }
+        })?;
         if let Ok(h) = self.handles.get(fh)
             && let Handle::Writer(w) = &mut *lock(&h)
         {
@@ -305,20 +313,12 @@ impl Fs {
         })
     }
 
-    /// Counts (`pending`) or uncounts a root writer in `Fs::writers`.
+    /// Counts (`pending`) or uncounts a root writer in `Fs::uses`;
+    /// counting waits for the key's cached readers to close.
     fn track_writer(&self, w: &mut Writer, pending: bool) {
-        if !w.root || w.registered == pending {
-            return;
-        }
-        w.registered = pending;
-        let mut writers = lock(&self.writers);
-        if pending {
-            *writers.entry(w.ino).or_default() += 1;
-        } else if let Some(n) = writers.get_mut(&w.ino) {
-            *n -= 1;
-            if *n == 0 {
-                writers.remove(&w.ino);
-            }
+        if w.root && w.registered != pending {
+            w.registered = pending;
+            self.uses.writer(w.ino, pending);
         }
     }
 
@@ -474,8 +474,10 @@ impl Fs {
                 warn!("release: {e}; no caller is left to report it to");
             }
         }
-        if let Handle::Writer(w) = &mut *h {
-            self.track_writer(w, false);
+        match &mut *h {
+            Handle::Writer(w) => self.track_writer(w, false),
+            Handle::Cached { ino, .. } => self.uses.close_cached(*ino),
+            _ => {}
         }
     }
 
