@@ -63,8 +63,15 @@ impl KeyUse {
     }
 
     pub fn close_cached(&self, ino: u64) {
-        self.update(ino, |u| u.cached = u.cached.saturating_sub(1));
-        self.closed.notify_all();
+        let mut waited_for = false;
+        self.update(ino, |u| {
+            u.cached = u.cached.saturating_sub(1);
+            waited_for = u.cached == 0 && (u.writers > 0 || u.commits > 0);
+        });
+        // Only a pending writer or commit waits; waking costs a syscall.
+        if waited_for {
+            self.closed.notify_all();
+        }
     }
 
     /// Counts (`pending`) or uncounts a writer with uncommitted changes.
