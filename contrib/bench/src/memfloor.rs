@@ -1,6 +1,7 @@
-//! The memory floor under an engine GET at scale: the same dependent random
+//! The memory floor under an engine GET or SET at scale: the random
 //! cache-line reads a GET makes (hash bucket, three lines of the record,
-//! the value's chunk), over buffers the size of the engine's maps, mapped
+//! the value's chunk; a SET also writes a fresh chunk), in the same
+//! dependency order, over buffers the size of the engine's maps, mapped
 //! with 4 KiB pages as the kernel's vmalloc maps them, and again with
 //! 2 MiB pages for contrast. No engine, no syscall: what a GET at this
 //! scale cannot go below on this machine.
@@ -57,8 +58,13 @@ impl Region {
     }
 
     fn read(&self, at: usize) -> u64 {
-        // SAFETY: every caller's offset is below the length it sized.
+        // SAFETY: the offset is reduced below the mapped length.
         u64::from(unsafe { std::ptr::read_volatile(self.ptr.add(at % self.len)) })
+    }
+
+    fn write(&self, at: usize, v: u8) {
+        // SAFETY: as in read().
+        unsafe { std::ptr::write_volatile(self.ptr.add(at % self.len), v) }
     }
 }
 
@@ -77,8 +83,16 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 33)
 }
 
-/// ns per GET-shaped walk over `nkeys` keys' worth of memory.
-pub fn floor_ns(nkeys: usize, huge: bool) -> f64 {
+/// What a walk reads: a GET's lines, or a SET's, which also writes the new
+/// value into another chunk (taken from the free stack, so anywhere).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Get,
+    Set,
+}
+
+/// ns per walk of `shape` over `nkeys` keys' worth of memory.
+pub fn floor_ns(nkeys: usize, shape: Shape, huge: bool) -> f64 {
     let n = nkeys as u64;
     let buckets = Region::new(nkeys.next_power_of_two() * BUCKET, huge);
     let elements = Region::new(nkeys * ELEMENT, huge);
@@ -88,15 +102,22 @@ pub fn floor_ns(nkeys: usize, huge: bool) -> f64 {
         .map(|_| {
             let t = std::time::Instant::now();
             for i in 0..OPS as u64 {
-                // Each read's address depends on the one before, as in a
-                // GET: no two walks overlap.
+                // Operations do not overlap (the trigger serializes them),
+                // so the next key depends on this walk's last read. Within
+                // a walk: the bucket gives the element; its lines are read
+                // side by side; the version in them gives the chunk.
                 let key = mix(i ^ (dep & 0x8000_0000_0000_0000)) % n;
-                dep = buckets.read(key as usize * BUCKET);
-                let elem = (mix(key ^ dep) % n) as usize * ELEMENT;
-                for line in RECORD_LINES {
-                    dep = dep.wrapping_add(elements.read(elem + line + (dep as usize & 1)));
+                let bucket = buckets.read(key as usize * BUCKET);
+                let elem = (mix(key ^ bucket) % n) as usize * ELEMENT;
+                let record = RECORD_LINES.iter().fold(0u64, |acc, line| {
+                    acc.wrapping_add(elements.read(elem + line))
+                });
+                dep = chunks.read((mix(key ^ record) % n) as usize * CHUNK);
+                if shape == Shape::Set {
+                    let fresh = (mix(key ^ dep ^ 0x5e7) % n) as usize * CHUNK;
+                    chunks.write(fresh, dep as u8);
+                    dep = dep.wrapping_add(chunks.read(fresh));
                 }
-                dep = chunks.read((mix(key ^ dep) % n) as usize * CHUNK);
             }
             t.elapsed().as_nanos() as f64 / OPS as f64
         })
