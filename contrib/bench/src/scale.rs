@@ -272,10 +272,10 @@ pub fn run() -> Vec<Figure> {
             "ls -f MNT | wc -l".into(),
         ],
     );
-    vec![figure(&costs, &restarts)]
+    vec![figure(&costs, &walks, &restarts)]
 }
 
-fn figure(costs: &[Costs], restarts: &[Restart]) -> Figure {
+fn figure(costs: &[Costs], walks: &[Walks], restarts: &[Restart]) -> Figure {
     let series = |name: &str, y: &dyn Fn(usize) -> f64| Series {
         name: name.into(),
         points: (0..KEY_COUNTS.len())
@@ -296,6 +296,9 @@ fn figure(costs: &[Costs], restarts: &[Restart]) -> Figure {
                 series: vec![
                     series("GET", &|i| costs[i].get_ns),
                     series("SET", &|i| costs[i].set_ns),
+                    series("floor: trigger + GET memory walk", &|i| {
+                        costs[i].floor_ns + walks[i].get_4k
+                    }),
                 ],
             },
             Panel {
