@@ -1,8 +1,8 @@
 //! The kernel's caches of root keys (docs/SEMANTICS.md: Reading, Metadata, Transactions).
 //!
 //! Root keys' entries and attributes are cached by the kernel for an hour, and a read-only open
-//! of a small root key (at most 4096 bytes, no writer open) reads through the page cache. What
-//! keeps that right is the daemon: every commit that changes a root key tells the kernel to
+//! of a small root key (at most 4096 bytes, no write or commit pending on it: fsd/src/keyuse.rs)
+//! reads through the page cache. What keeps that right is the daemon: every commit that changes a root key tells the kernel to
 //! drop the key's cached attributes before the commit is acknowledged, and the kernel, seeing a
 //! new mtime or size on its next use, drops the cached pages too. These tests check what a
 //! shell sees: a read started after an acknowledged commit never returns what was there
