@@ -118,9 +118,9 @@ pub struct Opened {
     pub fh: u64,
     /// Bypass the kernel's page cache; otherwise keep it across opens. The
     /// cache is one per inode, shared by every handle, so only a root key
-    /// of at most `CACHE_MAX_VALUE` bytes with no writer open is read
-    /// through it (one page: one read fills it whole, and every commit to
-    /// the key drops it). Other keys' readers keep the value they opened;
+    /// of at most `CACHE_MAX_VALUE` bytes with no write or commit pending
+    /// (`keyuse`) is read through it (one page: one read fills it whole, and
+    /// every commit to the key drops it). Other keys' readers keep the value they opened;
     /// `.stats` and the `.ctl` files are made at open.
     pub direct_io: bool,
 }

@@ -281,9 +281,9 @@ impl Fs {
         self.insert_handle(handle)
     }
 
-    /// Numbers a key's handle; counts root writers (see `Fs::writers`).
+    /// Numbers a key's handle; counts a root writer in `Fs::uses` (a cached
+    /// reader was counted when it was granted).
     fn insert_handle(&self, mut handle: Handle) -> Result<Opened> {
-        let cached = matches!(handle, Handle::Cached { .. });
         if let Handle::Writer(w) = &mut handle {
             w.root = self.inodes.is_root_key(w.ino);
         }
@@ -291,6 +291,7 @@ impl Fs {
             Handle::Cached { ino, .. } => Some(*ino),
             _ => None,
         };
+        let cached = cached_ino.is_some();
         let fh = self.handles.insert(handle).inspect_err(|_| {
             if let Some(ino) = cached_ino {
                 self.uses.close_cached(ino);
