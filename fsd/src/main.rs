@@ -25,12 +25,14 @@ const MAX_VALUE_LIMIT: u64 = bpfdb::abi::VALUE_LIMIT as u64;
 /// Bounds of --wal-buffer, which the engine checks too.
 const WAL_BUFFER_MIN: u64 = 4 << 10;
 const WAL_BUFFER_MAX: u64 = 1 << 30;
-/// One FUSE worker per CPU.
+/// One FUSE worker per CPU, and at least two: a writer's open waits for
+/// the key's cached readers to close (`keyuse`), and their RELEASE needs a
+/// second worker to arrive.
 fn default_threads() -> u32 {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     u32::try_from(cpus)
         .unwrap_or(MAX_THREADS)
-        .clamp(1, MAX_THREADS)
+        .clamp(2, MAX_THREADS)
 }
 
 /// Engine slots are FUSE threads plus two (the slot pool holds at most 64).
@@ -88,7 +90,7 @@ struct Cli {
     value_mem: u64,
 
     /// FUSE worker threads (engine request slots: threads + 2); at most 62.
-    /// Default: one per CPU. More threads than CPUs make every request wake
+    /// Default: one per CPU, at least 2. More threads than CPUs make every request wake
     /// a thread on a busy CPU (on 2 CPUs, 4 threads halve the rate of a
     /// single reader); more help only when many clients wait at once, e.g.
     /// on fsync with `--sync commit`.
