@@ -204,6 +204,19 @@ impl Fs {
         }
     }
 
+    /// Whether an operation on inode `ino`, or on root name `name` (if
+    /// given), could wait for cached readers to close (`keyuse`): the FUSE
+    /// adapter then runs it off its worker threads, which those readers'
+    /// RELEASE and READ requests need.
+    pub fn may_wait(&self, ino: Option<u64>, root_names: &[&[u8]]) -> bool {
+        ino.is_some_and(|i| self.uses.has_cached(i))
+            || root_names.iter().any(|n| {
+                self.inodes
+                    .held(&Place::key(ROOT_SCOPE, n))
+                    .is_some_and(|i| self.uses.has_cached(i))
+            })
+    }
+
     /// Holds off cached readers of root `keys` (once those open have
     /// closed) until the guard drops: take it before a commit changing
     /// them, drop it after `root_changed`.

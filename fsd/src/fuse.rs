@@ -17,6 +17,7 @@ use fuser::{
 use log::{debug, info, warn};
 
 use crate::fs::{Attr, Fs, Invalidate, Kind, Opened, Owner, SetAttr, now_ns};
+use crate::waiters::Waiters;
 
 /// How long the kernel may keep a root key's entry and attributes. Not what
 /// keeps them right: every commit that changes a root key drops them first
@@ -63,12 +64,27 @@ impl KernelCache {
 const MAX_WRITE: u32 = 1 << 20;
 
 pub struct FuseFs {
-    fs: Fs,
+    fs: Arc<Fs>,
+    /// Runs what may wait for cached readers (`Fs::may_wait`).
+    waiters: Waiters<Fs>,
 }
 
 impl FuseFs {
-    pub fn new(fs: Fs) -> FuseFs {
-        FuseFs { fs }
+    pub fn new(fs: Fs) -> std::io::Result<FuseFs> {
+        let fs = Arc::new(fs);
+        Ok(FuseFs {
+            waiters: Waiters::new(fs.clone())?,
+            fs,
+        })
+    }
+
+    /// Runs `op` here, or on the waiters' pool when `may_wait`.
+    fn run(&self, may_wait: bool, op: impl FnOnce(&Fs) + Send + 'static) {
+        if may_wait {
+            self.waiters.run(op);
+        } else {
+            op(&self.fs);
+        }
     }
 }
 
@@ -223,10 +239,13 @@ impl Filesystem for FuseFs {
             size,
             mtime_ns: mtime.map(ns_of),
         };
-        match self.fs.setattr(ino.0, fh.map(|f| f.0), change) {
-            Ok(a) => reply.attr(ttl(&a), &file_attr(&a)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        let (ino, fh) = (ino.0, fh.map(|f| f.0));
+        self.run(self.fs.may_wait(Some(ino), &[]), move |fs| {
+            match fs.setattr(ino, fh, change) {
+                Ok(a) => reply.attr(ttl(&a), &file_attr(&a)),
+                Err(e) => reply.error(fail(&e)),
+            }
+        });
     }
 
     fn mknod(
@@ -261,10 +280,13 @@ impl Filesystem for FuseFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.unlink(parent.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(&e)),
-        }
+        let name = name.as_bytes().to_vec();
+        self.run(self.fs.may_wait(None, &[&name]), move |fs| {
+            match fs.unlink(parent.0, &name) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail(&e)),
+            }
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -298,17 +320,14 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = self.fs.rename(
-            parent.0,
-            name.as_bytes(),
-            newparent.0,
-            newname.as_bytes(),
-            flags.bits(),
+        let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
+        self.run(
+            self.fs.may_wait(None, &[&name, &newname]),
+            move |fs| match fs.rename(parent.0, &name, newparent.0, &newname, flags.bits()) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail(&e)),
+            },
         );
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(&e)),
-        }
     }
 
     fn link(
@@ -326,10 +345,15 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(ino.0, flags.0) {
-            Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o, flags.0)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        let (ino, flags) = (ino.0, flags.0);
+        let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        self.run(
+            writing && self.fs.may_wait(Some(ino), &[]),
+            move |fs| match fs.open(ino, flags) {
+                Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o, flags)),
+                Err(e) => reply.error(fail(&e)),
+            },
+        );
     }
 
     fn read(
@@ -368,6 +392,17 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // Only a transaction's `.ctl` commit may wait; other writes are
+        // served in place, without copying their data.
+        if self.fs.write_may_wait(fh.0) {
+            let data = data.to_vec();
+            self.waiters
+                .run(move |fs| match fs.write(fh.0, offset, &data) {
+                    Ok(n) => reply.written(n),
+                    Err(e) => reply.error(fail(&e)),
+                });
+            return;
+        }
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(fail(&e)),

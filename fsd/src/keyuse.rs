@@ -62,6 +62,12 @@ impl KeyUse {
         true
     }
 
+    /// Whether cached readers of `ino` are open: a writer's open or a
+    /// commit would wait for them.
+    pub fn has_cached(&self, ino: u64) -> bool {
+        self.lock().get(&ino).is_some_and(|u| u.cached > 0)
+    }
+
     pub fn close_cached(&self, ino: u64) {
         let mut waited_for = false;
         self.update(ino, |u| {

@@ -11,3 +11,4 @@ pub mod keyuse;
 pub mod mount;
 pub mod stats;
 pub mod txns;
+pub mod waiters;

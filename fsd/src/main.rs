@@ -565,7 +565,14 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
     config.n_threads = Some(s.threads as usize);
     config.clone_fd = true;
     // The handshake (FUSE_INIT) runs here: once it returns the mount serves.
-    let session = match fuser::Session::from_fd(FuseFs::new(fs), fuse_fd, acl, config) {
+    let fuse_fs = match FuseFs::new(fs) {
+        Ok(f) => f,
+        Err(e) => {
+            mount::unmount(mountpoint);
+            return Err(format!("starting the filesystem's threads: {e}"));
+        }
+    };
+    let session = match fuser::Session::from_fd(fuse_fs, fuse_fd, acl, config) {
         Ok(session) => session,
         Err(e) => {
             mount::unmount(mountpoint);

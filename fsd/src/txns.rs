@@ -88,6 +88,12 @@ impl Open {
         }
     }
 
+    /// The keys changed so far.
+    pub fn touched_keys(&self) -> Vec<Vec<u8>> {
+        let t = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        t.iter().cloned().collect()
+    }
+
     /// The keys changed so far, emptied: called once, at commit.
     pub fn take_touched(&self) -> Vec<Vec<u8>> {
         let mut t = self.touched.lock().unwrap_or_else(|p| p.into_inner());

@@ -26,7 +26,7 @@ bpfdb control file: write one of these commands to it
 const MAX_COMMAND_BYTES: usize = 4096;
 
 pub(super) struct Ctl {
-    scope: u64,
+    pub(super) scope: u64,
     /// What reads return: the usage or the state, rendered at open.
     text: Vec<u8>,
     readable: bool,

@@ -381,6 +381,24 @@ impl Fs {
         Ok(f(&data[start..end]))
     }
 
+    /// Whether a write to `fh` could wait for cached readers (`Fs::may_wait`):
+    /// a command to a transaction's `.ctl` commits the keys it changed.
+    pub fn write_may_wait(&self, fh: u64) -> bool {
+        let Ok(h) = self.handles.get(fh) else {
+            return false;
+        };
+        let scope = match &*lock(&h) {
+            Handle::Ctl(c) if c.scope != ROOT_SCOPE => c.scope,
+            _ => return false,
+        };
+        let Some(open) = self.txns.get(scope) else {
+            return false;
+        };
+        let keys = open.touched_keys();
+        let names: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        self.may_wait(None, &names)
+    }
+
     /// Edits the handle's buffer; nothing reaches the engine until flush.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
         let h = self.handles.get(fh)?;

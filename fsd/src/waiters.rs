@@ -1,0 +1,69 @@
+//! A few threads that run the FUSE operations that may wait, so that the
+//! FUSE workers never do.
+//!
+//! A writer's open or a commit waits for the key's cached readers to close
+//! (`keyuse`). Those readers need a FUSE worker for their READ and RELEASE;
+//! if every worker sat waiting, none would come, every wait would run out,
+//! and the writer would go ahead under a reader still reading. Operations
+//! that may wait are handed here instead, with their reply, and the worker
+//! goes back to serving requests.
+
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// Threads in the pool: operations that wait at once. More queue up; each
+/// waits at most `keyuse::QUIET_TIMEOUT`.
+pub const WAITERS: usize = 4;
+
+type Job<T> = Box<dyn FnOnce(&T) + Send>;
+
+pub struct Waiters<T: Send + Sync + 'static> {
+    shared: Arc<T>,
+    tx: Option<Sender<Job<T>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl<T: Send + Sync + 'static> Waiters<T> {
+    pub fn new(shared: Arc<T>) -> std::io::Result<Waiters<T>> {
+        let (tx, rx) = mpsc::channel::<Job<T>>();
+        let rx = Arc::new(Mutex::new(rx));
+        let threads = (0..WAITERS)
+            .map(|i| {
+                let (rx, shared) = (rx.clone(), shared.clone());
+                std::thread::Builder::new()
+                    .name(format!("bpfdb-wait-{i}"))
+                    .spawn(move || {
+                        // The lock is held only to take the next job.
+                        while let Ok(job) = rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                            job(&shared);
+                        }
+                    })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Waiters {
+            shared,
+            tx: Some(tx),
+            threads,
+        })
+    }
+
+    /// Runs `job` on a pool thread (here, if the pool is gone).
+    pub fn run(&self, job: impl FnOnce(&T) + Send + 'static) {
+        let job: Job<T> = Box::new(job);
+        if let Some(Err(mpsc::SendError(job))) = self.tx.as_ref().map(|tx| tx.send(job)) {
+            job(&self.shared);
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for Waiters<T> {
+    /// Runs what is queued, then stops the threads: once this returns the
+    /// pool holds no reference to the shared state.
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
