@@ -67,3 +67,34 @@ impl<T: Send + Sync + 'static> Drop for Waiters<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn jobs_run_off_the_caller_and_drop_waits_for_them() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let pool = Waiters::new(count.clone()).unwrap();
+        let caller = std::thread::current().id();
+        for _ in 0..10 {
+            pool.run(move |c: &AtomicUsize| {
+                assert_ne!(std::thread::current().id(), caller);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        drop(pool);
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            10,
+            "queued jobs ran before drop returned"
+        );
+        assert_eq!(
+            Arc::strong_count(&count),
+            1,
+            "the pool let go of the shared state"
+        );
+    }
+}
