@@ -112,6 +112,27 @@ fn fail(e: &Error) -> Errno {
     Errno::from_i32(e.errno)
 }
 
+fn reply_entry(reply: ReplyEntry, r: bpfdb::Result<Attr>) {
+    match r {
+        Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
+        Err(e) => reply.error(fail(&e)),
+    }
+}
+
+fn reply_attr(reply: ReplyAttr, r: bpfdb::Result<Attr>) {
+    match r {
+        Ok(a) => reply.attr(ttl(&a), &file_attr(&a)),
+        Err(e) => reply.error(fail(&e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: bpfdb::Result<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(fail(&e)),
+    }
+}
+
 fn time(ns: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns)
 }
@@ -196,10 +217,7 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(parent.0, name.as_bytes()) {
-            Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        reply_entry(reply, self.fs.lookup(parent.0, name.as_bytes()))
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -207,10 +225,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(ttl(&a), &file_attr(&a)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        reply_attr(reply, self.fs.getattr(ino.0, fh.map(|f| f.0)))
     }
 
     fn setattr(
@@ -241,10 +256,7 @@ impl Filesystem for FuseFs {
         };
         let (ino, fh) = (ino.0, fh.map(|f| f.0));
         self.run(self.fs.may_wait(Some(ino), &[]), move |fs| {
-            match fs.setattr(ino, fh, change) {
-                Ok(a) => reply.attr(ttl(&a), &file_attr(&a)),
-                Err(e) => reply.error(fail(&e)),
-            }
+            reply_attr(reply, fs.setattr(ino, fh, change))
         });
     }
 
@@ -258,10 +270,7 @@ impl Filesystem for FuseFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        match self.fs.mknod(parent.0, name.as_bytes()) {
-            Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        reply_entry(reply, self.fs.mknod(parent.0, name.as_bytes()))
     }
 
     fn mkdir(
@@ -273,27 +282,18 @@ impl Filesystem for FuseFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.fs.mkdir(parent.0, name.as_bytes()) {
-            Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        reply_entry(reply, self.fs.mkdir(parent.0, name.as_bytes()))
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.as_bytes().to_vec();
         self.run(self.fs.may_wait(None, &[&name]), move |fs| {
-            match fs.unlink(parent.0, &name) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail(&e)),
-            }
+            reply_empty(reply, fs.unlink(parent.0, &name))
         });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.rmdir(parent.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(&e)),
-        }
+        reply_empty(reply, self.fs.rmdir(parent.0, name.as_bytes()))
     }
 
     fn symlink(
@@ -304,10 +304,7 @@ impl Filesystem for FuseFs {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        match self.fs.symlink(parent.0, link_name.as_bytes()) {
-            Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        reply_entry(reply, self.fs.symlink(parent.0, link_name.as_bytes()))
     }
 
     fn rename(
@@ -321,13 +318,12 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
-        self.run(
-            self.fs.may_wait(None, &[&name, &newname]),
-            move |fs| match fs.rename(parent.0, &name, newparent.0, &newname, flags.bits()) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail(&e)),
-            },
-        );
+        self.run(self.fs.may_wait(None, &[&name, &newname]), move |fs| {
+            reply_empty(
+                reply,
+                fs.rename(parent.0, &name, newparent.0, &newname, flags.bits()),
+            )
+        });
     }
 
     fn link(
@@ -338,10 +334,7 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.fs.link(ino.0, newparent.0, newname.as_bytes()) {
-            Ok(a) => reply.entry(ttl(&a), &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(fail(&e)),
-        }
+        reply_entry(reply, self.fs.link(ino.0, newparent.0, newname.as_bytes()))
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -383,7 +376,7 @@ impl Filesystem for FuseFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -394,7 +387,7 @@ impl Filesystem for FuseFs {
     ) {
         // Only a transaction's `.ctl` commit may wait; other writes are
         // served in place, without copying their data.
-        if self.fs.write_may_wait(fh.0) {
+        if self.fs.write_may_wait(ino.0, fh.0) {
             let data = data.to_vec();
             self.waiters
                 .run(move |fs| match fs.write(fh.0, offset, &data) {
@@ -417,10 +410,7 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.fs.flush(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(&e)),
-        }
+        reply_empty(reply, self.fs.flush(fh.0))
     }
 
     fn release(
@@ -445,10 +435,7 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fsync(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail(&e)),
-        }
+        reply_empty(reply, self.fs.fsync(fh.0))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -130,6 +130,21 @@ impl Inodes {
             .then_some(ino)
     }
 
+    /// Whether `ino` now names root key `key`.
+    pub fn names_root_key(&self, ino: u64, key: &[u8]) -> bool {
+        self.lock().nodes.get(&ino).is_some_and(|n| {
+            n.linked && matches!(&n.place, Place::Key { scope, name } if *scope == ROOT_SCOPE && name == key)
+        })
+    }
+
+    /// Whether `ino` is the `.ctl` of a transaction directory.
+    pub fn is_txn_ctl(&self, ino: u64) -> bool {
+        self.lock()
+            .nodes
+            .get(&ino)
+            .is_some_and(|n| matches!(n.place, Place::Ctl { .. }))
+    }
+
     /// Whether `ino` is (or was, until removed) a key at the root.
     pub fn is_root_key(&self, ino: u64) -> bool {
         self.lock()

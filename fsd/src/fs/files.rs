@@ -149,10 +149,10 @@ impl Fs {
             Resolved::Live(Place::Key { scope, name }) => {
                 let space = self.space("open", scope)?;
                 self.open_key(ino, &space, &name, flags)
-                    .map_err(|e| match e.errno {
+                    .map_err(|e| match (&space, e.errno) {
                         // Removed by a transaction while the kernel kept
                         // its lookup: it looks the name up again.
-                        libc::ENOENT => space.gone_since_lookup(e, "open", &name),
+                        (Space::Root, libc::ENOENT) => space.gone_since_lookup(e, "open", &name),
                         _ => e,
                     })
             }
@@ -334,7 +334,7 @@ impl Fs {
         let h = self.handles.get(fh)?;
         let mut h = lock(&h);
         if let Handle::Cached { ino, key, data, .. } = &mut *h
-            && self.inodes.resolve(*ino) == Resolved::Live(Place::key(ROOT_SCOPE, key))
+            && self.inodes.names_root_key(*ino, key)
         {
             let mut now = Vec::new();
             match self.db.session().get(key, &mut now) {
@@ -381,9 +381,13 @@ impl Fs {
         Ok(f(&data[start..end]))
     }
 
-    /// Whether a write to `fh` could wait for cached readers (`Fs::may_wait`):
-    /// a command to a transaction's `.ctl` commits the keys it changed.
-    pub fn write_may_wait(&self, fh: u64) -> bool {
+    /// Whether a write to `fh` on inode `ino` could wait for cached readers
+    /// (`Fs::may_wait`): a command to a transaction's `.ctl` commits the
+    /// keys it changed. Every other write is told by one inode lookup.
+    pub fn write_may_wait(&self, ino: u64, fh: u64) -> bool {
+        if !self.inodes.is_txn_ctl(ino) {
+            return false;
+        }
         let Ok(h) = self.handles.get(fh) else {
             return false;
         };
