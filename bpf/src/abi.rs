@@ -129,7 +129,8 @@ pub struct Req {
     pub flags: u32,
     pub hkey: HKey,
     pub hkey2: HKey,
-    pub cursor: u32,
+    /// SCAN: keys at the start of the data area.
+    pub count: u32,
     pub key_len: u32,
     pub key2_len: u32,
     pub txn: u32,
@@ -147,9 +148,7 @@ pub struct Resp {
     pub ts: u64,
     pub meta: Meta,
     pub count: u32,
-    pub next_cursor: u32,
-    pub done: u32,
-    pub pad: u32,
+    pub pad: [u32; 3],
     pub txn_id: u64,
 }
 
@@ -212,14 +211,22 @@ pub struct PinnedLayout {
 
 /// Size of struct db_record, the value of one hash-map element.
 pub const RECORD_SIZE: usize = 16 + MAX_VERSIONS * (8 + 8 + 8 + 24 + 4 + 4) + 8 + KEY_SIZE;
+/// Offsets in struct db_record of the name's length and of the name.
+pub const RECORD_KEY_LEN_OFF: usize = RECORD_SIZE - KEY_SIZE - 8;
+pub const RECORD_NAME_OFF: usize = RECORD_SIZE - KEY_SIZE;
+/// Keys one SCAN checks (DB_SCAN_BATCH), and where its flags start.
+pub const SCAN_BATCH: usize = 2048;
+pub const SCAN_FLAGS: usize = SCAN_BATCH * size_of::<HKey>();
 
 const _: () = {
     assert!(size_of::<Meta>() == 24);
     assert!(offset_of!(Meta, len) == 20);
     assert!(RECORD_SIZE == 504);
+    assert!(RECORD_KEY_LEN_OFF == 240 && RECORD_NAME_OFF == 248);
+    assert!(SCAN_FLAGS + SCAN_BATCH <= VALUE_LIMIT);
     assert!(size_of::<Req>() == 600);
     assert!(offset_of!(Req, hkey) == 8);
-    assert!(offset_of!(Req, cursor) == 40);
+    assert!(offset_of!(Req, count) == 40);
     assert!(offset_of!(Req, txn) == 52);
     assert!(offset_of!(Req, txn_id) == 56);
     assert!(offset_of!(Req, meta) == 64);
@@ -230,7 +237,6 @@ const _: () = {
     assert!(offset_of!(Resp, ts) == 8);
     assert!(offset_of!(Resp, meta) == 16);
     assert!(offset_of!(Resp, count) == 40);
-    assert!(offset_of!(Resp, done) == 48);
     assert!(size_of::<Cont>() == 16);
     assert!(offset_of!(Slot, resp) == 600);
     assert!(offset_of!(Slot, cont) == 664);

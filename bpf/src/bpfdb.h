@@ -25,7 +25,12 @@
 #define DB_MAX_VERSIONS 4            /* versions kept per key (MVCC) */
 #define DB_MAX_SLOTS 64              /* request slots (worker threads + API users) */
 #define DB_SLOT_HEADER 2048          /* bytes of a slot before its data area */
-#define DB_SCAN_ENTRY_MAX (1 + DB_KEY_SIZE) /* worst-case bytes of one scan entry */
+/* SCAN checks this many map keys per call: user space walks the records map
+ * with the kernel's bucket cursor (BPF_MAP_LOOKUP_BATCH, which no insert or
+ * delete can shift) and asks the engine which of the keys it found are
+ * visible. Keys first in the data area, one flag byte per key after them. */
+#define DB_SCAN_BATCH 2048
+#define DB_SCAN_FLAGS (DB_SCAN_BATCH * 16) /* data offset of the flag bytes */
 #define DB_MAX_TXNS 65               /* transaction table entries: 64 for users, 1 for checkpoints */
 #define DB_TXN_MAX_LOCKS 128         /* keys one transaction may lock (reads + writes) */
 #define DB_LOCK_CAS_TRIES 8          /* CAS attempts on a contended lock word before EBUSY */
@@ -53,7 +58,7 @@ enum db_op {
 	DB_OP_SET = 2,     /* replace value + meta of key (flag META_ONLY: keep value) */
 	DB_OP_DELETE = 3,  /* remove key */
 	DB_OP_RENAME = 4,  /* key -> key2 atomically, replacing key2 */
-	DB_OP_SCAN = 5,    /* list visible keys from cursor */
+	DB_OP_SCAN = 5,    /* which of req.count keys in data are visible */
 	DB_OP_BEGIN = 6,   /* start txn req.txn (flag READ_ONLY: a snapshot) */
 	DB_OP_COMMIT = 7,  /* commit txn req.txn */
 	DB_OP_ABORT = 8,   /* abort txn req.txn */
@@ -143,7 +148,7 @@ struct db_req {
 	__u32 flags;       /* DB_F_* */
 	struct db_hkey hkey;
 	struct db_hkey hkey2;
-	__u32 cursor;      /* SCAN: map elements to skip */
+	__u32 count;       /* SCAN: keys (struct db_hkey) at the start of data */
 	__u32 key_len;     /* bytes of key before its zero padding */
 	__u32 key2_len;
 	__u32 txn;         /* 0: autocommit; else txn table index + 1 */
@@ -158,10 +163,8 @@ struct db_resp {
 	__u32 detail;      /* DB_D_*: which limit or conflict, for the error message */
 	__u64 ts;          /* commit timestamp of a write */
 	struct db_meta meta;
-	__u32 count;       /* SCAN: entries written to data */
-	__u32 next_cursor; /* SCAN: cursor of the next call */
-	__u32 done;        /* SCAN: 1 when the map was walked to its end */
-	__u32 pad;
+	__u32 count;       /* SCAN: keys found visible */
+	__u32 pad[3];
 	__u64 txn_id;      /* BEGIN: id of the new transaction */
 };
 
@@ -303,6 +306,9 @@ struct db_stats {
 /* Layout checks; src/abi.rs asserts the same numbers on the Rust side. */
 _Static_assert(sizeof(struct db_meta) == 24, "db_meta");
 _Static_assert(sizeof(struct db_record) == 504, "db_record");
+_Static_assert(__builtin_offsetof(struct db_record, key_len) == 240, "db_record.key_len");
+_Static_assert(__builtin_offsetof(struct db_record, name) == 248, "db_record.name");
+_Static_assert(DB_SCAN_FLAGS + DB_SCAN_BATCH <= DB_VALUE_LIMIT, "scan batch fits the data area");
 _Static_assert(sizeof(struct db_req) == 600, "db_req");
 _Static_assert(__builtin_offsetof(struct db_req, meta) == 64, "db_req.meta");
 _Static_assert(__builtin_offsetof(struct db_req, key) == 88, "db_req.key");

@@ -563,34 +563,51 @@ impl Session<'_> {
         Ok(self.run_write("rename")?.ts)
     }
 
-    /// Calls `f` with the name of every live key. Keys written during the
-    /// walk may be missed or seen twice (the walk resumes by position).
+    /// Calls `f` with the name of every key visible to this session (its
+    /// snapshot, or the newest commit). A key that exists unchanged for the
+    /// whole walk is passed exactly once, whatever commits run beside it
+    /// (POSIX readdir's rule); one created or removed meanwhile may or may
+    /// not be. The walk goes by hash bucket (`Engine::records_batch`) and
+    /// the engine says which keys of each batch are visible.
     pub fn scan(&mut self, mut f: impl FnMut(&[u8])) -> Result<()> {
-        let mut cursor = 0u32;
-        // Each call advances the cursor by at least one element.
-        for _ in 0..=self.db.engine.layout.max_keys {
-            self.prepare_keyless(Op::Scan, 0);
-            self.slot().req.cursor = cursor;
-            let resp = self.run("scan")?;
-            let end = (resp.meta.len as usize).min(abi::VALUE_LIMIT);
-            let data = &self.slot().data[..end];
-            let mut off = 0;
-            for _ in 0..resp.count {
-                let Some(&len) = data.get(off) else { break };
-                let Some(name) = data.get(off + 1..off + 1 + len as usize) else {
-                    break;
-                };
-                f(name);
-                off += 1 + len as usize;
+        let key_size = std::mem::size_of::<HKey>();
+        let mut keys = vec![0u8; abi::SCAN_BATCH * key_size];
+        let mut values = vec![0u8; abi::SCAN_BATCH * abi::RECORD_SIZE];
+        let mut cursor = None;
+        // Each call walks at least one bucket; a hash map has at most
+        // twice max_keys buckets (a power of two).
+        let max_calls = 2 * self.db.engine.layout.max_keys as usize + 2;
+        for _ in 0..max_calls {
+            let batch = self
+                .db
+                .engine
+                .records_batch(cursor, &mut keys, &mut values)?;
+            if batch.count > 0 {
+                let n = batch.count;
+                self.prepare_keyless(Op::Scan, 0);
+                let slot = self.slot();
+                slot.req.count = n as u32;
+                slot.data[..n * key_size].copy_from_slice(&keys[..n * key_size]);
+                self.run("scan")?;
+                for i in 0..n {
+                    if self.slot().data[abi::SCAN_FLAGS + i] == 0 {
+                        continue;
+                    }
+                    let rec = &values[i * abi::RECORD_SIZE..(i + 1) * abi::RECORD_SIZE];
+                    let at = abi::RECORD_KEY_LEN_OFF;
+                    let len = u32::from_ne_bytes([rec[at], rec[at + 1], rec[at + 2], rec[at + 3]]);
+                    let len = (len as usize).min(abi::KEY_MAX);
+                    f(&rec[abi::RECORD_NAME_OFF..abi::RECORD_NAME_OFF + len]);
+                }
             }
-            if resp.done != 0 {
+            if batch.done {
                 return Ok(());
             }
-            cursor = resp.next_cursor;
+            cursor = Some(batch.next);
         }
         Err(Error::new(
             libc::EIO,
-            "scan did not finish within max_keys calls",
+            "scan did not reach the end of the records map",
         ))
     }
 }

@@ -669,43 +669,48 @@ int stage_rename(struct pt_regs *ctx)
 	return 0;
 }
 
-/* ---- SCAN: names of keys visible at a timestamp, resumable by position ---- */
+/* ---- SCAN: which of a batch of keys are visible at a timestamp ----
+ *
+ * User space finds the keys with BPF_MAP_LOOKUP_BATCH, whose cursor is a
+ * hash bucket: a key present for a whole listing is in exactly one batch,
+ * whatever is inserted or removed meanwhile (a position-counting walk of
+ * the map skipped keys when an element left an already-walked part). The
+ * engine keeps the one rule of visibility; user space takes the names from
+ * the batch (a record's name never changes while it is in the map). */
 
 struct scan_ctx {
-	__u64 snap;
+	__u64 snap;     /* the snapshot's timestamp, when snapshot is set */
+	__u32 snapshot; /* else each key is read at the newest commit */
 	__u32 slot_idx;
-	__u32 skip;    /* elements still to pass over */
-	__u32 visited; /* elements looked at after skipping */
-	__u32 off;     /* bytes written to data */
-	__u32 count;
-	__u32 full;
+	__u32 visible;
 };
 
-static long scan_one(void *map, struct db_hkey *hkey, struct db_record *rec, struct scan_ctx *sc)
+static long scan_check(__u64 i, struct scan_ctx *sc)
 {
-	if (sc->skip) {
-		sc->skip--;
-		return 0;
-	}
-	__u32 off = sc->off;
-	if (off > DB_VALUE_LIMIT - DB_SCAN_ENTRY_MAX) {
-		sc->full = 1;
-		return 1;
-	}
-	sc->visited++;
-	if (visible_version(rec, sc->snap) < 0)
-		return 0;
 	struct db_slot *slot = bpf_map_lookup_elem(&slots, &sc->slot_idx);
-	if (!slot)
-		return 1;
-	__u32 len = rec->key_len & 0xff;
 
-	/* Entry: one length byte, then the name (no terminator). */
-	slot->data[off] = len;
-	if (bpf_probe_read_kernel(&slot->data[off + 1], len, rec->name))
+	if (!slot || i >= DB_SCAN_BATCH)
 		return 1;
-	sc->off = off + 1 + len;
-	sc->count++;
+	__u32 k = i & (DB_SCAN_BATCH - 1);
+	__u8 seen = 0;
+
+	for (int attempt = 0; attempt < DB_READ_RETRIES; attempt++) {
+		struct db_record *rec = bpf_map_lookup_elem(&records, &slot->data[k * 16]);
+
+		if (!rec)
+			break; /* removed since user space found it: changed */
+		__u64 seq = READ_ONCE(rec->gc_seq);
+		__u64 at = sc->snapshot ? sc->snap : READ_ONCE(last_ts);
+
+		seen = visible_version(rec, at) >= 0;
+		/* gc_seq moves when the element is reclaimed or reused for
+		 * another key: what was read may belong to someone else. */
+		if (READ_ONCE(rec->gc_seq) == seq)
+			break;
+		seen = 0;
+	}
+	slot->data[DB_SCAN_FLAGS + k] = seen;
+	sc->visible += seen;
 	return 0;
 }
 
@@ -716,23 +721,20 @@ int stage_scan(struct pt_regs *ctx)
 
 	if (!slot)
 		return 0;
-	struct scan_ctx sc = {
-		.snap = READ_ONCE(last_ts),
-		.slot_idx = slot_index(ctx),
-		.skip = slot->req.cursor,
-	};
+	struct scan_ctx sc = { .slot_idx = slot_index(ctx) };
+	__u32 n = slot->req.count;
+
+	if (n > DB_SCAN_BATCH)
+		return fail(slot, -EINVAL, DB_D_BAD_REQUEST);
 	if (slot->req.txn) {
 		struct db_txn *t = active_txn(slot);
 		if (!t)
 			return 0;
-		if (t->read_only)
-			sc.snap = t->snap_ts;
+		sc.snapshot = t->read_only;
+		sc.snap = t->snap_ts;
 	}
-	bpf_for_each_map_elem(&records, scan_one, &sc, 0);
-	slot->resp.count = sc.count;
-	slot->resp.next_cursor = slot->req.cursor + sc.visited;
-	slot->resp.done = !sc.full;
-	slot->resp.meta.len = sc.off;
+	bpf_loop(n, scan_check, &sc, 0);
+	slot->resp.count = sc.visible;
 	return 0;
 }
 

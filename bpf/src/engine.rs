@@ -149,6 +149,16 @@ impl Drop for SlotMap {
     }
 }
 
+/// What one `records_batch` call found.
+pub struct RecordBatch {
+    /// Records copied.
+    pub count: usize,
+    /// Cursor of the next call.
+    pub next: u32,
+    /// Every bucket was walked.
+    pub done: bool,
+}
+
 /// A loaded and attached engine instance.
 pub struct Engine {
     slots: SlotMap,
@@ -392,6 +402,72 @@ impl Engine {
             }
         }
         Ok(out)
+    }
+
+    /// Copies the records of the next whole hash buckets from `cursor` on
+    /// (None: the first) into `keys` and `values`, at most `keys.len() /
+    /// size_of::<HKey>()` of them. The cursor is a bucket index: keys
+    /// inserted or removed meanwhile shift nothing, so a key present for a
+    /// whole walk is in exactly one batch.
+    pub fn records_batch(
+        &self,
+        cursor: Option<u32>,
+        keys: &mut [u8],
+        values: &mut [u8],
+    ) -> Result<RecordBatch> {
+        let key_size = std::mem::size_of::<abi::HKey>();
+        let max = keys.len() / key_size;
+        if max == 0 || values.len() < max * abi::RECORD_SIZE {
+            return Err(Error::new(libc::EINVAL, "records batch: buffers too small"));
+        }
+        let mut in_batch = cursor.unwrap_or(0);
+        let mut out_batch = 0u32;
+        let mut count = max as u32;
+        let opts = libbpf_rs::libbpf_sys::bpf_map_batch_opts {
+            sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_batch_opts>() as _,
+            ..Default::default()
+        };
+        let in_ptr = match cursor {
+            Some(_) => std::ptr::addr_of_mut!(in_batch).cast(),
+            None => std::ptr::null_mut(),
+        };
+        // SAFETY: keys and values hold `count` elements of the map's key and
+        // value sizes; the cursors are u32 bucket indexes, as htab expects.
+        let ret = unsafe {
+            libbpf_rs::libbpf_sys::bpf_map_lookup_batch(
+                self.skel.maps.records.as_fd().as_raw_fd(),
+                in_ptr,
+                std::ptr::addr_of_mut!(out_batch).cast(),
+                keys.as_mut_ptr().cast(),
+                values.as_mut_ptr().cast(),
+                &mut count,
+                &opts,
+            )
+        };
+        // ENOENT: the last bucket was walked (count is still valid).
+        let done = ret == -libc::ENOENT;
+        if ret < 0 && !done {
+            // ENOSPC here means one bucket holds more records than a batch,
+            // which the hash's spread makes impossible in practice; it is
+            // not "no space" for whoever listed.
+            let errno = if ret == -libc::ENOSPC {
+                libc::EIO
+            } else {
+                -ret
+            };
+            return Err(Error::new(
+                errno,
+                format!(
+                    "walk of the records map: {}",
+                    std::io::Error::from_raw_os_error(-ret)
+                ),
+            ));
+        }
+        Ok(RecordBatch {
+            count: (count as usize).min(max),
+            next: out_batch,
+            done,
+        })
     }
 
     /// Kernel memory charged to each map (`memlock`, as bpftool reports it).
