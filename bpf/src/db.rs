@@ -2,7 +2,7 @@
 //! (cheap to clone, shared); a `Session` holds one slot and runs operations
 //! through it, autocommit or inside a transaction (see txn.rs).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
@@ -32,10 +32,14 @@ pub(crate) struct Inner {
     opts: Options,
     free_slots: Mutex<Vec<u32>>,
     slot_freed: Condvar,
+    /// Sessions that found every slot taken and had to wait: 0 when the
+    /// slots are sized for every thread that can hold one.
+    slot_waits: AtomicU64,
     /// Transaction table entries not in use (user space hands them out).
     pub(crate) free_txns: Mutex<Vec<u32>>,
     /// Writers hold it shared around a commit; a checkpoint holds it
-    /// exclusively for the moment it needs no commit in flight.
+    /// exclusively for the moment it needs no commit in flight. Everyone
+    /// takes a slot (a Session) before this gate, never after.
     pub(crate) gate: RwLock<()>,
     /// The log writer, once recovery is done (None without a data dir).
     pub(crate) log: OnceLock<Log>,
@@ -80,6 +84,7 @@ impl Db {
             opts,
             free_slots,
             slot_freed: Condvar::new(),
+            slot_waits: AtomicU64::new(0),
             free_txns,
             gate: RwLock::new(()),
             log: OnceLock::new(),
@@ -159,12 +164,20 @@ impl Db {
             .unwrap_or_else(|p| p.into_inner());
         let t = std::time::Instant::now();
         let (snap, segment) = {
+            // Slot first, then the gate, as every writer takes them: a
+            // writer holds its slot while it waits for the gate, so a
+            // checkpoint that asked for a slot under the gate could wait
+            // for ever once every slot was held that way.
+            let mut s = self.inner.session();
             let _quiet = self.inner.gate.write().unwrap_or_else(|p| p.into_inner());
             log.wait_written(self.inner.engine.last_ts())?;
             log.request_rotate();
-            self.inner.session().nudge_log();
+            s.nudge_log();
             let segment = log.wait_rotated()?;
-            (self.begin_at(Some(abi::CHECKPOINT_TXN), true)?, segment)
+            (
+                self.begin_in(&mut s, Some(abi::CHECKPOINT_TXN), true)?,
+                segment,
+            )
         };
         let pause = t.elapsed();
         let keys = recovery::write_checkpoint(&snap, dir, segment)?;
@@ -204,6 +217,11 @@ impl Db {
         self.inner.engine.stats()
     }
 
+    /// Times a session had to wait for a free slot.
+    pub fn slot_waits(&self) -> u64 {
+        self.inner.slot_waits.load(Ordering::Relaxed)
+    }
+
     /// Takes a free slot, waiting while all are in use.
     pub fn session(&self) -> Session<'_> {
         self.inner.session()
@@ -234,6 +252,9 @@ impl Inner {
 
     pub(crate) fn session(&self) -> Session<'_> {
         let mut free = self.free_slots.lock().unwrap_or_else(|p| p.into_inner());
+        if free.is_empty() {
+            self.slot_waits.fetch_add(1, Ordering::Relaxed);
+        }
         loop {
             if let Some(idx) = free.pop() {
                 return Session {

@@ -50,14 +50,29 @@ impl Db {
 
     /// Starts a transaction in entry `reserved`, or in a free one.
     pub(crate) fn begin_at(&self, reserved: Option<u32>, read_only: bool) -> Result<Txn> {
+        self.begin_in(&mut self.inner.session(), reserved, read_only)
+    }
+
+    /// begin_at through a session the caller holds: a checkpoint takes its
+    /// slot before the gate, as writers do, and must not ask for a second
+    /// one while holding the gate.
+    pub(crate) fn begin_in(
+        &self,
+        s: &mut Session<'_>,
+        reserved: Option<u32>,
+        read_only: bool,
+    ) -> Result<Txn> {
         let idx = match reserved {
             Some(idx) => idx,
             None => self.take_entry()?,
         };
-        let mut s = self.inner.session();
+        let (txn, txn_id) = (s.txn, s.txn_id);
         s.txn = idx + 1;
+        s.txn_id = 0;
         s.prepare_keyless(Op::Begin, if read_only { abi::F_READ_ONLY } else { 0 });
-        match s.run("begin") {
+        let r = s.run("begin");
+        (s.txn, s.txn_id) = (txn, txn_id);
+        match r {
             Ok(resp) => Ok(Txn {
                 db: self.clone(),
                 idx,
@@ -72,7 +87,6 @@ impl Db {
                 }),
             }),
             Err(e) => {
-                drop(s);
                 if reserved.is_none() {
                     self.give_back_entry(idx);
                 }

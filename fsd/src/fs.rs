@@ -602,6 +602,7 @@ impl Fs {
             key_reads: self.counters.key_reads.load(Ordering::Relaxed),
             cached_opens: self.counters.cached_opens.load(Ordering::Relaxed),
             direct_opens: self.counters.direct_opens.load(Ordering::Relaxed),
+            slot_waits: self.db.slot_waits(),
         };
         stats::render(&self.db.stats(), &self.db.layout(), &daemon)
     }

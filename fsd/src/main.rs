@@ -20,6 +20,7 @@ use nix::unistd::{ForkResult, fork, setsid};
 use bpfdb_fsd::fs::Fs;
 use bpfdb_fsd::fuse::{FuseFs, KernelCache};
 use bpfdb_fsd::mount;
+use bpfdb_fsd::waiters;
 
 const MAX_VALUE_LIMIT: u64 = bpfdb::abi::VALUE_LIMIT as u64;
 /// Bounds of --wal-buffer, which the engine checks too.
@@ -35,8 +36,19 @@ fn default_threads() -> u32 {
         .clamp(2, MAX_THREADS)
 }
 
-/// Engine slots are FUSE threads plus two (the slot pool holds at most 64).
-const MAX_THREADS: u32 = bpfdb::abi::MAX_SLOTS - 2;
+/// Threads besides the FUSE workers and the waiter pool that run engine
+/// requests: the idle-transaction reaper and the engine's checkpoint thread.
+const SERVICE_THREADS: u32 = 2;
+
+/// One engine slot for every thread that can hold one at once: a FUSE
+/// worker that found every slot taken would wait behind commits waiting on
+/// fsync, and a reader's READ behind them.
+fn engine_slots(threads: u32) -> u32 {
+    threads + waiters::WAITERS as u32 + SERVICE_THREADS
+}
+
+/// The slot pool holds at most 64.
+const MAX_THREADS: u32 = bpfdb::abi::MAX_SLOTS - waiters::WAITERS as u32 - SERVICE_THREADS;
 
 /// Options `mount -t fuse.bpfdb` and fstab pass along that mean nothing here.
 const GENERIC_OPTIONS: &[&str] = &[
@@ -89,7 +101,7 @@ struct Cli {
     #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = parse_bytes)]
     value_mem: u64,
 
-    /// FUSE worker threads (engine request slots: threads + 2); at most 62.
+    /// FUSE worker threads; at most 58 (engine slots: threads + 6).
     /// Default: one per CPU, at least 2. More threads than CPUs make every request wake
     /// a thread on a busy CPU (on 2 CPUs, 4 threads halve the rate of a
     /// single reader); more help only when many clients wait at once, e.g.
@@ -354,7 +366,7 @@ fn start(s: &Settings) -> i32 {
         s.value_mem,
         s.value_mem >> 20,
         s.threads,
-        s.threads + 2,
+        engine_slots(s.threads),
         if s.allow_other { ", allow_other" } else { "" }
     );
     info!(
@@ -536,7 +548,7 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
         max_keys: s.max_keys,
         max_value: s.max_value,
         value_mem_bytes: s.value_mem,
-        slots: s.threads + 2,
+        slots: engine_slots(s.threads),
         hash_seed: random_seed()?,
         data_dir: Some(s.data_dir.clone()),
         sync: s.sync,

@@ -21,12 +21,15 @@ pub struct DaemonStats {
     /// Opens of a key read through the page cache / with direct I/O.
     pub cached_opens: u64,
     pub direct_opens: u64,
+    /// Engine requests that waited for a free slot (0 unless slots are
+    /// too few for the threads that use them).
+    pub slot_waits: u64,
 }
 
 /// `.stats` content: one `name value` pair per line.
 pub fn render(stats: &Stats, layout: &Layout, daemon: &DaemonStats) -> String {
     let op = |o: Op| stats.ops.get(o as usize).copied().unwrap_or(0);
-    let lines: [(&str, u64); 27] = [
+    let lines: [(&str, u64); 28] = [
         ("keys", stats.keys),
         ("records", stats.records),
         ("value_bytes", stats.value_bytes),
@@ -54,6 +57,7 @@ pub fn render(stats: &Stats, layout: &Layout, daemon: &DaemonStats) -> String {
         ("key_reads", daemon.key_reads),
         ("cached_opens", daemon.cached_opens),
         ("direct_opens", daemon.direct_opens),
+        ("slot_waits", daemon.slot_waits),
     ];
     let mut out = String::with_capacity(lines.len() * 24);
     for (name, value) in lines {

@@ -556,10 +556,11 @@ fn stats_file_content() {
         "key_reads",
         "cached_opens",
         "direct_opens",
+        "slot_waits",
     ] {
         field(name);
     }
-    assert_eq!(text.lines().count(), 27);
+    assert_eq!(text.lines().count(), 28);
     // Memory only: no log.
     assert_eq!(field("log_bytes"), 0);
     // The size a stat shows is the length of the text at that moment.
