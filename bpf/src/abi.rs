@@ -21,6 +21,8 @@ pub const MAX_TXNS: u32 = 65;
 pub const MAX_USER_TXNS: u32 = MAX_TXNS - 1;
 pub const CHECKPOINT_TXN: u32 = MAX_TXNS - 1;
 pub const TXN_MAX_LOCKS: usize = 128;
+/// CAS attempts on a contended lock word (DB_LOCK_CAS_TRIES).
+pub const LOCK_CAS_TRIES: u32 = 8;
 
 pub const OWNER_AUTOCOMMIT: u32 = 1 << 31;
 /// enum db_txn_state: DB_TXN_ACTIVE.

@@ -218,6 +218,8 @@ int stage_txn_get(struct pt_regs *ctx)
 		rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
 		if (rec) {
 			__u64 old = lock_shared(rec);
+			if (old == DB_LOCK_CONTENDED)
+				return fail(slot, -EBUSY, DB_D_RACE); /* other readers: retry */
 			if (old) {
 				fail(slot, -EBUSY, busy_detail(old));
 				return txn_conflict(ctx, slot, t);

@@ -39,6 +39,9 @@
 const volatile __u32 max_value = DB_VALUE_LIMIT;
 const volatile __u64 small_capacity = 0;
 const volatile __u64 page_capacity = 0;
+/* CAS attempts on a lock word other readers keep changing, at most
+ * DB_LOCK_CAS_TRIES (tests lower it to make contention common). */
+const volatile __u32 lock_cas_tries = DB_LOCK_CAS_TRIES;
 
 
 /* ---- state in .bss, mmap'ed by user space ---- */

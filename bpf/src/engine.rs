@@ -235,6 +235,9 @@ impl Engine {
             .as_deref_mut()
             .ok_or_else(|| Error::new(libc::EIO, "engine has no .rodata"))?;
         rodata.max_value = opts.max_value;
+        if opts.lock_cas_tries > 0 {
+            rodata.lock_cas_tries = opts.lock_cas_tries.min(abi::LOCK_CAS_TRIES);
+        }
         rodata.small_capacity = layout.small_chunks as u64;
         rodata.page_capacity = layout.pages as u64;
         info!(

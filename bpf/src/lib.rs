@@ -54,6 +54,10 @@ pub struct Options {
     /// Pin the data maps here (a bpffs directory) so a restarted daemon
     /// reuses them instead of replaying the log. None: nothing is pinned.
     pub pin_dir: Option<std::path::PathBuf>,
+    /// CAS attempts on a lock word other readers keep changing before the
+    /// op is retried from user space; 0: the engine's default
+    /// (DB_LOCK_CAS_TRIES). Tests lower it to make contention common.
+    pub lock_cas_tries: u32,
 }
 
 /// When a commit is acknowledged, and what a crash can lose.
@@ -84,6 +88,7 @@ impl Default for Options {
             checkpoint_bytes: 256 << 20,
             allow_corrupt_log: false,
             pin_dir: None,
+            lock_cas_tries: 0,
         }
     }
 }

@@ -126,10 +126,17 @@ static __always_inline void unlock_record(struct db_record *rec, struct db_hkey 
 	WRITE_ONCE(rec->lock, DB_LOCK_FREE);
 }
 
-/* Adds a shared holder. 0, or the lock word that refused it. */
+/* What lock_shared returns when other readers kept changing the lock word:
+ * no holder refused us, so the caller retries the op (DB_D_RACE); it must
+ * not count as a conflict with a transaction, which would abort the reader.
+ * S with no holders is never a word that refuses a reader. */
+#define DB_LOCK_CONTENDED DB_LOCK_S
+
+/* Adds a shared holder. 0, the lock word that refused it, or
+ * DB_LOCK_CONTENDED after lock_cas_tries lost races with other readers. */
 static __always_inline __u64 lock_shared(struct db_record *rec)
 {
-	for (int i = 0; i < DB_LOCK_CAS_TRIES; i++) {
+	for (int i = 0; i < DB_LOCK_CAS_TRIES && i < lock_cas_tries; i++) {
 		__u64 old = READ_ONCE(rec->lock);
 
 		if (old == DB_LOCK_DEAD || (old & DB_LOCK_X))
@@ -138,14 +145,20 @@ static __always_inline __u64 lock_shared(struct db_record *rec)
 		if (__sync_val_compare_and_swap(&rec->lock, old, new) == old)
 			return 0;
 	}
-	return DB_LOCK_X; /* contended: report a conflict rather than spin */
+	return DB_LOCK_CONTENDED; /* retried by the caller rather than spun on here */
 }
 
 /* Drops a shared holder; the last one out removes an empty record (a
  * placeholder that locked a key's absence). */
 static __always_inline void unlock_shared(struct db_record *rec, struct db_hkey *hkey, __u32 owner)
 {
-	if (__sync_fetch_and_add(&rec->lock, -1) - 1 != DB_LOCK_S)
+	/* Versions cannot appear while we hold S, so a record with one now
+	 * needs no removal: just leave. Taking X to look (as the last holder
+	 * must for a placeholder) would make a reader arriving meanwhile see
+	 * a transaction's lock and abort. */
+	bool placeholder = record_empty(rec);
+
+	if (__sync_fetch_and_add(&rec->lock, -1) - 1 != DB_LOCK_S || !placeholder)
 		return;
 	if (__sync_val_compare_and_swap(&rec->lock, DB_LOCK_S, DB_LOCK_X | owner) == DB_LOCK_S)
 		unlock_record(rec, hkey);

@@ -414,3 +414,51 @@ fn storage_shared_by_rename_and_chmod_outlives_old_snapshots() {
         "shared pages freed once the snapshot ended; filler keeps an index and 2 data pages: {st:?}"
     );
 }
+
+/// Readers only: transactions taking shared locks on one key never conflict
+/// with each other. Contention on the lock word (many readers' CAS at once)
+/// must be retried, not reported as a lock held by a transaction (which
+/// aborted the reader). Threads release the key and take it again in a tight
+/// loop so their CAS attempts collide.
+#[test]
+fn shared_lock_contention_never_aborts_readers() {
+    const THREADS: usize = 4;
+    const ROUNDS: usize = 4000;
+    let db = Db::open(&Options {
+        max_keys: 4096,
+        value_mem_bytes: 16 << 20,
+        slots: 8,
+        // One CAS attempt: any reader arriving at the same moment wins.
+        lock_cas_tries: 1,
+        ..Options::default()
+    })
+    .unwrap_or_else(|e| panic!("open engine: {e}"));
+    put(&db, "hot", "v");
+    let aborted: Vec<usize> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut aborted = 0;
+                    for _ in 0..ROUNDS {
+                        let t = db.begin(false).unwrap_or_else(|e| panic!("begin: {e}"));
+                        match tget(&t, "hot") {
+                            Ok(Some(v)) => assert_eq!(v, "v"),
+                            Ok(None) => panic!("hot vanished"),
+                            Err(_) => aborted += 1,
+                        }
+                        if t.state() == TxnState::Active {
+                            t.commit().unwrap_or_else(|e| panic!("commit: {e}"));
+                        }
+                    }
+                    aborted
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        aborted.iter().sum::<usize>(),
+        0,
+        "readers aborted by contention among readers: {aborted:?} of {ROUNDS} per thread"
+    );
+}
