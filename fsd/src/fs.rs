@@ -603,6 +603,7 @@ impl Fs {
             cached_opens: self.counters.cached_opens.load(Ordering::Relaxed),
             direct_opens: self.counters.direct_opens.load(Ordering::Relaxed),
             slot_waits: self.db.slot_waits(),
+            worker_waits: self.uses.waits_off_pool(),
         };
         stats::render(&self.db.stats(), &self.db.layout(), &daemon)
     }

@@ -385,8 +385,9 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        // Only a transaction's `.ctl` commit may wait; other writes are
-        // served in place, without copying their data.
+        // Only a transaction's `.ctl` commit, or a writer counted again
+        // beside cached readers, may wait; other writes are served in
+        // place, without copying their data.
         if self.fs.write_may_wait(ino.0, fh.0) {
             let data = data.to_vec();
             self.waiters

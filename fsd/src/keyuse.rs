@@ -12,6 +12,7 @@
 //! that arrive meanwhile read with direct I/O from their own snapshot.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,11 @@ impl Use {
 pub struct KeyUse {
     table: Mutex<HashMap<u64, Use>>,
     closed: Condvar,
+    /// Waits for cached readers that ran outside the waiter pool: each one
+    /// held a FUSE worker the readers may need for their READ and RELEASE.
+    /// The FUSE adapter routes every operation that may wait to the pool,
+    /// so this stays 0; `.stats` shows it as `worker_waits`.
+    waits_off_pool: AtomicU64,
 }
 
 impl KeyUse {
@@ -66,6 +72,11 @@ impl KeyUse {
     /// commit would wait for them.
     pub fn has_cached(&self, ino: u64) -> bool {
         self.lock().get(&ino).is_some_and(|u| u.cached > 0)
+    }
+
+    /// Waits for cached readers that did not run on the waiter pool.
+    pub fn waits_off_pool(&self) -> u64 {
+        self.waits_off_pool.load(Ordering::Relaxed)
     }
 
     pub fn close_cached(&self, ino: u64) {
@@ -106,6 +117,10 @@ impl KeyUse {
     fn wait_quiet(&self, inos: &[u64], what: &str) {
         let deadline = Instant::now() + QUIET_TIMEOUT;
         let mut t = self.lock();
+        let on_pool = std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with(crate::waiters::THREAD_PREFIX));
+        let mut counted = on_pool;
         loop {
             let busy = inos
                 .iter()
@@ -113,6 +128,11 @@ impl KeyUse {
                 .count();
             if busy == 0 {
                 return;
+            }
+            if !counted {
+                counted = true;
+                self.waits_off_pool.fetch_add(1, Ordering::Relaxed);
+                log::warn!("{what}: waiting for cached readers outside the waiter pool");
             }
             let now = Instant::now();
             if now >= deadline {

@@ -24,12 +24,15 @@ pub struct DaemonStats {
     /// Engine requests that waited for a free slot (0 unless slots are
     /// too few for the threads that use them).
     pub slot_waits: u64,
+    /// Waits for cached readers that held a FUSE worker (0 when every
+    /// operation that may wait runs on the waiter pool).
+    pub worker_waits: u64,
 }
 
 /// `.stats` content: one `name value` pair per line.
 pub fn render(stats: &Stats, layout: &Layout, daemon: &DaemonStats) -> String {
     let op = |o: Op| stats.ops.get(o as usize).copied().unwrap_or(0);
-    let lines: [(&str, u64); 28] = [
+    let lines: [(&str, u64); 29] = [
         ("keys", stats.keys),
         ("records", stats.records),
         ("value_bytes", stats.value_bytes),
@@ -58,6 +61,7 @@ pub fn render(stats: &Stats, layout: &Layout, daemon: &DaemonStats) -> String {
         ("cached_opens", daemon.cached_opens),
         ("direct_opens", daemon.direct_opens),
         ("slot_waits", daemon.slot_waits),
+        ("worker_waits", daemon.worker_waits),
     ];
     let mut out = String::with_capacity(lines.len() * 24);
     for (name, value) in lines {

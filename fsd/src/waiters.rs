@@ -16,6 +16,9 @@ use std::thread::JoinHandle;
 /// waits at most `keyuse::QUIET_TIMEOUT`.
 pub const WAITERS: usize = 4;
 
+/// Names of the pool's threads begin with this (keyuse checks it).
+pub const THREAD_PREFIX: &str = "bpfdb-wait";
+
 type Job<T> = Box<dyn FnOnce(&T) + Send>;
 
 pub struct Waiters<T: Send + Sync + 'static> {
@@ -32,7 +35,7 @@ impl<T: Send + Sync + 'static> Waiters<T> {
             .map(|i| {
                 let (rx, shared) = (rx.clone(), shared.clone());
                 std::thread::Builder::new()
-                    .name(format!("bpfdb-wait-{i}"))
+                    .name(format!("{THREAD_PREFIX}-{i}"))
                     .spawn(move || {
                         // The lock is held only to take the next job.
                         while let Ok(job) = rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {

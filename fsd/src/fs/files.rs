@@ -384,15 +384,21 @@ impl Fs {
     /// Whether a write to `fh` on inode `ino` could wait for cached readers
     /// (`Fs::may_wait`): a command to a transaction's `.ctl` commits the
     /// keys it changed. Every other write is told by one inode lookup.
+    ///
+    /// So may a write through a root writer that a FLUSH left uncounted
+    /// (dash's `>>` dups the descriptor and closes the original before it
+    /// writes): counting it again waits for the key's cached readers.
     pub fn write_may_wait(&self, ino: u64, fh: u64) -> bool {
-        if !self.inodes.is_txn_ctl(ino) {
+        let ctl = self.inodes.is_txn_ctl(ino);
+        if !ctl && !self.uses.has_cached(ino) {
             return false;
         }
         let Ok(h) = self.handles.get(fh) else {
             return false;
         };
         let scope = match &*lock(&h) {
-            Handle::Ctl(c) if c.scope != ROOT_SCOPE => c.scope,
+            Handle::Writer(w) => return w.root && !w.registered,
+            Handle::Ctl(c) if ctl && c.scope != ROOT_SCOPE => c.scope,
             _ => return false,
         };
         let Some(open) = self.txns.get(scope) else {

@@ -557,10 +557,11 @@ fn stats_file_content() {
         "cached_opens",
         "direct_opens",
         "slot_waits",
+        "worker_waits",
     ] {
         field(name);
     }
-    assert_eq!(text.lines().count(), 28);
+    assert_eq!(text.lines().count(), 29);
     // Memory only: no log.
     assert_eq!(field("log_bytes"), 0);
     // The size a stat shows is the length of the text at that moment.
