@@ -225,16 +225,17 @@ int stage_txn_get(struct pt_regs *ctx)
 				return txn_conflict(ctx, slot, t);
 			}
 			if (!name_matches(rec, &slot->req.key, slot->req.key_len)) {
-				unlock_shared(rec, &slot->req.hkey, idx);
+				unlock_shared(rec, &slot->req.hkey);
 				return fail(slot, -EBUSY, DB_D_RACE); /* element reused: retry */
 			}
 		} else {
 			/* Lock the key's absence too, so a concurrent insert
-			 * conflicts: a placeholder record, born locked, then shared. */
-			rec = lock_record(slot, false, idx, true);
+			 * conflicts: a placeholder record born with our shared
+			 * lock (born X, a reader arriving meanwhile would take
+			 * it for a transaction's write and abort). */
+			rec = create_record(slot, false, DB_LOCK_S | 1);
 			if (!rec)
 				return txn_conflict(ctx, slot, t);
-			WRITE_ONCE(rec->lock, DB_LOCK_S | 1);
 		}
 		struct db_txn_lock *l = &t->locks[L(t->n_locks)];
 		l->hkey = slot->req.hkey;

@@ -39,6 +39,49 @@ static __always_inline __u64 try_lock_x(struct db_record *rec, __u64 mine)
 	return old == DB_LOCK_FREE || old == DB_LOCK_S ? 0 : old;
 }
 
+/* Inserts an empty record for the request's key (key2 when second), born
+ * with the lock word `born`: X for a writer, or one shared holder for a
+ * reader locking a key's absence. Returns NULL after writing the error
+ * into the slot; a record inserted meanwhile by someone else is a
+ * transient EBUSY (the op is retried and then finds it). */
+static __always_inline struct db_record *create_record(struct db_slot *slot, bool second,
+							__u64 born)
+{
+	struct db_hkey *hkey = second ? &slot->req.hkey2 : &slot->req.hkey;
+	struct db_key *key = second ? &slot->req.key2 : &slot->req.key;
+	/* Built in the slot: a record does not fit on the 512-byte stack. */
+	struct db_record *init = &slot->scratch;
+
+	__builtin_memset(init, 0, sizeof(*init));
+	__u64 gen = __sync_fetch_and_add(&record_gen, 1) << 32;
+
+	init->lock = born;
+	init->gc_seq = gen;
+	init->key_len = second ? slot->req.key2_len : slot->req.key_len;
+	if (bpf_probe_read_kernel(init->name, sizeof(init->name), key->name)) {
+		fail(slot, -EIO, DB_D_NONE);
+		return NULL;
+	}
+	long err = bpf_map_update_elem(&records, hkey, init, BPF_NOEXIST);
+	if (err == -EEXIST) {
+		fail(slot, -EBUSY, DB_D_LOCKED_AUTOCOMMIT);
+		return NULL;
+	}
+	if (err) {
+		fail(slot, -ENOSPC, DB_D_NO_KEYS);
+		return NULL;
+	}
+	/* Ours while its gc_seq is the fresh one (other readers may already
+	 * share a born-shared lock, so the lock word cannot tell). */
+	struct db_record *rec = bpf_map_lookup_elem(&records, hkey);
+	if (!rec || READ_ONCE(rec->gc_seq) != gen) {
+		fail(slot, -EBUSY, DB_D_RACE);
+		return NULL;
+	}
+	stat_add(&stats.records, 1);
+	return rec;
+}
+
 /* Finds the record of the request's key (key2 when second) and takes its
  * exclusive lock for owner, creating an empty record (born locked) when
  * create is set. Returns NULL after writing the error into the slot. */
@@ -56,33 +99,7 @@ static __always_inline struct db_record *lock_record(struct db_slot *slot, bool 
 			fail(slot, -ENOENT, DB_D_NONE);
 			return NULL;
 		}
-		/* Built in the slot: a record does not fit on the 512-byte stack. */
-		struct db_record *init = &slot->scratch;
-
-		__builtin_memset(init, 0, sizeof(*init));
-		init->lock = mine;
-		init->gc_seq = __sync_fetch_and_add(&record_gen, 1) << 32;
-		init->key_len = key_len;
-		if (bpf_probe_read_kernel(init->name, sizeof(init->name), key->name)) {
-			fail(slot, -EIO, DB_D_NONE);
-			return NULL;
-		}
-		long err = bpf_map_update_elem(&records, hkey, init, BPF_NOEXIST);
-		if (err == -EEXIST) {
-			fail(slot, -EBUSY, DB_D_LOCKED_AUTOCOMMIT);
-			return NULL;
-		}
-		if (err) {
-			fail(slot, -ENOSPC, DB_D_NO_KEYS);
-			return NULL;
-		}
-		rec = bpf_map_lookup_elem(&records, hkey);
-		if (!rec || READ_ONCE(rec->lock) != mine) {
-			fail(slot, -EBUSY, DB_D_RACE);
-			return NULL;
-		}
-		stat_add(&stats.records, 1);
-		return rec;
+		return create_record(slot, second, mine);
 	}
 	__u64 old = try_lock_x(rec, mine);
 	if (old) {
@@ -112,15 +129,22 @@ static __always_inline bool record_empty(struct db_record *rec)
 	return true;
 }
 
+/* Takes a DEAD record out of the map: bump gc_seq first, so lock-free
+ * readers holding it see it change. */
+static __always_inline void remove_record(struct db_record *rec, struct db_hkey *hkey)
+{
+	__sync_fetch_and_add(&rec->gc_seq, 1);
+	bpf_map_delete_elem(&records, hkey);
+	stat_add(&stats.records, -1);
+}
+
 /* Releases an exclusive lock; a record left with no versions leaves the map. */
 static __always_inline void unlock_record(struct db_record *rec, struct db_hkey *hkey)
 {
 	if (record_empty(rec)) {
 		/* DEAD first: stale lockers fail their CAS; readers see gc_seq move. */
 		WRITE_ONCE(rec->lock, DB_LOCK_DEAD);
-		__sync_fetch_and_add(&rec->gc_seq, 1);
-		bpf_map_delete_elem(&records, hkey);
-		stat_add(&stats.records, -1);
+		remove_record(rec, hkey);
 		return;
 	}
 	WRITE_ONCE(rec->lock, DB_LOCK_FREE);
@@ -150,18 +174,25 @@ static __always_inline __u64 lock_shared(struct db_record *rec)
 
 /* Drops a shared holder; the last one out removes an empty record (a
  * placeholder that locked a key's absence). */
-static __always_inline void unlock_shared(struct db_record *rec, struct db_hkey *hkey, __u32 owner)
+static __always_inline void unlock_shared(struct db_record *rec, struct db_hkey *hkey)
 {
 	/* Versions cannot appear while we hold S, so a record with one now
-	 * needs no removal: just leave. Taking X to look (as the last holder
-	 * must for a placeholder) would make a reader arriving meanwhile see
-	 * a transaction's lock and abort. */
+	 * needs no removal: just leave. */
 	bool placeholder = record_empty(rec);
 
 	if (__sync_fetch_and_add(&rec->lock, -1) - 1 != DB_LOCK_S || !placeholder)
 		return;
-	if (__sync_val_compare_and_swap(&rec->lock, DB_LOCK_S, DB_LOCK_X | owner) == DB_LOCK_S)
-		unlock_record(rec, hkey);
+	/* DEAD, not a transaction's X, while we look: a reader arriving now
+	 * retries (busy_detail) instead of taking it for a conflict and
+	 * aborting. A writer may have come and gone since our decrement
+	 * (S again by another reader's visit), hence the second look. */
+	if (__sync_val_compare_and_swap(&rec->lock, DB_LOCK_S, DB_LOCK_DEAD) != DB_LOCK_S)
+		return;
+	if (!record_empty(rec)) {
+		WRITE_ONCE(rec->lock, DB_LOCK_FREE);
+		return;
+	}
+	remove_record(rec, hkey);
 }
 
 /* ---- garbage collection ---- */

@@ -128,7 +128,7 @@ static long release_one(__u64 i, struct txn_walk *w)
 		gc_record(rec);
 		unlock_record(rec, &l->hkey);
 	} else {
-		unlock_shared(rec, &l->hkey, w->txn);
+		unlock_shared(rec, &l->hkey);
 	}
 	return 0;
 }

@@ -205,7 +205,7 @@ enum FullStep {
 
 const MAX_SNAPS: usize = 3;
 /// More than one scan batch (2048 keys).
-const BULK_KEYS: usize = 2500;
+const BULK_KEYS: usize = 2100;
 
 fn bulk_key(i: usize) -> Vec<u8> {
     format!("bulk{i:05}-{}", "b".repeat(200)).into_bytes()
@@ -273,7 +273,7 @@ fn check_view(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 10, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
 
     /// Snapshots held across writes (GC and storage shared by metadata-only
     /// writes and renames), metadata-only writes, the no-replace and
@@ -281,7 +281,7 @@ proptest! {
     /// (recovery from checkpoint and log), against a model.
     #[test]
     fn engine_with_snapshots_and_restarts_matches_model(
-        steps in proptest::collection::vec(full_step(), 1..70)
+        steps in proptest::collection::vec(full_step(), 1..60)
     ) {
         let dir = tempfile::tempdir().unwrap();
         let opts = Options {
