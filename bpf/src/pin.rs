@@ -3,6 +3,7 @@
 //! replaying the log. Programs are never pinned; without a pin directory
 //! nothing is left in bpffs after exit.
 
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::Path;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
@@ -45,12 +46,46 @@ pub fn prepare_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::new(e as i32, format!("mount bpffs at {BPFFS}: {e}")))?;
         info!("mounted bpffs at {BPFFS}");
     }
-    std::fs::create_dir_all(dir)
+    // Ours alone: whoever can write the directory can delete the pins (and
+    // make the next start fail) or put maps of their own in their place.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
         .map_err(|e| Error::io(&format!("create {}", dir.display()), &e))?;
     if !on_bpffs(dir) {
         return Err(Error::new(
             libc::EINVAL,
             format!("pin directory {} is not on bpffs", dir.display()),
+        ));
+    }
+    check_owner(dir)
+}
+
+/// Refuses a pin directory another user could write: not owned by the
+/// daemon's user, or writable by group or others.
+fn check_owner(dir: &Path) -> Result<()> {
+    let meta =
+        std::fs::metadata(dir).map_err(|e| Error::io(&format!("stat {}", dir.display()), &e))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(Error::new(
+            libc::EPERM,
+            format!(
+                "pin directory {} is owned by uid {}, not by uid {me} running bpfdb; refusing to pin there",
+                dir.display(),
+                meta.uid()
+            ),
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(Error::new(
+            libc::EPERM,
+            format!(
+                "pin directory {} (mode {:o}) is writable by other users; refusing to pin there (chmod go-w, or name a new directory)",
+                dir.display(),
+                meta.mode() & 0o7777
+            ),
         ));
     }
     Ok(())

@@ -77,3 +77,32 @@ fn pinned_state_of_other_sizes_refuses_to_start() {
     let (_, log) = m.start_expect_failure(&["-o", "max_keys=777"]);
     assert!(log.contains("pinned state"), "{log}");
 }
+
+/// Another user who controls the pin directory could delete or replace the
+/// pinned maps: a directory not owned by root, or writable by others (bpffs
+/// itself is world-writable with the sticky bit), is refused; one the daemon
+/// creates is root's, mode 0700.
+#[test]
+fn pin_directory_another_user_controls_is_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    let mut m = Mount::new();
+    m.umount_expect_clean_exit();
+
+    let foreign = PinDir::new("foreign");
+    std::fs::create_dir(&foreign.0).unwrap();
+    std::os::unix::fs::chown(&foreign.0, Some(65534), Some(65534)).unwrap();
+    let (_, log) = m.start_expect_failure(&[&foreign.arg()]);
+    assert!(log.contains("owned by uid 65534"), "{log}");
+
+    let open = PinDir::new("open");
+    std::fs::create_dir(&open.0).unwrap();
+    std::fs::set_permissions(&open.0, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let (_, log) = m.start_expect_failure(&[&open.arg()]);
+    assert!(log.contains("writable by other users"), "{log}");
+
+    let fresh = PinDir::new("fresh");
+    m.start_again_with(&[&fresh.arg()]);
+    let meta = std::fs::metadata(&fresh.0).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o700));
+}
