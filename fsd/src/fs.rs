@@ -146,6 +146,8 @@ pub struct Fs {
     max_keys: usize,
     /// Owner of the daemon's own files (root, `.stats`, `.txn`, `.snap`).
     owner: Owner,
+    /// Permission bits of the root directory (see `share_root`).
+    root_mode: u32,
     started_ns: u64,
     /// Cached readers, pending writers and commits per root key: they
     /// never overlap (see `keyuse`).
@@ -182,12 +184,21 @@ impl Fs {
                 uid: nix::unistd::geteuid().as_raw(),
                 gid: nix::unistd::getegid().as_raw(),
             },
+            root_mode: 0o755,
             started_ns: now_ns(),
             uses: KeyUse::default(),
             invalidate: Box::new(|_| {}),
             counters: Counters::default(),
             db,
         })
+    }
+
+    /// Makes the root directory shared the way /tmp is (mode 1777): with
+    /// allow_other, every user may create keys, and only a key's owner (or
+    /// root) may remove or rename it; reads and writes follow each key's
+    /// mode. `.ctl`, `.txn` and `.snap` stay the daemon owner's.
+    pub fn share_root(&mut self) {
+        self.root_mode = 0o1777;
     }
 
     /// Sets what `root_changed` calls (the FUSE adapter's invalidation).
@@ -635,7 +646,7 @@ impl Fs {
     fn fixed_attr(&self, ino: u64) -> Attr {
         let (kind, mode, nlink, mtime_ns, size) = match ino {
             // "." and ".." plus the ".." of each subdirectory.
-            ROOT_INO => (Kind::Dir, 0o755, 4, self.started_ns, 0),
+            ROOT_INO => (Kind::Dir, self.root_mode, 4, self.started_ns, 0),
             // The length the content would have now; what a read returns is
             // rendered at open (direct I/O, so the size does not cut it).
             STATS_INO => (

@@ -564,6 +564,9 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
         .map_err(|e| format!("starting the filesystem: {e}"))?;
     let kernel_cache = KernelCache::default();
     fs.set_invalidate(kernel_cache.invalidate());
+    if s.allow_other {
+        fs.share_root();
+    }
 
     info!("mounting {}", mountpoint.display());
     let fuse_fd = mount::mount(mountpoint, s.allow_other)?;

@@ -26,9 +26,12 @@ pub fn mount(mountpoint: &Path, allow_other: bool) -> Result<OwnedFd, String> {
         .map_err(|e| format!("mountpoint {}: {e}", mountpoint.display()))?
         .mode()
         & libc::S_IFMT;
-    // No default_permissions: modes are recorded, not enforced.
+    // default_permissions: the kernel checks every access against the
+    // modes and owners the daemon reports (keys as recorded; the root,
+    // `.ctl`, `.txn` and `.snap` as fixed attributes), so users that
+    // allow_other lets in obey them. Root keeps its usual override.
     let mut data = format!(
-        "fd={},rootmode={root_mode:o},user_id={},group_id={}",
+        "fd={},rootmode={root_mode:o},user_id={},group_id={},default_permissions",
         dev.as_raw_fd(),
         nix::unistd::getuid(),
         nix::unistd::getgid()

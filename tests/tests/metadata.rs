@@ -186,8 +186,10 @@ fn uid_and_gid_are_those_of_the_creating_process() {
     assert_eq!(m.ok("stat -c '%u %g' k"), "1234 5678\n");
 }
 
+/// Modes bind other users (docs/SEMANTICS.md: Metadata); root keeps its
+/// usual override, as on any filesystem.
 #[test]
-fn permission_bits_are_recorded_not_enforced() {
+fn permission_bits_bind_other_users_and_not_root() {
     let m = Mount::builder().arg("--allow-other").start();
     m.ok("echo secret > k && chmod 000 k");
     assert_eq!(m.ok("stat -c %a k"), "0\n");
@@ -196,9 +198,14 @@ fn permission_bits_are_recorded_not_enforced() {
         "secret\nsecret\nmore\n"
     );
     m.ok("chmod 600 k");
+    m.fails(
+        "setpriv --reuid=4321 --regid=4321 --clear-groups cat k",
+        "Permission denied",
+    );
+    m.ok("chmod 644 k");
     assert_eq!(
         m.ok("setpriv --reuid=4321 --regid=4321 --clear-groups cat k"),
         "secret\nmore\n"
     );
-    assert_eq!(m.ok("stat -c '%a %u %g' k"), "600 0 0\n");
+    assert_eq!(m.ok("stat -c '%a %u %g' k"), "644 0 0\n");
 }

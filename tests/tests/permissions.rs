@@ -1,0 +1,85 @@
+//! With `--allow-other` other local users reach the mount, and the modes
+//! and owners bpfdb records are enforced for them (the kernel's
+//! `default_permissions` checks): keys, the root directory (shared like
+//! /tmp: mode 1777), `.ctl`, `.txn` and `.snap`. Driven as an unprivileged
+//! user with setpriv.
+
+use std::os::unix::fs::PermissionsExt;
+
+use bpfdb_tests::Mount;
+
+/// Runs `script` in the mount as user and group 65534 (nobody) and prints,
+/// per line of `checks`, `ok` or `denied`.
+fn as_nobody(m: &Mount, checks: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut script = String::new();
+    for (name, cmd) in checks {
+        script.push_str(&format!(
+            "if setpriv --reuid=65534 --regid=65534 --clear-groups sh -c '{cmd}' >/dev/null 2>&1; then echo '{name} ok'; else echo '{name} denied'; fi\n"
+        ));
+    }
+    m.ok(&script)
+        .lines()
+        .map(|l| {
+            let (n, r) = l.rsplit_once(' ').unwrap_or((l, ""));
+            (n.to_owned(), r.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn other_users_obey_modes_and_owners() {
+    let m = Mount::builder().arg("--allow-other").start();
+    // Let nobody reach the mountpoint through the test's private directory.
+    let top = m.path().parent().unwrap();
+    std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o755)).unwrap();
+    m.ok("umask 022; echo secret > private && chmod 600 private && echo pub > public && mkdir .txn/t && mkdir .snap/s");
+    let got = as_nobody(
+        &m,
+        &[
+            ("list", "ls"),
+            ("read public", "cat public"),
+            ("read private", "cat private"),
+            ("rewrite public", "echo x > public"),
+            ("append public", "echo x >> public"),
+            ("chmod public", "chmod 666 public"),
+            ("remove public", "rm -f public"),
+            ("rename", "mv public moved"),
+            ("create", "echo new > fresh && chmod 600 fresh && cat fresh"),
+            ("remove own", "rm fresh"),
+            ("checkpoint", "echo checkpoint > .ctl"),
+            ("begin", "mkdir .txn/mine"),
+            ("write in txn", "echo x > .txn/t/public"),
+            ("commit txn", "echo commit > .txn/t/.ctl"),
+            ("snapshot", "mkdir .snap/mine"),
+            ("read snapshot", "cat .snap/s/public"),
+        ],
+    );
+    let want = [
+        ("list", "ok"),
+        ("read public", "ok"),
+        ("read private", "denied"),
+        ("rewrite public", "denied"),
+        ("append public", "denied"),
+        ("chmod public", "denied"),
+        ("remove public", "denied"),
+        ("rename", "denied"),
+        ("create", "ok"),
+        ("remove own", "ok"),
+        ("checkpoint", "denied"),
+        ("begin", "denied"),
+        ("write in txn", "denied"),
+        ("commit txn", "denied"),
+        ("snapshot", "denied"),
+        ("read snapshot", "ok"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(got, want);
+    // Nothing the other user tried changed anything.
+    assert_eq!(m.ok("cat public private"), "pub\nsecret\n");
+    assert_eq!(m.ok("stat -c %a public"), "644\n");
+    assert_eq!(m.ok("ls"), "private\npublic\n");
+    assert_eq!(m.txn_state("t"), "active");
+}
