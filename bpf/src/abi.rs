@@ -50,6 +50,7 @@ pub const F_NOREPLACE: u32 = 1 << 1;
 pub const F_MUST_EXIST: u32 = 1 << 2;
 pub const F_READ_ONLY: u32 = 1 << 3;
 pub const F_NUDGE: u32 = 1 << 4;
+pub const F_CHECK_LOCK: u32 = 1 << 5;
 
 /// `enum db_detail`: why an op failed, for error messages and retry decisions.
 #[repr(u32)]

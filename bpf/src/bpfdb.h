@@ -88,6 +88,7 @@ enum db_stage {
 #define DB_F_MUST_EXIST (1u << 2) /* SET: fail with ENOENT if key does not exist */
 #define DB_F_READ_ONLY (1u << 3)  /* BEGIN: a read-only snapshot transaction */
 #define DB_F_NUDGE (1u << 4)      /* NOP: wake the log writer (a NUDGE fragment) */
+#define DB_F_CHECK_LOCK (1u << 5) /* GET: EBUSY if a transaction holds the key (a write would conflict) */
 
 /* ---- shared structs ---- */
 

@@ -473,7 +473,11 @@ impl Session<'_> {
 
     /// Reads the value of `key` into `out` (replacing its contents).
     pub fn get(&mut self, key: &[u8], out: &mut Vec<u8>) -> Result<Stat> {
-        self.prepare(Op::Get, 0, key)?;
+        self.get_flags(key, out, 0)
+    }
+
+    fn get_flags(&mut self, key: &[u8], out: &mut Vec<u8>, flags: u32) -> Result<Stat> {
+        self.prepare(Op::Get, flags, key)?;
         let resp = self.run("get")?;
         let len = resp.meta.len as usize;
         if len > abi::VALUE_LIMIT {
@@ -492,7 +496,22 @@ impl Session<'_> {
 
     /// Metadata of `key` without its value.
     pub fn stat(&mut self, key: &[u8]) -> Result<Stat> {
-        self.prepare(Op::Get, abi::F_META_ONLY, key)?;
+        self.stat_flags(key, 0)
+    }
+
+    /// `get` for a writer about to open `key`: fails with EBUSY at once if
+    /// a transaction holds the key, where the write would conflict.
+    pub fn get_for_write(&mut self, key: &[u8], out: &mut Vec<u8>) -> Result<Stat> {
+        self.get_flags(key, out, abi::F_CHECK_LOCK)
+    }
+
+    /// `stat` for a writer about to open `key`, as `get_for_write`.
+    pub fn stat_for_write(&mut self, key: &[u8]) -> Result<Stat> {
+        self.stat_flags(key, abi::F_CHECK_LOCK)
+    }
+
+    fn stat_flags(&mut self, key: &[u8], flags: u32) -> Result<Stat> {
+        self.prepare(Op::Get, abi::F_META_ONLY | flags, key)?;
         let resp = self.run("stat")?;
         Ok(Stat {
             meta: resp.meta,

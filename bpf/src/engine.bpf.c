@@ -168,6 +168,12 @@ int stage_get(struct pt_regs *ctx)
 				return fail(slot, -ENOENT, DB_D_NONE); /* another name's hash */
 			continue;
 		}
+		/* A writer about to open the key learns now, not at its commit,
+		 * that a transaction holds it (shared or exclusive): shells never
+		 * see the error a close reports. Present or not: a transaction
+		 * that read a missing key holds its placeholder. */
+		if ((slot->req.flags & DB_F_CHECK_LOCK) && txn_holds(READ_ONCE(rec->lock)))
+			return fail(slot, -EBUSY, DB_D_LOCKED_TXN);
 		int i = visible_version(rec, at);
 		int err = i >= 0 ? respond_version(ctx, slot, rec, i) : 0;
 

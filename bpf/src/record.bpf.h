@@ -28,6 +28,17 @@ static __always_inline __u32 busy_detail(__u64 lock)
 	return DB_D_LOCKED_TXN;
 }
 
+/* Whether the lock word is held by a transaction: exclusively by one, or
+ * shared (only transactions take shared locks). */
+static __always_inline bool txn_holds(__u64 lock)
+{
+	if (lock == DB_LOCK_DEAD)
+		return false;
+	if (lock & DB_LOCK_X)
+		return !(lock & DB_OWNER_AUTOCOMMIT);
+	return (lock & DB_LOCK_S) && (lock & 0xffffffffULL) != 0;
+}
+
 /* Exclusive lock on a record nobody else holds. S with no holders counts
  * as free. Returns the old lock word on failure, 0 on success. */
 static __always_inline __u64 try_lock_x(struct db_record *rec, __u64 mine)

@@ -251,9 +251,12 @@ impl Fs {
             space.writable("open for writing", key)?;
             let truncate = flags & libc::O_TRUNC != 0;
             let mut meta = if truncate {
-                space.stat(&self.db, key).map_err(fail)?.meta
+                space.stat_for_write(&self.db, key).map_err(fail)?.meta
             } else {
-                space.get(&self.db, key, &mut data).map_err(fail)?.meta
+                space
+                    .get_for_write(&self.db, key, &mut data)
+                    .map_err(fail)?
+                    .meta
             };
             if let Space::Open(_) = space {
                 let staged = NewMeta {

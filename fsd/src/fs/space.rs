@@ -135,6 +135,25 @@ impl Space {
         }
     }
 
+    /// `get` for an open for writing: at the root, a key a transaction
+    /// holds fails the open with EBUSY (its commit would fail at close,
+    /// which a shell's `>` never checks). In a transaction the open takes
+    /// the lock itself.
+    pub fn get_for_write(&self, db: &Db, key: &[u8], out: &mut Vec<u8>) -> Result<Stat> {
+        match self {
+            Space::Root => db.session().get_for_write(key, out),
+            Space::Open(o) => o.txn.get(key, out),
+        }
+    }
+
+    /// `stat` for an open for writing, as `get_for_write`.
+    pub fn stat_for_write(&self, db: &Db, key: &[u8]) -> Result<Stat> {
+        match self {
+            Space::Root => db.session().stat_for_write(key),
+            Space::Open(o) => o.txn.stat(key),
+        }
+    }
+
     pub fn set(
         &self,
         db: &Db,
