@@ -146,18 +146,22 @@ int stage_get(struct pt_regs *ctx)
 
 	if (!slot)
 		return 0;
-	__u64 snap = 0; /* registered snapshot; 0: read at last_ts */
+	__u64 snap = 0;        /* the snapshot's timestamp, when snapshot is set */
+	bool snapshot = false; /* else read at last_ts */
 	if (slot->req.txn) {
 		struct db_txn *t = active_txn(slot);
 		if (!t)
 			return 0;
+		/* A flag, not snap != 0: a snapshot of the empty database reads
+		 * at 0 and must not see later commits. */
+		snapshot = true;
 		snap = t->snap_ts;
 	}
 	for (int attempt = 0; attempt < DB_READ_RETRIES; attempt++) {
 		struct db_record *rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
 		/* An unregistered reader takes a fresh timestamp each attempt:
 		 * GC may have reclaimed what an older one saw. */
-		__u64 at = snap ? snap : READ_ONCE(last_ts);
+		__u64 at = snapshot ? snap : READ_ONCE(last_ts);
 
 		if (!rec)
 			return fail(slot, -ENOENT, DB_D_NONE);
