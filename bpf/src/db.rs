@@ -128,6 +128,7 @@ impl Db {
             next_seq: rec.next_seq,
             last_ts: engine.last_ts(),
             sync: self.inner.opts.sync,
+            faults: self.inner.opts.log_faults.clone(),
         };
         let log = Log::start(engine.wal_map()?, start)?;
         engine.set_wal_on(true)?;
@@ -353,7 +354,12 @@ impl Session<'_> {
     /// Fires the trigger and turns the response into a Result, re-running
     /// the op on transient conflicts with other autocommit ops.
     pub(crate) fn run(&mut self, what: &str) -> Result<abi::Resp> {
-        let log_deadline = std::time::Instant::now() + crate::wal_writer::STALL_TIMEOUT;
+        let stall = self
+            .db
+            .log
+            .get()
+            .map_or(crate::wal_writer::STALL_TIMEOUT, |l| l.stall_timeout());
+        let log_deadline = std::time::Instant::now() + stall;
         for _ in 0..TRANSIENT_RETRIES {
             crate::trigger::fire(self.db.engine.instance, self.idx);
             // SAFETY: see slot(); volatile because the kernel wrote it.

@@ -6,6 +6,7 @@ pub mod abi;
 mod db;
 mod engine;
 mod error;
+mod log_file;
 mod pin;
 mod recovery;
 pub mod trigger;
@@ -19,6 +20,7 @@ pub use db::{
 };
 pub use engine::Layout;
 pub use error::{Error, Result};
+pub use log_file::{FOREVER, HOLD_LIMIT, LogFaults};
 pub use pin::unpin;
 pub use txn::{Txn, TxnState};
 
@@ -54,6 +56,9 @@ pub struct Options {
     /// Pin the data maps here (a bpffs directory) so a restarted daemon
     /// reuses them instead of replaying the log. None: nothing is pinned.
     pub pin_dir: Option<std::path::PathBuf>,
+    /// Test hook: faults for the log writer to hit (see `LogFaults`).
+    /// None, the default, in any real use.
+    pub log_faults: Option<std::sync::Arc<LogFaults>>,
 }
 
 /// When a commit is acknowledged, and what a crash can lose.
@@ -84,6 +89,7 @@ impl Default for Options {
             checkpoint_bytes: 256 << 20,
             allow_corrupt_log: false,
             pin_dir: None,
+            log_faults: None,
         }
     }
 }

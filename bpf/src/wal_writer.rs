@@ -7,8 +7,7 @@
 //! arrived meanwhile: group commit. A background thread only serves nudges,
 //! `interval` syncs and shutdown.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::File;
 use std::mem::{offset_of, size_of};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -25,6 +24,7 @@ use crate::abi::{
 };
 use crate::db::NewMeta;
 use crate::error::{Error, Result};
+use crate::log_file::{LogFaults, SegmentFile};
 use crate::wal;
 
 /// How long the writer sleeps before retrying a failed write.
@@ -36,6 +36,10 @@ const POLL: Duration = Duration::from_millis(50);
 /// How long a committer waits for durability while the log cannot be
 /// written (full disk) before it gets the error.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest any wait on the log lasts, failing or not: long enough for the
+/// slowest fsync a working disk takes, so reaching it means a disk that
+/// does not answer.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(30);
 
 /// Bytes of a header fragment; data fragments are SMALL_CHUNK or PAGE_SIZE.
 const FRAG_BYTES: usize = size_of::<WalFrag>();
@@ -50,8 +54,8 @@ struct State {
     segment_bytes: u64,
     /// Current segment number.
     segment: u64,
-    /// Why the log cannot be written now; cleared by the next success.
-    error: Option<Error>,
+    /// Why the log cannot be written now.
+    errors: Errors,
     /// Set for good when an acknowledged commit could not be logged: no
     /// wait succeeds after it (the log is no longer the database's record).
     broken: Option<Error>,
@@ -63,13 +67,36 @@ struct State {
     steps: u64,
 }
 
+/// What failed last, per kind of work; each is cleared by the next success
+/// of its own kind only (an fsync that succeeds says nothing of a write
+/// that keeps failing).
+#[derive(Default)]
+struct Errors {
+    consume: Option<Error>,
+    write: Option<Error>,
+    sync: Option<Error>,
+    rotate: Option<Error>,
+}
+
+impl Errors {
+    fn first(&self) -> Option<&Error> {
+        [&self.consume, &self.write, &self.sync, &self.rotate]
+            .into_iter()
+            .find_map(|e| e.as_ref())
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
     cv: Condvar,
+    /// STALL_TIMEOUT, unless a test's LogFaults shortened it.
+    stall: Duration,
 }
 
 pub(crate) struct Log {
     shared: Arc<Shared>,
+    /// WAIT_LIMIT, unless a test's LogFaults shortened it.
+    wait_limit: Duration,
     writer: Arc<Mutex<Writer>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -81,15 +108,13 @@ pub(crate) struct Start {
     pub next_seq: u64,
     pub last_ts: u64,
     pub sync: SyncMode,
+    pub faults: Option<Arc<LogFaults>>,
 }
 
 impl Log {
     pub fn start(ringbuf: libbpf_rs::MapHandle, start: Start) -> Result<Log> {
-        let file = open_segment(&start.dir, start.segment)?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("stat log segment", &e))?
-            .len();
+        let file = open_segment(&start.dir, start.segment, &start.faults)?;
+        let len = file.len().map_err(|e| Error::io("stat log segment", &e))?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 durable_ts: start.last_ts,
@@ -99,7 +124,17 @@ impl Log {
                 ..State::default()
             }),
             cv: Condvar::new(),
+            stall: start
+                .faults
+                .as_ref()
+                .and_then(|f| f.time_bounds().0)
+                .unwrap_or(STALL_TIMEOUT),
         });
+        let wait_limit = start
+            .faults
+            .as_ref()
+            .and_then(|f| f.time_bounds().1)
+            .unwrap_or(WAIT_LIMIT);
         let sync = start.sync;
         let writer = Writer::new(ringbuf, file, len, start, shared.clone())?;
         let epoll_fd = writer.ringbuf.epoll_fd();
@@ -112,6 +147,7 @@ impl Log {
         info!("log writer started");
         Ok(Log {
             shared,
+            wait_limit,
             writer,
             thread: Some(thread),
         })
@@ -121,61 +157,86 @@ impl Log {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits until `done` holds. Once STALL_TIMEOUT has passed, `late`
-    /// decides: an error to return, or None to keep waiting.
+    /// Waits until `done` holds, running writer steps itself whenever the
+    /// writer is free. Once the stall timeout has passed, `late` decides: an
+    /// error to return, or None to keep waiting; at the wait limit it fails
+    /// with ETIMEDOUT whatever the state (a write or fsync that does not
+    /// return leaves no error to report). A step this thread runs itself is
+    /// not interrupted: only waits between steps are bounded.
     fn wait(
         &self,
+        what: &dyn Fn() -> String,
         done: impl Fn(&State) -> bool,
         late: impl Fn(&State) -> Option<Error>,
     ) -> Result<std::sync::MutexGuard<'_, State>> {
-        let deadline = Instant::now() + STALL_TIMEOUT;
+        let start = Instant::now();
         loop {
             let before = self.lock().steps;
-            self.help();
-            let mut st = self.lock();
-            // Until done, or until the writer finished a step someone else
-            // was running (then take it: what we wait for may be left).
-            while st.steps == before || done(&st) {
-                if let Some(e) = &st.broken {
-                    return Err(e.clone());
-                }
-                if done(&st) {
-                    return Ok(st);
-                }
-                if Instant::now() >= deadline
-                    && let Some(e) = late(&st)
-                {
-                    return Err(e);
-                }
-                st = self
-                    .shared
-                    .cv
-                    .wait_timeout(st, POLL)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
+            let ran = self.help();
+            let st = self.lock();
+            if let Some(e) = &st.broken {
+                return Err(e.clone());
             }
+            if done(&st) {
+                return Ok(st);
+            }
+            let waited = start.elapsed();
+            if waited >= self.shared.stall
+                && let Some(e) = late(&st)
+            {
+                return Err(e);
+            }
+            if waited >= self.wait_limit {
+                return Err(Error::new(
+                    libc::ETIMEDOUT,
+                    format!(
+                        "{} after {:.1} s: the log writer made no progress \
+                         (a write or fsync that does not return?)",
+                        what(),
+                        waited.as_secs_f64()
+                    ),
+                ));
+            }
+            if !ran && st.steps != before {
+                continue; // a step ran meanwhile: take the writer now
+            }
+            // Either another thread's step is running (it wakes us when it
+            // ends; then take the writer: what we wait for may be left), or
+            // ours could not finish it (failing disk): try again after a
+            // pause.
+            let pause = POLL.min(self.wait_limit - waited);
+            drop(
+                self.shared
+                    .cv
+                    .wait_timeout(st, pause)
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
         }
     }
 
     /// Runs one writer step here if nobody else is: drains the ringbuf,
     /// writes, syncs per the mode, rotates if asked. Also what a committer
-    /// blocked on a full ringbuf calls.
-    pub fn help(&self) {
-        if let Ok(mut w) = self.writer.try_lock() {
-            w.step();
-            drop(w);
-            finished_step(&self.shared);
-        }
+    /// blocked on a full ringbuf calls. Returns whether it ran one.
+    pub fn help(&self) -> bool {
+        let Ok(mut w) = self.writer.try_lock() else {
+            return false;
+        };
+        w.step();
+        drop(w);
+        finished_step(&self.shared);
+        true
     }
 
-    /// Blocks until the commit at `ts` is durable, or fails once the log has
-    /// been unwritable for STALL_TIMEOUT (a slow but working disk is waited for).
+    /// Blocks until the commit at `ts` is durable; fails once the log has
+    /// been failing for the stall timeout (a slow but working disk is
+    /// waited for), or at the wait limit.
     pub fn wait_durable(&self, ts: u64) -> Result<()> {
         self.wait(
+            &|| format!("commit {ts} not durable"),
             |st| st.durable_ts >= ts,
             |st| {
-                st.error
-                    .as_ref()
+                st.errors
+                    .first()
                     .map(|e| Error::new(e.errno, format!("commit {ts} not durable: {}", e.msg)))
             },
         )
@@ -185,11 +246,12 @@ impl Log {
     /// Blocks until every commit up to `ts` is written to the file.
     pub fn wait_written(&self, ts: u64) -> Result<()> {
         self.wait(
+            &|| format!("log not written up to {ts}"),
             |st| st.written_ts >= ts,
             |st| {
                 let why = st
-                    .error
-                    .as_ref()
+                    .errors
+                    .first()
                     .map_or_else(|| "writer behind".to_string(), |e| e.msg.clone());
                 Some(Error::new(
                     libc::EIO,
@@ -210,15 +272,25 @@ impl Log {
     /// it first, or this waits out its poll timeout).
     pub fn wait_rotated(&self) -> Result<u64> {
         let st = self.wait(
+            &|| "log segment not rotated".to_string(),
             |st| !st.rotate,
-            |_| {
+            |st| {
+                let why = st
+                    .errors
+                    .first()
+                    .map_or_else(|| "writer behind".to_string(), |e| e.msg.clone());
                 Some(Error::new(
                     libc::EIO,
-                    "log writer did not rotate the segment",
+                    format!("log writer did not rotate the segment: {why}"),
                 ))
             },
         )?;
         Ok(st.segment)
+    }
+
+    /// How long a commit may wait for a log that cannot be written.
+    pub fn stall_timeout(&self) -> Duration {
+        self.shared.stall
     }
 
     pub fn segment_bytes(&self) -> u64 {
@@ -236,18 +308,11 @@ impl Drop for Log {
     }
 }
 
-fn open_segment(dir: &Path, n: u64) -> Result<File> {
+fn open_segment(dir: &Path, n: u64, faults: &Option<Arc<LogFaults>>) -> Result<SegmentFile> {
     let path = wal::segment_path(dir, n);
-    let mut f = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(&path)
+    let mut f = SegmentFile::open(&path, faults.clone())
         .map_err(|e| Error::io(&format!("open {}", path.display()), &e))?;
-    let len = f
-        .metadata()
-        .map_err(|e| Error::io("stat log segment", &e))?
-        .len();
+    let len = f.len().map_err(|e| Error::io("stat log segment", &e))?;
     if len == 0 {
         f.write_all(&wal::file_header(wal::WAL_MAGIC))
             .and_then(|_| f.sync_all())
@@ -500,7 +565,7 @@ impl Assembler {
 struct Writer {
     ringbuf: libbpf_rs::RingBuffer<'static>,
     asm: Arc<Mutex<Assembler>>,
-    file: File,
+    file: SegmentFile,
     /// File length up to the last whole record written.
     good_len: u64,
     batch: Vec<u8>,
@@ -510,12 +575,13 @@ struct Writer {
     sync: SyncMode,
     last_sync: Instant,
     shared: Arc<Shared>,
+    faults: Option<Arc<LogFaults>>,
 }
 
 impl Writer {
     fn new(
         map: libbpf_rs::MapHandle,
-        file: File,
+        file: SegmentFile,
         len: u64,
         start: Start,
         shared: Arc<Shared>,
@@ -540,6 +606,7 @@ impl Writer {
             sync: start.sync,
             last_sync: Instant::now(),
             shared,
+            faults: start.faults,
         })
     }
 
@@ -568,9 +635,13 @@ impl Writer {
     /// Drains the ringbuf, writes what it held, syncs per the mode and
     /// rotates if asked (once everything before is written).
     fn step(&mut self) {
-        if let Err(e) = self.ringbuf.consume() {
-            error!("log: ringbuf consume: {e}");
+        // A ringbuf that cannot be read holds commits back as surely as a
+        // disk that cannot be written: their waiters get the error.
+        let consumed = self.consume();
+        if let Err(e) = &consumed {
+            error!("log: {e}");
         }
+        self.lock().errors.consume = consumed.err();
         for (ts, payload) in self.assembled() {
             wal::frame(&mut self.batch, self.next_seq, &payload);
             self.next_seq += 1;
@@ -585,6 +656,18 @@ impl Writer {
         }
     }
 
+    /// Reads every fragment the engine has emitted into the assembler.
+    fn consume(&mut self) -> Result<()> {
+        if let Some(f) = &self.faults
+            && f.take_consume_fault()
+        {
+            return Err(Error::new(libc::EIO, "injected ringbuf consume failure"));
+        }
+        self.ringbuf
+            .consume()
+            .map_err(|e| Error::new(libc::EIO, format!("read the log ringbuf (consume): {e}")))
+    }
+
     fn write_batch(&mut self) {
         match self.file.write_all(&self.batch) {
             Ok(()) => {
@@ -592,7 +675,7 @@ impl Writer {
                 let mut st = self.lock();
                 st.segment_bytes = self.good_len;
                 st.written_ts = self.batch_ts;
-                st.error = None;
+                st.errors.write = None;
                 if self.sync != SyncMode::Commit {
                     st.durable_ts = self.batch_ts; // acked once written
                 }
@@ -606,7 +689,7 @@ impl Writer {
                 let err = Error::io("append to log", &e);
                 warn!("log: {err}; retrying");
                 let _ = self.file.set_len(self.good_len);
-                self.lock().error = Some(err);
+                self.lock().errors.write = Some(err);
                 self.shared.cv.notify_all();
                 std::thread::sleep(WRITE_RETRY);
             }
@@ -636,12 +719,12 @@ impl Writer {
             Ok(()) => {
                 let mut st = self.lock();
                 st.durable_ts = st.durable_ts.max(written);
-                st.error = None;
+                st.errors.sync = None;
             }
             Err(e) => {
                 let err = Error::io("fsync log", &e);
                 warn!("log: {err}");
-                self.lock().error = Some(err);
+                self.lock().errors.sync = Some(err);
             }
         }
         self.shared.cv.notify_all();
@@ -650,23 +733,21 @@ impl Writer {
     fn rotate(&mut self) {
         self.sync_now();
         let next = self.lock().segment + 1;
-        match open_segment(&self.dir, next) {
+        match open_segment(&self.dir, next, &self.faults) {
             Ok(f) => {
-                let len = f
-                    .metadata()
-                    .map(|m| m.len())
-                    .unwrap_or(wal::HEADER_BYTES as u64);
+                let len = f.len().unwrap_or(wal::HEADER_BYTES as u64);
                 self.file = f;
                 self.good_len = len;
                 let mut st = self.lock();
                 st.segment = next;
                 st.segment_bytes = len;
                 st.rotate = false;
+                st.errors.rotate = None;
                 info!("log: now writing segment {next}");
             }
             Err(e) => {
                 warn!("log: cannot start segment {next}: {e}");
-                self.lock().error = Some(e);
+                self.lock().errors.rotate = Some(e);
             }
         }
         self.shared.cv.notify_all();
@@ -704,16 +785,20 @@ fn background(shared: &Shared, writer: &Mutex<Writer>, epoll_fd: i32, sync: Sync
         unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
         let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
         w.step();
-        let stop = w.lock().stop;
-        // step() took every assembled commit: an empty batch is all written.
-        if stop && w.batch.is_empty() {
+        let (stop, unread) = {
+            let st = w.lock();
+            (st.stop, st.errors.consume.is_some())
+        };
+        // step() took every assembled commit: an empty batch is all written
+        // (unless the ringbuf could not be read).
+        if stop && w.batch.is_empty() && !unread {
             w.sync_now();
             drop(w);
             finished_step(shared);
             return;
         }
         if stop {
-            let deadline = *stop_deadline.get_or_insert_with(|| Instant::now() + STALL_TIMEOUT);
+            let deadline = *stop_deadline.get_or_insert_with(|| Instant::now() + shared.stall);
             if Instant::now() >= deadline {
                 error!(
                     "log: stopping with {} bytes of unwritten log (commits after ts {} were never acknowledged)",
