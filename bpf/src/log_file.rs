@@ -9,6 +9,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -79,9 +80,9 @@ impl LogFaults {
         self.write_fails.store(n, Ordering::Release);
     }
 
-    /// The next `n` writes write only part of their buffer and report so
-    /// (as a write that runs into a full disk does); what follows decides
-    /// whether the rest then fails or gets written.
+    /// The next `n` writes write only part of their buffer and report so;
+    /// whether the rest then gets written or fails is up to fail_writes()
+    /// (a short write is taken before a failing one).
     pub fn short_writes(&self, n: u32) {
         self.short_writes.store(n, Ordering::Release);
     }
@@ -242,7 +243,7 @@ impl PartialEq for LogFaults {
 
 impl Eq for LogFaults {}
 
-/// A log segment open for appending, with the faults of a test (if any).
+/// A log segment open for writing, with the faults of a test (if any).
 pub(crate) struct SegmentFile {
     file: File,
     faults: Option<Arc<LogFaults>>,
@@ -260,8 +261,9 @@ impl SegmentFile {
         }
         let file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
+            .truncate(false)
             .open(path)?;
         let synced_len = file.metadata()?.len();
         Ok(SegmentFile {
@@ -275,12 +277,17 @@ impl SegmentFile {
         Ok(self.file.metadata()?.len())
     }
 
-    /// Appends all of `buf`, going on after short writes.
-    pub fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
+    /// Writes all of `buf` at `offset`, going on after short writes.
+    /// Positional, not appending: what a failed write left past `offset`
+    /// is overwritten by the retry, even when it could not be cut off.
+    pub fn write_all_at(&mut self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
         while !buf.is_empty() {
-            match self.write(buf) {
+            match self.write_at(buf, offset) {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-                Ok(n) => buf = &buf[n..],
+                Ok(n) => {
+                    buf = &buf[n..];
+                    offset += n as u64;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -288,18 +295,19 @@ impl SegmentFile {
         Ok(())
     }
 
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        use std::io::Write;
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<usize> {
         if let Some(f) = &self.faults {
+            // Short first: with both set, a write writes part of its buffer,
+            // then fails on the rest, as one running into a full disk does.
+            if buf.len() > 1 && f.hit(&f.short_writes) {
+                return self.file.write_at(&buf[..buf.len() / 2], offset);
+            }
             if f.hit(&f.write_fails) {
                 let errno = f.write_errno.load(Ordering::Acquire);
                 return Err(LogFaults::injected_error(errno, "write"));
             }
-            if buf.len() > 1 && f.hit(&f.short_writes) {
-                return self.file.write(&buf[..buf.len() / 2]);
-            }
         }
-        self.file.write(buf)
+        self.file.write_at(buf, offset)
     }
 
     pub fn sync_data(&mut self) -> io::Result<()> {
@@ -338,9 +346,10 @@ impl SegmentFile {
     /// writeback failure that lost the pages).
     fn lose_unsynced(&self) -> io::Result<()> {
         let len = self.len()?;
-        // Cutting and extending again leaves zeros between (positional
-        // writes would append: the file is opened O_APPEND).
-        self.file.set_len(self.synced_len)?;
-        self.file.set_len(len)
+        if len > self.synced_len {
+            let zeros = vec![0u8; (len - self.synced_len) as usize];
+            self.file.write_all_at(&zeros, self.synced_len)?;
+        }
+        Ok(())
     }
 }

@@ -27,8 +27,11 @@ use crate::error::{Error, Result};
 use crate::log_file::{LogFaults, SegmentFile};
 use crate::wal;
 
-/// How long the writer sleeps before retrying a failed write.
+/// How long the writer leaves the file alone after a failed write or fsync.
 const WRITE_RETRY: Duration = Duration::from_millis(100);
+/// Log bytes the writer holds unwritten (or, sync `commit`, unsynced)
+/// before it stops draining the ringbuf.
+const BATCH_LIMIT_BYTES: usize = 64 << 20;
 /// How long the background thread waits in poll before checking for
 /// requests, and a waiter before looking again (it is woken earlier
 /// whenever the writer finishes a step).
@@ -314,7 +317,7 @@ fn open_segment(dir: &Path, n: u64, faults: &Option<Arc<LogFaults>>) -> Result<S
         .map_err(|e| Error::io(&format!("open {}", path.display()), &e))?;
     let len = f.len().map_err(|e| Error::io("stat log segment", &e))?;
     if len == 0 {
-        f.write_all(&wal::file_header(wal::WAL_MAGIC))
+        f.write_all_at(&wal::file_header(wal::WAL_MAGIC), 0)
             .and_then(|_| f.sync_all())
             .map_err(|e| Error::io(&format!("write {}", path.display()), &e))?;
         sync_dir(dir)?;
@@ -566,14 +569,20 @@ struct Writer {
     ringbuf: libbpf_rs::RingBuffer<'static>,
     asm: Arc<Mutex<Assembler>>,
     file: SegmentFile,
-    /// File length up to the last whole record written.
-    good_len: u64,
+    /// Records framed and not yet settled: not yet written, or (sync
+    /// `commit`) written but not yet fsynced. They go to the file at
+    /// `base_len`, the end of the records before them.
     batch: Vec<u8>,
+    base_len: u64,
+    /// Bytes of `batch` that are in the file (all or none).
+    batch_written: usize,
     batch_ts: u64,
     next_seq: u64,
     dir: PathBuf,
     sync: SyncMode,
     last_sync: Instant,
+    /// After a failed write or fsync, no file I/O before this.
+    retry_at: Option<Instant>,
     shared: Arc<Shared>,
     faults: Option<Arc<LogFaults>>,
 }
@@ -598,13 +607,15 @@ impl Writer {
             ringbuf,
             asm,
             file,
-            good_len: len,
             batch: Vec::new(),
+            base_len: len,
+            batch_written: 0,
             batch_ts: 0,
             next_seq: start.next_seq,
             dir: start.dir,
             sync: start.sync,
             last_sync: Instant::now(),
+            retry_at: None,
             shared,
             faults: start.faults,
         })
@@ -612,6 +623,11 @@ impl Writer {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// File length up to the last whole record written.
+    fn good_len(&self) -> u64 {
+        self.base_len + self.batch_written as u64
     }
 
     /// Commits rebuilt since the last call; marks the log broken if one
@@ -633,27 +649,41 @@ impl Writer {
     }
 
     /// Drains the ringbuf, writes what it held, syncs per the mode and
-    /// rotates if asked (once everything before is written).
+    /// rotates if asked (once everything before is written). After a
+    /// failure the file is left alone for WRITE_RETRY.
     fn step(&mut self) {
-        // A ringbuf that cannot be read holds commits back as surely as a
-        // disk that cannot be written: their waiters get the error.
-        let consumed = self.consume();
-        if let Err(e) = &consumed {
-            error!("log: {e}");
+        // While the log cannot be written, the ringbuf is left to fill up:
+        // commits then fail before they become visible, instead of piling
+        // up here unacknowledged.
+        if self.batch.len() < BATCH_LIMIT_BYTES {
+            // A ringbuf that cannot be read holds commits back as surely
+            // as a disk that cannot be written: their waiters get the error.
+            let consumed = self.consume();
+            if let Err(e) = &consumed {
+                error!("log: {e}");
+            }
+            self.lock().errors.consume = consumed.err();
         }
-        self.lock().errors.consume = consumed.err();
         for (ts, payload) in self.assembled() {
+            debug_assert!(ts > self.batch_ts, "commits arrive in timestamp order");
             wal::frame(&mut self.batch, self.next_seq, &payload);
             self.next_seq += 1;
             self.batch_ts = ts;
         }
-        if !self.batch.is_empty() {
-            self.write_batch();
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
         }
-        self.maybe_sync();
-        if self.lock().rotate && self.batch.is_empty() {
-            self.rotate();
+        let mut ok =
+            (self.batch_written == self.batch.len() || self.write_batch()) && self.maybe_sync();
+        let rotate = self.lock().rotate;
+        if ok && rotate && self.batch.is_empty() {
+            ok = self.rotate();
         }
+        if !ok {
+            self.retry_at = Some(Instant::now() + WRITE_RETRY);
+        }
+        debug_assert!(self.batch_written <= self.batch.len());
+        debug_assert!(self.sync == SyncMode::Commit || self.batch_written == 0);
     }
 
     /// Reads every fragment the engine has emitted into the assembler.
@@ -668,89 +698,123 @@ impl Writer {
             .map_err(|e| Error::new(libc::EIO, format!("read the log ringbuf (consume): {e}")))
     }
 
-    fn write_batch(&mut self) {
-        match self.file.write_all(&self.batch) {
+    /// Writes the part of the batch not in the file yet.
+    fn write_batch(&mut self) -> bool {
+        let at = self.good_len();
+        match self
+            .file
+            .write_all_at(&self.batch[self.batch_written..], at)
+        {
             Ok(()) => {
-                self.good_len += self.batch.len() as u64;
+                self.batch_written = self.batch.len();
+                #[cfg(debug_assertions)]
+                if let Ok(len) = self.file.len() {
+                    debug_assert_eq!(len, self.good_len(), "the file ends at the last record");
+                }
+                if self.sync != SyncMode::Commit {
+                    self.settle(); // acknowledged once written
+                }
                 let mut st = self.lock();
-                st.segment_bytes = self.good_len;
+                st.segment_bytes = self.good_len();
                 st.written_ts = self.batch_ts;
                 st.errors.write = None;
                 if self.sync != SyncMode::Commit {
-                    st.durable_ts = self.batch_ts; // acked once written
+                    st.durable_ts = self.batch_ts;
                 }
                 drop(st);
-                self.batch.clear();
                 self.shared.cv.notify_all();
+                true
             }
             Err(e) => {
-                // Cut any partial record off and keep the batch: it is
+                // Cut the partial record off and keep the batch: it is
                 // written when space returns; later commits queue behind it.
-                let err = Error::io("append to log", &e);
+                // If the cut fails too, the retry overwrites what is left:
+                // it writes at the same offset, at least as many bytes.
+                let err = Error::io("write to log", &e);
                 warn!("log: {err}; retrying");
-                let _ = self.file.set_len(self.good_len);
+                if let Err(e) = self.file.set_len(at) {
+                    warn!("log: cannot cut the failed write off ({e}); the retry overwrites it");
+                }
                 self.lock().errors.write = Some(err);
                 self.shared.cv.notify_all();
-                std::thread::sleep(WRITE_RETRY);
+                false
             }
         }
     }
 
-    fn maybe_sync(&mut self) {
-        let (written, durable) = {
-            let st = self.lock();
-            (st.written_ts, st.durable_ts)
-        };
+    /// The written part of the batch is as durable as the mode makes it.
+    fn settle(&mut self) {
+        self.base_len += self.batch_written as u64;
+        self.batch.drain(..self.batch_written);
+        self.batch_written = 0;
+    }
+
+    fn maybe_sync(&mut self) -> bool {
         match self.sync {
-            SyncMode::Commit if written > durable => self.sync_now(),
+            SyncMode::Commit if self.batch_written > 0 => self.sync_now(),
             SyncMode::Interval(ms)
                 if self.last_sync.elapsed() >= Duration::from_millis(ms as u64) =>
             {
                 self.sync_now()
             }
-            _ => {}
+            _ => true,
         }
     }
 
-    fn sync_now(&mut self) {
+    fn sync_now(&mut self) -> bool {
         let written = self.lock().written_ts;
         self.last_sync = Instant::now();
-        match self.file.sync_data() {
+        let synced = self.file.sync_data();
+        let mut st = self.lock();
+        let ok = match synced {
             Ok(()) => {
-                let mut st = self.lock();
                 st.durable_ts = st.durable_ts.max(written);
                 st.errors.sync = None;
+                drop(st);
+                if self.sync == SyncMode::Commit {
+                    self.settle();
+                }
+                true
             }
             Err(e) => {
                 let err = Error::io("fsync log", &e);
                 warn!("log: {err}");
-                self.lock().errors.sync = Some(err);
+                st.errors.sync = Some(err);
+                drop(st);
+                false
             }
-        }
+        };
         self.shared.cv.notify_all();
+        ok
     }
 
-    fn rotate(&mut self) {
-        self.sync_now();
+    /// Starts the next segment once everything before is durable.
+    fn rotate(&mut self) -> bool {
+        if !self.sync_now() {
+            return false;
+        }
         let next = self.lock().segment + 1;
-        match open_segment(&self.dir, next, &self.faults) {
+        let ok = match open_segment(&self.dir, next, &self.faults) {
             Ok(f) => {
                 let len = f.len().unwrap_or(wal::HEADER_BYTES as u64);
                 self.file = f;
-                self.good_len = len;
+                self.base_len = len;
                 let mut st = self.lock();
                 st.segment = next;
                 st.segment_bytes = len;
                 st.rotate = false;
                 st.errors.rotate = None;
                 info!("log: now writing segment {next}");
+                true
             }
             Err(e) => {
                 warn!("log: cannot start segment {next}: {e}");
                 self.lock().errors.rotate = Some(e);
+                false
             }
-        }
+        };
         self.shared.cv.notify_all();
+        ok
     }
 }
 

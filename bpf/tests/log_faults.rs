@@ -138,3 +138,32 @@ fn a_commit_waiting_on_an_fsync_that_never_returns_gets_etimedout() {
     let db = Db::open(&plain(dir.path())).unwrap();
     assert_eq!(get(&db, "third").as_deref(), Some(&b"3"[..]));
 }
+
+#[test]
+fn a_short_write_whose_cut_fails_leaves_no_hole_in_the_log() {
+    // A write that runs out of space part-way leaves part of a record in the
+    // file; the writer cuts it off, and here the cut fails too. What it
+    // writes next must not land after that fragment.
+    let dir = tempfile::tempdir().unwrap();
+    let faults = LogFaults::new();
+    let db = Db::open(&opts(dir.path(), &faults)).unwrap();
+    set(&db, "a", &[1u8; 3000]).unwrap();
+    faults.short_writes(1);
+    faults.fail_writes(1, libc::ENOSPC);
+    faults.fail_set_len(1);
+    let b = set(&db, "b", &[2u8; 3000]);
+    assert!(faults.injected() >= 3, "the faults were hit");
+    set(&db, "c", &[3u8; 3000]).unwrap();
+    drop(db);
+    let db = Db::open(&plain(dir.path()))
+        .unwrap_or_else(|e| panic!("recovery refused a log a failed write left: {e}"));
+    assert_eq!(get(&db, "a"), Some(vec![1u8; 3000]));
+    assert_eq!(get(&db, "c"), Some(vec![3u8; 3000]));
+    if b.is_ok() {
+        assert_eq!(
+            get(&db, "b"),
+            Some(vec![2u8; 3000]),
+            "acknowledged, then lost"
+        );
+    }
+}
