@@ -570,10 +570,12 @@ struct Writer {
     asm: Arc<Mutex<Assembler>>,
     file: SegmentFile,
     /// Records framed and not yet settled: not yet written, or (sync
-    /// `commit`) written but not yet fsynced. They go to the file at
-    /// `base_len`, the end of the records before them.
+    /// `commit` and `interval`) written but not yet fsynced. They go to the
+    /// file at `base_len`, the end of the records before them, and
+    /// `base_ts` is the last commit before them.
     batch: Vec<u8>,
     base_len: u64,
+    base_ts: u64,
     /// Bytes of `batch` that are in the file (all or none).
     batch_written: usize,
     batch_ts: u64,
@@ -609,6 +611,7 @@ impl Writer {
             file,
             batch: Vec::new(),
             base_len: len,
+            base_ts: start.last_ts,
             batch_written: 0,
             batch_ts: 0,
             next_seq: start.next_seq,
@@ -623,6 +626,18 @@ impl Writer {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether written records stay in the batch until an fsync covers
+    /// them, to be written again if it fails (sync `none` fsyncs only at
+    /// checkpoints: it would hold a whole segment).
+    fn retains(&self) -> bool {
+        self.sync != SyncMode::None
+    }
+
+    /// Every record framed is in the file.
+    fn all_written(&self) -> bool {
+        self.batch_written == self.batch.len()
     }
 
     /// File length up to the last whole record written.
@@ -676,14 +691,14 @@ impl Writer {
         let mut ok =
             (self.batch_written == self.batch.len() || self.write_batch()) && self.maybe_sync();
         let rotate = self.lock().rotate;
-        if ok && rotate && self.batch.is_empty() {
+        if ok && rotate && self.all_written() {
             ok = self.rotate();
         }
         if !ok {
             self.retry_at = Some(Instant::now() + WRITE_RETRY);
         }
         debug_assert!(self.batch_written <= self.batch.len());
-        debug_assert!(self.sync == SyncMode::Commit || self.batch_written == 0);
+        debug_assert!(self.retains() || self.batch_written == 0);
     }
 
     /// Reads every fragment the engine has emitted into the assembler.
@@ -711,17 +726,17 @@ impl Writer {
                 if let Ok(len) = self.file.len() {
                     debug_assert_eq!(len, self.good_len(), "the file ends at the last record");
                 }
-                if self.sync != SyncMode::Commit {
-                    self.settle(); // acknowledged once written
-                }
                 let mut st = self.lock();
                 st.segment_bytes = self.good_len();
                 st.written_ts = self.batch_ts;
                 st.errors.write = None;
                 if self.sync != SyncMode::Commit {
-                    st.durable_ts = self.batch_ts;
+                    st.durable_ts = self.batch_ts; // acknowledged once written
                 }
                 drop(st);
+                if !self.retains() {
+                    self.settle();
+                }
                 self.shared.cv.notify_all();
                 true
             }
@@ -744,6 +759,9 @@ impl Writer {
 
     /// The written part of the batch is as durable as the mode makes it.
     fn settle(&mut self) {
+        if self.batch_written > 0 {
+            self.base_ts = self.batch_ts;
+        }
         self.base_len += self.batch_written as u64;
         self.batch.drain(..self.batch_written);
         self.batch_written = 0;
@@ -771,7 +789,7 @@ impl Writer {
                 st.durable_ts = st.durable_ts.max(written);
                 st.errors.sync = None;
                 drop(st);
-                if self.sync == SyncMode::Commit {
+                if self.retains() {
                     self.settle();
                 }
                 true
@@ -780,7 +798,20 @@ impl Writer {
                 let err = Error::io("fsync log", &e);
                 warn!("log: {err}");
                 st.errors.sync = Some(err);
-                drop(st);
+                if self.retains() && self.batch_written > 0 {
+                    // A failed fsync may have lost what it could not write,
+                    // and the next one reports success all the same: the
+                    // records since the last good fsync are written again,
+                    // in place, before any of them counts as durable. (They
+                    // are not cut off: if the disk never recovers, what the
+                    // kernel still holds is better than nothing.)
+                    st.written_ts = self.base_ts;
+                    st.segment_bytes = self.base_len;
+                    drop(st);
+                    self.batch_written = 0;
+                } else {
+                    drop(st);
+                }
                 false
             }
         };
@@ -788,11 +819,13 @@ impl Writer {
         ok
     }
 
-    /// Starts the next segment once everything before is durable.
+    /// Starts the next segment once everything before is written: an
+    /// fsync first makes it durable.
     fn rotate(&mut self) -> bool {
         if !self.sync_now() {
             return false;
         }
+        debug_assert!(self.batch.is_empty(), "the fsync settled every record");
         let next = self.lock().segment + 1;
         let ok = match open_segment(&self.dir, next, &self.faults) {
             Ok(f) => {
@@ -853,10 +886,10 @@ fn background(shared: &Shared, writer: &Mutex<Writer>, epoll_fd: i32, sync: Sync
             let st = w.lock();
             (st.stop, st.errors.consume.is_some())
         };
-        // step() took every assembled commit: an empty batch is all written
-        // (unless the ringbuf could not be read).
-        if stop && w.batch.is_empty() && !unread {
-            w.sync_now();
+        // step() took every assembled commit: then the batch is all
+        // written (unless the ringbuf could not be read); the last fsync
+        // makes it durable.
+        if stop && w.all_written() && !unread && w.sync_now() {
             drop(w);
             finished_step(shared);
             return;
@@ -865,9 +898,10 @@ fn background(shared: &Shared, writer: &Mutex<Writer>, epoll_fd: i32, sync: Sync
             let deadline = *stop_deadline.get_or_insert_with(|| Instant::now() + shared.stall);
             if Instant::now() >= deadline {
                 error!(
-                    "log: stopping with {} bytes of unwritten log (commits after ts {} were never acknowledged)",
+                    "log: stopping with {} bytes of log not written or not fsynced \
+                     (the commits after ts {})",
                     w.batch.len(),
-                    w.lock().written_ts
+                    w.base_ts
                 );
                 drop(w);
                 finished_step(shared);

@@ -167,3 +167,36 @@ fn a_short_write_whose_cut_fails_leaves_no_hole_in_the_log() {
         );
     }
 }
+
+#[test]
+fn a_failed_fsync_is_not_forgotten_by_the_next_one() {
+    // Linux may drop the pages a failed writeback could not write and then
+    // report success for the next fsync ("fsyncgate"). The fault here does
+    // the same: the bytes since the last good fsync are lost. A commit may
+    // only be acknowledged once an fsync that covers its record succeeded
+    // after its record was (re)written.
+    let dir = tempfile::tempdir().unwrap();
+    let faults = LogFaults::new();
+    let db = Db::open(&opts(dir.path(), &faults)).unwrap();
+    set(&db, "a", b"1").unwrap();
+    faults.fail_syncs_losing_data(1);
+    let b = set(&db, "b", b"2");
+    assert!(faults.injected() >= 1, "the fault was hit");
+    set(&db, "c", b"3").unwrap();
+    drop(db);
+    let db = Db::open(&plain(dir.path()))
+        .unwrap_or_else(|e| panic!("recovery refused the log after a failed fsync: {e}"));
+    assert_eq!(get(&db, "a").as_deref(), Some(&b"1"[..]));
+    assert_eq!(
+        get(&db, "c").as_deref(),
+        Some(&b"3"[..]),
+        "acknowledged, then lost"
+    );
+    if b.is_ok() {
+        assert_eq!(
+            get(&db, "b").as_deref(),
+            Some(&b"2"[..]),
+            "acknowledged, then lost"
+        );
+    }
+}
