@@ -311,17 +311,26 @@ impl Drop for Log {
     }
 }
 
+/// Opens segment `n` for writing, creating it with its header. A segment
+/// with no record yet has its header (re)written and fsynced, with the
+/// directory, each time: an attempt that failed part-way may have left
+/// part of a header, or a header not known to be durable.
 fn open_segment(dir: &Path, n: u64, faults: &Option<Arc<LogFaults>>) -> Result<SegmentFile> {
     let path = wal::segment_path(dir, n);
+    let what = path.display().to_string();
     let mut f = SegmentFile::open(&path, faults.clone())
-        .map_err(|e| Error::io(&format!("open {}", path.display()), &e))?;
-    let len = f.len().map_err(|e| Error::io("stat log segment", &e))?;
-    if len == 0 {
-        f.write_all_at(&wal::file_header(wal::WAL_MAGIC), 0)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Error::io(&format!("write {}", path.display()), &e))?;
-        sync_dir(dir)?;
+        .map_err(|e| Error::io(&format!("open {what}"), &e))?;
+    let len = f
+        .len()
+        .map_err(|e| Error::io(&format!("stat {what}"), &e))?;
+    let header = wal::file_header(wal::WAL_MAGIC);
+    if len > wal::HEADER_BYTES as u64 {
+        return Ok(f); // recovery checked its header
     }
+    f.write_all_at(&header, 0)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(&format!("write {what}"), &e))?;
+    sync_dir(dir)?;
     Ok(f)
 }
 
