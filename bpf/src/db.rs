@@ -159,16 +159,17 @@ impl Db {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let t = std::time::Instant::now();
-        let (snap, segment) = {
+        let (snap, segment, first_seq) = {
             let _quiet = self.inner.gate.write().unwrap_or_else(|p| p.into_inner());
             log.wait_written(self.inner.engine.last_ts())?;
             log.request_rotate();
             self.inner.session().nudge_log();
-            let segment = log.wait_rotated()?;
-            (self.begin_at(Some(abi::CHECKPOINT_TXN), true)?, segment)
+            let (segment, first_seq) = log.wait_rotated()?;
+            let snap = self.begin_at(Some(abi::CHECKPOINT_TXN), true)?;
+            (snap, segment, first_seq)
         };
         let pause = t.elapsed();
-        let keys = recovery::write_checkpoint(&snap, dir, segment)?;
+        let keys = recovery::write_checkpoint(&snap, dir, segment, first_seq)?;
         drop(snap);
         for old in crate::wal::segments(dir)?
             .into_iter()

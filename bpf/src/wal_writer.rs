@@ -57,6 +57,9 @@ struct State {
     segment_bytes: u64,
     /// Current segment number.
     segment: u64,
+    /// Seq of the first record of the segment started by the last
+    /// rotation.
+    segment_first_seq: u64,
     /// Why the log cannot be written now.
     errors: Errors,
     /// Set for good when an acknowledged commit could not be logged: no
@@ -266,14 +269,15 @@ impl Log {
     }
 
     /// Asks the writer to start a new segment; wait_rotated() returns its
-    /// number. Every commit written before is in the segments below it.
+    /// number and the seq its first record gets. Every commit written
+    /// before is in the segments below it.
     pub fn request_rotate(&self) {
         self.lock().rotate = true;
     }
 
     /// Waits until the writer has done what request_rotate() asked (nudge
     /// it first, or this waits out its poll timeout).
-    pub fn wait_rotated(&self) -> Result<u64> {
+    pub fn wait_rotated(&self) -> Result<(u64, u64)> {
         let st = self.wait(
             &|| "log segment not rotated".to_string(),
             |st| !st.rotate,
@@ -288,7 +292,7 @@ impl Log {
                 ))
             },
         )?;
-        Ok(st.segment)
+        Ok((st.segment, st.segment_first_seq))
     }
 
     /// How long a commit may wait for a log that cannot be written.
@@ -323,7 +327,7 @@ fn open_segment(dir: &Path, n: u64, faults: &Option<Arc<LogFaults>>) -> Result<S
     let len = f
         .len()
         .map_err(|e| Error::io(&format!("stat {what}"), &e))?;
-    let header = wal::file_header(wal::WAL_MAGIC);
+    let header = wal::file_header(wal::WAL_MAGIC, wal::FORMAT_VERSION);
     if len > wal::HEADER_BYTES as u64 {
         return Ok(f); // recovery checked its header
     }
@@ -843,6 +847,9 @@ impl Writer {
                 self.base_len = len;
                 let mut st = self.lock();
                 st.segment = next;
+                // Every framed record is in the segments before (the batch
+                // is empty): the next one is this segment's first.
+                st.segment_first_seq = self.next_seq;
                 st.segment_bytes = len;
                 st.rotate = false;
                 st.errors.rotate = None;
