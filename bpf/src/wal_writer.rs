@@ -1,6 +1,6 @@
 //! The log writer: drains the engine's wal ringbuf, frames each commit as a
-//! checksummed record, appends it to the current segment and makes it
-//! durable. Whoever waits for a commit does that work itself when the
+//! checksummed record, writes it after the last whole record of the current
+//! segment and makes it durable. Whoever waits for a commit does that work itself when the
 //! writer is free (a committer takes it right after its own commit), so an
 //! acknowledgement costs no thread handoff; a committer that finds it busy
 //! waits, and the next one to take it writes and syncs everything that
@@ -29,8 +29,8 @@ use crate::wal;
 
 /// How long the writer leaves the file alone after a failed write or fsync.
 const WRITE_RETRY: Duration = Duration::from_millis(100);
-/// Log bytes the writer holds unwritten (or, sync `commit`, unsynced)
-/// before it stops draining the ringbuf.
+/// Log bytes the writer holds unwritten (or, sync `commit` and `interval`,
+/// unsynced) before it stops draining the ringbuf.
 const BATCH_LIMIT_BYTES: usize = 64 << 20;
 /// How long the background thread waits in poll before checking for
 /// requests, and a waiter before looking again (it is woken earlier
@@ -49,7 +49,8 @@ const FRAG_BYTES: usize = size_of::<WalFrag>();
 
 #[derive(Default)]
 struct State {
-    /// Every commit with a timestamp at or below this is durable.
+    /// Every commit with a timestamp at or below this is durable (as the
+    /// sync mode defines it: acknowledged).
     durable_ts: u64,
     /// ... and at or below this is written to the file.
     written_ts: u64,
