@@ -212,12 +212,16 @@ impl Log {
             // ours could not finish it (failing disk): try again after a
             // pause.
             let pause = POLL.min(self.wait_limit - waited);
-            drop(
-                self.shared
-                    .cv
-                    .wait_timeout(st, pause)
-                    .unwrap_or_else(|p| p.into_inner()),
-            );
+            let (st, _) = self
+                .shared
+                .cv
+                .wait_timeout(st, pause)
+                .unwrap_or_else(|p| p.into_inner());
+            // Woken by a step that did our work (group commit): return
+            // without taking the writer from the next leader.
+            if st.broken.is_none() && done(&st) {
+                return Ok(st);
+            }
         }
     }
 
