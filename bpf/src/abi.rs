@@ -212,6 +212,25 @@ pub struct PinnedLayout {
     pub hash_seed: u64,
 }
 
+/// enum db_wal_kind: what a header fragment in the wal ringbuf carries.
+pub const WAL_BEGIN: u32 = 1;
+pub const WAL_PUT: u32 = 2;
+pub const WAL_DEL: u32 = 3;
+pub const WAL_COMMIT: u32 = 4;
+pub const WAL_NUDGE: u32 = 5;
+
+/// struct db_wal_frag: a header fragment of the wal ringbuf. The log
+/// writer parses it from the bytes the ringbuf hands over, at these offsets.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct WalFrag {
+    pub kind: u32,
+    pub key_len: u32,
+    pub ts: u64,
+    pub meta: Meta,
+    pub key: [u8; KEY_SIZE],
+}
+
 /// Size of struct db_record, the value of one hash-map element.
 pub const RECORD_SIZE: usize = 16 + MAX_VERSIONS * (8 + 8 + 8 + 24 + 4 + 4) + 8 + KEY_SIZE;
 /// Offsets in struct db_record of the name's length and of the name.
@@ -248,4 +267,9 @@ const _: () = {
     assert!(size_of::<Slot>() == SLOT_HEADER + VALUE_LIMIT);
     assert!(size_of::<Stats>() == 23 * 8);
     assert!(size_of::<PinnedLayout>() == 40);
+    assert!(size_of::<WalFrag>() == 296);
+    assert!(offset_of!(WalFrag, key_len) == 4);
+    assert!(offset_of!(WalFrag, ts) == 8);
+    assert!(offset_of!(WalFrag, meta) == 16);
+    assert!(offset_of!(WalFrag, key) == 40);
 };

@@ -321,6 +321,9 @@ _Static_assert(__builtin_offsetof(struct db_slot, scratch) == 680, "db_slot.scra
 _Static_assert(__builtin_offsetof(struct db_slot, data) == DB_SLOT_HEADER, "db_slot.data");
 _Static_assert(sizeof(struct db_txn_lock) == 32, "db_txn_lock");
 _Static_assert(sizeof(struct db_wal_frag) == 296, "db_wal_frag");
+_Static_assert(__builtin_offsetof(struct db_wal_frag, ts) == 8, "db_wal_frag.ts");
+_Static_assert(__builtin_offsetof(struct db_wal_frag, meta) == 16, "db_wal_frag.meta");
+_Static_assert(__builtin_offsetof(struct db_wal_frag, key) == 40, "db_wal_frag.key");
 _Static_assert(sizeof(struct db_layout) == 40, "db_layout");
 _Static_assert(__builtin_offsetof(struct db_txn, state) == 24, "db_txn.state");
 _Static_assert(sizeof(struct db_stats) == 23 * 8, "db_stats");

@@ -133,6 +133,7 @@ impl Db {
             next_seq: rec.next_seq,
             last_ts: engine.last_ts(),
             sync: self.inner.opts.sync,
+            faults: self.inner.opts.log_faults.clone(),
         };
         let log = Log::start(engine.wal_map()?, start)?;
         engine.set_wal_on(true)?;
@@ -163,7 +164,7 @@ impl Db {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let t = std::time::Instant::now();
-        let (snap, segment) = {
+        let (snap, segment, first_seq) = {
             // Slot first, then the gate, as every writer takes them: a
             // writer holds its slot while it waits for the gate, so a
             // checkpoint that asked for a slot under the gate could wait
@@ -173,14 +174,12 @@ impl Db {
             log.wait_written(self.inner.engine.last_ts())?;
             log.request_rotate();
             s.nudge_log();
-            let segment = log.wait_rotated()?;
-            (
-                self.begin_in(&mut s, Some(abi::CHECKPOINT_TXN), true)?,
-                segment,
-            )
+            let (segment, first_seq) = log.wait_rotated()?;
+            let snap = self.begin_in(&mut s, Some(abi::CHECKPOINT_TXN), true)?;
+            (snap, segment, first_seq)
         };
         let pause = t.elapsed();
-        let keys = recovery::write_checkpoint(&snap, dir, segment)?;
+        let keys = recovery::write_checkpoint(&snap, dir, segment, first_seq)?;
         drop(snap);
         for old in crate::wal::segments(dir)?
             .into_iter()
@@ -374,7 +373,12 @@ impl Session<'_> {
     /// Fires the trigger and turns the response into a Result, re-running
     /// the op on transient conflicts with other autocommit ops.
     pub(crate) fn run(&mut self, what: &str) -> Result<abi::Resp> {
-        let log_deadline = std::time::Instant::now() + crate::wal_writer::STALL_TIMEOUT;
+        let stall = self
+            .db
+            .log
+            .get()
+            .map_or(crate::wal_writer::STALL_TIMEOUT, |l| l.stall_timeout());
+        let log_deadline = std::time::Instant::now() + stall;
         for _ in 0..TRANSIENT_RETRIES {
             crate::trigger::fire(self.db.engine.instance, self.idx);
             // SAFETY: see slot(); volatile because the kernel wrote it.

@@ -6,6 +6,7 @@ pub mod abi;
 mod db;
 mod engine;
 mod error;
+mod log_file;
 mod pin;
 mod recovery;
 pub mod trigger;
@@ -19,6 +20,7 @@ pub use db::{
 };
 pub use engine::Layout;
 pub use error::{Error, Result};
+pub use log_file::{FOREVER, HOLD_LIMIT, LogFaults};
 pub use pin::unpin;
 pub use txn::{Txn, TxnState};
 
@@ -58,6 +60,9 @@ pub struct Options {
     /// op is retried from user space; 0: the engine's default
     /// (DB_LOCK_CAS_TRIES). Tests lower it to make contention common.
     pub lock_cas_tries: u32,
+    /// Test hook: faults for the log writer to hit (see `LogFaults`).
+    /// None, the default, in any real use.
+    pub log_faults: Option<std::sync::Arc<LogFaults>>,
 }
 
 /// When a commit is acknowledged, and what a crash can lose.
@@ -89,6 +94,7 @@ impl Default for Options {
             allow_corrupt_log: false,
             pin_dir: None,
             lock_cas_tries: 0,
+            log_faults: None,
         }
     }
 }

@@ -52,15 +52,38 @@ fn apply(db: &Db, op: &LogOp) -> Result<()> {
     }
 }
 
-fn load_checkpoint(db: &Db, dir: &Path) -> Result<u64> {
+/// Where the log starts after a checkpoint: the segment replay begins
+/// with, and the seq its first record has (None: a version 1 checkpoint,
+/// which did not say).
+struct LogStart {
+    segment: u64,
+    first_seq: Option<u64>,
+}
+
+/// A data dir without a checkpoint: the log as it began.
+const LOG_BEGINS: LogStart = LogStart {
+    segment: 1,
+    first_seq: Some(1),
+};
+
+/// A checkpoint read and checked: where the log goes on from it, and its
+/// `n` entries at `buf[entries]`.
+struct Checkpoint {
+    start: LogStart,
+    buf: Vec<u8>,
+    entries: std::ops::Range<usize>,
+    n: u64,
+}
+
+fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
     let path = wal::checkpoint_path(dir);
     if !path.exists() {
-        return Ok(1);
+        return Ok(None);
     }
-    let t = Instant::now();
     let buf = read_file(&path)?;
     let what = path.display().to_string();
-    wal::check_header(&buf, wal::CKPT_MAGIC, &what)?;
+    let versions = [wal::CHECKPOINT_V1, wal::CHECKPOINT_VERSION];
+    let version = wal::check_header(&buf, wal::CKPT_MAGIC, &versions, &what)?;
     let corrupt = |why: &str| Error::new(libc::EIO, format!("{what}: {why}; refusing to start"));
     if buf.len() < wal::HEADER_BYTES + 20 {
         return Err(corrupt("truncated"));
@@ -70,27 +93,110 @@ fn load_checkpoint(db: &Db, dir: &Path) -> Result<u64> {
         return Err(corrupt("checksum mismatch"));
     }
     let mut r = wal::Reader::new(&body[wal::HEADER_BYTES..]);
-    let (Some(next_segment), Some(n)) = (r.u64(), r.u64()) else {
-        return Err(corrupt("truncated header"));
+    let segment = r.u64().ok_or_else(|| corrupt("truncated header"))?;
+    let first_seq = if version == wal::CHECKPOINT_V1 {
+        None
+    } else {
+        Some(r.u64().ok_or_else(|| corrupt("truncated header"))?)
     };
+    let n = r.u64().ok_or_else(|| corrupt("truncated header"))?;
+    let entries = body.len() - r.rest().len()..body.len();
+    Ok(Some(Checkpoint {
+        start: LogStart { segment, first_seq },
+        buf,
+        entries,
+        n,
+    }))
+}
+
+fn load_checkpoint(db: &Db, dir: &Path) -> Result<(LogStart, bool)> {
+    let t = Instant::now();
+    let Some(Checkpoint {
+        start,
+        buf,
+        entries,
+        n,
+    }) = read_checkpoint(dir)?
+    else {
+        return Ok((LOG_BEGINS, false));
+    };
+    let what = wal::checkpoint_path(dir).display().to_string();
+    let mut r = wal::Reader::new(&buf[entries]);
     for _ in 0..n {
-        let op = r.op().ok_or_else(|| corrupt("malformed entry"))?;
+        let op = r.op().ok_or_else(|| {
+            Error::new(
+                libc::EIO,
+                format!("{what}: malformed entry; refusing to start"),
+            )
+        })?;
         apply(db, &op)?;
     }
     info!(
-        "recovery: checkpoint of {n} keys loaded in {:?}; replaying from segment {next_segment}",
-        t.elapsed()
+        "recovery: checkpoint of {n} keys loaded in {:?}; replaying from segment {}",
+        t.elapsed(),
+        start.segment
     );
-    Ok(next_segment)
+    Ok((start, true))
+}
+
+/// Removes log segments that cannot be replayed (allow_corrupt_log).
+fn discard(dir: &Path, segments: &[u64]) -> Result<()> {
+    for &n in segments {
+        let p = wal::segment_path(dir, n);
+        warn!("recovery: discarding {}", p.display());
+        std::fs::remove_file(&p).map_err(|e| Error::io(&p.display().to_string(), &e))?;
+    }
+    Ok(())
+}
+
+/// The segments replay goes through: numbered without a gap from the
+/// checkpoint's. A gap refuses to start, unless `allow_corrupt` (then the
+/// segments after it are discarded).
+fn replayed_segments(dir: &Path, start: u64, ckpt: bool, allow_corrupt: bool) -> Result<Vec<u64>> {
+    let mut segments: Vec<u64> = wal::segments(dir)?
+        .into_iter()
+        .filter(|&n| n >= start)
+        .collect();
+    // Without a checkpoint and without segments the data dir is new; a
+    // checkpoint's segment was made durable before the checkpoint was.
+    if segments.is_empty() && !ckpt {
+        return Ok(segments);
+    }
+    let run = (0..)
+        .zip(&segments)
+        .take_while(|&(i, &n)| n == start + i)
+        .count();
+    if run < segments.len() || segments.is_empty() {
+        let missing = start + run as u64;
+        let after = if ckpt {
+            format!("the checkpoint starts replay at segment {start}")
+        } else {
+            "there is no checkpoint".to_string()
+        };
+        let msg = format!(
+            "log segment {missing} ({}) is missing: {after}, and the log has segments {:?}",
+            wal::segment_path(dir, missing).display(),
+            segments
+        );
+        if !allow_corrupt {
+            return Err(Error::new(
+                libc::EIO,
+                format!(
+                    "{msg}; refusing to start (allow_corrupt_log discards the segments after it)"
+                ),
+            ));
+        }
+        warn!("recovery: {msg}");
+        discard(dir, &segments[run..])?;
+        segments.truncate(run);
+    }
+    Ok(segments)
 }
 
 /// Replays the checkpoint and the log into the engine (log emission off).
 pub(crate) fn recover(db: &Db, dir: &Path, allow_corrupt: bool) -> Result<Recovered> {
-    let start = load_checkpoint(db, dir)?;
-    let segments: Vec<u64> = wal::segments(dir)?
-        .into_iter()
-        .filter(|&n| n >= start)
-        .collect();
+    let (start, ckpt) = load_checkpoint(db, dir)?;
+    let segments = replayed_segments(dir, start.segment, ckpt, allow_corrupt)?;
     let total: u64 = segments
         .iter()
         .map(|&n| {
@@ -100,19 +206,36 @@ pub(crate) fn recover(db: &Db, dir: &Path, allow_corrupt: bool) -> Result<Recove
         })
         .sum();
     let t = Instant::now();
-    let (mut done, mut next_seq, mut commits) = (0usize, 1u64, 0u64);
+    // The seq the next record must have; a version 1 checkpoint did not
+    // record it: then the first record found sets it.
+    let mut next_seq = start.first_seq;
+    let (mut done, mut commits) = (0usize, 0u64);
     let mut next_report = PROGRESS_BYTES;
     for (i, &n) in segments.iter().enumerate() {
         let path = wal::segment_path(dir, n);
         let buf = read_file(&path)?;
         let what = path.display().to_string();
+        let last = i + 1 == segments.len();
         if buf.len() < wal::HEADER_BYTES {
+            // Only the newest segment can be caught before its header is
+            // durable: the writer rotates only after it is.
+            if !last && !allow_corrupt {
+                return Err(Error::new(
+                    libc::EIO,
+                    format!("{what}: torn header with segments after it; refusing to start"),
+                ));
+            }
             warn!("recovery: {what} has a torn header; starting it afresh");
             std::fs::remove_file(&path).map_err(|e| Error::io(&what, &e))?;
-            continue;
+            discard(dir, &segments[i + 1..])?;
+            return Ok(Recovered {
+                segment: n,
+                next_seq: next_seq.unwrap_or(1),
+            });
         }
-        wal::check_header(&buf, wal::WAL_MAGIC, &what)?;
-        let scan = wal::scan_segment(&buf, next_seq, |commit, end| {
+        wal::check_header(&buf, wal::WAL_MAGIC, &[wal::FORMAT_VERSION], &what)?;
+        let expected = next_seq.or_else(|| wal::first_seq(&buf)).unwrap_or(1);
+        let scan = wal::scan_segment(&buf, expected, |commit, end| {
             for op in &commit.ops {
                 apply(db, op)?;
             }
@@ -127,16 +250,27 @@ pub(crate) fn recover(db: &Db, dir: &Path, allow_corrupt: bool) -> Result<Recove
             }
             Ok(())
         })?;
-        next_seq = scan.next_seq;
+        next_seq = Some(scan.next_seq);
         commits += scan.commits;
         if let Some((offset, why, more)) = scan.bad {
-            let last = i + 1 == segments.len();
             if (more || !last) && !allow_corrupt {
+                let hint = match (why.starts_with("record seq"), offset == wal::HEADER_BYTES) {
+                    (true, true) if i == 0 => {
+                        ": the segment does not start where the checkpoint says; it is stale"
+                    }
+                    (true, true) => {
+                        ": the segment does not continue the one before; a segment is missing \
+                         or stale"
+                    }
+                    (true, false) => ": a gap in the log's sequence",
+                    _ => "",
+                };
                 return Err(Error::new(
                     libc::EIO,
                     format!(
-                        "{what}: corrupt record at byte {offset} ({why}) with valid records after it; \
-                         refusing to start (allow_corrupt_log discards everything from there)"
+                        "{what}: {why} at byte {offset}{hint}; valid records follow, so this is \
+                         no torn tail; refusing to start (allow_corrupt_log discards everything \
+                         from there)"
                     ),
                 ));
             }
@@ -145,15 +279,11 @@ pub(crate) fn recover(db: &Db, dir: &Path, allow_corrupt: bool) -> Result<Recove
                 buf.len() - offset
             );
             cut(&path, offset)?;
-            for &later in &segments[i + 1..] {
-                let p = wal::segment_path(dir, later);
-                warn!("recovery: discarding {}", p.display());
-                std::fs::remove_file(&p).map_err(|e| Error::io(&p.display().to_string(), &e))?;
-            }
+            discard(dir, &segments[i + 1..])?;
             info!("recovery: {commits} commits replayed in {:?}", t.elapsed());
             return Ok(Recovered {
                 segment: n,
-                next_seq,
+                next_seq: scan.next_seq,
             });
         }
         done += buf.len();
@@ -169,49 +299,63 @@ pub(crate) fn recover(db: &Db, dir: &Path, allow_corrupt: bool) -> Result<Recove
         total >> 20
     );
     Ok(Recovered {
-        segment: segments.last().copied().unwrap_or(start),
-        next_seq,
+        segment: segments.last().copied().unwrap_or(start.segment),
+        next_seq: next_seq.unwrap_or(1),
     })
 }
 
 /// Finds where the log continues without replaying it (hot restart: the
-/// kernel state is current). A torn tail of the last segment is cut.
+/// kernel state is current): after the last record of the newest segment
+/// that has one, else at the seq the checkpoint gives. A torn tail is cut.
 pub(crate) fn resume(dir: &Path) -> Result<Recovered> {
-    let Some(&n) = wal::segments(dir)?.last() else {
+    let ckpt = read_checkpoint(dir)?.map(|c| c.start);
+    let start = ckpt.as_ref().map_or(1, |c| c.segment);
+    let segments = wal::segments(dir)?;
+    let segment = segments.last().copied().unwrap_or(start);
+    for &n in segments.iter().rev().take_while(|&&n| n >= start) {
+        let path = wal::segment_path(dir, n);
+        let buf = read_file(&path)?;
+        let what = path.display().to_string();
+        if buf.len() < wal::HEADER_BYTES {
+            continue;
+        }
+        wal::check_header(&buf, wal::WAL_MAGIC, &[wal::FORMAT_VERSION], &what)?;
+        let Some(first) = wal::first_seq(&buf) else {
+            if buf.len() > wal::HEADER_BYTES {
+                warn!("hot restart: {what}: no whole record; cutting the tail");
+                cut(&path, wal::HEADER_BYTES)?;
+            }
+            continue;
+        };
+        let scan = wal::scan_segment(&buf, first, |_, _| Ok(()))?;
+        if let Some((offset, why, _)) = scan.bad {
+            warn!("hot restart: {what}: {why} at byte {offset}; cutting the tail");
+            cut(&path, offset)?;
+        }
         return Ok(Recovered {
-            segment: 1,
-            next_seq: 1,
-        });
-    };
-    let path = wal::segment_path(dir, n);
-    let buf = read_file(&path)?;
-    let what = path.display().to_string();
-    if buf.len() < wal::HEADER_BYTES {
-        return Ok(Recovered {
-            segment: n,
-            next_seq: 1,
+            segment,
+            next_seq: scan.next_seq,
         });
     }
-    wal::check_header(&buf, wal::WAL_MAGIC, &what)?;
-    let scan = wal::scan_segment(&buf, 1, |_, _| Ok(()))?;
-    if let Some((offset, why, _)) = scan.bad {
-        warn!("hot restart: {what}: {why} at byte {offset}; cutting the tail");
-        cut(&path, offset)?;
-    }
-    Ok(Recovered {
-        segment: n,
-        next_seq: scan.next_seq,
-    })
+    let next_seq = ckpt.and_then(|c| c.first_seq).unwrap_or(1);
+    Ok(Recovered { segment, next_seq })
 }
 
 /// Writes a checkpoint of the snapshot `snap` atomically: temp file, fsync,
-/// rename, fsync of the directory. Replay then starts at `next_segment`.
-pub(crate) fn write_checkpoint(snap: &crate::Txn, dir: &Path, next_segment: u64) -> Result<u64> {
+/// rename, fsync of the directory. Replay then starts at `next_segment`,
+/// whose first record has seq `first_seq`.
+pub(crate) fn write_checkpoint(
+    snap: &crate::Txn,
+    dir: &Path,
+    next_segment: u64,
+    first_seq: u64,
+) -> Result<u64> {
     let mut names = Vec::new();
     snap.scan(|n| names.push(n.to_vec()))?;
     let mut body = Vec::with_capacity(1 << 20);
-    body.extend_from_slice(&wal::file_header(wal::CKPT_MAGIC));
+    body.extend_from_slice(&wal::file_header(wal::CKPT_MAGIC, wal::CHECKPOINT_VERSION));
     body.extend_from_slice(&next_segment.to_le_bytes());
+    body.extend_from_slice(&first_seq.to_le_bytes());
     body.extend_from_slice(&(names.len() as u64).to_le_bytes());
     let mut value = Vec::new();
     for name in &names {

@@ -11,8 +11,15 @@
 //! n_ops u32 | op*`, an op being `kind u8 | key_len u8 | key | [PUT: mode
 //! u32 | uid u32 | gid u32 | mtime_ns u64 | len u32 | value]`. A checkpoint
 //! `checkpoint` is `"BPFDBCKP" | version u32 | reserved u32 | next_segment
-//! u64 | n_keys u64 | PUT op* | crc32c u32` (crc over everything before it).
-//! All integers are little endian.
+//! u64 | first_seq u64 | n_keys u64 | PUT op* | crc32c u32` (crc over
+//! everything before it; version 1 had no first_seq). All integers are
+//! little endian.
+//!
+//! The log is one sequence: every record's seq is one more than the one
+//! before it, in the same segment or the segment before; segments are
+//! numbered without a gap from the checkpoint's `next_segment`, whose first
+//! record has seq `first_seq`. Recovery checks all three, so a segment
+//! that is missing, or stale (an older copy), is found, not skipped.
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +28,12 @@ use crate::error::{Error, Result};
 
 pub const WAL_MAGIC: &[u8; 8] = b"BPFDBWAL";
 pub const CKPT_MAGIC: &[u8; 8] = b"BPFDBCKP";
+/// Format version of log segments.
 pub const FORMAT_VERSION: u32 = 1;
+/// Format version of checkpoints written; CHECKPOINT_V1 (no first_seq) is
+/// still read.
+pub const CHECKPOINT_VERSION: u32 = 2;
+pub const CHECKPOINT_V1: u32 = 1;
 pub const HEADER_BYTES: usize = 16;
 pub const RECORD_HEADER_BYTES: usize = 16;
 /// Largest payload a reader accepts: what one transaction can log.
@@ -69,15 +81,16 @@ pub fn segments(dir: &Path) -> Result<Vec<u64>> {
     Ok(out)
 }
 
-pub fn file_header(magic: &[u8; 8]) -> [u8; HEADER_BYTES] {
+pub fn file_header(magic: &[u8; 8], version: u32) -> [u8; HEADER_BYTES] {
     let mut h = [0u8; HEADER_BYTES];
     h[..8].copy_from_slice(magic);
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     h
 }
 
-/// Checks a file header; an unknown version is refused with a clear message.
-pub fn check_header(bytes: &[u8], magic: &[u8; 8], what: &str) -> Result<()> {
+/// Checks a file header and returns its version, one of `versions` (the
+/// newest last); another version is refused with a clear message.
+pub fn check_header(bytes: &[u8], magic: &[u8; 8], versions: &[u32], what: &str) -> Result<u32> {
     if bytes.len() < HEADER_BYTES || &bytes[..8] != magic {
         return Err(Error::new(
             libc::EINVAL,
@@ -85,13 +98,17 @@ pub fn check_header(bytes: &[u8], magic: &[u8; 8], what: &str) -> Result<()> {
         ));
     }
     let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    if version != FORMAT_VERSION {
+    if !versions.contains(&version) {
+        let known: Vec<String> = versions.iter().map(u32::to_string).collect();
         return Err(Error::new(
             libc::EINVAL,
-            format!("{what}: format version {version}, this bpfdb reads version {FORMAT_VERSION}"),
+            format!(
+                "{what}: format version {version}, this bpfdb reads version {}",
+                known.join(" or ")
+            ),
         ));
     }
-    Ok(())
+    Ok(version)
 }
 
 pub fn put_op(out: &mut Vec<u8>, key: &[u8], meta: &NewMeta, value: &[u8]) {
@@ -131,6 +148,11 @@ pub struct Reader<'a> {
 impl<'a> Reader<'a> {
     pub fn new(buf: &'a [u8]) -> Reader<'a> {
         Reader { buf, pos: 0 }
+    }
+
+    /// The bytes not read yet.
+    pub fn rest(&self) -> &'a [u8] {
+        &self.buf[self.pos.min(self.buf.len())..]
     }
 
     pub fn done(&self) -> bool {
@@ -197,6 +219,17 @@ pub fn decode_commit(payload: &[u8]) -> Option<Commit> {
         ops.push(r.op()?);
     }
     r.done().then_some(Commit { ts, ops })
+}
+
+/// Seq of the first record of a segment's bytes, if it has a whole one.
+pub fn first_seq(buf: &[u8]) -> Option<u64> {
+    if buf.len() < HEADER_BYTES {
+        return None;
+    }
+    match record_at(buf, HEADER_BYTES) {
+        Next::Record { seq, .. } => Some(seq),
+        _ => None,
+    }
 }
 
 /// Outcome of reading a segment's records.
@@ -268,16 +301,18 @@ pub struct SegmentScan {
     /// Offset just past the last good record.
     pub end: usize,
     /// The first bad record: offset, why, and whether valid records follow
-    /// it (corruption in the middle) or not (a torn tail).
-    pub bad: Option<(usize, &'static str, bool)>,
+    /// it (corruption in the middle) or not (a torn tail). A whole record
+    /// with the wrong seq is bad, and counts as followed by a valid one.
+    pub bad: Option<(usize, String, bool)>,
     /// Sequence number the next record gets.
     pub next_seq: u64,
     pub commits: u64,
 }
 
-/// Walks the records of a segment (header included in `buf`), handing each
-/// decoded commit and the offset it ends at to `on_commit`, and stops at the
-/// end or at the first bad record.
+/// Walks the records of a segment (header included in `buf`), whose first
+/// record must have seq `next_seq`, handing each decoded commit and the
+/// offset it ends at to `on_commit`, and stops at the end or at the first
+/// bad record.
 pub fn scan_segment(
     buf: &[u8],
     mut next_seq: u64,
@@ -295,6 +330,18 @@ pub fn scan_segment(
                     commits,
                 });
             }
+            Next::Record { seq, .. } if seq != next_seq => {
+                return Ok(SegmentScan {
+                    end: off,
+                    bad: Some((
+                        off,
+                        format!("record seq {seq} where {next_seq} was expected"),
+                        true,
+                    )),
+                    next_seq,
+                    commits,
+                });
+            }
             Next::Record { seq, payload, end } => {
                 let commit = decode_commit(payload).ok_or_else(|| {
                     Error::new(libc::EIO, format!("malformed commit at byte {off}"))
@@ -308,7 +355,7 @@ pub fn scan_segment(
                 let more = valid_record_after(buf, offset, next_seq);
                 return Ok(SegmentScan {
                     end: offset,
-                    bad: Some((offset, why, more)),
+                    bad: Some((offset, why.to_string(), more)),
                     next_seq,
                     commits,
                 });

@@ -1,14 +1,14 @@
 //! The log writer: drains the engine's wal ringbuf, frames each commit as a
-//! checksummed record, appends it to the current segment and makes it
-//! durable. Whoever waits for a commit does that work itself when the
+//! checksummed record, writes it after the last whole record of the current
+//! segment and makes it durable. Whoever waits for a commit does that work itself when the
 //! writer is free (a committer takes it right after its own commit), so an
 //! acknowledgement costs no thread handoff; a committer that finds it busy
 //! waits, and the next one to take it writes and syncs everything that
 //! arrived meanwhile: group commit. A background thread only serves nudges,
 //! `interval` syncs and shutdown.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::File;
+use std::mem::{offset_of, size_of};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -18,13 +18,20 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 
 use crate::SyncMode;
-use crate::abi::{PAGE_SIZE, SMALL_CHUNK};
+use crate::abi::{
+    KEY_MAX, Meta, PAGE_SIZE, SMALL_CHUNK, VALUE_LIMIT, WAL_BEGIN, WAL_COMMIT, WAL_DEL, WAL_NUDGE,
+    WAL_PUT, WalFrag,
+};
 use crate::db::NewMeta;
 use crate::error::{Error, Result};
+use crate::log_file::{LogFaults, SegmentFile};
 use crate::wal;
 
-/// How long the writer sleeps before retrying a failed write.
+/// How long the writer leaves the file alone after a failed write or fsync.
 const WRITE_RETRY: Duration = Duration::from_millis(100);
+/// Log bytes the writer holds unwritten (or, sync `commit` and `interval`,
+/// unsynced) before it stops draining the ringbuf.
+const BATCH_LIMIT_BYTES: usize = 64 << 20;
 /// How long the background thread waits in poll before checking for
 /// requests, and a waiter before looking again (it is woken earlier
 /// whenever the writer finishes a step).
@@ -32,17 +39,18 @@ const POLL: Duration = Duration::from_millis(50);
 /// How long a committer waits for durability while the log cannot be
 /// written (full disk) before it gets the error.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest any wait on the log lasts, failing or not: long enough for the
+/// slowest fsync a working disk takes, so reaching it means a disk that
+/// does not answer.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(30);
 
-const FRAG_BYTES: usize = 296;
-const KIND_BEGIN: u32 = 1;
-const KIND_PUT: u32 = 2;
-const KIND_DEL: u32 = 3;
-const KIND_COMMIT: u32 = 4;
-const KIND_NUDGE: u32 = 5;
+/// Bytes of a header fragment; data fragments are SMALL_CHUNK or PAGE_SIZE.
+const FRAG_BYTES: usize = size_of::<WalFrag>();
 
 #[derive(Default)]
 struct State {
-    /// Every commit with a timestamp at or below this is durable.
+    /// Every commit with a timestamp at or below this is durable (as the
+    /// sync mode defines it: acknowledged).
     durable_ts: u64,
     /// ... and at or below this is written to the file.
     written_ts: u64,
@@ -50,8 +58,14 @@ struct State {
     segment_bytes: u64,
     /// Current segment number.
     segment: u64,
-    /// Why the log cannot be written now; cleared by the next success.
-    error: Option<Error>,
+    /// Seq of the first record of the segment started by the last
+    /// rotation.
+    segment_first_seq: u64,
+    /// Why the log cannot be written now.
+    errors: Errors,
+    /// Set for good when an acknowledged commit could not be logged: no
+    /// wait succeeds after it (the log is no longer the database's record).
+    broken: Option<Error>,
     /// Request to start a new segment (checkpoint).
     rotate: bool,
     stop: bool,
@@ -60,13 +74,36 @@ struct State {
     steps: u64,
 }
 
+/// What failed last, per kind of work; each is cleared by the next success
+/// of its own kind only (an fsync that succeeds says nothing of a write
+/// that keeps failing).
+#[derive(Default)]
+struct Errors {
+    consume: Option<Error>,
+    write: Option<Error>,
+    sync: Option<Error>,
+    rotate: Option<Error>,
+}
+
+impl Errors {
+    fn first(&self) -> Option<&Error> {
+        [&self.consume, &self.write, &self.sync, &self.rotate]
+            .into_iter()
+            .find_map(|e| e.as_ref())
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
     cv: Condvar,
+    /// STALL_TIMEOUT, unless a test's LogFaults shortened it.
+    stall: Duration,
 }
 
 pub(crate) struct Log {
     shared: Arc<Shared>,
+    /// WAIT_LIMIT, unless a test's LogFaults shortened it.
+    wait_limit: Duration,
     writer: Arc<Mutex<Writer>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -78,15 +115,13 @@ pub(crate) struct Start {
     pub next_seq: u64,
     pub last_ts: u64,
     pub sync: SyncMode,
+    pub faults: Option<Arc<LogFaults>>,
 }
 
 impl Log {
     pub fn start(ringbuf: libbpf_rs::MapHandle, start: Start) -> Result<Log> {
-        let file = open_segment(&start.dir, start.segment)?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("stat log segment", &e))?
-            .len();
+        let file = open_segment(&start.dir, start.segment, &start.faults)?;
+        let len = file.len().map_err(|e| Error::io("stat log segment", &e))?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 durable_ts: start.last_ts,
@@ -96,7 +131,17 @@ impl Log {
                 ..State::default()
             }),
             cv: Condvar::new(),
+            stall: start
+                .faults
+                .as_ref()
+                .and_then(|f| f.time_bounds().0)
+                .unwrap_or(STALL_TIMEOUT),
         });
+        let wait_limit = start
+            .faults
+            .as_ref()
+            .and_then(|f| f.time_bounds().1)
+            .unwrap_or(WAIT_LIMIT);
         let sync = start.sync;
         let writer = Writer::new(ringbuf, file, len, start, shared.clone())?;
         let epoll_fd = writer.ringbuf.epoll_fd();
@@ -109,6 +154,7 @@ impl Log {
         info!("log writer started");
         Ok(Log {
             shared,
+            wait_limit,
             writer,
             thread: Some(thread),
         })
@@ -118,58 +164,90 @@ impl Log {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits until `done` holds. Once STALL_TIMEOUT has passed, `late`
-    /// decides: an error to return, or None to keep waiting.
+    /// Waits until `done` holds, running writer steps itself whenever the
+    /// writer is free. Once the stall timeout has passed, `late` decides: an
+    /// error to return, or None to keep waiting; at the wait limit it fails
+    /// with ETIMEDOUT whatever the state (a write or fsync that does not
+    /// return leaves no error to report). A step this thread runs itself is
+    /// not interrupted: only waits between steps are bounded.
     fn wait(
         &self,
+        what: &dyn Fn() -> String,
         done: impl Fn(&State) -> bool,
         late: impl Fn(&State) -> Option<Error>,
     ) -> Result<std::sync::MutexGuard<'_, State>> {
-        let deadline = Instant::now() + STALL_TIMEOUT;
+        let start = Instant::now();
         loop {
             let before = self.lock().steps;
-            self.help();
-            let mut st = self.lock();
-            // Until done, or until the writer finished a step someone else
-            // was running (then take it: what we wait for may be left).
-            while st.steps == before || done(&st) {
-                if done(&st) {
-                    return Ok(st);
-                }
-                if Instant::now() >= deadline
-                    && let Some(e) = late(&st)
-                {
-                    return Err(e);
-                }
-                st = self
-                    .shared
-                    .cv
-                    .wait_timeout(st, POLL)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
+            let ran = self.help();
+            let st = self.lock();
+            if let Some(e) = &st.broken {
+                return Err(e.clone());
+            }
+            if done(&st) {
+                return Ok(st);
+            }
+            let waited = start.elapsed();
+            if waited >= self.shared.stall
+                && let Some(e) = late(&st)
+            {
+                return Err(e);
+            }
+            if waited >= self.wait_limit {
+                return Err(Error::new(
+                    libc::ETIMEDOUT,
+                    format!(
+                        "{} after {:.1} s: the log writer made no progress \
+                         (a write or fsync that does not return?)",
+                        what(),
+                        waited.as_secs_f64()
+                    ),
+                ));
+            }
+            if !ran && st.steps != before {
+                continue; // a step ran meanwhile: take the writer now
+            }
+            // Either another thread's step is running (it wakes us when it
+            // ends; then take the writer: what we wait for may be left), or
+            // ours could not finish it (failing disk): try again after a
+            // pause.
+            let pause = POLL.min(self.wait_limit - waited);
+            let (st, _) = self
+                .shared
+                .cv
+                .wait_timeout(st, pause)
+                .unwrap_or_else(|p| p.into_inner());
+            // Woken by a step that did our work (group commit): return
+            // without taking the writer from the next leader.
+            if st.broken.is_none() && done(&st) {
+                return Ok(st);
             }
         }
     }
 
     /// Runs one writer step here if nobody else is: drains the ringbuf,
     /// writes, syncs per the mode, rotates if asked. Also what a committer
-    /// blocked on a full ringbuf calls.
-    pub fn help(&self) {
-        if let Ok(mut w) = self.writer.try_lock() {
-            w.step();
-            drop(w);
-            finished_step(&self.shared);
-        }
+    /// blocked on a full ringbuf calls. Returns whether it ran one.
+    pub fn help(&self) -> bool {
+        let Ok(mut w) = self.writer.try_lock() else {
+            return false;
+        };
+        w.step();
+        drop(w);
+        finished_step(&self.shared);
+        true
     }
 
-    /// Blocks until the commit at `ts` is durable, or fails once the log has
-    /// been unwritable for STALL_TIMEOUT (a slow but working disk is waited for).
+    /// Blocks until the commit at `ts` is durable; fails once the log has
+    /// been failing for the stall timeout (a slow but working disk is
+    /// waited for), or at the wait limit.
     pub fn wait_durable(&self, ts: u64) -> Result<()> {
         self.wait(
+            &|| format!("commit {ts} not durable"),
             |st| st.durable_ts >= ts,
             |st| {
-                st.error
-                    .as_ref()
+                st.errors
+                    .first()
                     .map(|e| Error::new(e.errno, format!("commit {ts} not durable: {}", e.msg)))
             },
         )
@@ -179,11 +257,12 @@ impl Log {
     /// Blocks until every commit up to `ts` is written to the file.
     pub fn wait_written(&self, ts: u64) -> Result<()> {
         self.wait(
+            &|| format!("log not written up to {ts}"),
             |st| st.written_ts >= ts,
             |st| {
                 let why = st
-                    .error
-                    .as_ref()
+                    .errors
+                    .first()
                     .map_or_else(|| "writer behind".to_string(), |e| e.msg.clone());
                 Some(Error::new(
                     libc::EIO,
@@ -195,24 +274,35 @@ impl Log {
     }
 
     /// Asks the writer to start a new segment; wait_rotated() returns its
-    /// number. Every commit written before is in the segments below it.
+    /// number and the seq its first record gets. Every commit written
+    /// before is in the segments below it.
     pub fn request_rotate(&self) {
         self.lock().rotate = true;
     }
 
     /// Waits until the writer has done what request_rotate() asked (nudge
     /// it first, or this waits out its poll timeout).
-    pub fn wait_rotated(&self) -> Result<u64> {
+    pub fn wait_rotated(&self) -> Result<(u64, u64)> {
         let st = self.wait(
+            &|| "log segment not rotated".to_string(),
             |st| !st.rotate,
-            |_| {
+            |st| {
+                let why = st
+                    .errors
+                    .first()
+                    .map_or_else(|| "writer behind".to_string(), |e| e.msg.clone());
                 Some(Error::new(
                     libc::EIO,
-                    "log writer did not rotate the segment",
+                    format!("log writer did not rotate the segment: {why}"),
                 ))
             },
         )?;
-        Ok(st.segment)
+        Ok((st.segment, st.segment_first_seq))
+    }
+
+    /// How long a commit may wait for a log that cannot be written.
+    pub fn stall_timeout(&self) -> Duration {
+        self.shared.stall
     }
 
     pub fn segment_bytes(&self) -> u64 {
@@ -230,24 +320,26 @@ impl Drop for Log {
     }
 }
 
-fn open_segment(dir: &Path, n: u64) -> Result<File> {
+/// Opens segment `n` for writing, creating it with its header. A segment
+/// with no record yet has its header (re)written and fsynced, with the
+/// directory, each time: an attempt that failed part-way may have left
+/// part of a header, or a header not known to be durable.
+fn open_segment(dir: &Path, n: u64, faults: &Option<Arc<LogFaults>>) -> Result<SegmentFile> {
     let path = wal::segment_path(dir, n);
-    let mut f = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(&path)
-        .map_err(|e| Error::io(&format!("open {}", path.display()), &e))?;
+    let what = path.display().to_string();
+    let mut f = SegmentFile::open(&path, faults.clone())
+        .map_err(|e| Error::io(&format!("open {what}"), &e))?;
     let len = f
-        .metadata()
-        .map_err(|e| Error::io("stat log segment", &e))?
-        .len();
-    if len == 0 {
-        f.write_all(&wal::file_header(wal::WAL_MAGIC))
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Error::io(&format!("write {}", path.display()), &e))?;
-        sync_dir(dir)?;
+        .len()
+        .map_err(|e| Error::io(&format!("stat {what}"), &e))?;
+    let header = wal::file_header(wal::WAL_MAGIC, wal::FORMAT_VERSION);
+    if len > wal::HEADER_BYTES as u64 {
+        return Ok(f); // recovery checked its header
     }
+    f.write_all_at(&header, 0)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(&format!("write {what}"), &e))?;
+    sync_dir(dir)?;
     Ok(f)
 }
 
@@ -257,16 +349,48 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(&format!("fsync {}", dir.display()), &e))
 }
 
-/// Rebuilds commits from ringbuf fragments (format in bpfdb.h).
+/// A commit being rebuilt from its fragments.
+struct Building {
+    ts: u64,
+    /// `ts | n_ops | op*` (wal.rs); n_ops is filled in at COMMIT.
+    payload: Vec<u8>,
+    n_ops: u32,
+    /// A fragment of it was malformed: if its COMMIT arrives, the engine
+    /// acknowledged a commit the log cannot hold.
+    poisoned: bool,
+}
+
+/// A PUT whose data fragments are still arriving.
+struct PendingPut {
+    key: Vec<u8>,
+    meta: NewMeta,
+    len: usize,
+    value: Vec<u8>,
+    /// Data fragments still to come, and the size each has.
+    left: usize,
+    chunk: usize,
+}
+
+/// Rebuilds commits from ringbuf fragments (format in bpfdb.h). Header
+/// fragments are FRAG_BYTES long and data fragments SMALL_CHUNK or
+/// PAGE_SIZE, so the kind of a fragment is known from its length before it
+/// is parsed: a commit whose emission failed part-way (the engine cancels
+/// it; it is never acknowledged) cannot make the next commit's header be
+/// taken for value bytes.
 #[derive(Default)]
 struct Assembler {
-    /// (ts, payload being built, op count) of the commit in progress.
-    cur: Option<(u64, Vec<u8>, u32)>,
-    /// PUT whose data fragments are still arriving: key, meta, length.
-    put: Option<(Vec<u8>, NewMeta, usize)>,
-    value: Vec<u8>,
-    fragments_left: usize,
+    cur: Option<Building>,
+    put: Option<PendingPut>,
+    /// A BEGIN has been seen. Before the first one, fragments are the rest
+    /// of a commit a previous daemon left half-read in a pinned ringbuf; its
+    /// restart checkpoint holds that commit, so they are skipped quietly.
+    in_sync: bool,
     done: Vec<(u64, Vec<u8>)>,
+    /// A commit the engine acknowledged (its COMMIT arrived) that could not
+    /// be rebuilt: the log no longer holds every acknowledged commit.
+    lost: Option<u64>,
+    /// Commits dropped because their emission failed part-way.
+    dropped: u64,
 }
 
 fn le_u32(b: &[u8], at: usize) -> u32 {
@@ -279,100 +403,214 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// Data fragments, and the size of each, the engine emits for a PUT of
+/// `len` bytes (wal_value() in wal.bpf.h).
+fn data_fragments(len: usize) -> (usize, usize) {
+    match len {
+        0 => (0, 0),
+        l if l <= SMALL_CHUNK => (1, SMALL_CHUNK),
+        l => (l.div_ceil(PAGE_SIZE), PAGE_SIZE),
+    }
+}
+
 impl Assembler {
     fn fragment(&mut self, b: &[u8]) {
-        if self.fragments_left > 0 {
-            let Some((_, _, len)) = &self.put else { return };
-            let take = (len - self.value.len()).min(b.len());
-            self.value.extend_from_slice(&b[..take]);
-            self.fragments_left -= 1;
-            if self.fragments_left == 0 {
-                self.finish_put();
+        if let Some(p) = &mut self.put {
+            if b.len() == p.chunk {
+                let take = (p.len - p.value.len()).min(b.len());
+                p.value.extend_from_slice(&b[..take]);
+                p.left -= 1;
+                debug_assert!(p.value.len() <= p.len);
+                debug_assert!(p.left > 0 || p.value.len() == p.len);
+                if p.left == 0 {
+                    self.finish_put();
+                }
+                return;
             }
-            return;
+            if b.len() != FRAG_BYTES {
+                let why = format!(
+                    "a data fragment of {} bytes where {} were expected",
+                    b.len(),
+                    p.chunk
+                );
+                self.put = None;
+                self.malformed(&why);
+                return;
+            }
+            // A header where data was expected: the engine stopped emitting
+            // this commit part-way and cancelled it. The header belongs to
+            // what came next.
+            let got = data_fragments(p.len).0 - p.left;
+            let what = format!(
+                "a PUT ended after {got} of {} data fragments",
+                data_fragments(p.len).0
+            );
+            self.put = None;
+            self.drop_failed(&what);
         }
         if b.len() != FRAG_BYTES {
-            error!(
-                "log: unexpected fragment of {} bytes; dropping the commit in progress",
+            self.malformed(&format!(
+                "a data fragment of {} bytes outside a PUT",
                 b.len()
-            );
-            self.cur = None;
+            ));
             return;
         }
-        let (kind, key_len, ts) = (le_u32(b, 0), le_u32(b, 4) as usize, le_u64(b, 8));
+        let kind = le_u32(b, offset_of!(WalFrag, kind));
+        let key_len = le_u32(b, offset_of!(WalFrag, key_len)) as usize;
+        let ts = le_u64(b, offset_of!(WalFrag, ts));
+        let m = offset_of!(WalFrag, meta);
         let meta = NewMeta {
-            mtime_ns: le_u64(b, 16),
-            mode: le_u32(b, 24),
-            uid: le_u32(b, 28),
-            gid: le_u32(b, 32),
+            mtime_ns: le_u64(b, m + offset_of!(Meta, mtime_ns)),
+            mode: le_u32(b, m + offset_of!(Meta, mode)),
+            uid: le_u32(b, m + offset_of!(Meta, uid)),
+            gid: le_u32(b, m + offset_of!(Meta, gid)),
         };
-        let len = le_u32(b, 36) as usize;
-        let key = b[40..40 + key_len.min(255)].to_vec();
+        let len = le_u32(b, m + offset_of!(Meta, len)) as usize;
         match kind {
-            KIND_BEGIN => {
-                // A BEGIN without COMMIT before it was a failed emission.
+            WAL_BEGIN => {
+                if self.cur.is_some() {
+                    self.drop_failed("no COMMIT came before the next BEGIN");
+                }
+                self.in_sync = true;
                 let mut payload = Vec::with_capacity(64);
                 payload.extend_from_slice(&ts.to_le_bytes());
                 payload.extend_from_slice(&0u32.to_le_bytes());
-                self.cur = Some((ts, payload, 0));
+                self.cur = Some(Building {
+                    ts,
+                    payload,
+                    n_ops: 0,
+                    poisoned: false,
+                });
             }
-            KIND_PUT => {
-                self.put = Some((key, meta, len));
-                self.value.clear();
-                self.fragments_left = match len {
-                    0 => 0,
-                    l if l <= SMALL_CHUNK => 1,
-                    l => l.div_ceil(PAGE_SIZE),
-                };
-                if self.fragments_left == 0 {
+            WAL_PUT | WAL_DEL => {
+                let op = if kind == WAL_PUT { "PUT" } else { "DEL" };
+                if key_len == 0 || key_len > KEY_MAX {
+                    return self.malformed(&format!("{op} with a key of {key_len} bytes"));
+                }
+                if kind == WAL_PUT && len > VALUE_LIMIT {
+                    // How many data fragments follow is unknown: they are
+                    // refused one by one as data outside a PUT.
+                    return self.malformed(&format!("PUT of {len} bytes"));
+                }
+                match &self.cur {
+                    Some(c) if c.ts != ts => {
+                        let why = format!("{op} of commit {ts} inside commit {}", c.ts);
+                        self.malformed(&why);
+                    }
+                    None if self.in_sync => {
+                        error!("log: {op} of commit {ts} outside a commit; not logged")
+                    }
+                    _ => {}
+                }
+                let key = b[offset_of!(WalFrag, key)..][..key_len].to_vec();
+                if kind == WAL_DEL {
+                    if let Some(c) = &mut self.cur {
+                        wal::del_op(&mut c.payload, &key);
+                        c.n_ops += 1;
+                    }
+                    return;
+                }
+                // Tracked even outside a commit, so that its data fragments
+                // are skipped rather than taken as stray.
+                let (left, chunk) = data_fragments(len);
+                self.put = Some(PendingPut {
+                    key,
+                    meta,
+                    len,
+                    value: Vec::with_capacity(len),
+                    left,
+                    chunk,
+                });
+                if left == 0 {
                     self.finish_put();
                 }
             }
-            KIND_DEL => {
-                if let Some((_, payload, n)) = &mut self.cur {
-                    wal::del_op(payload, &key);
-                    *n += 1;
+            WAL_COMMIT => match self.cur.take() {
+                Some(mut c) if c.ts == ts && !c.poisoned => {
+                    c.payload[8..12].copy_from_slice(&c.n_ops.to_le_bytes());
+                    debug_assert!(wal::decode_commit(&c.payload).is_some_and(|d| d.ts == ts));
+                    self.done.push((ts, c.payload));
                 }
-            }
-            KIND_COMMIT => match self.cur.take() {
-                Some((begin_ts, mut payload, n)) if begin_ts == ts => {
-                    payload[8..12].copy_from_slice(&n.to_le_bytes());
-                    self.done.push((ts, payload));
-                }
-                _ => error!("log: COMMIT {ts} without its BEGIN; dropped"),
+                Some(c) if c.ts == ts => self.lose(ts, "malformed"),
+                Some(c) => self.lose(ts, &format!("ended inside commit {}", c.ts)),
+                None if self.in_sync => self.lose(ts, "without its BEGIN"),
+                None => {}
             },
-            KIND_NUDGE => {}
-            _ => error!("log: unknown fragment kind {kind}"),
+            WAL_NUDGE => {}
+            _ => self.malformed(&format!("unknown fragment kind {kind}")),
         }
     }
 
     fn finish_put(&mut self) {
-        if let (Some((key, meta, _)), Some((_, payload, n))) = (self.put.take(), &mut self.cur) {
-            wal::put_op(payload, &key, &meta, &self.value);
-            *n += 1;
+        let Some(p) = self.put.take() else { return };
+        debug_assert_eq!((p.left, p.value.len()), (0, p.len));
+        if let Some(c) = &mut self.cur {
+            wal::put_op(&mut c.payload, &p.key, &p.meta, &p.value);
+            c.n_ops += 1;
         }
+    }
+
+    /// The commit in progress stopped part-way: the engine cancelled it.
+    fn drop_failed(&mut self, what: &str) {
+        if let Some(c) = self.cur.take() {
+            self.dropped += 1;
+            warn!(
+                "log: commit {} was cut short ({what}): its emission failed and it was \
+                 never acknowledged; dropped",
+                c.ts
+            );
+        }
+    }
+
+    /// A fragment the engine cannot have emitted: the commit in progress
+    /// cannot be rebuilt (if its COMMIT comes, it is lost).
+    fn malformed(&mut self, why: &str) {
+        if !self.in_sync {
+            return;
+        }
+        match &mut self.cur {
+            Some(c) => {
+                error!("log: commit {}: {why}", c.ts);
+                c.poisoned = true;
+            }
+            None => error!("log: {why}; skipped"),
+        }
+    }
+
+    fn lose(&mut self, ts: u64, why: &str) {
+        error!("log: COMMIT {ts} {why}: this acknowledged commit cannot be logged");
+        self.lost.get_or_insert(ts);
     }
 }
 
 struct Writer {
     ringbuf: libbpf_rs::RingBuffer<'static>,
     asm: Arc<Mutex<Assembler>>,
-    file: File,
-    /// File length up to the last whole record written.
-    good_len: u64,
+    file: SegmentFile,
+    /// Records framed and not yet settled: not yet written, or (sync
+    /// `commit` and `interval`) written but not yet fsynced. They go to the
+    /// file at `base_len`, the end of the records before them, and
+    /// `base_ts` is the last commit before them.
     batch: Vec<u8>,
+    base_len: u64,
+    base_ts: u64,
+    /// Bytes of `batch` that are in the file (all or none).
+    batch_written: usize,
     batch_ts: u64,
     next_seq: u64,
     dir: PathBuf,
     sync: SyncMode,
     last_sync: Instant,
+    /// After a failed write or fsync, no file I/O before this.
+    retry_at: Option<Instant>,
     shared: Arc<Shared>,
+    faults: Option<Arc<LogFaults>>,
 }
 
 impl Writer {
     fn new(
         map: libbpf_rs::MapHandle,
-        file: File,
+        file: SegmentFile,
         len: u64,
         start: Start,
         shared: Arc<Shared>,
@@ -389,14 +627,18 @@ impl Writer {
             ringbuf,
             asm,
             file,
-            good_len: len,
             batch: Vec::new(),
+            base_len: len,
+            base_ts: start.last_ts,
+            batch_written: 0,
             batch_ts: 0,
             next_seq: start.next_seq,
             dir: start.dir,
             sync: start.sync,
             last_sync: Instant::now(),
+            retry_at: None,
             shared,
+            faults: start.faults,
         })
     }
 
@@ -404,115 +646,229 @@ impl Writer {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether written records stay in the batch until an fsync covers
+    /// them, to be written again if it fails (sync `none` fsyncs only at
+    /// checkpoints: it would hold a whole segment).
+    fn retains(&self) -> bool {
+        self.sync != SyncMode::None
+    }
+
+    /// Every record framed is in the file.
+    fn all_written(&self) -> bool {
+        self.batch_written == self.batch.len()
+    }
+
+    /// File length up to the last whole record written.
+    fn good_len(&self) -> u64 {
+        self.base_len + self.batch_written as u64
+    }
+
+    /// Commits rebuilt since the last call; marks the log broken if one
+    /// the engine acknowledged could not be rebuilt.
     fn assembled(&self) -> Vec<(u64, Vec<u8>)> {
-        std::mem::take(&mut self.asm.lock().unwrap_or_else(|p| p.into_inner()).done)
+        let mut asm = self.asm.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ts) = asm.lost.take() {
+            let err = Error::new(
+                libc::EIO,
+                format!(
+                    "the log lost acknowledged commit {ts} (the engine's record of it was \
+                     malformed); restart to recover the commits before it"
+                ),
+            );
+            self.lock().broken.get_or_insert(err);
+            self.shared.cv.notify_all();
+        }
+        std::mem::take(&mut asm.done)
     }
 
     /// Drains the ringbuf, writes what it held, syncs per the mode and
-    /// rotates if asked (once everything before is written).
+    /// rotates if asked (once everything before is written). After a
+    /// failure the file is left alone for WRITE_RETRY.
     fn step(&mut self) {
-        if let Err(e) = self.ringbuf.consume() {
-            error!("log: ringbuf consume: {e}");
+        // While the log cannot be written, the ringbuf is left to fill up:
+        // commits then fail before they become visible, instead of piling
+        // up here unacknowledged.
+        if self.batch.len() < BATCH_LIMIT_BYTES {
+            // A ringbuf that cannot be read holds commits back as surely
+            // as a disk that cannot be written: their waiters get the error.
+            let consumed = self.consume();
+            if let Err(e) = &consumed {
+                error!("log: {e}");
+            }
+            self.lock().errors.consume = consumed.err();
         }
         for (ts, payload) in self.assembled() {
+            debug_assert!(ts > self.batch_ts, "commits arrive in timestamp order");
             wal::frame(&mut self.batch, self.next_seq, &payload);
             self.next_seq += 1;
             self.batch_ts = ts;
         }
-        if !self.batch.is_empty() {
-            self.write_batch();
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
         }
-        self.maybe_sync();
-        if self.lock().rotate && self.batch.is_empty() {
-            self.rotate();
+        let mut ok =
+            (self.batch_written == self.batch.len() || self.write_batch()) && self.maybe_sync();
+        let rotate = self.lock().rotate;
+        if ok && rotate && self.all_written() {
+            ok = self.rotate();
         }
+        if !ok {
+            self.retry_at = Some(Instant::now() + WRITE_RETRY);
+        }
+        debug_assert!(self.batch_written <= self.batch.len());
+        debug_assert!(self.retains() || self.batch_written == 0);
     }
 
-    fn write_batch(&mut self) {
-        match self.file.write_all(&self.batch) {
+    /// Reads every fragment the engine has emitted into the assembler.
+    fn consume(&mut self) -> Result<()> {
+        if let Some(f) = &self.faults
+            && f.take_consume_fault()
+        {
+            return Err(Error::new(libc::EIO, "injected ringbuf consume failure"));
+        }
+        self.ringbuf
+            .consume()
+            .map_err(|e| Error::new(libc::EIO, format!("read the log ringbuf (consume): {e}")))
+    }
+
+    /// Writes the part of the batch not in the file yet.
+    fn write_batch(&mut self) -> bool {
+        let at = self.good_len();
+        match self
+            .file
+            .write_all_at(&self.batch[self.batch_written..], at)
+        {
             Ok(()) => {
-                self.good_len += self.batch.len() as u64;
+                self.batch_written = self.batch.len();
+                #[cfg(debug_assertions)]
+                if let Ok(len) = self.file.len() {
+                    debug_assert_eq!(len, self.good_len(), "the file ends at the last record");
+                }
                 let mut st = self.lock();
-                st.segment_bytes = self.good_len;
+                st.segment_bytes = self.good_len();
                 st.written_ts = self.batch_ts;
-                st.error = None;
+                st.errors.write = None;
                 if self.sync != SyncMode::Commit {
-                    st.durable_ts = self.batch_ts; // acked once written
+                    st.durable_ts = self.batch_ts; // acknowledged once written
                 }
                 drop(st);
-                self.batch.clear();
+                if !self.retains() {
+                    self.settle();
+                }
                 self.shared.cv.notify_all();
+                true
             }
             Err(e) => {
-                // Cut any partial record off and keep the batch: it is
+                // Cut the partial record off and keep the batch: it is
                 // written when space returns; later commits queue behind it.
-                let err = Error::io("append to log", &e);
+                // If the cut fails too, the retry overwrites what is left:
+                // it writes at the same offset, at least as many bytes.
+                let err = Error::io("write to log", &e);
                 warn!("log: {err}; retrying");
-                let _ = self.file.set_len(self.good_len);
-                self.lock().error = Some(err);
+                if let Err(e) = self.file.set_len(at) {
+                    warn!("log: cannot cut the failed write off ({e}); the retry overwrites it");
+                }
+                self.lock().errors.write = Some(err);
                 self.shared.cv.notify_all();
-                std::thread::sleep(WRITE_RETRY);
+                false
             }
         }
     }
 
-    fn maybe_sync(&mut self) {
-        let (written, durable) = {
-            let st = self.lock();
-            (st.written_ts, st.durable_ts)
-        };
+    /// The written part of the batch is as durable as the mode makes it.
+    fn settle(&mut self) {
+        if self.batch_written > 0 {
+            self.base_ts = self.batch_ts;
+        }
+        self.base_len += self.batch_written as u64;
+        self.batch.drain(..self.batch_written);
+        self.batch_written = 0;
+    }
+
+    fn maybe_sync(&mut self) -> bool {
         match self.sync {
-            SyncMode::Commit if written > durable => self.sync_now(),
+            SyncMode::Commit if self.batch_written > 0 => self.sync_now(),
             SyncMode::Interval(ms)
                 if self.last_sync.elapsed() >= Duration::from_millis(ms as u64) =>
             {
                 self.sync_now()
             }
-            _ => {}
+            _ => true,
         }
     }
 
-    fn sync_now(&mut self) {
+    fn sync_now(&mut self) -> bool {
         let written = self.lock().written_ts;
         self.last_sync = Instant::now();
-        match self.file.sync_data() {
+        let synced = self.file.sync_data();
+        let mut st = self.lock();
+        let ok = match synced {
             Ok(()) => {
-                let mut st = self.lock();
                 st.durable_ts = st.durable_ts.max(written);
-                st.error = None;
+                st.errors.sync = None;
+                drop(st);
+                if self.retains() {
+                    self.settle();
+                }
+                true
             }
             Err(e) => {
                 let err = Error::io("fsync log", &e);
                 warn!("log: {err}");
-                self.lock().error = Some(err);
+                st.errors.sync = Some(err);
+                if self.retains() && self.batch_written > 0 {
+                    // A failed fsync may have lost what it could not write,
+                    // and the next one reports success all the same: the
+                    // records since the last good fsync are written again,
+                    // in place, before any of them counts as durable. (They
+                    // are not cut off: if the disk never recovers, what the
+                    // kernel still holds is better than nothing.)
+                    st.written_ts = self.base_ts;
+                    st.segment_bytes = self.base_len;
+                    drop(st);
+                    self.batch_written = 0;
+                } else {
+                    drop(st);
+                }
+                false
             }
-        }
+        };
         self.shared.cv.notify_all();
+        ok
     }
 
-    fn rotate(&mut self) {
-        self.sync_now();
+    /// Starts the next segment once everything before is written: an
+    /// fsync first makes it durable.
+    fn rotate(&mut self) -> bool {
+        if !self.sync_now() {
+            return false;
+        }
+        debug_assert!(self.batch.is_empty(), "the fsync settled every record");
         let next = self.lock().segment + 1;
-        match open_segment(&self.dir, next) {
+        let ok = match open_segment(&self.dir, next, &self.faults) {
             Ok(f) => {
-                let len = f
-                    .metadata()
-                    .map(|m| m.len())
-                    .unwrap_or(wal::HEADER_BYTES as u64);
+                let len = f.len().unwrap_or(wal::HEADER_BYTES as u64);
                 self.file = f;
-                self.good_len = len;
+                self.base_len = len;
                 let mut st = self.lock();
                 st.segment = next;
+                // Every framed record is in the segments before (the batch
+                // is empty): the next one is this segment's first.
+                st.segment_first_seq = self.next_seq;
                 st.segment_bytes = len;
                 st.rotate = false;
+                st.errors.rotate = None;
                 info!("log: now writing segment {next}");
+                true
             }
             Err(e) => {
                 warn!("log: cannot start segment {next}: {e}");
-                self.lock().error = Some(e);
+                self.lock().errors.rotate = Some(e);
+                false
             }
-        }
+        };
         self.shared.cv.notify_all();
+        ok
     }
 }
 
@@ -547,21 +903,26 @@ fn background(shared: &Shared, writer: &Mutex<Writer>, epoll_fd: i32, sync: Sync
         unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
         let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
         w.step();
-        let stop = w.lock().stop;
-        // step() took every assembled commit: an empty batch is all written.
-        if stop && w.batch.is_empty() {
-            w.sync_now();
+        let (stop, unread) = {
+            let st = w.lock();
+            (st.stop, st.errors.consume.is_some())
+        };
+        // step() took every assembled commit: then the batch is all
+        // written (unless the ringbuf could not be read); the last fsync
+        // makes it durable.
+        if stop && w.all_written() && !unread && w.sync_now() {
             drop(w);
             finished_step(shared);
             return;
         }
         if stop {
-            let deadline = *stop_deadline.get_or_insert_with(|| Instant::now() + STALL_TIMEOUT);
+            let deadline = *stop_deadline.get_or_insert_with(|| Instant::now() + shared.stall);
             if Instant::now() >= deadline {
                 error!(
-                    "log: stopping with {} bytes of unwritten log (commits after ts {} were never acknowledged)",
+                    "log: stopping with {} bytes of log not written or not fsynced \
+                     (the commits after ts {})",
                     w.batch.len(),
-                    w.lock().written_ts
+                    w.base_ts
                 );
                 drop(w);
                 finished_step(shared);
@@ -581,4 +942,273 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
     f.read_exact_at(&mut buf, 0)
         .map_err(|e| Error::io(&format!("read {}", path.display()), &e))?;
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The assembler is pure user space: these feed it the fragment
+    //! sequences the engine emits (bpfdb.h, wal.bpf.h), whole and broken.
+
+    use super::*;
+    use crate::wal::{LogOp, decode_commit};
+
+    const META: NewMeta = NewMeta {
+        mode: 0o100644,
+        uid: 7,
+        gid: 8,
+        mtime_ns: 11,
+    };
+
+    /// A header fragment as wal_frag() builds it.
+    fn header(kind: u32, ts: u64, key: &[u8], len: u32) -> Vec<u8> {
+        let mut f = vec![0u8; FRAG_BYTES];
+        f[0..4].copy_from_slice(&kind.to_le_bytes());
+        f[4..8].copy_from_slice(&(key.len() as u32).to_le_bytes());
+        f[8..16].copy_from_slice(&ts.to_le_bytes());
+        f[16..24].copy_from_slice(&META.mtime_ns.to_le_bytes());
+        f[24..28].copy_from_slice(&META.mode.to_le_bytes());
+        f[28..32].copy_from_slice(&META.uid.to_le_bytes());
+        f[32..36].copy_from_slice(&META.gid.to_le_bytes());
+        f[36..40].copy_from_slice(&len.to_le_bytes());
+        f[40..40 + key.len()].copy_from_slice(key);
+        f
+    }
+
+    fn value(len: usize, salt: u8) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8 ^ salt).collect()
+    }
+
+    /// The data fragments wal_value() emits for `v`: one zero-padded small
+    /// chunk up to SMALL_CHUNK bytes, else whole pages.
+    fn data(v: &[u8]) -> Vec<Vec<u8>> {
+        let chunk = if v.len() <= SMALL_CHUNK {
+            SMALL_CHUNK
+        } else {
+            PAGE_SIZE
+        };
+        v.chunks(chunk)
+            .map(|c| {
+                let mut f = c.to_vec();
+                f.resize(chunk, 0);
+                f
+            })
+            .collect()
+    }
+
+    fn put(ts: u64, key: &[u8], v: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = vec![header(WAL_PUT, ts, key, v.len() as u32)];
+        out.extend(data(v));
+        out
+    }
+
+    fn commit(ts: u64, ops: Vec<Vec<Vec<u8>>>) -> Vec<Vec<u8>> {
+        let mut out = vec![header(WAL_BEGIN, ts, b"", 0)];
+        out.extend(ops.into_iter().flatten());
+        out.push(header(WAL_COMMIT, ts, b"", 0));
+        out
+    }
+
+    fn feed(asm: &mut Assembler, frags: &[Vec<u8>]) {
+        for f in frags {
+            asm.fragment(f);
+        }
+    }
+
+    /// The commits assembled so far, decoded.
+    fn decoded(asm: &mut Assembler) -> Vec<(u64, Vec<LogOp>)> {
+        std::mem::take(&mut asm.done)
+            .into_iter()
+            .map(|(ts, payload)| {
+                let c = decode_commit(&payload).expect("assembled payload decodes");
+                assert_eq!(c.ts, ts);
+                (ts, c.ops)
+            })
+            .collect()
+    }
+
+    fn put_op(key: &[u8], v: &[u8]) -> LogOp {
+        LogOp::Put {
+            key: key.to_vec(),
+            meta: META,
+            value: v.to_vec(),
+        }
+    }
+
+    #[test]
+    fn every_value_class_is_rebuilt_exactly() {
+        let lens = [
+            0,
+            1,
+            127,
+            128,
+            129,
+            4095,
+            4096,
+            4097,
+            5 * 4096 - 100,
+            VALUE_LIMIT,
+        ];
+        let mut asm = Assembler::default();
+        let mut want = Vec::new();
+        for (i, &len) in lens.iter().enumerate() {
+            let ts = 10 + i as u64;
+            let v = value(len, i as u8);
+            let key = format!("k{i}").into_bytes();
+            feed(
+                &mut asm,
+                &commit(
+                    ts,
+                    vec![put(ts, &key, &v), vec![header(WAL_DEL, ts, b"gone", 0)]],
+                ),
+            );
+            want.push((
+                ts,
+                vec![
+                    put_op(&key, &v),
+                    LogOp::Del {
+                        key: b"gone".to_vec(),
+                    },
+                ],
+            ));
+        }
+        assert_eq!(decoded(&mut asm), want);
+    }
+
+    #[test]
+    fn a_put_cut_short_does_not_swallow_the_next_commit() {
+        // The emission of commit 5 failed after 3 of its 5 data pages (the
+        // engine cancelled it, so it was never acknowledged); commit 6 went
+        // out whole and was acknowledged.
+        let mut asm = Assembler::default();
+        let big = value(5 * 4096 - 100, 1);
+        let mut frags = vec![
+            header(WAL_BEGIN, 5, b"", 0),
+            header(WAL_PUT, 5, b"big", big.len() as u32),
+        ];
+        frags.extend(data(&big).into_iter().take(3));
+        let small = value(10, 2);
+        frags.extend(commit(6, vec![put(6, b"k2", &small)]));
+        feed(&mut asm, &frags);
+        assert_eq!(decoded(&mut asm), vec![(6, vec![put_op(b"k2", &small)])]);
+    }
+
+    #[test]
+    fn a_commit_cut_short_between_ops_is_dropped_at_the_next_begin() {
+        let mut asm = Assembler::default();
+        let mut frags = vec![header(WAL_BEGIN, 5, b"", 0)];
+        frags.extend(put(5, b"a", &value(300, 3)));
+        frags.extend(commit(6, vec![vec![header(WAL_DEL, 6, b"b", 0)]]));
+        feed(&mut asm, &frags);
+        assert_eq!(
+            decoded(&mut asm),
+            vec![(6, vec![LogOp::Del { key: b"b".to_vec() }])]
+        );
+    }
+
+    #[test]
+    fn ops_outside_a_commit_are_not_logged() {
+        let mut asm = Assembler::default();
+        let mut frags = commit(4, vec![vec![header(WAL_DEL, 4, b"a", 0)]]);
+        // A PUT (with its data) and a DEL with no BEGIN: neither may end up
+        // in the next commit.
+        frags.extend(put(5, b"stray", &value(5000, 4)));
+        frags.push(header(WAL_DEL, 5, b"stray2", 0));
+        frags.extend(commit(6, vec![vec![header(WAL_DEL, 6, b"b", 0)]]));
+        feed(&mut asm, &frags);
+        assert_eq!(
+            decoded(&mut asm),
+            vec![
+                (4, vec![LogOp::Del { key: b"a".to_vec() }]),
+                (6, vec![LogOp::Del { key: b"b".to_vec() }]),
+            ]
+        );
+    }
+
+    #[test]
+    fn nudges_between_commits_are_ignored() {
+        let mut asm = Assembler::default();
+        let mut frags = vec![header(WAL_NUDGE, 0, b"", 0)];
+        frags.extend(commit(4, vec![put(4, b"a", b"x")]));
+        frags.push(header(WAL_NUDGE, 0, b"", 0));
+        frags.extend(commit(5, vec![put(5, b"b", b"y")]));
+        feed(&mut asm, &frags);
+        assert_eq!(
+            decoded(&mut asm),
+            vec![(4, vec![put_op(b"a", b"x")]), (5, vec![put_op(b"b", b"y")])]
+        );
+    }
+    #[test]
+    fn a_malformed_commit_that_was_acknowledged_is_reported_lost() {
+        let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+            (
+                "impossible length",
+                vec![header(WAL_PUT, 5, b"a", VALUE_LIMIT as u32 + 1)],
+            ),
+            ("empty key", vec![header(WAL_DEL, 5, b"", 0)]),
+            ("long key", {
+                let mut f = header(WAL_DEL, 5, b"a", 0);
+                f[4..8].copy_from_slice(&256u32.to_le_bytes());
+                vec![f]
+            }),
+            ("wrong data size", {
+                let mut p = vec![header(WAL_PUT, 5, b"a", 5000)];
+                p.push(vec![0u8; SMALL_CHUNK]);
+                p
+            }),
+            ("op of another commit", vec![header(WAL_DEL, 4, b"a", 0)]),
+            ("unknown kind", vec![header(99, 5, b"", 0)]),
+        ];
+        for (what, ops) in cases {
+            let mut asm = Assembler::default();
+            let mut frags = commit(4, vec![vec![header(WAL_DEL, 4, b"x", 0)]]);
+            frags.extend(commit(5, vec![ops]));
+            frags.extend(commit(6, vec![vec![header(WAL_DEL, 6, b"y", 0)]]));
+            feed(&mut asm, &frags);
+            assert_eq!(asm.lost, Some(5), "{what}");
+            let ts: Vec<u64> = decoded(&mut asm).iter().map(|c| c.0).collect();
+            assert_eq!(ts, vec![4, 6], "{what}: the commits around it are kept");
+        }
+    }
+
+    #[test]
+    fn a_commit_without_its_begin_is_reported_lost() {
+        let mut asm = Assembler::default();
+        let mut frags = commit(4, vec![vec![header(WAL_DEL, 4, b"x", 0)]]);
+        frags.push(header(WAL_DEL, 5, b"a", 0));
+        frags.push(header(WAL_COMMIT, 5, b"", 0));
+        feed(&mut asm, &frags);
+        assert_eq!(asm.lost, Some(5));
+        let mut asm = Assembler::default();
+        frags = commit(4, vec![]);
+        frags.insert(1, header(WAL_COMMIT, 3, b"", 0));
+        feed(&mut asm, &frags);
+        assert_eq!(asm.lost, Some(3), "COMMIT of another commit");
+    }
+
+    #[test]
+    fn the_rest_of_a_half_read_commit_before_the_first_begin_is_skipped() {
+        // A pinned ringbuf whose previous reader stopped inside a commit.
+        let mut asm = Assembler::default();
+        let v = value(9000, 5);
+        let mut frags: Vec<Vec<u8>> = data(&v).into_iter().skip(1).collect();
+        frags.push(header(WAL_DEL, 3, b"a", 0));
+        frags.push(header(WAL_COMMIT, 3, b"", 0));
+        frags.extend(commit(4, vec![put(4, b"b", &v)]));
+        feed(&mut asm, &frags);
+        assert_eq!(asm.lost, None);
+        assert_eq!(decoded(&mut asm), vec![(4, vec![put_op(b"b", &v)])]);
+    }
+
+    #[test]
+    fn cut_short_commits_are_counted() {
+        let mut asm = Assembler::default();
+        let mut frags = vec![header(WAL_BEGIN, 5, b"", 0)];
+        frags.extend(put(5, b"a", &value(9000, 1)).into_iter().take(2));
+        frags.push(header(WAL_BEGIN, 5, b"", 0));
+        frags.push(header(WAL_NUDGE, 0, b"", 0));
+        frags.extend(commit(5, vec![]));
+        feed(&mut asm, &frags);
+        assert_eq!((asm.dropped, asm.lost), (2, None));
+        assert_eq!(decoded(&mut asm), vec![(5, vec![])]);
+    }
 }

@@ -1205,6 +1205,9 @@ pub mod wal {
     pub const RECORD_HEADER_BYTES: u64 = 16;
     /// Offset of the format version in a segment or checkpoint header.
     pub const VERSION_OFFSET: u64 = 8;
+    /// The format versions bpfdb writes (bpf/src/wal.rs).
+    pub const SEGMENT_VERSION: u32 = 1;
+    pub const CHECKPOINT_VERSION: u32 = 2;
 
     /// `(offset, total length)` of each record of a segment, walking the length fields only
     /// (no checksums); stops at the first record that runs past the end of the file.

@@ -244,7 +244,7 @@ fn an_unknown_checkpoint_format_version_refuses_to_start() {
         "exit {status}; the log does not name version 4242:\n{log}"
     );
     // The refusal changed nothing: with the version put back, everything is there.
-    wal::put_u32(&ckpt, wal::VERSION_OFFSET, 1);
+    wal::put_u32(&ckpt, wal::VERSION_OFFSET, wal::CHECKPOINT_VERSION);
     m.start_again();
     assert_eq!(m.ok("cat k"), "v\n");
 }
@@ -267,7 +267,7 @@ fn an_unknown_log_format_version_refuses_to_start() {
             .any(|l| l.contains("4243") && l.to_lowercase().contains("version")),
         "exit {status}; the log does not name version 4243:\n{log}"
     );
-    wal::put_u32(&seg, wal::VERSION_OFFSET, 1);
+    wal::put_u32(&seg, wal::VERSION_OFFSET, wal::SEGMENT_VERSION);
     m.start_again();
     assert_eq!(m.ok("cat k1 k10"), "1\n10\n");
 }
