@@ -1261,6 +1261,59 @@ pub mod wal {
             .unwrap_or_else(|e| panic!("truncate {}: {e}", path.display()));
     }
 
+    /// The checkpoint file of a data directory.
+    pub fn checkpoint_path(data_dir: &Path) -> std::path::PathBuf {
+        data_dir.join("checkpoint")
+    }
+
+    /// The key names a checkpoint holds, in file order. It mirrors `write_checkpoint` of
+    /// bpf/src/recovery.rs and `put_op` of bpf/src/wal.rs: after the 16-byte header come
+    /// `next_segment u64 | count u64`, then `count` entries `2u8 | key_len u8 | key | mode u32 |
+    /// uid u32 | gid u32 | mtime_ns u64 | value_len u32 | value`, then a crc32c u32 of all before
+    /// it (not checked here: the daemon checks it at start). Panics on a file of another shape.
+    #[track_caller]
+    pub fn checkpoint_keys(path: &Path) -> Vec<Vec<u8>> {
+        const OP_PUT: u8 = 2;
+        let buf = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let bad = |why: &str| -> ! { panic!("{}: {why}", path.display()) };
+        if buf.len() < HEADER_BYTES as usize + 20 || &buf[..8] != b"BPFDBCKP" {
+            bad("not a checkpoint");
+        }
+        let body = &buf[..buf.len() - 4];
+        let mut off = HEADER_BYTES as usize + 8;
+        let take = |off: &mut usize, n: usize| -> &[u8] {
+            let Some(s) = body.get(*off..*off + n) else {
+                bad("truncated entry")
+            };
+            *off += n;
+            s
+        };
+        let count = u64::from_le_bytes(take(&mut off, 8).try_into().expect("8 bytes"));
+        let mut keys = Vec::new();
+        for _ in 0..count {
+            let head = take(&mut off, 2);
+            if head[0] != OP_PUT {
+                bad(&format!(
+                    "entry {} is op {}, not a put",
+                    keys.len(),
+                    head[0]
+                ));
+            }
+            let key = take(&mut off, usize::from(head[1])).to_vec();
+            take(&mut off, 4 + 4 + 4 + 8);
+            let len = u32::from_le_bytes(take(&mut off, 4).try_into().expect("4 bytes"));
+            take(&mut off, len as usize);
+            keys.push(key);
+        }
+        if off != body.len() {
+            bad(&format!(
+                "{} bytes after its {count} entries",
+                body.len() - off
+            ));
+        }
+        keys
+    }
+
     /// Size of a file in bytes.
     #[track_caller]
     pub fn file_len(path: &Path) -> u64 {
