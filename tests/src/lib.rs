@@ -22,8 +22,11 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-/// How long a daemon may take to mount, and to exit after an unmount or a signal.
-pub const DAEMON_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a daemon may take to mount, and to exit after an unmount or a signal. Generous: a
+/// start verifies and loads the engine's programs, which takes 2-4 s on an idle 2-core machine
+/// and went past 10 s while other builds loaded it; it only exists so a hung daemon fails the
+/// test instead of hanging it.
+pub const DAEMON_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long one `sh -c` script may run before it is killed and the test fails. Generous: it
 /// only exists so a hung daemon fails the test instead of hanging the whole run.
@@ -1331,6 +1334,12 @@ pub struct Rng(u64);
 impl Rng {
     /// Seeded from `$BPFDB_TEST_SEED` if set, else from the clock; prints the seed.
     pub fn from_env_or_time(what: &str) -> Rng {
+        Rng::new(Rng::seed_from_env_or_time(what))
+    }
+
+    /// The seed [`Rng::from_env_or_time`] uses, for a test that repeats it in its failure
+    /// messages: `$BPFDB_TEST_SEED` if set, else from the clock; prints it.
+    pub fn seed_from_env_or_time(what: &str) -> u64 {
         let seed = std::env::var("BPFDB_TEST_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -1341,7 +1350,7 @@ impl Rng {
                     .unwrap_or(1)
             });
         eprintln!("{what}: BPFDB_TEST_SEED={seed}");
-        Rng::new(seed)
+        seed
     }
 
     pub fn new(seed: u64) -> Rng {
