@@ -312,25 +312,30 @@ fn an_idle_transaction_is_aborted_after_txn_timeout_and_a_busy_one_is_not() {
     let m = Mount::builder().arg("--txn-timeout").arg("1").start();
     m.ok("echo 1 > k && echo 1 > busy");
     m.ok("mkdir .txn/idle .txn/live .snap/s");
-    m.ok("env echo 2 > .txn/idle/k && env echo 2 > .txn/live/busy");
+    // The idle transaction's last operation, and a clock reading from before it: its idle time
+    // starts no earlier than $T/t0.
+    m.ok("date +%s%N > $T/t0 && env echo 2 > .txn/idle/k && env echo 2 > .txn/live/busy");
     // The live transaction works every 200 ms; the idle one only holds its lock on k, which
     // autocommit tries to take every 200 ms until the idle transaction is aborted.
     let out = m.ok("i=0
          while [ $i -lt 40 ]; do
            cat .txn/live/busy > /dev/null || { echo \"live failed at $i\"; exit 1; }
-           if env echo 3 > k 2>/dev/null; then echo \"freed at $i\"; exit 0; fi
+           if env echo 3 > k 2>/dev/null; then
+             echo \"freed after $(( ($(date +%s%N) - $(cat $T/t0)) / 1000000 )) ms\"; exit 0
+           fi
            sleep 0.2; i=$((i+1))
          done
          echo 'never freed'");
-    let at: u32 = out
+    let ms: u64 = out
         .trim()
-        .strip_prefix("freed at ")
+        .strip_prefix("freed after ")
+        .and_then(|n| n.strip_suffix(" ms"))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("idle transaction was not aborted: {out}"));
-    // Not before the timeout: 4 rounds of >= 200 ms.
+    // Not before the timeout, measured from before its last operation.
     assert!(
-        at >= 4,
-        "aborted after {at} rounds of 200 ms, before the 1 s timeout"
+        ms >= 1000,
+        "k was freed {ms} ms after the idle transaction's last operation, before the 1 s timeout"
     );
     m.assert_aborted("idle");
     m.fails("cat .txn/idle/k", msg::ECANCELED);
