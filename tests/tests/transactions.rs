@@ -233,6 +233,23 @@ fn autocommit_writes_of_a_locked_key_give_ebusy_and_root_reads_never_block() {
 }
 
 #[test]
+fn emptying_a_locked_key_by_redirection_gives_ebusy() {
+    // Found by fs_model.rs: `cat /dev/null > key` (O_TRUNC, nothing written, close) of a key a
+    // transaction holds exited 0 while the key kept its value: the daemon commits such a
+    // truncation only at RELEASE, where the EBUSY reaches nobody (it logs "no caller is left to
+    // report it to"). The open or cat's close must report it. (Not `: > key`: dash ignores the
+    // close errors of a builtin's redirection, so only a refused open could show there.)
+    let m = Mount::new();
+    m.ok("printf hello > w && printf hello > r");
+    m.ok("mkdir .txn/t && truncate -s 2 .txn/t/w && cat .txn/t/r > /dev/null");
+    for key in ["w", "r"] {
+        m.fails(&format!("cat /dev/null > {key}"), msg::EBUSY);
+        assert_eq!(m.ok(&format!("cat {key}")), "hello");
+    }
+    m.ok("rmdir .txn/t");
+}
+
+#[test]
 fn a_snapshot_sees_one_moment_takes_no_locks_and_is_read_only() {
     let m = Mount::new();
     m.ok("echo 1 > x && echo 2 > y");
