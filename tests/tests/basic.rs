@@ -218,16 +218,50 @@ fn open_reader_of_a_1mib_value_reads_it_whole_across_a_rewrite() {
     m.ok("cmp $T/read $T/old && cmp big $T/new");
 }
 
-/// Runs `setup`, then `writer` in the background, reads k while the writer holds it open and
-/// after it closed; returns ["during:..", "after:.."]. dd holds the only write handle while it
-/// waits for its pipe; `sleep` never holds one.
-fn read_during_and_after(m: &Mount, setup: &str, writer: &str) -> Vec<String> {
+/// Shell functions for ordering a reader against a writer that holds a key open, by markers
+/// instead of sleeps: `await_go` returns once `$T/go` exists (a writer's producer calls it before
+/// it sends the data that must come after the reader's look); `await_fd_at PID NAME OFFSET`
+/// returns once process PID has `$M/NAME` open at OFFSET (read from /proc: its descriptor is
+/// there only after the open returned, and its offset moves only when a write or seek returned).
+/// Both give up after 30 s with a message, so a broken writer fails the script.
+const ORDER_SH: &str = r#"await_go() {
+   n=0
+   until [ -e $T/go ]; do
+     n=$((n+1)); [ $n -le 3000 ] || { echo "no $T/go within 30 s" >&2; return 1; }
+     sleep 0.01
+   done
+ }
+ fd_offset() {
+   for f in /proc/$1/fd/*; do
+     if [ "$(readlink "$f")" = "$M/$2" ]; then
+       sed -n 's/^pos:[[:space:]]*//p' /proc/$1/fdinfo/${f##*/}
+       return
+     fi
+   done
+ }
+ await_fd_at() {
+   n=0
+   until [ "$(fd_offset $1 $2)" = "$3" ]; do
+     n=$((n+1))
+     [ $n -le 3000 ] || { echo "pid $1 never had $2 open at offset $3" >&2; exit 1; }
+     sleep 0.01
+   done
+ }
+"#;
+
+/// Runs `setup`, then `writer` in the background, reads k once the writer (a pipeline ending in
+/// `dd of=k`) holds k open at offset `at`, lets it go on (`$T/go`), and reads k again after it
+/// closed; returns ["during:..", "after:.."]. dd holds the only write handle while it waits for
+/// its pipe; the producer before it holds none.
+fn read_during_and_after(m: &Mount, setup: &str, writer: &str, at: u64) -> Vec<String> {
     let out = m.ok(&format!(
-        "{setup}
+        "{ORDER_SH}
+         {setup}
          {writer} &
-         sleep 0.5
+         await_fd_at $! k {at}
          printf 'during:%s\\n' \"$(cat k)\"
-         wait
+         touch $T/go
+         wait $! || echo 'the writer failed'
          printf 'after:%s\\n' \"$(cat k)\""
     ));
     out.lines().map(str::to_owned).collect()
@@ -240,7 +274,8 @@ fn o_trunc_empties_only_the_writers_buffer_until_close() {
     let got = read_during_and_after(
         &m,
         "printf old > k",
-        "{ sleep 2; printf new; } | dd of=k 2>/dev/null",
+        "{ await_go && printf new; } | dd of=k 2>/dev/null",
+        0,
     );
     assert_eq!(got, ["during:old", "after:new"]);
 }
@@ -248,10 +283,13 @@ fn o_trunc_empties_only_the_writers_buffer_until_close() {
 #[test]
 fn writes_are_invisible_to_readers_until_close() {
     let m = Mount::new();
+    // The read comes after dd wrote NEW (its offset is 3), before ER. (bs= makes dd write each
+    // block as it reads it; without it dd gathered NEWER and wrote it once, at the end.)
     let got = read_during_and_after(
         &m,
         "printf old > k",
-        "{ printf NEW; sleep 2; printf ER; } | dd of=k conv=notrunc 2>/dev/null",
+        "{ printf NEW; await_go && printf ER; } | dd of=k bs=512 conv=notrunc 2>/dev/null",
+        3,
     );
     assert_eq!(got, ["during:old", "after:NEWER"]);
 }
@@ -259,11 +297,13 @@ fn writes_are_invisible_to_readers_until_close() {
 #[test]
 fn ftruncate_on_an_open_writer_edits_only_its_buffer() {
     let m = Mount::new();
-    // dd seek=2 without conv=notrunc ftruncates its own handle to 2 bytes.
+    // dd seek=2 without conv=notrunc ftruncates its own handle to 2 bytes, then seeks there
+    // (offset 2): the read comes after the ftruncate.
     let got = read_during_and_after(
         &m,
         "printf hello > k",
-        "{ sleep 2; printf XY; } | dd of=k bs=1 seek=2 2>/dev/null",
+        "{ await_go && printf XY; } | dd of=k bs=1 seek=2 2>/dev/null",
+        2,
     );
     assert_eq!(got, ["during:hello", "after:heXY"]);
 }
@@ -271,31 +311,43 @@ fn ftruncate_on_an_open_writer_edits_only_its_buffer() {
 #[test]
 fn open_with_o_creat_commits_an_empty_key_at_once() {
     let m = Mount::new();
-    let out = m.ok("{ sleep 2; printf late; } | dd of=fresh 2>/dev/null &
-         sleep 0.5
+    let out = m.ok(&format!(
+        "{ORDER_SH}
+         {{ await_go && printf late; }} | dd of=fresh 2>/dev/null &
+         await_fd_at $! fresh 0
          ls
          stat -c %s fresh
          printf 'during:[%s]\\n' \"$(cat fresh)\"
-         wait
-         printf 'after:[%s]\\n' \"$(cat fresh)\"");
+         touch $T/go
+         wait $! || echo 'the writer failed'
+         printf 'after:[%s]\\n' \"$(cat fresh)\""
+    ));
     assert_eq!(lines(&out), ["fresh", "0", "during:[]", "after:[late]"]);
 }
 
 #[test]
 fn fsync_commits_the_buffer_before_close() {
     let m = Mount::new();
-    // perl is the one tool here that can fsync a handle and keep it open afterwards.
+    // perl is the one tool here that can fsync a handle and keep it open afterwards. It writes
+    // the rest only once the reader has read ($T/read), so the read falls between the fsync
+    // and the close.
     let out = m.ok(r#"printf old > k
          perl -MIO::Handle -e '
              open(my $f, "+<", "k") or die "open: $!";
              syswrite($f, "NEW") == 3 or die "write: $!";
              $f->sync or die "fsync: $!";
              open(my $s, ">", "$ENV{T}/synced") or die; close($s);
-             sleep 2;
+             for (1..3000) { last if -e "$ENV{T}/read"; select(undef, undef, undef, 0.01) }
+             -e "$ENV{T}/read" or die "no reader within 30 s";
              syswrite($f, "X") == 1 or die "write: $!";
              close($f) or die "close: $!";' &
-         while [ ! -e $T/synced ]; do sleep 0.05; done
+         n=0
+         until [ -e $T/synced ]; do
+           n=$((n+1)); [ $n -le 3000 ] || { echo 'no fsync within 30 s' >&2; exit 1; }
+           sleep 0.01
+         done
          printf 'synced:%s\n' "$(cat k)"
+         touch $T/read
          wait $! || echo "perl failed"
          printf 'closed:%s\n' "$(cat k)""#);
     assert_eq!(lines(&out), ["synced:NEW", "closed:NEWX"]);

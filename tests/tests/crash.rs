@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use bpfdb_tests::{Mount, Rng, wal};
+use bpfdb_tests::{Mount, Rng, wait_until, wal};
 
 const ROUNDS: u32 = 8;
 const KEY_WRITERS: u32 = 3;
@@ -254,7 +254,26 @@ fn kill_9_at_random_moments_loses_no_acknowledged_write_and_no_transaction_half(
         let script = format!(
             "R={round}; KEYS={KEYS_PER_WRITER}; TXN_KEYS={TXN_KEYS}; KEY_WRITERS={KEY_WRITERS}\n{WRITERS}"
         );
+        // Side files each writer appends to once an operation is acknowledged.
+        let acked: Vec<String> = (1..=KEY_WRITERS)
+            .map(|w| format!("ack_w{w}"))
+            .chain(["ack_txn".to_owned(), "ack_ckpt".to_owned()])
+            .collect();
+        let before: Vec<usize> = acked.iter().map(|f| scratch_lines(&m, f).len()).collect();
         let writers = m.spawn_sh(&script);
+        // Every writer has an acknowledged operation in this round before the crash comes.
+        let started = wait_until(Duration::from_secs(30), || {
+            acked
+                .iter()
+                .zip(&before)
+                .all(|(f, &n)| scratch_lines(&m, f).len() > n)
+        });
+        assert!(
+            started,
+            "round {round}: not every writer got an operation acknowledged within 30 s\n{}",
+            m.log_tail()
+        );
+        // Then the crash comes at a random moment of the load.
         let delay = rng.range(100, 1000);
         std::thread::sleep(Duration::from_millis(delay));
         m.kill9_daemon();
@@ -284,18 +303,20 @@ fn kill_9_at_random_moments_loses_no_acknowledged_write_and_no_transaction_half(
             scratch_lines(&m, "ack_ckpt").len()
         );
     }
+    // Each round waited for an acknowledged operation of every writer before its crash.
     let (acks, txns) = check_recovered(&m, ROUNDS);
+    let rounds = ROUNDS as usize;
     assert!(
-        acks >= 20,
+        acks >= rounds * KEY_WRITERS as usize,
         "only {acks} acknowledged writes in {ROUNDS} rounds"
     );
     assert!(
-        txns >= 3,
+        txns >= rounds,
         "only {txns} acknowledged transactions in {ROUNDS} rounds"
     );
     let checkpoints = scratch_lines(&m, "ack_ckpt").len();
     assert!(
-        checkpoints >= 3,
+        checkpoints >= rounds,
         "only {checkpoints} checkpoints in {ROUNDS} rounds"
     );
     // The writers only ever failed because the daemon was gone.
