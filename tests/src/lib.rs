@@ -1274,7 +1274,7 @@ pub mod wal {
 
     /// The key names a checkpoint holds, in file order. It mirrors `write_checkpoint` of
     /// bpf/src/recovery.rs and `put_op` of bpf/src/wal.rs: after the 16-byte header come
-    /// `next_segment u64 | count u64`, then `count` entries `2u8 | key_len u8 | key | mode u32 |
+    /// `next_segment u64 | first_seq u64 | count u64` (checkpoint format 2), then `count` entries `2u8 | key_len u8 | key | mode u32 |
     /// uid u32 | gid u32 | mtime_ns u64 | value_len u32 | value`, then a crc32c u32 of all before
     /// it (not checked here: the daemon checks it at start). Panics on a file of another shape.
     #[track_caller]
@@ -1286,7 +1286,10 @@ pub mod wal {
             bad("not a checkpoint");
         }
         let body = &buf[..buf.len() - 4];
-        let mut off = HEADER_BYTES as usize + 8;
+        if buf[8..12] != 2u32.to_le_bytes() {
+            bad("not a checkpoint of format 2");
+        }
+        let mut off = HEADER_BYTES as usize + 16;
         let take = |off: &mut usize, n: usize| -> &[u8] {
             let Some(s) = body.get(*off..*off + n) else {
                 bad("truncated entry")
