@@ -30,7 +30,7 @@
  * delete can shift) and asks the engine which of the keys it found are
  * visible. Keys first in the data area, one flag byte per key after them. */
 #define DB_SCAN_BATCH 2048
-#define DB_SCAN_FLAGS (DB_SCAN_BATCH * 16) /* data offset of the flag bytes */
+#define DB_SCAN_FLAGS (DB_SCAN_BATCH * sizeof(struct db_hkey)) /* data offset of the flag bytes */
 #define DB_MAX_TXNS 65               /* transaction table entries: 64 for users, 1 for checkpoints */
 #define DB_TXN_MAX_LOCKS 128         /* keys one transaction may lock (reads + writes) */
 #define DB_LOCK_CAS_TRIES 8          /* CAS attempts on a contended lock word before EBUSY */

@@ -708,7 +708,8 @@ static long scan_check(__u64 i, struct scan_ctx *sc)
 	__u8 seen = 0;
 
 	for (int attempt = 0; attempt < DB_READ_RETRIES; attempt++) {
-		struct db_record *rec = bpf_map_lookup_elem(&records, &slot->data[k * 16]);
+		struct db_hkey *hkey = (struct db_hkey *)&slot->data[k * sizeof(*hkey)];
+		struct db_record *rec = bpf_map_lookup_elem(&records, hkey);
 
 		if (!rec)
 			break; /* removed since user space found it: changed */
