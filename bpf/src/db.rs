@@ -14,6 +14,7 @@ use crate::abi::{self, Detail, HKey, Meta, Op, Slot, Stats};
 use crate::engine::{Engine, Layout};
 use crate::error::{Error, Result};
 use crate::recovery;
+use crate::room::{Reservation, Room};
 use crate::wal_writer::{Log, Start};
 
 /// Times an op is re-run after a transient conflict with another autocommit
@@ -45,6 +46,8 @@ pub(crate) struct Inner {
     pub(crate) log: OnceLock<Log>,
     /// One checkpoint at a time.
     checkpointing: Mutex<()>,
+    /// Value memory promised to open writers (see `room`).
+    room: Arc<Room>,
 }
 
 /// What a checkpoint did.
@@ -89,6 +92,7 @@ impl Db {
             gate: RwLock::new(()),
             log: OnceLock::new(),
             checkpointing: Mutex::new(()),
+            room: Arc::default(),
         };
         let db = Db {
             inner: Arc::new(inner),
@@ -214,6 +218,23 @@ impl Db {
 
     pub fn stats(&self) -> Stats {
         self.inner.engine.stats()
+    }
+
+    /// Makes `r` promise the value memory a value of `len` bytes will
+    /// take when committed, or fails with ENOSPC if the pools, less what
+    /// other reservations hold, lack it.
+    pub fn reserve(&self, r: &mut Reservation, len: usize) -> Result<()> {
+        let engine = &self.inner.engine;
+        self.inner
+            .room
+            .reserve(r, len, &engine.layout, || engine.stats())
+    }
+
+    /// Fails while the log cannot be written (a full disk, an I/O error),
+    /// so a writer can be told at open or write rather than at a commit
+    /// that would wait for the stall timeout first. Ok without a log.
+    pub fn log_health(&self) -> Result<()> {
+        self.inner.log.get().map_or(Ok(()), |l| l.health())
     }
 
     /// Times a session had to wait for a free slot.

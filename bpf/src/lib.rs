@@ -9,6 +9,7 @@ mod error;
 mod log_file;
 mod pin;
 mod recovery;
+mod room;
 pub mod trigger;
 mod txn;
 pub mod wal;
@@ -22,6 +23,7 @@ pub use engine::Layout;
 pub use error::{Error, Result};
 pub use log_file::{FOREVER, HOLD_LIMIT, LogFaults};
 pub use pin::unpin;
+pub use room::{Need, Reservation};
 pub use txn::{Txn, TxnState};
 
 /// Engine sizes, fixed when the engine is loaded.

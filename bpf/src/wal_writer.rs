@@ -238,6 +238,30 @@ impl Log {
         true
     }
 
+    /// Fails while the log cannot be written: broken for good, or the last
+    /// attempt of some kind of work failed. A writer that is free first
+    /// tries again at once, ignoring the pause after a failure, so space
+    /// freed a moment ago is seen now rather than at the next retry.
+    pub fn health(&self) -> Result<()> {
+        let failing = |st: &State| st.broken.clone().or_else(|| st.errors.first().cloned());
+        if failing(&self.lock()).is_none() {
+            return Ok(());
+        }
+        if let Ok(mut w) = self.writer.try_lock() {
+            w.retry_at = None;
+            w.step();
+            drop(w);
+            finished_step(&self.shared);
+        }
+        match failing(&self.lock()) {
+            None => Ok(()),
+            Some(e) => Err(Error::new(
+                e.errno,
+                format!("the log cannot be written now: {}", e.msg),
+            )),
+        }
+    }
+
     /// Blocks until the commit at `ts` is durable; fails once the log has
     /// been failing for the stall timeout (a slow but working disk is
     /// waited for), or at the wait limit.

@@ -363,7 +363,7 @@ impl Fs {
             // Without an open writer the truncation commits (or, in a
             // transaction, is staged) at once, with any other change in
             // the same request.
-            if !self.truncate_writer(fh, ino, len) {
+            if !self.truncate_writer(fh, ino, len)? {
                 let _quiet = matches!(space, Space::Root).then(|| self.root_commit(&[&key]));
                 let attr = self.truncate_now(&space, ino, &key, len, &change)?;
                 if let Space::Root = space {
@@ -438,8 +438,15 @@ impl Fs {
             no_replace: true,
             must_exist: false,
         };
+        // A shell's `>` never checks close: a log that cannot take the
+        // value fails the create, before any key exists.
+        if let Space::Root = space {
+            self.db
+                .log_health()
+                .map_err(|e| space.restate(e, "create", key))?;
+        }
         let created = match space.set(&self.db, key, &[], meta, no_replace) {
-            Ok(st) => Some(st.meta),
+            Ok(st) => Some(st),
             // Created by someone else since the kernel's lookup: open it.
             Err(e) if e.errno == libc::EEXIST && flags & libc::O_EXCL == 0 => None,
             Err(e) => return Err(space.restate(e, "create", key)),

@@ -177,27 +177,33 @@ fn full_value_memory_gives_enospc_and_keeps_existing_values() {
     );
     assert!(stderr.contains(msg::ENOSPC), "stderr: {stderr}");
     let failed = stored + 1;
-    // Every stored value is intact; the failed key exists with the value it had: empty.
+    // Every stored value is intact; the key whose first write was refused is gone again
+    // (cp's create made it; a failed copy leaves no empty key behind).
     m.ok(&format!(
         "for i in $(seq 1 {stored}); do cmp v$i $T/r$i || exit 1; done"
     ));
-    assert_eq!(m.ok(&format!("stat -c %s v{failed}")), "0\n");
+    m.fails(&format!("ls v{failed}"), msg::ENOENT);
     // Rewriting a stored key with a bigger value fails and keeps the old value.
     m.ok("head -c 1048576 /dev/urandom > $T/big");
     m.fails("cp $T/big v1", msg::ENOSPC);
     m.ok("cmp v1 $T/r1");
     m.fails("head -c 524288 $T/big >> v2", msg::ENOSPC);
     m.ok("cmp v2 $T/r2");
-    // fsync returns the commit's error too (perl: fsync on a handle that stays open).
-    m.fails(
+    // The write(2) that does not fit fails, and so does an fsync of the same handle after it
+    // (perl: fsync on a handle that stays open): the refused buffer is never committed.
+    let out = m.fails(
         r#"perl -MIO::Handle -e '
              open(my $f, ">>", "v3") or die "open: $!\n";
              open(my $big, "<", "$ENV{T}/big") or die;
              read($big, my $buf, 524288) == 524288 or die;
-             syswrite($f, $buf) == 524288 or die "write: $!\n";
-             $f->sync or die "fsync: $!\n";'"#,
+             defined(syswrite($f, $buf)) and die "the write succeeded\n";
+             print STDERR "write: $!\n";
+             $f->sync and die "the fsync succeeded\n";
+             die "fsync: $!\n";'"#,
         &format!("fsync: {}", msg::ENOSPC),
     );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("write: {}", msg::ENOSPC)), "{err}");
     m.ok("cmp v3 $T/r3");
     // rm gives the memory back.
     m.ok("rm v1 v2");

@@ -144,3 +144,44 @@ fn a_full_log_disk_gives_enospc_and_the_database_recovers_when_space_is_freed() 
     m.restart();
     check(&m, stored, "after a clean restart");
 }
+
+#[test]
+fn a_shell_redirection_into_a_failing_log_fails_at_open_and_leaves_no_trace() {
+    let m = Mount::builder().tmpfs_data_dir("2m").start();
+    let disk = m.tmpfs_dir().expect("tmpfs").to_owned();
+    let stored = fill(&m);
+    // The shell never checks close(2), so the open (or the write) must fail: at once, with
+    // the log's errno, for a new key, a rewrite and an append alike.
+    for script in ["echo 9 > k1", "echo 9 >> k1", "echo 9 > brand-new"] {
+        let started = Instant::now();
+        let out = m
+            .command(&format!("bash -c '{script}'"))
+            .output()
+            .expect("bash");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(msg::ENOSPC),
+            "`{script}` with the log's disk full: {out:?}\n{}",
+            m.log_tail()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "`{script}` took {:?} to fail: it waited for the log instead of failing at open",
+            started.elapsed()
+        );
+        let out = m.sh(script);
+        assert!(
+            !out.status.success(),
+            "sh -c '{script}' exited 0 with the log failing"
+        );
+    }
+    // No ghost key, the old values kept.
+    m.fails("ls brand-new", msg::ENOENT);
+    m.ok(&format!(
+        "for i in $(seq 1 {stored}); do cmp k$i $T/v$i || exit 1; done"
+    ));
+    // Once space is freed, the next redirection works at once.
+    std::fs::remove_file(disk.join("filler")).expect("rm filler");
+    m.ok("echo 9 > brand-new && echo 10 >> brand-new");
+    assert_eq!(m.ok("cat brand-new"), "9\n10\n");
+}

@@ -35,3 +35,62 @@ fn echo_into_a_key_a_transaction_holds_fails_at_open() {
     m.ok("echo 11 > alice && echo 22 >> bob && echo 44 > dave");
     assert_eq!(m.ok("cat alice bob dave"), "11\n2\n22\n44\n");
 }
+
+/// Fills 2 MiB of value memory with 256 KiB values (`cp` checks close, so it reports the
+/// one that does not fit); returns how many were stored.
+fn fill_value_memory(m: &Mount) -> usize {
+    m.ok("head -c 262144 /dev/urandom > $T/r");
+    let out = m.sh("i=1
+         while [ $i -le 20 ]; do cp $T/r v$i 2>/dev/null || break; i=$((i+1)); done
+         echo $((i-1))");
+    let stored: usize = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("count");
+    assert!(
+        (4..20).contains(&stored),
+        "stored {stored} values of 256 KiB in 2 MiB"
+    );
+    stored
+}
+
+#[test]
+fn echo_into_full_value_memory_fails_at_write_and_leaves_no_trace() {
+    let m = Mount::builder().value_mem("2M").start();
+    m.ok("printf old > small");
+    let stored = fill_value_memory(&m);
+    // 300,000 bytes cannot fit in what is left (under 256 KiB): the write(2) fails, so
+    // even a shell's redirection reports it. bash names the errno; dash says "I/O error".
+    let big = "v=$(head -c 300000 /dev/zero | tr '\\0' a)";
+    for (target, redirect) in [("small", ">"), ("small", ">>"), ("brand-new", ">")] {
+        let script = format!("{big}; echo \"$v\" {redirect} {target}");
+        let out = m
+            .command(&format!("bash -c '{}'", script.replace('\'', "'\\''")))
+            .output()
+            .expect("bash");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(bpfdb_tests::msg::ENOSPC),
+            "bash: echo {redirect} {target} into full value memory: {out:?}"
+        );
+        let out = m.sh(&script);
+        assert!(
+            !out.status.success(),
+            "sh: echo {redirect} {target} into full value memory exited 0"
+        );
+        // Nothing that failed left a trace: the old value, no ghost key.
+        assert_eq!(m.ok("cat small"), "old", "after echo {redirect} {target}");
+        m.fails("ls brand-new", bpfdb_tests::msg::ENOENT);
+    }
+    assert!(
+        m.log().contains("value memory"),
+        "the daemon log does not say why:\n{}",
+        m.log_tail()
+    );
+    // The stored values are intact and a value that fits is still taken.
+    m.ok(&format!(
+        "for i in $(seq 1 {stored}); do cmp v$i $T/r || exit 1; done"
+    ));
+    m.ok("echo fits > small");
+    assert_eq!(m.ok("cat small"), "fits\n");
+}

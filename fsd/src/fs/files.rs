@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::Ordering;
 
-use bpfdb::{Error, Meta, NewMeta, Result, SetFlags};
+use bpfdb::{Error, Meta, NewMeta, Reservation, Result, SetFlags, Stat};
 use log::{debug, warn};
 
 use super::ctl::Ctl;
@@ -85,9 +85,16 @@ pub(super) struct Writer {
     /// The last commit failed and nothing changed since, so release must not
     /// retry behind the back of the close() that already reported it.
     failed: bool,
-    /// A write went past max_value: the stream the application wrote is
-    /// incomplete, so the buffer is never committed and every flush fails.
-    too_big: bool,
+    /// A write failed (over max_value, no room in value memory, a failing
+    /// log): the stream the application wrote is incomplete, so the buffer
+    /// is never committed and every flush fails with this.
+    refused: Option<Error>,
+    /// Value memory promised to this buffer's commit (`Db::reserve`).
+    room: Reservation,
+    /// Commit timestamp of the empty value this handle's `create` committed,
+    /// until a commit of its own: a refused write then removes the key
+    /// again, so a failed `echo v > new` leaves no empty key behind.
+    created: Option<u64>,
 }
 
 impl Handle {
@@ -185,7 +192,8 @@ impl Fs {
     }
 
     /// The handle of a key `create` has just committed empty.
-    pub(super) fn open_created(&self, ino: u64, meta: Meta, flags: i32) -> Result<Opened> {
+    pub(super) fn open_created(&self, ino: u64, created: Stat, flags: i32) -> Result<Opened> {
+        let meta = created.meta;
         let handle = if flags & libc::O_ACCMODE == libc::O_RDONLY {
             Handle::Snapshot {
                 ino,
@@ -193,30 +201,36 @@ impl Fs {
                 meta,
             }
         } else {
-            Handle::Writer(Writer::new(ino, Vec::new(), meta, flags, false))
+            let mut w = Writer::new(ino, Vec::new(), meta, flags, false);
+            w.created = Some(created.ts);
+            Handle::Writer(w)
         };
         self.insert_handle(handle)
     }
 
-    /// ftruncate on a handle open for writing edits only its buffer. False
-    /// when `fh` is not a write handle of `ino`.
-    pub(super) fn truncate_writer(&self, fh: Option<u64>, ino: u64, len: usize) -> bool {
+    /// ftruncate on a handle open for writing edits only its buffer.
+    /// Ok(false) when `fh` is not a write handle of `ino`.
+    pub(super) fn truncate_writer(&self, fh: Option<u64>, ino: u64, len: usize) -> Result<bool> {
         let Some(h) = fh.and_then(|fh| self.handles.get(fh).ok()) else {
-            return false;
+            return Ok(false);
         };
         let mut h = lock(&h);
         let Handle::Writer(w) = &mut *h else {
-            return false;
+            return Ok(false);
         };
         if w.ino != ino {
-            return false;
+            return Ok(false);
+        }
+        // A refusal goes to the caller, which asked for this truncation.
+        if let Err(e) = self.admit(w, len) {
+            return Err(self.refuse(w, e, "truncate"));
         }
         w.buf.resize(len, 0);
         self.track_writer(w, true);
         w.dirty = true;
         w.truncated = false;
         w.failed = false;
-        true
+        Ok(true)
     }
 
     /// Opens a key: a reader copies the value; a writer gets a buffer. At
@@ -249,6 +263,11 @@ impl Fs {
             }
         } else {
             space.writable("open for writing", key)?;
+            // A root writer commits through the log: if it cannot be
+            // written now, say so here, where even a shell looks.
+            if let Space::Root = space {
+                self.db.log_health().map_err(fail)?;
+            }
             let truncate = flags & libc::O_TRUNC != 0;
             let mut meta = if truncate {
                 space.stat_for_write(&self.db, key).map_err(fail)?.meta
@@ -434,18 +453,20 @@ impl Fs {
         let end = match start.checked_add(data.len()) {
             Some(end) if end <= self.max_value => end,
             _ => {
-                w.too_big = true;
-                return Err(Error::new(
+                let e = Error::new(
                     libc::EFBIG,
                     format!(
-                        "write {}: value would be {} bytes, over max_value {}; the previous value stays",
-                        self.name_for_log(w.ino),
+                        "value would be {} bytes, over max_value {}",
                         start as u128 + data.len() as u128,
                         self.max_value
                     ),
-                ));
+                );
+                return Err(self.refuse(w, e, "write"));
             }
         };
+        if let Err(e) = self.admit(w, end.max(w.buf.len())) {
+            return Err(self.refuse(w, e, "write"));
+        }
         if w.buf.len() < end {
             w.buf.resize(end, 0);
         }
@@ -499,7 +520,7 @@ impl Fs {
         let mut h = lock(&h);
         // A refused write already failed at the caller; nothing to commit.
         if let Handle::Writer(w) = &mut *h
-            && !w.too_big
+            && w.refused.is_none()
         {
             w.dirty = (w.dirty && !w.failed) || w.truncated;
             if let Err(e) = self.commit(w) {
@@ -514,13 +535,13 @@ impl Fs {
     }
 
     fn commit(&self, w: &mut Writer) -> Result<()> {
-        if w.too_big {
+        if let Some(e) = &w.refused {
             return Err(Error::new(
-                libc::EFBIG,
+                e.errno,
                 format!(
-                    "commit {}: not committed because a write went over max_value {}; the previous value stays",
+                    "commit {}: not committed because a write failed ({}); the previous value stays",
                     self.name_for_log(w.ino),
-                    self.max_value
+                    e.msg
                 ),
             ));
         }
@@ -532,8 +553,76 @@ impl Fs {
         w.dirty = result.is_err();
         if result.is_ok() {
             w.truncated = false;
+            w.created = None;
+            // The engine holds the value now; the promise is spent.
+            w.room.release();
         }
         result
+    }
+
+    /// What a write or truncation to a buffer of `len` bytes passes before
+    /// it edits the buffer: a root key's log must be writable now, and the
+    /// value must fit in value memory (promised until the commit).
+    fn admit(&self, w: &mut Writer, len: usize) -> Result<()> {
+        if w.root {
+            self.db.log_health()?;
+        }
+        self.db.reserve(&mut w.room, len)
+    }
+
+    /// Marks the buffer never to be committed, because the write `e`
+    /// refused left the application's stream incomplete; removes the key
+    /// again if this handle's `create` made it. Returns the error as the
+    /// caller reports it.
+    fn refuse(&self, w: &mut Writer, e: Error, op: &str) -> Error {
+        let e = Error::new(
+            e.errno,
+            format!(
+                "{op} {}: {}; the previous value stays",
+                self.name_for_log(w.ino),
+                e.msg
+            ),
+        );
+        w.refused.get_or_insert_with(|| e.clone());
+        w.room.release();
+        if let Some(ts) = w.created.take()
+            && let Err(u) = self.undo_create(w.ino, ts)
+        {
+            warn!("{op}: cannot remove the key its create made: {u}");
+        }
+        e
+    }
+
+    /// Removes the key inode `ino` names if it still holds the empty value
+    /// its create committed at `ts` (nobody has written it since); at the
+    /// root the check and the removal are one transaction.
+    fn undo_create(&self, ino: u64, ts: u64) -> Result<()> {
+        let Resolved::Live(Place::Key { scope, name }) = self.inodes.resolve(ino) else {
+            return Ok(());
+        };
+        let space = self.space("undo create", scope)?;
+        match &space {
+            Space::Root => {
+                let _quiet = self.root_commit(&[&name]);
+                let txn = self.db.begin(false)?;
+                match txn.stat(&name) {
+                    Ok(st) if st.ts == ts && st.meta.len == 0 => txn.delete(&name)?,
+                    // Written or removed by someone else meanwhile: theirs.
+                    Ok(_) => return Ok(()),
+                    Err(e) if e.errno == libc::ENOENT => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+                txn.commit()?;
+                self.root_changed(&name);
+            }
+            Space::Open(_) => space.delete(&self.db, &name)?,
+        }
+        debug!(
+            "removed {} again: its first write was refused",
+            space.show(&name)
+        );
+        self.inodes.unlinked(&Place::key(scope, &name));
+        Ok(())
     }
 
     /// Commits the buffer (in a transaction: stages it).
@@ -738,7 +827,9 @@ impl Writer {
             root: false,
             registered: false,
             failed: false,
-            too_big: false,
+            refused: None,
+            room: Reservation::default(),
+            created: None,
         }
     }
 }
