@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bpfdb::{Db, Error, Meta, NewMeta, Result, SetFlags, check_key};
 
+use crate::caller::Caller;
 use crate::handles::{Handles, lock};
 use crate::inodes::{
     CTL_INO, FIRST_KEY_INO, Inodes, Place, ROOT_INO, ROOT_SCOPE, SNAP_INO, STATS_INO, TXN_INO,
@@ -83,6 +84,8 @@ pub struct SetAttr {
     pub gid: Option<u32>,
     pub size: Option<u64>,
     pub mtime_ns: Option<u64>,
+    /// Who asks (chmod keeps set-group-ID only for a member of the group).
+    pub by: Caller,
 }
 
 impl SetAttr {
@@ -106,7 +109,7 @@ impl SetAttr {
     }
 }
 
-/// Who creates a key.
+/// Owner of the daemon's own files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owner {
     pub uid: u32,
@@ -272,7 +275,10 @@ impl Fs {
             .stat(&self.db, key)
             .map_err(|e| space.restate(e, "lookup", key))?;
         let ino = self.inodes.remember(&Place::key(space.scope(), key))?;
-        Ok(space.attr(ino, &st.meta, st.meta.len as usize))
+        let attr = space.attr(ino, &st.meta, st.meta.len as usize);
+        // A writer's process sees its own size (`getattr`): not for caching.
+        let cacheable = attr.cacheable && !self.uses.has_writer(ino);
+        Ok(Attr { cacheable, ..attr })
     }
 
     pub fn forget(&self, ino: u64, nlookup: u64) {
@@ -281,7 +287,10 @@ impl Fs {
         }
     }
 
-    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr> {
+    /// Attributes as `who` sees them: through its handle `fh`, or through
+    /// its own process's writer of the inode (fstat comes without a
+    /// handle; a writer sees its own writes), else as committed.
+    pub fn getattr(&self, ino: u64, fh: Option<u64>, who: Caller) -> Result<Attr> {
         if ino < FIRST_KEY_INO {
             return self.reserved_attr("getattr", ino);
         }
@@ -291,6 +300,27 @@ impl Fs {
         {
             return Ok(attr);
         }
+        // While a writer has changes pending, each process has its own
+        // view, so none may be cached for the others. The kernel keeps one
+        // size per inode, so a cached reader still open past the writer's
+        // wait for it (`keyuse::QUIET_TIMEOUT`) gets the committed size
+        // for everyone: its page-cache reads stop at that size.
+        if self.uses.has_writer(ino) {
+            let process = who.process();
+            if !self.uses.has_cached(ino)
+                && let Some(attr) = self.handles.find_map(|h| h.writer_attr(ino, process))
+            {
+                return Ok(attr);
+            }
+            return self.committed_attr(ino).map(|a| Attr {
+                cacheable: false,
+                ..a
+            });
+        }
+        self.committed_attr(ino)
+    }
+
+    fn committed_attr(&self, ino: u64) -> Result<Attr> {
         let (place, linked) = self.place_of("getattr", ino)?;
         let (scope, key) = match place {
             Place::Key { scope, name } => (scope, name),
@@ -340,7 +370,7 @@ impl Fs {
         }
         let (scope, key) = match self.place_of("setattr", ino)?.0 {
             Place::Key { scope, name } => (scope, name),
-            Place::Ctl { .. } if !change.changes_meta() => return self.getattr(ino, fh),
+            Place::Ctl { .. } if !change.changes_meta() => return self.getattr(ino, fh, change.by),
             Place::Dir { .. } | Place::Ctl { .. } => return Err(own_file()),
         };
         let space = self.space("setattr", scope)?;
@@ -386,7 +416,7 @@ impl Fs {
                 self.root_changed(&key);
             }
         }
-        self.getattr(ino, fh)
+        self.getattr(ino, fh, change.by)
     }
 
     fn truncate_now(
@@ -423,7 +453,7 @@ impl Fs {
         mode: u32,
         umask: u32,
         flags: i32,
-        who: Owner,
+        who: Caller,
     ) -> Result<(Attr, Opened)> {
         let space = self.key_space("create", parent, name)?;
         let key = valid_key("create", name)?;
@@ -453,8 +483,8 @@ impl Fs {
         };
         let ino = self.inodes.remember(&Place::key(space.scope(), key))?;
         let opened = match created {
-            Some(meta) => self.open_created(ino, meta, flags),
-            None => self.open_key(ino, &space, key, flags),
+            Some(st) => self.open_created(ino, st, flags, who),
+            None => self.open_key(ino, &space, key, flags, who),
         };
         let opened = match opened {
             Ok(o) => o,
@@ -464,7 +494,7 @@ impl Fs {
                 return Err(e);
             }
         };
-        let attr = self.getattr(ino, Some(opened.fh))?;
+        let attr = self.getattr(ino, Some(opened.fh), who)?;
         Ok((attr, opened))
     }
 

@@ -16,7 +16,8 @@ use fuser::{
 };
 use log::{debug, info, warn};
 
-use crate::fs::{Attr, Fs, Invalidate, Kind, Opened, Owner, SetAttr, now_ns};
+use crate::caller::Caller;
+use crate::fs::{Attr, Fs, Invalidate, Kind, Opened, SetAttr, now_ns};
 use crate::waiters::Waiters;
 
 /// How long the kernel may keep a root key's entry and attributes. Not what
@@ -110,6 +111,14 @@ fn fail(e: &Error) -> Errno {
         _ => warn!("{e}"),
     }
     Errno::from_i32(e.errno)
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
 }
 
 fn reply_entry(reply: ReplyEntry, r: bpfdb::Result<Attr>) {
@@ -224,13 +233,13 @@ impl Filesystem for FuseFs {
         self.fs.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        reply_attr(reply, self.fs.getattr(ino.0, fh.map(|f| f.0)))
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        reply_attr(reply, self.fs.getattr(ino.0, fh.map(|f| f.0), caller(req)))
     }
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -253,6 +262,7 @@ impl Filesystem for FuseFs {
             gid,
             size,
             mtime_ns: mtime.map(ns_of),
+            by: caller(req),
         };
         let (ino, fh) = (ino.0, fh.map(|f| f.0));
         self.run(self.fs.may_wait(Some(ino), &[]), move |fs| {
@@ -337,12 +347,12 @@ impl Filesystem for FuseFs {
         reply_entry(reply, self.fs.link(ino.0, newparent.0, newname.as_bytes()))
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let (ino, flags) = (ino.0, flags.0);
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let (ino, flags, who) = (ino.0, flags.0, caller(req));
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
         self.run(
             writing && self.fs.may_wait(Some(ino), &[]),
-            move |fs| match fs.open(ino, flags) {
+            move |fs| match fs.open(ino, flags, who) {
                 Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o, flags)),
                 Err(e) => reply.error(fail(&e)),
             },
@@ -512,13 +522,9 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let who = Owner {
-            uid: req.uid(),
-            gid: req.gid(),
-        };
         match self
             .fs
-            .create(parent.0, name.as_bytes(), mode, umask, flags, who)
+            .create(parent.0, name.as_bytes(), mode, umask, flags, caller(req))
         {
             Ok((a, o)) => reply.created(
                 ttl(&a),

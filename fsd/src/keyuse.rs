@@ -74,6 +74,11 @@ impl KeyUse {
         self.lock().get(&ino).is_some_and(|u| u.cached > 0)
     }
 
+    /// Whether a writer of `ino` has changes not yet committed.
+    pub fn has_writer(&self, ino: u64) -> bool {
+        self.lock().get(&ino).is_some_and(|u| u.writers > 0)
+    }
+
     /// Waits for cached readers that did not run on the waiter pool.
     pub fn waits_off_pool(&self) -> u64 {
         self.waits_off_pool.load(Ordering::Relaxed)

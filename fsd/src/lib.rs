@@ -3,6 +3,7 @@
 //! to, `mount` the mount, unmount and signal handling of the daemon, `txns`
 //! the table of transactions and snapshots open through the mount.
 
+pub mod caller;
 pub mod fs;
 pub mod fuse;
 pub mod handles;

@@ -209,3 +209,58 @@ fn permission_bits_bind_other_users_and_not_root() {
     );
     assert_eq!(m.ok("stat -c '%a %u %g' k"), "644 0 0\n");
 }
+
+/// fstat, stat and lseek(SEEK_END) through a process's own open writer report what it wrote
+/// or truncated (fsx and pjdfstest check this after every write); every other process keeps
+/// seeing the committed size until the commit. The other process is forked before the open:
+/// a child forked after it would share the descriptor, and its exec closes it (a commit).
+#[test]
+fn a_writer_sees_its_own_size_and_others_see_the_committed_one() {
+    let m = Mount::new();
+    m.ok("printf old > k");
+    m.ok(r#"perl -e '
+        use IO::Handle;
+        use Fcntl qw(O_WRONLY O_TRUNC SEEK_SET SEEK_END);
+        pipe(my $ask, my $asked) or die; pipe(my $told, my $tell) or die;
+        $asked->autoflush(1); $tell->autoflush(1);
+        if (fork() == 0) {
+            close $asked; close $told;
+            while (<$ask>) { print $tell `stat -c %s k`; }
+            exit 0;
+        }
+        close $ask; close $tell;
+        sub other { print $asked "stat
+"; my $s = <$told>; chomp $s; $s }
+        sysopen(my $f, "k", O_WRONLY | O_TRUNC) or die "open: $!
+";
+        sub check {
+            my ($want, $what) = @_;
+            my $fstat = (stat($f))[7];
+            my $end = 0 + sysseek($f, 0, SEEK_END);
+            my $path = (stat("k"))[7];
+            "$fstat $end $path" eq "$want $want $want"
+                or die "$what: fstat, lseek(SEEK_END), stat say $fstat, $end, $path; want $want
+";
+            my $other = other();
+            $other eq "3" or die "$what: another process sees size $other, not the committed 3
+";
+        }
+        check(0, "after O_TRUNC");
+        sysseek($f, 0, SEEK_SET); syswrite($f, "hello") == 5 or die "write: $!
+";
+        check(5, "after write(5)");
+        sysseek($f, 9, SEEK_SET); syswrite($f, "x") == 1 or die "write: $!
+";
+        check(10, "after a write past the end");
+        truncate($f, 2) or die "ftruncate: $!
+";
+        check(2, "after ftruncate(2)");
+        close($f) or die "close: $!
+";
+        (stat("k"))[7] == 2 or die "after close: size ", (stat("k"))[7], "
+";
+        other() eq "2" or die "after close: another process does not see the commit
+";
+        close $asked;'"#);
+    assert_eq!(m.ok("cat k | od -An -c | tr -s ' '"), " h e\n");
+}

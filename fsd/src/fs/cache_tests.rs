@@ -30,24 +30,24 @@ fn small_root_keys_are_cached_others_are_not() {
     let fs = fs();
     let small = put(&fs, "small", &[b's'; CACHE_MAX_VALUE]);
     let big = put(&fs, "big", &[b'b'; CACHE_MAX_VALUE + 1]);
-    let o = fs.open(small, libc::O_RDONLY).unwrap();
+    let o = fs.open(small, libc::O_RDONLY, WHO).unwrap();
     assert!(
         !o.direct_io,
         "a one-page root key is read through the page cache"
     );
     fs.release(o.fh);
-    let o = fs.open(big, libc::O_RDONLY).unwrap();
+    let o = fs.open(big, libc::O_RDONLY, WHO).unwrap();
     assert!(o.direct_io, "a larger value keeps its open-time snapshot");
     fs.release(o.fh);
     assert!(fs.lookup(ROOT_INO, b"small").unwrap().cacheable);
     // A reader opened while a writer is open bypasses the cache: the
     // kernel sizes the file by the writer's buffer until it commits.
-    let w = fs.open(small, libc::O_WRONLY | libc::O_TRUNC).unwrap();
-    let o = fs.open(small, libc::O_RDONLY).unwrap();
+    let w = fs.open(small, libc::O_WRONLY | libc::O_TRUNC, WHO).unwrap();
+    let o = fs.open(small, libc::O_RDONLY, WHO).unwrap();
     assert!(o.direct_io);
     fs.release(o.fh);
     fs.release(w.fh);
-    let o = fs.open(small, libc::O_RDONLY).unwrap();
+    let o = fs.open(small, libc::O_RDONLY, WHO).unwrap();
     assert!(!o.direct_io, "the writer is gone");
     fs.release(o.fh);
     // Inside a transaction nothing is cached (last: the transaction's
@@ -55,7 +55,7 @@ fn small_root_keys_are_cached_others_are_not() {
     let dir = mkdir(&fs, TXN_INO, "t");
     let attr = fs.lookup(dir, b"small").unwrap();
     assert!(!attr.cacheable);
-    let o = fs.open(attr.ino, libc::O_RDONLY).unwrap();
+    let o = fs.open(attr.ino, libc::O_RDONLY, WHO).unwrap();
     assert!(o.direct_io);
     fs.release(o.fh);
 }
@@ -64,7 +64,7 @@ fn small_root_keys_are_cached_others_are_not() {
 fn a_cached_read_serves_the_value_committed_now() {
     let fs = fs();
     let ino = put(&fs, "k", b"old");
-    let o = fs.open(ino, libc::O_RDONLY).unwrap();
+    let o = fs.open(ino, libc::O_RDONLY, WHO).unwrap();
     assert!(!o.direct_io);
     put(&fs, "k", b"newer");
     // The kernel fills its shared page from this read: it must hold what
@@ -126,8 +126,11 @@ fn a_transaction_commit_invalidates_every_key_it_changed() {
     );
     // The kernel still holds y's inode; using it makes the kernel look
     // the name up again, which then fails.
-    assert_eq!(fs.getattr(y, None).unwrap_err().errno, libc::ESTALE);
-    assert_eq!(fs.open(y, libc::O_RDONLY).unwrap_err().errno, libc::ESTALE);
+    assert_eq!(fs.getattr(y, None, WHO).unwrap_err().errno, libc::ESTALE);
+    assert_eq!(
+        fs.open(y, libc::O_RDONLY, WHO).unwrap_err().errno,
+        libc::ESTALE
+    );
     assert_eq!(fs.lookup(ROOT_INO, b"y").unwrap_err().errno, libc::ENOENT);
     assert_eq!(cat(&fs, "x").unwrap(), b"X");
     // An aborted transaction changes nothing and invalidates nothing.
@@ -141,7 +144,7 @@ fn a_transaction_commit_invalidates_every_key_it_changed() {
 fn a_writer_waits_for_the_cached_readers_to_close() {
     let fs = fs();
     let ino = put(&fs, "k", b"old");
-    let r = fs.open(ino, libc::O_RDONLY).unwrap();
+    let r = fs.open(ino, libc::O_RDONLY, WHO).unwrap();
     assert!(!r.direct_io);
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -152,10 +155,10 @@ fn a_writer_waits_for_the_cached_readers_to_close() {
         });
         let t = std::time::Instant::now();
         // Its O_TRUNC would set the kernel's size to 0 under the reader.
-        let w = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+        let w = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC, WHO).unwrap();
         assert!(t.elapsed() >= std::time::Duration::from_millis(10));
         // Meanwhile readers take their own snapshot.
-        let o = fs.open(ino, libc::O_RDONLY).unwrap();
+        let o = fs.open(ino, libc::O_RDONLY, WHO).unwrap();
         assert!(o.direct_io);
         fs.release(o.fh);
         fs.release(w.fh);

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
 
 use bpfdb::{Error, Meta, NewMeta, Reservation, Result, SetFlags, Stat};
@@ -12,6 +13,7 @@ use log::{debug, warn};
 use super::ctl::Ctl;
 use super::space::Space;
 use super::{Attr, CACHE_MAX_VALUE, Fs, Kind, Opened, file_attr, ino_name, is_reserved, now_ns};
+use crate::caller::Caller;
 use crate::handles::lock;
 use crate::inodes::{CTL_INO, Place, ROOT_INO, ROOT_SCOPE, Resolved, SNAP_INO, STATS_INO, TXN_INO};
 use crate::txns::TxnKind;
@@ -77,10 +79,12 @@ pub(super) struct Writer {
     /// empty key in the middle of `printf new > key`. Such a buffer commits
     /// with the first write's flush, at fsync, or at release.
     truncated: bool,
-    /// A root key's writer with changes not yet committed: counted in
-    /// `Fs::uses` until they are (the kernel sizes the file by this
-    /// buffer meanwhile, so readers then bypass the page cache).
+    /// A root key's writer: it commits through the log.
     root: bool,
+    /// Counted in `Fs::uses` as a writer with changes not yet committed:
+    /// the kernel sizes the file by this buffer meanwhile, so root readers
+    /// bypass the page cache, and no process may cache attributes that
+    /// differ by who asks (`Fs::getattr`).
     registered: bool,
     /// The last commit failed and nothing changed since, so release must not
     /// retry behind the back of the close() that already reported it.
@@ -95,6 +99,10 @@ pub(super) struct Writer {
     /// until a commit of its own: a refused write then removes the key
     /// again, so a failed `echo v > new` leaves no empty key behind.
     created: Option<u64>,
+    /// Who opened it; fstat from the same process shows this buffer.
+    by: Caller,
+    /// `by`'s process, looked up in /proc the first time it is asked for.
+    process: OnceLock<u32>,
 }
 
 impl Handle {
@@ -111,6 +119,18 @@ impl Handle {
         }
     }
 
+    /// A writer's attributes, for an fstat from the process that opened it.
+    pub(super) fn writer_attr(&self, ino: u64, process: u32) -> Option<Attr> {
+        match self {
+            Handle::Writer(w)
+                if w.ino == ino && *w.process.get_or_init(|| w.by.process()) == process =>
+            {
+                self.attr(ino)
+            }
+            _ => None,
+        }
+    }
+
     /// `attr`, except for a cached reader, which reads what is committed
     /// now and so has no attributes of its own.
     pub(super) fn own_attr(&self, ino: u64) -> Option<Attr> {
@@ -122,7 +142,7 @@ impl Handle {
 }
 
 impl Fs {
-    pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
+    pub fn open(&self, ino: u64, flags: i32, who: Caller) -> Result<Opened> {
         match ino {
             STATS_INO => {
                 if flags & libc::O_ACCMODE != libc::O_RDONLY {
@@ -155,7 +175,7 @@ impl Fs {
         match self.inodes.resolve(ino) {
             Resolved::Live(Place::Key { scope, name }) => {
                 let space = self.space("open", scope)?;
-                self.open_key(ino, &space, &name, flags)
+                self.open_key(ino, &space, &name, flags, who)
                     .map_err(|e| match (&space, e.errno) {
                         // Removed by a transaction while the kernel kept
                         // its lookup: it looks the name up again.
@@ -168,7 +188,7 @@ impl Fs {
             // it gets ESTALE and the kernel looks the name up again.
             Resolved::Unlinked(Place::Key { scope, name }) if !writing => {
                 let space = self.space("open", scope)?;
-                self.open_key(ino, &space, &name, flags)
+                self.open_key(ino, &space, &name, flags, who)
             }
             Resolved::Unlinked(Place::Key { .. }) => Err(Error::new(
                 libc::ESTALE,
@@ -192,7 +212,13 @@ impl Fs {
     }
 
     /// The handle of a key `create` has just committed empty.
-    pub(super) fn open_created(&self, ino: u64, created: Stat, flags: i32) -> Result<Opened> {
+    pub(super) fn open_created(
+        &self,
+        ino: u64,
+        created: Stat,
+        flags: i32,
+        who: Caller,
+    ) -> Result<Opened> {
         let meta = created.meta;
         let handle = if flags & libc::O_ACCMODE == libc::O_RDONLY {
             Handle::Snapshot {
@@ -201,7 +227,7 @@ impl Fs {
                 meta,
             }
         } else {
-            let mut w = Writer::new(ino, Vec::new(), meta, flags, false);
+            let mut w = Writer::new(ino, Vec::new(), meta, flags, false, who);
             w.created = Some(created.ts);
             Handle::Writer(w)
         };
@@ -243,6 +269,7 @@ impl Fs {
         space: &Space,
         key: &[u8],
         flags: i32,
+        who: Caller,
     ) -> Result<Opened> {
         let fail = |e| space.restate(e, "open", key);
         let mut data = Vec::new();
@@ -298,7 +325,7 @@ impl Fs {
             // Staged already in a transaction; at the root the truncation
             // waits for the first write (see `Writer::truncated`).
             let pending_truncate = truncate && matches!(space, Space::Root);
-            Handle::Writer(Writer::new(ino, data, meta, flags, pending_truncate))
+            Handle::Writer(Writer::new(ino, data, meta, flags, pending_truncate, who))
         };
         self.insert_handle(handle)
     }
@@ -336,10 +363,10 @@ impl Fs {
         })
     }
 
-    /// Counts (`pending`) or uncounts a root writer in `Fs::uses`;
-    /// counting waits for the key's cached readers to close.
+    /// Counts (`pending`) or uncounts a writer in `Fs::uses`; counting
+    /// waits for the key's cached readers to close.
     fn track_writer(&self, w: &mut Writer, pending: bool) {
-        if w.root && w.registered != pending {
+        if w.registered != pending {
             w.registered = pending;
             self.uses.writer(w.ino, pending);
         }
@@ -815,7 +842,7 @@ impl Fs {
 }
 
 impl Writer {
-    fn new(ino: u64, buf: Vec<u8>, meta: Meta, flags: i32, truncated: bool) -> Writer {
+    fn new(ino: u64, buf: Vec<u8>, meta: Meta, flags: i32, truncated: bool, by: Caller) -> Writer {
         Writer {
             ino,
             buf,
@@ -830,6 +857,8 @@ impl Writer {
             refused: None,
             room: Reservation::default(),
             created: None,
+            by,
+            process: OnceLock::new(),
         }
     }
 }

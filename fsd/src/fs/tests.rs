@@ -4,10 +4,13 @@ use bpfdb::{Db, Options};
 use std::time::Duration;
 
 use super::*;
+use crate::caller::Caller;
 
-pub(super) const WHO: Owner = Owner {
+/// The process the tests act as (pid 1 exists on every machine).
+pub(super) const WHO: Caller = Caller {
     uid: 1000,
     gid: 1001,
+    pid: 1,
 };
 pub(super) const CREATE: i32 = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
 
@@ -63,7 +66,7 @@ pub(super) fn read_all(fs: &Fs, fh: u64) -> Vec<u8> {
 /// `cat name`
 pub(super) fn cat(fs: &Fs, name: &str) -> Result<Vec<u8>> {
     let attr = fs.lookup(ROOT_INO, name.as_bytes())?;
-    let o = fs.open(attr.ino, libc::O_RDONLY)?;
+    let o = fs.open(attr.ino, libc::O_RDONLY, WHO)?;
     let data = read_all(fs, o.fh);
     fs.release(o.fh);
     Ok(data)
@@ -97,7 +100,7 @@ fn create_write_flush_read_roundtrip() {
     fs.flush(o.fh).unwrap();
     fs.release(o.fh);
     assert_eq!(cat(&fs, "greeting").unwrap(), b"hello\n");
-    let attr = fs.getattr(attr.ino, None).unwrap();
+    let attr = fs.getattr(attr.ino, None, WHO).unwrap();
     assert_eq!(attr.size, 6);
     assert!(attr.mtime_ns >= before && attr.mtime_ns <= now_ns());
     assert_eq!(errno(cat(&fs, "missing")), libc::ENOENT);
@@ -107,15 +110,15 @@ fn create_write_flush_read_roundtrip() {
 fn reader_keeps_the_value_it_opened() {
     let fs = fs();
     let ino = put(&fs, "k", &vec![b'a'; 300_000]);
-    let r = fs.open(ino, libc::O_RDONLY).unwrap();
+    let r = fs.open(ino, libc::O_RDONLY, WHO).unwrap();
     assert!(r.direct_io);
     let head = fs.read(r.fh, 0, 10, |d| d.to_vec()).unwrap();
     put(&fs, "k", &vec![b'b'; 200_000]);
     let mut rest = read_all(&fs, r.fh);
     rest.splice(0..10, head);
     assert_eq!(rest, vec![b'a'; 300_000]);
-    assert_eq!(fs.getattr(ino, Some(r.fh)).unwrap().size, 300_000);
-    assert_eq!(fs.getattr(ino, None).unwrap().size, 200_000);
+    assert_eq!(fs.getattr(ino, Some(r.fh), WHO).unwrap().size, 300_000);
+    assert_eq!(fs.getattr(ino, None, WHO).unwrap().size, 200_000);
     fs.release(r.fh);
 }
 
@@ -123,7 +126,7 @@ fn reader_keeps_the_value_it_opened() {
 fn append_writes_go_to_the_end() {
     let fs = fs();
     let ino = put(&fs, "log", b"one\n");
-    let o = fs.open(ino, libc::O_WRONLY | libc::O_APPEND).unwrap();
+    let o = fs.open(ino, libc::O_WRONLY | libc::O_APPEND, WHO).unwrap();
     // The offset is ignored for O_APPEND handles.
     fs.write(o.fh, 0, b"two\n").unwrap();
     fs.write(o.fh, 0, b"three\n").unwrap();
@@ -136,18 +139,18 @@ fn append_writes_go_to_the_end() {
 fn writes_edit_the_buffer_and_fill_gaps_with_zeros() {
     let fs = fs();
     let ino = put(&fs, "k", b"abcdef");
-    let o = fs.open(ino, libc::O_RDWR).unwrap();
+    let o = fs.open(ino, libc::O_RDWR, WHO).unwrap();
     fs.write(o.fh, 2, b"XY").unwrap();
     fs.write(o.fh, 8, b"Z").unwrap();
     assert_eq!(read_all(&fs, o.fh), b"abXYef\0\0Z");
     fs.flush(o.fh).unwrap();
     // A second close without changes commits nothing new.
-    let mtime = fs.getattr(ino, None).unwrap().mtime_ns;
+    let mtime = fs.getattr(ino, None, WHO).unwrap().mtime_ns;
     fs.flush(o.fh).unwrap();
-    assert_eq!(fs.getattr(ino, None).unwrap().mtime_ns, mtime);
+    assert_eq!(fs.getattr(ino, None, WHO).unwrap().mtime_ns, mtime);
     fs.release(o.fh);
     assert_eq!(cat(&fs, "k").unwrap(), b"abXYef\0\0Z");
-    let w = fs.open(ino, libc::O_WRONLY).unwrap();
+    let w = fs.open(ino, libc::O_WRONLY, WHO).unwrap();
     assert_eq!(errno(fs.read(w.fh, 0, 10, |_| ())), libc::EBADF);
     fs.release(w.fh);
 }
@@ -169,7 +172,7 @@ fn truncate_commits_at_once_or_edits_an_open_writer() {
     fs.setattr(ino, None, grow).unwrap();
     assert_eq!(cat(&fs, "k").unwrap(), b"hello\0\0\0");
 
-    let o = fs.open(ino, libc::O_WRONLY).unwrap();
+    let o = fs.open(ino, libc::O_WRONLY, WHO).unwrap();
     assert_eq!(fs.setattr(ino, Some(o.fh), shrink).unwrap().size, 5);
     fs.setattr(ino, Some(o.fh), grow).unwrap();
     let empty = SetAttr {
@@ -190,7 +193,7 @@ fn o_trunc_alone_commits_at_release_or_fsync() {
     let ino = put(&fs, "k", b"data");
     // `printf new > k`: open(O_TRUNC), dup2 and close (a flush), write,
     // close. Readers go from the old value straight to the new one.
-    let o = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    let o = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC, WHO).unwrap();
     fs.flush(o.fh).unwrap();
     assert_eq!(cat(&fs, "k").unwrap(), b"data");
     fs.write(o.fh, 0, b"new").unwrap();
@@ -199,14 +202,14 @@ fn o_trunc_alone_commits_at_release_or_fsync() {
     fs.release(o.fh);
     assert_eq!(cat(&fs, "k").unwrap(), b"new");
     // `: > k`: nothing written, the empty value lands at release.
-    let o = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    let o = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC, WHO).unwrap();
     fs.flush(o.fh).unwrap();
     assert_eq!(cat(&fs, "k").unwrap(), b"new");
     fs.release(o.fh);
     assert_eq!(cat(&fs, "k").unwrap(), b"");
     // fsync asks for the state to be committed, truncation included.
     put(&fs, "k", b"again");
-    let o = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    let o = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC, WHO).unwrap();
     fs.fsync(o.fh).unwrap();
     assert_eq!(cat(&fs, "k").unwrap(), b"");
     fs.release(o.fh);
@@ -216,20 +219,20 @@ fn o_trunc_alone_commits_at_release_or_fsync() {
 fn fstat_after_unlink_answers_from_the_open_handle() {
     let fs = fs();
     let ino = put(&fs, "k", b"value");
-    let r = fs.open(ino, libc::O_RDONLY).unwrap();
+    let r = fs.open(ino, libc::O_RDONLY, WHO).unwrap();
     fs.unlink(ROOT_INO, b"k").unwrap();
-    let attr = fs.getattr(ino, None).unwrap();
+    let attr = fs.getattr(ino, None, WHO).unwrap();
     assert_eq!((attr.size, attr.nlink), (5, 0));
     assert_eq!(read_all(&fs, r.fh), b"value");
     fs.release(r.fh);
-    assert_eq!(errno(fs.getattr(ino, None)), libc::ENOENT);
+    assert_eq!(errno(fs.getattr(ino, None, WHO)), libc::ENOENT);
 }
 
 #[test]
 fn efbig_keeps_the_previous_value() {
     let fs = fs_with(4096);
     let ino = put(&fs, "k", b"old");
-    let o = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    let o = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC, WHO).unwrap();
     fs.write(o.fh, 0, &[1; 4096]).unwrap();
     assert_eq!(errno(fs.write(o.fh, 4096, b"x")), libc::EFBIG);
     // The application's stream is incomplete: close reports it and the
@@ -238,14 +241,14 @@ fn efbig_keeps_the_previous_value() {
     fs.release(o.fh);
     assert_eq!(cat(&fs, "k").unwrap(), b"old");
 
-    let o = fs.open(ino, libc::O_WRONLY | libc::O_APPEND).unwrap();
+    let o = fs.open(ino, libc::O_WRONLY | libc::O_APPEND, WHO).unwrap();
     assert_eq!(errno(fs.write(o.fh, 0, &[2; 4094])), libc::EFBIG);
     fs.release(o.fh);
     assert_eq!(cat(&fs, "k").unwrap(), b"old");
 
     // Refused as the very first write after O_TRUNC: not even the
     // truncation is committed.
-    let o = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    let o = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC, WHO).unwrap();
     assert_eq!(errno(fs.write(o.fh, 0, &[3; 5000])), libc::EFBIG);
     assert_eq!(errno(fs.flush(o.fh)), libc::EFBIG);
     fs.release(o.fh);
@@ -326,7 +329,7 @@ fn reserved_names_and_unsupported_kinds_are_eperm() {
     assert_eq!(fs.lookup(ROOT_INO, b".ctl").unwrap().ino, CTL_INO);
     assert_eq!(errno(fs.lookup(TXN_INO, b"x")), libc::ENOENT);
     assert_eq!(errno(fs.lookup(x, b"y")), libc::ENOTDIR);
-    assert_eq!(errno(fs.open(ROOT_INO, libc::O_RDONLY)), libc::EISDIR);
+    assert_eq!(errno(fs.open(ROOT_INO, libc::O_RDONLY, WHO)), libc::EISDIR);
     assert_eq!(list(&fs, TXN_INO), [b".".to_vec(), b"..".to_vec()]);
     assert_eq!(cat(&fs, "x").unwrap(), b"1");
 }
@@ -362,11 +365,11 @@ fn rename_replace_noreplace_exchange() {
     assert_eq!(fs.lookup(ROOT_INO, b"b").unwrap().ino, a);
     // An inode looked up before its key was replaced reads the key as it is
     // now; writing through it is refused so the kernel looks up again.
-    assert_eq!(fs.getattr(b, None).unwrap().size, 1);
-    let r = fs.open(b, libc::O_RDONLY).unwrap();
+    assert_eq!(fs.getattr(b, None, WHO).unwrap().size, 1);
+    let r = fs.open(b, libc::O_RDONLY, WHO).unwrap();
     assert_eq!(read_all(&fs, r.fh), b"A");
     fs.release(r.fh);
-    assert_eq!(errno(fs.open(b, libc::O_WRONLY)), libc::ESTALE);
+    assert_eq!(errno(fs.open(b, libc::O_WRONLY, WHO)), libc::ESTALE);
 
     let noreplace = libc::RENAME_NOREPLACE;
     assert_eq!(
@@ -395,7 +398,7 @@ fn rename_replace_noreplace_exchange() {
 fn writer_commits_to_the_key_it_was_renamed_to() {
     let fs = fs();
     let ino = put(&fs, "old", b"1");
-    let o = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    let o = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC, WHO).unwrap();
     fs.write(o.fh, 0, b"2").unwrap();
     fs.rename(ROOT_INO, b"old", ROOT_INO, b"new", 0).unwrap();
     fs.flush(o.fh).unwrap();
@@ -408,7 +411,7 @@ fn writer_commits_to_the_key_it_was_renamed_to() {
 fn unlink_deletes_and_an_open_writer_does_not_resurrect() {
     let fs = fs();
     let ino = put(&fs, "k", b"v");
-    let o = fs.open(ino, libc::O_WRONLY).unwrap();
+    let o = fs.open(ino, libc::O_WRONLY, WHO).unwrap();
     fs.write(o.fh, 0, b"w").unwrap();
     fs.unlink(ROOT_INO, b"k").unwrap();
     assert_eq!(errno(cat(&fs, "k")), libc::ENOENT);
@@ -440,7 +443,7 @@ fn chmod_chown_touch_persist() {
     );
     // A later write keeps mode and owners, even when the chmod happened
     // while the writer was open.
-    let o = fs.open(ino, libc::O_WRONLY | libc::O_APPEND).unwrap();
+    let o = fs.open(ino, libc::O_WRONLY | libc::O_APPEND, WHO).unwrap();
     let chmod = SetAttr {
         mode: Some(0o640),
         ..SetAttr::default()
@@ -449,7 +452,7 @@ fn chmod_chown_touch_persist() {
     fs.write(o.fh, 0, b"!").unwrap();
     fs.flush(o.fh).unwrap();
     fs.release(o.fh);
-    let attr = fs.getattr(ino, None).unwrap();
+    let attr = fs.getattr(ino, None, WHO).unwrap();
     assert_eq!((attr.mode, attr.uid, attr.gid), (0o640, 42, 43));
     assert!(attr.mtime_ns > 1_234_567_890);
     assert_eq!(cat(&fs, "k").unwrap(), b"value!");
@@ -519,7 +522,7 @@ fn stats_file_content() {
     put(&fs, "b", &[7; 1000]);
     let attr = fs.lookup(ROOT_INO, b".stats").unwrap();
     assert_eq!((attr.ino, attr.mode), (STATS_INO, 0o444));
-    let o = fs.open(STATS_INO, libc::O_RDONLY).unwrap();
+    let o = fs.open(STATS_INO, libc::O_RDONLY, WHO).unwrap();
     assert!(o.direct_io);
     let text = String::from_utf8(read_all(&fs, o.fh)).unwrap();
     fs.release(o.fh);
@@ -571,8 +574,8 @@ fn stats_file_content() {
         "{} vs {len}",
         attr.size
     );
-    assert_eq!(errno(fs.open(STATS_INO, libc::O_WRONLY)), libc::EACCES);
-    assert_eq!(errno(fs.open(STATS_INO, libc::O_RDWR)), libc::EACCES);
+    assert_eq!(errno(fs.open(STATS_INO, libc::O_WRONLY, WHO)), libc::EACCES);
+    assert_eq!(errno(fs.open(STATS_INO, libc::O_RDWR, WHO)), libc::EACCES);
 }
 
 #[test]

@@ -21,7 +21,7 @@ pub(super) fn mkdir(fs: &Fs, list_ino: u64, name: &str) -> u64 {
 /// `cat DIR/.ctl`
 fn state(fs: &Fs, dir: u64) -> String {
     let ctl = fs.lookup(dir, b".ctl").unwrap();
-    let o = fs.open(ctl.ino, libc::O_RDONLY).unwrap();
+    let o = fs.open(ctl.ino, libc::O_RDONLY, WHO).unwrap();
     let text = String::from_utf8(read_all(fs, o.fh)).unwrap();
     fs.release(o.fh);
     text
@@ -31,7 +31,7 @@ fn state(fs: &Fs, dir: u64) -> String {
 /// result, which is the command's.
 pub(super) fn control(fs: &Fs, dir: u64, word: &str) -> Result<()> {
     let ctl = fs.lookup(dir, b".ctl")?;
-    let o = fs.open(ctl.ino, libc::O_WRONLY | libc::O_TRUNC)?;
+    let o = fs.open(ctl.ino, libc::O_WRONLY | libc::O_TRUNC, WHO)?;
     let written = fs.write(o.fh, 0, format!("{word}\n").as_bytes());
     let flushed = fs.flush(o.fh);
     fs.release(o.fh);
@@ -41,7 +41,7 @@ pub(super) fn control(fs: &Fs, dir: u64, word: &str) -> Result<()> {
 /// `printf DATA > DIR/NAME`: lookup, then open(O_TRUNC) or create.
 pub(super) fn write_in(fs: &Fs, dir: u64, name: &str, data: &[u8]) -> Result<()> {
     let o = match fs.lookup(dir, name.as_bytes()) {
-        Ok(attr) => fs.open(attr.ino, libc::O_WRONLY | libc::O_TRUNC)?,
+        Ok(attr) => fs.open(attr.ino, libc::O_WRONLY | libc::O_TRUNC, WHO)?,
         Err(e) if e.errno == libc::ENOENT => {
             fs.create(dir, name.as_bytes(), 0o644, 0o022, CREATE, WHO)?
                 .1
@@ -56,7 +56,7 @@ pub(super) fn write_in(fs: &Fs, dir: u64, name: &str, data: &[u8]) -> Result<()>
 /// `cat DIR/NAME`
 fn cat_in(fs: &Fs, dir: u64, name: &str) -> Result<Vec<u8>> {
     let attr = fs.lookup(dir, name.as_bytes())?;
-    let o = fs.open(attr.ino, libc::O_RDONLY)?;
+    let o = fs.open(attr.ino, libc::O_RDONLY, WHO)?;
     let data = read_all(fs, o.fh);
     fs.release(o.fh);
     Ok(data)
@@ -94,7 +94,7 @@ fn mkdir_begins_ls_lists_and_rmdir_forgets() {
     assert_eq!(stat_field(&fs, "txn_active"), 0);
     let t1 = mkdir(&fs, TXN_INO, "t1");
     assert_eq!(fs.lookup(TXN_INO, b"t1").unwrap().ino, t1);
-    assert_eq!(fs.getattr(t1, None).unwrap().kind, Kind::Dir);
+    assert_eq!(fs.getattr(t1, None, WHO).unwrap().kind, Kind::Dir);
     assert_eq!(state(&fs, t1), "active\n");
     assert_eq!(errno(fs.mkdir(TXN_INO, b"t1")), libc::EEXIST);
     // .txn and .snap are separate namespaces.
@@ -103,7 +103,7 @@ fn mkdir_begins_ls_lists_and_rmdir_forgets() {
     let t2 = mkdir(&fs, TXN_INO, "t2");
     assert_eq!(ls(&fs, TXN_INO), ["t1", "t2"]);
     assert_eq!(ls(&fs, SNAP_INO), ["t1"]);
-    assert_eq!(fs.getattr(TXN_INO, None).unwrap().nlink, 4);
+    assert_eq!(fs.getattr(TXN_INO, None, WHO).unwrap().nlink, 4);
     assert_eq!(stat_field(&fs, "txn_active"), 3);
     // Names follow key-name rules.
     assert_eq!(errno(fs.mkdir(TXN_INO, &[b'n'; 256])), libc::ENAMETOOLONG);
@@ -118,11 +118,11 @@ fn mkdir_begins_ls_lists_and_rmdir_forgets() {
     assert_eq!(errno(fs.lookup(TXN_INO, b"t1")), libc::ENOENT);
     assert_eq!(errno(fs.rmdir(TXN_INO, b"t1")), libc::ENOENT);
     // The kernel may still hold the removed directory's inode.
-    assert_eq!(errno(fs.getattr(t1, None)), libc::ENOENT);
+    assert_eq!(errno(fs.getattr(t1, None, WHO)), libc::ENOENT);
     assert_eq!(errno(fs.lookup(t1, b"k")), libc::ENOENT);
     // mkdir and lookup each gave the kernel one reference.
     fs.forget(t1, 2);
-    assert_eq!(errno(fs.getattr(t1, None)), libc::ESTALE);
+    assert_eq!(errno(fs.getattr(t1, None, WHO)), libc::ESTALE);
     // The name is free again, for a new transaction with a new inode.
     let again = mkdir(&fs, TXN_INO, "t1");
     assert_ne!(again, t1);
@@ -228,7 +228,7 @@ fn a_conflict_is_ebusy_then_the_transaction_is_aborted_and_ecanceled() {
     assert_eq!(cat_in(&fs, t2, "k").unwrap(), b"1");
     let k1 = fs.lookup(t1, b"k").unwrap();
     assert_eq!(
-        errno(fs.open(k1.ino, libc::O_WRONLY | libc::O_TRUNC)),
+        errno(fs.open(k1.ino, libc::O_WRONLY | libc::O_TRUNC, WHO)),
         libc::EBUSY
     );
     let reason = state(&fs, t1);
@@ -277,7 +277,9 @@ fn open_for_writing_locks_at_once_and_only_flush_stages_the_buffer() {
     put(&fs, "k", b"old");
     let t1 = mkdir(&fs, TXN_INO, "t1");
     let k = fs.lookup(t1, b"k").unwrap();
-    let w = fs.open(k.ino, libc::O_WRONLY | libc::O_APPEND).unwrap();
+    let w = fs
+        .open(k.ino, libc::O_WRONLY | libc::O_APPEND, WHO)
+        .unwrap();
     // Nothing written yet, but the key is locked for t1.
     assert_eq!(errno(fs.unlink(ROOT_INO, b"k")), libc::EBUSY);
     fs.write(w.fh, 0, b"+1").unwrap();
@@ -288,7 +290,7 @@ fn open_for_writing_locks_at_once_and_only_flush_stages_the_buffer() {
     fs.release(w.fh);
     assert_eq!(cat(&fs, "k").unwrap(), b"old");
     // O_TRUNC stages the empty value at open.
-    let w = fs.open(k.ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    let w = fs.open(k.ino, libc::O_WRONLY | libc::O_TRUNC, WHO).unwrap();
     assert_eq!(cat_in(&fs, t1, "k").unwrap(), b"");
     fs.write(w.fh, 0, b"late").unwrap();
     // Commit takes what was staged; the buffer is staged too late.
@@ -353,7 +355,7 @@ fn a_snapshot_sees_one_moment_takes_no_locks_and_is_read_only() {
     let x = fs.lookup(s1, b"x").unwrap();
     assert_eq!(errno(write_in(&fs, s1, "x", b"v")), libc::EROFS);
     assert_eq!(errno(write_in(&fs, s1, "new", b"v")), libc::EROFS);
-    assert_eq!(errno(fs.open(x.ino, libc::O_RDWR)), libc::EROFS);
+    assert_eq!(errno(fs.open(x.ino, libc::O_RDWR, WHO)), libc::EROFS);
     assert_eq!(errno(fs.unlink(s1, b"x")), libc::EROFS);
     assert_eq!(errno(fs.rename(s1, b"x", s1, b"w", 0)), libc::EROFS);
     for change in [
@@ -442,12 +444,12 @@ fn namespace_rules_inside_transaction_directories() {
     inos.dedup();
     assert_eq!(inos.len(), 8);
     fs.forget(t1_k, 1);
-    assert_eq!(errno(fs.getattr(t1_k, None)), libc::ESTALE);
-    assert_eq!(fs.getattr(root_k, None).unwrap().size, 1);
-    assert_eq!(fs.getattr(s1_k, None).unwrap().size, 1);
+    assert_eq!(errno(fs.getattr(t1_k, None, WHO)), libc::ESTALE);
+    assert_eq!(fs.getattr(root_k, None, WHO).unwrap().size, 1);
+    assert_eq!(fs.getattr(s1_k, None, WHO).unwrap().size, 1);
     // Removing a transaction leaves its inodes dead, the others alive.
     fs.rmdir(TXN_INO, b"t2").unwrap();
-    assert_eq!(errno(fs.getattr(t2_k, None)), libc::ENOENT);
+    assert_eq!(errno(fs.getattr(t2_k, None, WHO)), libc::ENOENT);
     assert_eq!(state(&fs, t1), "active\n");
 }
 
@@ -458,7 +460,7 @@ fn rmdir_of_an_active_transaction_aborts_it_and_frees_its_locks() {
     let t1 = mkdir(&fs, TXN_INO, "t1");
     write_in(&fs, t1, "k", b"2").unwrap();
     let ctl = fs.lookup(t1, b".ctl").unwrap();
-    let reader = fs.open(ctl.ino, libc::O_RDONLY).unwrap();
+    let reader = fs.open(ctl.ino, libc::O_RDONLY, WHO).unwrap();
     assert_eq!(errno(fs.unlink(ROOT_INO, b"k")), libc::EBUSY);
     fs.rmdir(TXN_INO, b"t1").unwrap();
     put(&fs, "k", b"3");
@@ -467,7 +469,7 @@ fn rmdir_of_an_active_transaction_aborts_it_and_frees_its_locks() {
     // commands find no transaction.
     assert_eq!(read_all(&fs, reader.fh), b"active\n");
     fs.release(reader.fh);
-    assert_eq!(errno(fs.open(ctl.ino, libc::O_WRONLY)), libc::ESTALE);
+    assert_eq!(errno(fs.open(ctl.ino, libc::O_WRONLY, WHO)), libc::ESTALE);
 }
 
 #[test]
@@ -532,7 +534,7 @@ fn root_ctl_takes_a_checkpoint_and_refuses_other_words() {
     assert!(stat_field(&fs, "log_bytes") > 10_000);
     let ctl = fs.lookup(ROOT_INO, b".ctl").unwrap();
     assert_eq!((ctl.ino, ctl.mode, ctl.kind), (CTL_INO, 0o600, Kind::File));
-    let o = fs.open(CTL_INO, libc::O_RDONLY).unwrap();
+    let o = fs.open(CTL_INO, libc::O_RDONLY, WHO).unwrap();
     assert!(o.direct_io);
     let usage = String::from_utf8(read_all(&fs, o.fh)).unwrap();
     fs.release(o.fh);
