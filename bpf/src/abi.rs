@@ -116,6 +116,7 @@ pub struct Meta {
     pub uid: u32,
     pub gid: u32,
     pub len: u32,
+    pub ctime_ns: u64,
 }
 
 /// Map key of a record: seeded xxh3-128 of the name (struct db_hkey).
@@ -196,7 +197,7 @@ pub struct Stats {
 }
 
 pub const LAYOUT_MAGIC: u64 = 0x5344504644504221;
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// struct db_layout: the sizes pinned maps were created with.
 #[repr(C)]
@@ -232,7 +233,7 @@ pub struct WalFrag {
 }
 
 /// Size of struct db_record, the value of one hash-map element.
-pub const RECORD_SIZE: usize = 16 + MAX_VERSIONS * (8 + 8 + 8 + 24 + 4 + 4) + 8 + KEY_SIZE;
+pub const RECORD_SIZE: usize = 16 + MAX_VERSIONS * (8 + 8 + 8 + 32 + 4 + 4) + 8 + KEY_SIZE;
 /// Offsets in struct db_record of the name's length and of the name.
 pub const RECORD_KEY_LEN_OFF: usize = RECORD_SIZE - KEY_SIZE - 8;
 pub const RECORD_NAME_OFF: usize = RECORD_SIZE - KEY_SIZE;
@@ -241,35 +242,35 @@ pub const SCAN_BATCH: usize = 2048;
 pub const SCAN_FLAGS: usize = SCAN_BATCH * size_of::<HKey>();
 
 const _: () = {
-    assert!(size_of::<Meta>() == 24);
+    assert!(size_of::<Meta>() == 32);
     assert!(offset_of!(Meta, len) == 20);
-    assert!(RECORD_SIZE == 504);
-    assert!(RECORD_KEY_LEN_OFF == 240 && RECORD_NAME_OFF == 248);
+    assert!(RECORD_SIZE == 536);
+    assert!(RECORD_KEY_LEN_OFF == 272 && RECORD_NAME_OFF == 280);
     assert!(SCAN_FLAGS + SCAN_BATCH <= VALUE_LIMIT);
-    assert!(size_of::<Req>() == 600);
+    assert!(size_of::<Req>() == 608);
     assert!(offset_of!(Req, hkey) == 8);
     assert!(offset_of!(Req, count) == 40);
     assert!(offset_of!(Req, txn) == 52);
     assert!(offset_of!(Req, txn_id) == 56);
     assert!(offset_of!(Req, meta) == 64);
-    assert!(offset_of!(Req, key) == 88);
-    assert!(offset_of!(Req, key2) == 344);
-    assert!(size_of::<Resp>() == 64);
-    assert!(offset_of!(Resp, txn_id) == 56);
+    assert!(offset_of!(Req, key) == 96);
+    assert!(offset_of!(Req, key2) == 352);
+    assert!(size_of::<Resp>() == 72);
+    assert!(offset_of!(Resp, txn_id) == 64);
     assert!(offset_of!(Resp, ts) == 8);
     assert!(offset_of!(Resp, meta) == 16);
-    assert!(offset_of!(Resp, count) == 40);
+    assert!(offset_of!(Resp, count) == 48);
     assert!(size_of::<Cont>() == 16);
-    assert!(offset_of!(Slot, resp) == 600);
-    assert!(offset_of!(Slot, cont) == 664);
-    assert!(offset_of!(Slot, scratch) == 680);
+    assert!(offset_of!(Slot, resp) == 608);
+    assert!(offset_of!(Slot, cont) == 680);
+    assert!(offset_of!(Slot, scratch) == 696);
     assert!(offset_of!(Slot, data) == SLOT_HEADER);
     assert!(size_of::<Slot>() == SLOT_HEADER + VALUE_LIMIT);
     assert!(size_of::<Stats>() == 23 * 8);
     assert!(size_of::<PinnedLayout>() == 40);
-    assert!(size_of::<WalFrag>() == 296);
+    assert!(size_of::<WalFrag>() == 304);
     assert!(offset_of!(WalFrag, key_len) == 4);
     assert!(offset_of!(WalFrag, ts) == 8);
     assert!(offset_of!(WalFrag, meta) == 16);
-    assert!(offset_of!(WalFrag, key) == 40);
+    assert!(offset_of!(WalFrag, key) == 48);
 };

@@ -102,6 +102,7 @@ struct db_meta {
 	__u32 uid;
 	__u32 gid;
 	__u32 len;      /* value length in bytes */
+	__u64 ctime_ns; /* wall clock of the last change of value or metadata */
 };
 
 /* Map key of a record: 128-bit xxh3 of the name, seeded per database. The
@@ -201,7 +202,7 @@ enum db_detail {
 /* ---- pinned state: what a restarted daemon checks before reusing maps ---- */
 
 #define DB_LAYOUT_MAGIC 0x5344504644504221ULL /* "!BPFDPDS" */
-#define DB_LAYOUT_VERSION 1 /* bump on any change to a pinned map's layout */
+#define DB_LAYOUT_VERSION 2 /* bump on any change to a pinned map's layout */
 
 struct db_layout {
 	__u64 magic;
@@ -305,25 +306,25 @@ struct db_stats {
 };
 
 /* Layout checks; src/abi.rs asserts the same numbers on the Rust side. */
-_Static_assert(sizeof(struct db_meta) == 24, "db_meta");
-_Static_assert(sizeof(struct db_record) == 504, "db_record");
-_Static_assert(__builtin_offsetof(struct db_record, key_len) == 240, "db_record.key_len");
-_Static_assert(__builtin_offsetof(struct db_record, name) == 248, "db_record.name");
+_Static_assert(sizeof(struct db_meta) == 32, "db_meta");
+_Static_assert(sizeof(struct db_record) == 536, "db_record");
+_Static_assert(__builtin_offsetof(struct db_record, key_len) == 272, "db_record.key_len");
+_Static_assert(__builtin_offsetof(struct db_record, name) == 280, "db_record.name");
 _Static_assert(DB_SCAN_FLAGS + DB_SCAN_BATCH <= DB_VALUE_LIMIT, "scan batch fits the data area");
-_Static_assert(sizeof(struct db_req) == 600, "db_req");
+_Static_assert(sizeof(struct db_req) == 608, "db_req");
 _Static_assert(__builtin_offsetof(struct db_req, meta) == 64, "db_req.meta");
-_Static_assert(__builtin_offsetof(struct db_req, key) == 88, "db_req.key");
-_Static_assert(__builtin_offsetof(struct db_req, key2) == 344, "db_req.key2");
-_Static_assert(sizeof(struct db_resp) == 64, "db_resp");
-_Static_assert(__builtin_offsetof(struct db_slot, resp) == 600, "db_slot.resp");
-_Static_assert(__builtin_offsetof(struct db_slot, cont) == 664, "db_slot.cont");
-_Static_assert(__builtin_offsetof(struct db_slot, scratch) == 680, "db_slot.scratch");
+_Static_assert(__builtin_offsetof(struct db_req, key) == 96, "db_req.key");
+_Static_assert(__builtin_offsetof(struct db_req, key2) == 352, "db_req.key2");
+_Static_assert(sizeof(struct db_resp) == 72, "db_resp");
+_Static_assert(__builtin_offsetof(struct db_slot, resp) == 608, "db_slot.resp");
+_Static_assert(__builtin_offsetof(struct db_slot, cont) == 680, "db_slot.cont");
+_Static_assert(__builtin_offsetof(struct db_slot, scratch) == 696, "db_slot.scratch");
 _Static_assert(__builtin_offsetof(struct db_slot, data) == DB_SLOT_HEADER, "db_slot.data");
 _Static_assert(sizeof(struct db_txn_lock) == 32, "db_txn_lock");
-_Static_assert(sizeof(struct db_wal_frag) == 296, "db_wal_frag");
+_Static_assert(sizeof(struct db_wal_frag) == 304, "db_wal_frag");
 _Static_assert(__builtin_offsetof(struct db_wal_frag, ts) == 8, "db_wal_frag.ts");
 _Static_assert(__builtin_offsetof(struct db_wal_frag, meta) == 16, "db_wal_frag.meta");
-_Static_assert(__builtin_offsetof(struct db_wal_frag, key) == 40, "db_wal_frag.key");
+_Static_assert(__builtin_offsetof(struct db_wal_frag, key) == 48, "db_wal_frag.key");
 _Static_assert(sizeof(struct db_layout) == 40, "db_layout");
 _Static_assert(__builtin_offsetof(struct db_txn, state) == 24, "db_txn.state");
 _Static_assert(sizeof(struct db_stats) == 23 * 8, "db_stats");

@@ -328,6 +328,21 @@ pub struct NewMeta {
     pub uid: u32,
     pub gid: u32,
     pub mtime_ns: u64,
+    /// Time of this change (for a write, usually `mtime_ns`).
+    pub ctime_ns: u64,
+}
+
+impl NewMeta {
+    /// The metadata of a stored version, to write it again as it is.
+    pub fn of(m: &Meta) -> NewMeta {
+        NewMeta {
+            mode: m.mode,
+            uid: m.uid,
+            gid: m.gid,
+            mtime_ns: m.mtime_ns,
+            ctime_ns: m.ctime_ns,
+        }
+    }
 }
 
 /// What a read returns besides the bytes.
@@ -582,6 +597,7 @@ impl Session<'_> {
             uid: meta.uid,
             gid: meta.gid,
             len: value.len() as u32,
+            ctime_ns: meta.ctime_ns,
         };
         let resp = self.run_write("set")?;
         Ok(Stat {
@@ -599,6 +615,7 @@ impl Session<'_> {
             uid: meta.uid,
             gid: meta.gid,
             len: 0,
+            ctime_ns: meta.ctime_ns,
         };
         let resp = self.run_write("set_meta")?;
         Ok(Stat {

@@ -82,7 +82,7 @@ fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
     }
     let buf = read_file(&path)?;
     let what = path.display().to_string();
-    let versions = [wal::CHECKPOINT_V1, wal::CHECKPOINT_VERSION];
+    let versions = [wal::CHECKPOINT_V1, 2, wal::CHECKPOINT_VERSION];
     let version = wal::check_header(&buf, wal::CKPT_MAGIC, &versions, &what)?;
     let corrupt = |why: &str| Error::new(libc::EIO, format!("{what}: {why}; refusing to start"));
     if buf.len() < wal::HEADER_BYTES + 20 {
@@ -233,7 +233,7 @@ pub(crate) fn recover(db: &Db, dir: &Path, allow_corrupt: bool) -> Result<Recove
                 next_seq: next_seq.unwrap_or(1),
             });
         }
-        wal::check_header(&buf, wal::WAL_MAGIC, &[wal::FORMAT_VERSION], &what)?;
+        wal::check_header(&buf, wal::WAL_MAGIC, &wal::FORMAT_VERSIONS, &what)?;
         let expected = next_seq.or_else(|| wal::first_seq(&buf)).unwrap_or(1);
         let scan = wal::scan_segment(&buf, expected, |commit, end| {
             for op in &commit.ops {
@@ -319,7 +319,7 @@ pub(crate) fn resume(dir: &Path) -> Result<Recovered> {
         if buf.len() < wal::HEADER_BYTES {
             continue;
         }
-        wal::check_header(&buf, wal::WAL_MAGIC, &[wal::FORMAT_VERSION], &what)?;
+        wal::check_header(&buf, wal::WAL_MAGIC, &wal::FORMAT_VERSIONS, &what)?;
         let Some(first) = wal::first_seq(&buf) else {
             if buf.len() > wal::HEADER_BYTES {
                 warn!("hot restart: {what}: no whole record; cutting the tail");
@@ -360,14 +360,7 @@ pub(crate) fn write_checkpoint(
     let mut value = Vec::new();
     for name in &names {
         let st = snap.get(name, &mut value)?;
-        let m = st.meta;
-        let meta = NewMeta {
-            mode: m.mode,
-            uid: m.uid,
-            gid: m.gid,
-            mtime_ns: m.mtime_ns,
-        };
-        wal::put_op(&mut body, name, &meta, &value);
+        wal::put_op(&mut body, name, &NewMeta::of(&st.meta), &value);
     }
     let crc = crc32c::crc32c(&body);
     body.extend_from_slice(&crc.to_le_bytes());

@@ -227,12 +227,7 @@ impl Txn {
         self.with("rename", |s, inner| {
             let mut value = Vec::new();
             let st = s.get(from, &mut value)?;
-            let meta = NewMeta {
-                mode: st.meta.mode,
-                uid: st.meta.uid,
-                gid: st.meta.gid,
-                mtime_ns: st.meta.mtime_ns,
-            };
+            let meta = NewMeta::of(&st.meta);
             s.set(
                 to,
                 &value,

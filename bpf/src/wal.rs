@@ -9,7 +9,8 @@
 //!
 //! The crc covers seq and payload. A payload is one commit: `ts u64 |
 //! n_ops u32 | op*`, an op being `kind u8 | key_len u8 | key | [PUT: mode
-//! u32 | uid u32 | gid u32 | mtime_ns u64 | len u32 | value]`. A checkpoint
+//! u32 | uid u32 | gid u32 | mtime_ns u64 | ctime_ns u64 | len u32 | value]`
+//! (kind PUT; version 1 wrote kind PUT_V1, without ctime_ns). A checkpoint
 //! `checkpoint` is `"BPFDBCKP" | version u32 | reserved u32 | next_segment
 //! u64 | first_seq u64 | n_keys u64 | PUT op* | crc32c u32` (crc over
 //! everything before it; version 1 had no first_seq). All integers are
@@ -29,17 +30,21 @@ use crate::error::{Error, Result};
 pub const WAL_MAGIC: &[u8; 8] = b"BPFDBWAL";
 pub const CKPT_MAGIC: &[u8; 8] = b"BPFDBCKP";
 /// Format version of log segments.
-pub const FORMAT_VERSION: u32 = 1;
-/// Format version of checkpoints written; CHECKPOINT_V1 (no first_seq) is
-/// still read.
-pub const CHECKPOINT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 2;
+/// Segment versions read: 1 logged PUT_V1 ops (no ctime).
+pub const FORMAT_VERSIONS: [u32; 2] = [1, FORMAT_VERSION];
+/// Format version of checkpoints written; CHECKPOINT_V1 (no first_seq) and
+/// 2 (PUT_V1 ops) are still read.
+pub const CHECKPOINT_VERSION: u32 = 3;
 pub const CHECKPOINT_V1: u32 = 1;
 pub const HEADER_BYTES: usize = 16;
 pub const RECORD_HEADER_BYTES: usize = 16;
 /// Largest payload a reader accepts: what one transaction can log.
 pub const MAX_PAYLOAD: usize = 1 << 30;
 
-pub const OP_PUT: u8 = 2;
+/// A PUT of format version 1: no ctime_ns.
+pub const OP_PUT_V1: u8 = 2;
+pub const OP_PUT: u8 = 4;
 pub const OP_DEL: u8 = 3;
 
 /// One logical change.
@@ -119,6 +124,7 @@ pub fn put_op(out: &mut Vec<u8>, key: &[u8], meta: &NewMeta, value: &[u8]) {
     out.extend_from_slice(&meta.uid.to_le_bytes());
     out.extend_from_slice(&meta.gid.to_le_bytes());
     out.extend_from_slice(&meta.mtime_ns.to_le_bytes());
+    out.extend_from_slice(&meta.ctime_ns.to_le_bytes());
     out.extend_from_slice(&(value.len() as u32).to_le_bytes());
     out.extend_from_slice(value);
 }
@@ -187,12 +193,19 @@ impl<'a> Reader<'a> {
         let key_len = self.u8()? as usize;
         let key = self.bytes(key_len)?.to_vec();
         match kind {
-            OP_PUT => {
-                let meta = NewMeta {
+            OP_PUT | OP_PUT_V1 => {
+                let mut meta = NewMeta {
                     mode: self.u32()?,
                     uid: self.u32()?,
                     gid: self.u32()?,
                     mtime_ns: self.u64()?,
+                    ctime_ns: 0,
+                };
+                // Before ctime was kept, the last change was the last write.
+                meta.ctime_ns = if kind == OP_PUT {
+                    self.u64()?
+                } else {
+                    meta.mtime_ns
                 };
                 let len = self.u32()? as usize;
                 let value = self.bytes(len)?.to_vec();

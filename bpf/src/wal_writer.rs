@@ -488,6 +488,7 @@ impl Assembler {
             mode: le_u32(b, m + offset_of!(Meta, mode)),
             uid: le_u32(b, m + offset_of!(Meta, uid)),
             gid: le_u32(b, m + offset_of!(Meta, gid)),
+            ctime_ns: le_u64(b, m + offset_of!(Meta, ctime_ns)),
         };
         let len = le_u32(b, m + offset_of!(Meta, len)) as usize;
         match kind {
@@ -981,6 +982,7 @@ mod tests {
         uid: 7,
         gid: 8,
         mtime_ns: 11,
+        ctime_ns: 12,
     };
 
     /// A header fragment as wal_frag() builds it.
@@ -994,7 +996,8 @@ mod tests {
         f[28..32].copy_from_slice(&META.uid.to_le_bytes());
         f[32..36].copy_from_slice(&META.gid.to_le_bytes());
         f[36..40].copy_from_slice(&len.to_le_bytes());
-        f[40..40 + key.len()].copy_from_slice(key);
+        f[40..48].copy_from_slice(&META.ctime_ns.to_le_bytes());
+        f[48..48 + key.len()].copy_from_slice(key);
         f
     }
 

@@ -22,6 +22,7 @@ fn meta() -> NewMeta {
         uid: 1,
         gid: 2,
         mtime_ns: 3,
+        ctime_ns: 4,
     }
 }
 
@@ -221,6 +222,7 @@ fn set_meta_keeps_value() {
         uid: 1234,
         gid: 5678,
         mtime_ns: 99,
+        ctime_ns: 100,
     };
     s.set_meta(b"f", m).unwrap();
     let st = s.get(b"f", &mut out).unwrap();

@@ -23,11 +23,12 @@ fn meta(mode: u32, mtime_ns: u64) -> NewMeta {
         uid: 7,
         gid: 8,
         mtime_ns,
+        ctime_ns: mtime_ns + 1,
     }
 }
 
-/// Every key with its value, mode, uid, gid and mtime.
-type Dump = BTreeMap<Vec<u8>, (Vec<u8>, u32, u32, u32, u64)>;
+/// Every key with its value, mode, uid, gid, mtime and ctime.
+type Dump = BTreeMap<Vec<u8>, (Vec<u8>, u32, u32, u32, u64, u64)>;
 
 fn dump(db: &Db) -> Dump {
     let mut s = db.session();
@@ -38,7 +39,7 @@ fn dump(db: &Db) -> Dump {
         let mut v = Vec::new();
         let st = s.get(&n, &mut v).unwrap();
         let m = st.meta;
-        out.insert(n, (v, m.mode, m.uid, m.gid, m.mtime_ns));
+        out.insert(n, (v, m.mode, m.uid, m.gid, m.mtime_ns, m.ctime_ns));
     }
     out
 }

@@ -47,6 +47,7 @@ fn meta(mtime_ns: u64) -> NewMeta {
         uid: 1,
         gid: 2,
         mtime_ns,
+        ctime_ns: mtime_ns,
     }
 }
 

@@ -271,3 +271,36 @@ fn a_version_1_checkpoint_is_still_read() {
     let buf = std::fs::read(&path).unwrap();
     assert_eq!(buf[8..12], wal::CHECKPOINT_VERSION.to_le_bytes());
 }
+
+#[test]
+fn a_version_1_log_is_still_read_and_its_ctime_is_its_mtime() {
+    // A segment as version 1 wrote it: PUT_V1 ops, without ctime_ns.
+    let dir = tempfile::tempdir().unwrap();
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&5u64.to_le_bytes()); // ts
+    payload.extend_from_slice(&1u32.to_le_bytes()); // n_ops
+    payload.extend_from_slice(&[wal::OP_PUT_V1, 3]);
+    payload.extend_from_slice(b"old");
+    for v in [0o100640u32, 7, 8] {
+        payload.extend_from_slice(&v.to_le_bytes());
+    }
+    payload.extend_from_slice(&1234u64.to_le_bytes()); // mtime_ns
+    payload.extend_from_slice(&2u32.to_le_bytes());
+    payload.extend_from_slice(b"hi");
+    let mut segment = wal::file_header(wal::WAL_MAGIC, 1).to_vec();
+    wal::frame(&mut segment, 1, &payload);
+    std::fs::write(seg(dir.path(), 1), segment).unwrap();
+
+    let db = Db::open(&opts(dir.path())).unwrap();
+    let mut out = Vec::new();
+    let st = db.session().get(b"old", &mut out).unwrap();
+    assert_eq!(out, b"hi");
+    assert_eq!((st.meta.mode, st.meta.uid, st.meta.gid), (0o100640, 7, 8));
+    assert_eq!((st.meta.mtime_ns, st.meta.ctime_ns), (1234, 1234));
+    // The log goes on in the current version, and both are read back.
+    set(&db, "new", "2");
+    drop(db);
+    let db = Db::open(&opts(dir.path())).unwrap();
+    assert_eq!(get(&db, "old").as_deref(), Some("hi"));
+    assert_eq!(get(&db, "new").as_deref(), Some("2"));
+}

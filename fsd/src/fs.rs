@@ -68,6 +68,8 @@ pub struct Attr {
     pub uid: u32,
     pub gid: u32,
     pub mtime_ns: u64,
+    /// Last change of the value or of the metadata (atime is mtime).
+    pub ctime_ns: u64,
     pub kind: Kind,
     pub nlink: u32,
     /// The kernel may keep these attributes (and the entry naming them)
@@ -97,14 +99,21 @@ impl SetAttr {
         self.mode.is_some() || self.uid.is_some() || self.gid.is_some()
     }
 
+    /// The new metadata; ctime is now. chmod by a caller that is neither
+    /// root nor in the file's group drops set-group-ID, as Linux does.
     fn apply(&self, meta: &Meta, mtime_ns: u64) -> NewMeta {
+        let gid = self.gid.unwrap_or(meta.gid);
+        let mode = self.mode.map_or(meta.mode, |m| {
+            let keep_sgid = self.by.is_root() || self.by.in_group(gid);
+            let m = if keep_sgid { m } else { m & !libc::S_ISGID };
+            libc::S_IFREG | (m & 0o7777)
+        });
         NewMeta {
-            mode: self
-                .mode
-                .map_or(meta.mode, |m| libc::S_IFREG | (m & 0o7777)),
+            mode,
             uid: self.uid.unwrap_or(meta.uid),
-            gid: self.gid.unwrap_or(meta.gid),
+            gid,
             mtime_ns,
+            ctime_ns: now_ns(),
         }
     }
 }
@@ -152,6 +161,10 @@ pub struct Fs {
     /// Permission bits of the root directory (see `share_root`).
     root_mode: u32,
     started_ns: u64,
+    /// mtime and ctime of the root directory: the last time a key was
+    /// created, removed or renamed there by this daemon (its start before
+    /// the first; kept in memory only, so a restart starts it again).
+    root_changed_ns: AtomicU64,
     /// Cached readers, pending writers and commits per root key: they
     /// never overlap (see `keyuse`).
     uses: KeyUse,
@@ -189,6 +202,7 @@ impl Fs {
             },
             root_mode: 0o755,
             started_ns: now_ns(),
+            root_changed_ns: AtomicU64::new(now_ns()),
             uses: KeyUse::default(),
             invalidate: Box::new(|_| {}),
             counters: Counters::default(),
@@ -216,6 +230,12 @@ impl Fs {
         if let Some(ino) = self.inodes.held(&Place::key(ROOT_SCOPE, key)) {
             (self.invalidate)(ino);
         }
+    }
+
+    /// A key was created, removed or renamed at the root: the directory's
+    /// mtime and ctime move.
+    fn root_dir_changed(&self) {
+        self.root_changed_ns.fetch_max(now_ns(), Ordering::Relaxed);
     }
 
     /// Whether an operation on inode `ino`, or on root name `name` (if
@@ -458,11 +478,13 @@ impl Fs {
         let space = self.key_space("create", parent, name)?;
         let key = valid_key("create", name)?;
         space.writable("create", key)?;
+        let now = now_ns();
         let meta = NewMeta {
             mode: libc::S_IFREG | (mode & !umask & 0o7777),
             uid: who.uid,
             gid: who.gid,
-            mtime_ns: now_ns(),
+            mtime_ns: now,
+            ctime_ns: now,
         };
         let no_replace = SetFlags {
             no_replace: true,
@@ -481,6 +503,9 @@ impl Fs {
             Err(e) if e.errno == libc::EEXIST && flags & libc::O_EXCL == 0 => None,
             Err(e) => return Err(space.restate(e, "create", key)),
         };
+        if created.is_some() && matches!(space, Space::Root) {
+            self.root_dir_changed();
+        }
         let ino = self.inodes.remember(&Place::key(space.scope(), key))?;
         let opened = match created {
             Some(st) => self.open_created(ino, st, flags, who),
@@ -508,6 +533,7 @@ impl Fs {
             .map_err(|e| space.restate(e, "unlink", key))?;
         if let Space::Root = space {
             self.root_changed(key);
+            self.root_dir_changed();
         }
         self.inodes.unlinked(&Place::key(space.scope(), key));
         Ok(())
@@ -586,6 +612,7 @@ impl Fs {
         if let Space::Root = space {
             self.root_changed(from);
             self.root_changed(to);
+            self.root_dir_changed();
         }
         self.inodes.renamed(space.scope(), from, to);
         Ok(())
@@ -683,7 +710,13 @@ impl Fs {
     fn fixed_attr(&self, ino: u64) -> Attr {
         let (kind, mode, nlink, mtime_ns, size) = match ino {
             // "." and ".." plus the ".." of each subdirectory.
-            ROOT_INO => (Kind::Dir, self.root_mode, 4, self.started_ns, 0),
+            ROOT_INO => (
+                Kind::Dir,
+                self.root_mode,
+                4,
+                self.root_changed_ns.load(Ordering::Relaxed),
+                0,
+            ),
             // The length the content would have now; what a read returns is
             // rendered at open (direct I/O, so the size does not cut it).
             STATS_INO => (
@@ -723,6 +756,7 @@ impl Fs {
             uid: self.owner.uid,
             gid: self.owner.gid,
             mtime_ns,
+            ctime_ns: mtime_ns,
             kind,
             nlink,
             cacheable: false,
@@ -739,6 +773,7 @@ fn file_attr(ino: u64, meta: &Meta, len: usize) -> Attr {
         uid: meta.uid,
         gid: meta.gid,
         mtime_ns: meta.mtime_ns,
+        ctime_ns: meta.ctime_ns.max(meta.mtime_ns),
         kind: Kind::File,
         nlink: 1,
         cacheable: false,

@@ -154,7 +154,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         blocks: a.size.div_ceil(512),
         atime: t,
         mtime: t,
-        ctime: t,
+        ctime: time(a.ctime_ns),
         crtime: t,
         kind: match a.kind {
             Kind::File => FileType::RegularFile,

@@ -1206,8 +1206,8 @@ pub mod wal {
     /// Offset of the format version in a segment or checkpoint header.
     pub const VERSION_OFFSET: u64 = 8;
     /// The format versions bpfdb writes (bpf/src/wal.rs).
-    pub const SEGMENT_VERSION: u32 = 1;
-    pub const CHECKPOINT_VERSION: u32 = 2;
+    pub const SEGMENT_VERSION: u32 = 2;
+    pub const CHECKPOINT_VERSION: u32 = 3;
 
     /// `(offset, total length)` of each record of a segment, walking the length fields only
     /// (no checksums); stops at the first record that runs past the end of the file.
@@ -1274,20 +1274,21 @@ pub mod wal {
 
     /// The key names a checkpoint holds, in file order. It mirrors `write_checkpoint` of
     /// bpf/src/recovery.rs and `put_op` of bpf/src/wal.rs: after the 16-byte header come
-    /// `next_segment u64 | first_seq u64 | count u64` (checkpoint format 2), then `count` entries `2u8 | key_len u8 | key | mode u32 |
-    /// uid u32 | gid u32 | mtime_ns u64 | value_len u32 | value`, then a crc32c u32 of all before
+    /// `next_segment u64 | first_seq u64 | count u64` (checkpoint format 3), then `count` entries
+    /// `4u8 | key_len u8 | key | mode u32 | uid u32 | gid u32 | mtime_ns u64 | ctime_ns u64 |
+    /// value_len u32 | value`, then a crc32c u32 of all before
     /// it (not checked here: the daemon checks it at start). Panics on a file of another shape.
     #[track_caller]
     pub fn checkpoint_keys(path: &Path) -> Vec<Vec<u8>> {
-        const OP_PUT: u8 = 2;
+        const OP_PUT: u8 = 4;
         let buf = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         let bad = |why: &str| -> ! { panic!("{}: {why}", path.display()) };
         if buf.len() < HEADER_BYTES as usize + 20 || &buf[..8] != b"BPFDBCKP" {
             bad("not a checkpoint");
         }
         let body = &buf[..buf.len() - 4];
-        if buf[8..12] != 2u32.to_le_bytes() {
-            bad("not a checkpoint of format 2");
+        if buf[8..12] != CHECKPOINT_VERSION.to_le_bytes() {
+            bad(&format!("not a checkpoint of format {CHECKPOINT_VERSION}"));
         }
         let mut off = HEADER_BYTES as usize + 16;
         let take = |off: &mut usize, n: usize| -> &[u8] {
@@ -1309,7 +1310,7 @@ pub mod wal {
                 ));
             }
             let key = take(&mut off, usize::from(head[1])).to_vec();
-            take(&mut off, 4 + 4 + 4 + 8);
+            take(&mut off, 4 + 4 + 4 + 8 + 8);
             let len = u32::from_le_bytes(take(&mut off, 4).try_into().expect("4 bytes"));
             take(&mut off, len as usize);
             keys.push(key);

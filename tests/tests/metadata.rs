@@ -264,3 +264,90 @@ fn a_writer_sees_its_own_size_and_others_see_the_committed_one() {
         close $asked;'"#);
     assert_eq!(m.ok("cat k | od -An -c | tr -s ' '"), " h e\n");
 }
+
+/// `cp -p` and `cp -a` set the times and mode through the file they are writing (futimens,
+/// fchmod) before they close it: the commit at close keeps them.
+#[test]
+fn times_and_modes_set_through_an_open_writer_survive_its_commit() {
+    let m = Mount::new();
+    m.ok("printf data > $T/src && chmod 640 $T/src && touch -d @1000000000 $T/src");
+    m.ok("cp -p $T/src p && cp -a $T/src a");
+    assert_eq!(
+        m.ok("stat -c '%a %Y %s %n' p a"),
+        "640 1000000000 4 p\n640 1000000000 4 a\n"
+    );
+    // futimes after a write wins; a write after futimes moves mtime again.
+    m.ok(r#"perl -e '
+        open(my $f, ">", "k") or die "open: $!\n";
+        syswrite($f, "one") == 3 or die "write: $!\n";
+        utime(1200000000, 1200000000, $f) or die "futimes: $!\n";
+        close($f) or die "close: $!\n";
+        open($f, ">>", "k2") or die;
+        utime(1200000000, 1200000000, $f) or die "futimes: $!\n";
+        syswrite($f, "two") == 3 or die "write: $!\n";
+        close($f) or die "close: $!\n";'"#);
+    assert_eq!(m.ok("stat -c '%Y %s' k && cat k"), "1200000000 3\none");
+    let secs: i64 = m.ok("stat -c %Y k2").trim().parse().expect("mtime");
+    assert_near_now(&m, secs, "mtime of a write after futimes");
+}
+
+/// ctime is the time of the last change of any kind: chmod, chown and touch move it (and not
+/// mtime); a write moves both.
+#[test]
+fn chmod_chown_and_touch_move_ctime_and_a_write_moves_both() {
+    let m = Mount::new();
+    m.ok("echo v > k");
+    let times = |m: &Mount| -> (i128, i128) {
+        let t = m.ok("stat -c '%.9Y %.9Z' k");
+        let (y, z) = t.trim().split_once(' ').expect("two times");
+        (ns(y), ns(z))
+    };
+    let (m0, c0) = times(&m);
+    assert_eq!(
+        m0, c0,
+        "after a write, mtime and ctime are that write's time"
+    );
+    for cmd in ["chmod 600 k", "chown 1:1 k", "touch -m -d @1000000000 k"] {
+        let (_, before) = times(&m);
+        m.ok(cmd);
+        let (mt, ct) = times(&m);
+        assert!(ct > before, "{cmd} did not move ctime ({ct} vs {before})");
+        if cmd.starts_with("ch") {
+            assert_eq!(mt, m0, "{cmd} moved mtime");
+        }
+    }
+    let secs: i64 = m.ok("stat -c %Z k").trim().parse().expect("ctime");
+    assert_near_now(&m, secs, "ctime after touch -d");
+    m.ok("echo w > k");
+    let (mt, ct) = times(&m);
+    assert_eq!(mt, ct, "a write sets mtime and ctime alike");
+    assert!(mt > m0);
+}
+
+/// Creating, removing or renaming a key changes the root directory: its mtime and ctime move.
+#[test]
+fn create_remove_and_rename_move_the_root_directorys_times() {
+    let m = Mount::new();
+    let dir_times = |m: &Mount| m.ok("stat -c '%.9Y %.9Z' .");
+    for cmd in ["echo v > k", "mv k k2", "rm k2", "touch t"] {
+        let before = dir_times(&m);
+        m.ok(cmd);
+        let after = dir_times(&m);
+        let (b, a): (Vec<i128>, Vec<i128>) = (
+            before.split_whitespace().map(ns).collect(),
+            after.split_whitespace().map(ns).collect(),
+        );
+        assert!(
+            a[0] > b[0] && a[1] > b[1],
+            "{cmd}: root times {before} -> {after}"
+        );
+    }
+    // Rewriting an existing key leaves the directory alone.
+    let before = dir_times(&m);
+    m.ok("echo again > t");
+    assert_eq!(
+        dir_times(&m),
+        before,
+        "rewriting a key changed the directory"
+    );
+}

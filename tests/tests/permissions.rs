@@ -83,3 +83,31 @@ fn other_users_obey_modes_and_owners() {
     assert_eq!(m.ok("ls"), "private\npublic\n");
     assert_eq!(m.txn_state("t"), "active");
 }
+
+/// POSIX (as Linux does it): a write by a process without CAP_FSETID clears set-user-ID, and
+/// set-group-ID when group-execute is set; chmod by a non-member of the file's group drops
+/// set-group-ID.
+#[test]
+fn a_write_by_another_user_clears_setuid_and_chmod_by_a_non_member_drops_setgid() {
+    let m = Mount::builder().arg("--allow-other").start();
+    let top = m.path().parent().unwrap();
+    std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o755)).unwrap();
+    m.ok("echo v > both && chmod 6777 both && echo v > uid-only && chmod 6767 uid-only");
+    m.ok("echo v > nobodys && chown 65534:0 nobodys");
+    let nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups";
+    m.ok(&format!(
+        "{nobody} sh -c 'echo w >> both && echo w >> uid-only'"
+    ));
+    assert_eq!(
+        m.ok("stat -c '%a %n' both uid-only"),
+        "777 both\n2767 uid-only\n",
+        "a write by user 65534 must clear set-user-ID (and set-group-ID with group-execute)"
+    );
+    assert_eq!(m.ok("cat both uid-only"), "v\nw\nv\nw\n");
+    // nobody owns `nobodys` but is not in its group (0): chmod keeps the rest, not g+s.
+    m.ok(&format!("{nobody} chmod 2755 nobodys"));
+    assert_eq!(m.ok("stat -c %a nobodys"), "755\n");
+    // Root keeps both, on write and on chmod.
+    m.ok("chmod 6755 nobodys && echo r >> nobodys");
+    assert_eq!(m.ok("stat -c %a nobodys"), "6755\n");
+}

@@ -103,6 +103,11 @@ impl Fs {
                 let keys: Vec<&[u8]> = touched.iter().map(Vec::as_slice).collect();
                 let _quiet = self.root_commit(&keys);
                 let ts = open.txn.commit().map_err(|e| restate(e, what))?;
+                // The root directory's times move with any commit that
+                // touched keys (also one that only rewrote existing ones).
+                if !keys.is_empty() {
+                    self.root_dir_changed();
+                }
                 for key in keys {
                     self.root_changed(key);
                 }
@@ -135,6 +140,7 @@ impl Fs {
             uid: self.owner.uid,
             gid: self.owner.gid,
             mtime_ns: open.started_ns,
+            ctime_ns: open.started_ns,
             kind: Kind::File,
             nlink: 1,
             cacheable: false,

@@ -99,6 +99,9 @@ pub(super) struct Writer {
     /// until a commit of its own: a refused write then removes the key
     /// again, so a failed `echo v > new` leaves no empty key behind.
     created: Option<u64>,
+    /// Time of the last write or truncation through it (its open until
+    /// then): the commit's mtime.
+    written_ns: u64,
     /// Who opened it; fstat from the same process shows this buffer.
     by: Caller,
     /// `by`'s process, looked up in /proc the first time it is asked for.
@@ -252,6 +255,7 @@ impl Fs {
             return Err(self.refuse(w, e, "truncate"));
         }
         w.buf.resize(len, 0);
+        w.written_ns = now_ns();
         self.track_writer(w, true);
         w.dirty = true;
         w.truncated = false;
@@ -309,9 +313,10 @@ impl Fs {
                     mode: meta.mode,
                     uid: meta.uid,
                     gid: meta.gid,
-                    // An unchanged value keeps its mtime; a truncation is
+                    // An unchanged value keeps its times; a truncation is
                     // a change.
                     mtime_ns: if truncate { now_ns() } else { meta.mtime_ns },
+                    ctime_ns: if truncate { now_ns() } else { meta.ctime_ns },
                 };
                 let must_exist = SetFlags {
                     no_replace: false,
@@ -498,6 +503,7 @@ impl Fs {
             w.buf.resize(end, 0);
         }
         w.buf[start..end].copy_from_slice(data);
+        w.written_ns = now_ns();
         self.track_writer(w, true);
         w.dirty = true;
         w.truncated = false;
@@ -641,6 +647,7 @@ impl Fs {
                 }
                 txn.commit()?;
                 self.root_changed(&name);
+                self.root_dir_changed();
             }
             Space::Open(_) => space.delete(&self.db, &name)?,
         }
@@ -684,11 +691,28 @@ impl Fs {
             Err(e) if e.errno == libc::ENOENT => w.meta,
             Err(e) => return Err(space.restate(e, op, &key)),
         };
+        // The value changed at the last write. An mtime set since then
+        // (futimens through the open file: `cp -p`) is later, so it wins.
+        let set_since = base.mtime_ns != w.meta.mtime_ns && base.ctime_ns > w.written_ns;
+        let mut mode = base.mode;
+        // A write by anyone but root clears set-user-ID, and set-group-ID
+        // where group-execute is set (as Linux does without CAP_FSETID).
+        if !w.by.is_root() {
+            mode &= !libc::S_ISUID;
+            if mode & libc::S_IXGRP != 0 {
+                mode &= !libc::S_ISGID;
+            }
+        }
         let meta = NewMeta {
-            mode: base.mode,
+            mode,
             uid: base.uid,
             gid: base.gid,
-            mtime_ns: now_ns(),
+            mtime_ns: if set_since {
+                base.mtime_ns
+            } else {
+                w.written_ns
+            },
+            ctime_ns: w.written_ns.max(base.ctime_ns),
         };
         let st = space
             .set(&self.db, &key, &w.buf, meta, SetFlags::default())
@@ -857,6 +881,7 @@ impl Writer {
             refused: None,
             room: Reservation::default(),
             created: None,
+            written_ns: now_ns(),
             by,
             process: OnceLock::new(),
         }

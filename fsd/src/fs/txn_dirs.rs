@@ -113,6 +113,7 @@ impl Fs {
             uid: self.owner.uid,
             gid: self.owner.gid,
             mtime_ns: open.started_ns,
+            ctime_ns: open.started_ns,
             kind: Kind::Dir,
             nlink: 2,
             cacheable: false,
