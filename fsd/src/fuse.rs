@@ -507,7 +507,8 @@ impl Filesystem for FuseFs {
         );
     }
 
-    // Permission bits are recorded, not enforced (docs/SEMANTICS.md).
+    // The kernel checks the recorded modes itself (`default_permissions`,
+    // always on) and so never asks; nothing more to check here.
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         reply.ok();
     }
