@@ -1,14 +1,17 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * txn.bpf.h - transaction stages: BEGIN, COMMIT, ABORT and RELEASE.
+ * txn_stages.inc.c - transaction stages: BEGIN, COMMIT, ABORT and RELEASE.
+ *
+ * Programs, not declarations: included once, at the end of engine.bpf.c,
+ * so that they share its object (one skeleton, one prog array of stages).
  *
  * Strict two-phase locking: every lock a transaction takes stays in its lock
  * set until RELEASE, which runs after its commit was stamped (or its staged
  * writes undone). Lock sets are walked with bpf_loop, so a transaction of
  * DB_TXN_MAX_LOCKS keys verifies like one of a single key.
  */
-#ifndef TXN_BPF_H
-#define TXN_BPF_H
+#ifndef TXN_STAGES_INC_C
+#define TXN_STAGES_INC_C
 
 #include "record.bpf.h"
 #include "wal.bpf.h"
@@ -274,4 +277,4 @@ int stage_release(struct pt_regs *ctx)
 	return 0;
 }
 
-#endif /* TXN_BPF_H */
+#endif /* TXN_STAGES_INC_C */

@@ -752,4 +752,4 @@ int stage_scan(struct pt_regs *ctx)
 	return 0;
 }
 
-#include "txn.bpf.h"
+#include "txn_stages.inc.c" /* the transaction stages, programs of this object */
