@@ -1,102 +1,35 @@
-//! bpfdb engine binding: builds and loads the eBPF engine (`engine.bpf.c`),
+//! bpfdb engine binding: builds and loads the eBPF engine (`bpf/engine.bpf.c`),
 //! sizes its maps from [`Options`], attaches it to the in-process trigger,
-//! and offers a safe [`Db`]/[`Session`] API over the mmap'ed request slots.
+//! and offers a safe [`Db`]/[`Session`]/[`Txn`] API over the mmap'ed request
+//! slots, made durable by a write-ahead log.
+//!
+//! Layers, each importing only those before it:
+//! - `kernel`: the interface to the kernel (ABI mirror, loader, trigger, pins);
+//! - `types`, `error`, `options`: what every layer shares;
+//! - `durability`: the log's format, its writer, recovery and checkpoints;
+//! - `shared`: the state one open database shares (slots, gate, log);
+//! - `kv`: sessions, transactions and value-memory reservations on it;
+//! - `db`: `Db`, composing all of them; nothing imports it.
 
-pub mod abi;
 mod db;
-mod engine;
+mod durability;
 mod error;
-mod log_file;
-mod pin;
-mod recovery;
-mod room;
-pub mod trigger;
-mod txn;
-pub mod wal;
-mod wal_writer;
+mod kernel;
+mod kv;
+mod options;
+mod shared;
+mod types;
 
-pub use abi::{Meta, Stats};
-pub use db::{
-    CheckpointReport, Db, NewMeta, Session, SetFlags, Stat, TRANSIENT_RETRIES, check_key, key_hash,
-};
-pub use engine::Layout;
+pub use db::{CheckpointReport, Db};
+pub use durability::format as wal;
+pub use durability::segment_file::{FOREVER, HOLD_LIMIT, LogFaults};
 pub use error::{Error, Result};
-pub use log_file::{FOREVER, HOLD_LIMIT, LogFaults};
-pub use pin::unpin;
-pub use room::{Need, Reservation};
-pub use txn::{Txn, TxnState};
-
-/// Engine sizes, fixed when the engine is loaded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Options {
-    /// Most keys the records map holds (live keys plus keys still holding
-    /// old versions).
-    pub max_keys: u32,
-    /// Largest value in bytes, at most 1 MiB.
-    pub max_value: u32,
-    /// Bytes of page memory for values over 128 bytes. Small values get
-    /// their own pool sized from max_keys.
-    pub value_mem_bytes: u64,
-    /// Request slots: one per thread using the engine at once.
-    pub slots: u32,
-    /// Seed of the key hash; a database keeps one for its life.
-    pub hash_seed: u64,
-    /// Transactions and snapshots open at once (at most 64).
-    pub max_txns: u32,
-    /// Where the log and checkpoints live; None: memory only, no log.
-    pub data_dir: Option<std::path::PathBuf>,
-    /// When a commit counts as durable (see `SyncMode`).
-    pub sync: SyncMode,
-    /// Bytes of the kernel ringbuf that carries log records to user space;
-    /// a power of two. Bounds the log size of one commit.
-    pub wal_buffer_bytes: u64,
-    /// Log bytes after which a checkpoint is taken and the log truncated.
-    pub checkpoint_bytes: u64,
-    /// Start even when the log is corrupt before its end (data after the
-    /// corruption is lost).
-    pub allow_corrupt_log: bool,
-    /// Pin the data maps here (a bpffs directory) so a restarted daemon
-    /// reuses them instead of replaying the log. None: nothing is pinned.
-    pub pin_dir: Option<std::path::PathBuf>,
-    /// CAS attempts on a lock word other readers keep changing before the
-    /// op is retried from user space; 0: the engine's default
-    /// (DB_LOCK_CAS_TRIES). Tests lower it to make contention common.
-    pub lock_cas_tries: u32,
-    /// Test hook: faults for the log writer to hit (see `LogFaults`).
-    /// None, the default, in any real use.
-    pub log_faults: Option<std::sync::Arc<LogFaults>>,
-}
-
-/// When a commit is acknowledged, and what a crash can lose.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SyncMode {
-    /// After its log record is fsynced (group commit). Loses nothing.
-    Commit,
-    /// After its record is written; fsync every N ms. A power failure
-    /// loses up to N ms of commits; a daemon crash loses nothing acked.
-    Interval(u32),
-    /// After its record is written; fsync only at checkpoints. A power
-    /// failure loses what the OS had not written back.
-    None,
-}
-
-impl Default for Options {
-    fn default() -> Options {
-        Options {
-            max_keys: 100_000,
-            max_value: abi::VALUE_LIMIT as u32,
-            value_mem_bytes: 256 << 20,
-            slots: 16,
-            hash_seed: 0,
-            max_txns: abi::MAX_USER_TXNS,
-            data_dir: None,
-            sync: SyncMode::Commit,
-            wal_buffer_bytes: 64 << 20,
-            checkpoint_bytes: 256 << 20,
-            allow_corrupt_log: false,
-            pin_dir: None,
-            lock_cas_tries: 0,
-            log_faults: None,
-        }
-    }
-}
+pub use kernel::abi::{self, Meta, Stats};
+pub use kernel::layout::Layout;
+pub use kernel::pin::unpin;
+pub use kernel::trigger;
+pub use kv::room::{Need, Reservation};
+pub use kv::session::{Session, TRANSIENT_RETRIES};
+pub use kv::txn::{Txn, TxnState};
+pub use options::{Options, SyncMode};
+pub use types::{NewMeta, SetFlags, Stat, check_key, key_hash};

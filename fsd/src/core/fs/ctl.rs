@@ -11,8 +11,8 @@ use bpfdb::{Error, Result};
 use log::info;
 
 use super::{Attr, Fs, Kind, Opened, restate, show};
-use crate::inodes::ROOT_SCOPE;
-use crate::txns::Open;
+use crate::core::inodes::ROOT_SCOPE;
+use crate::core::txns::Open;
 
 use super::files::Handle;
 

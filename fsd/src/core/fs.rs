@@ -10,18 +10,19 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bpfdb::{Db, Error, Meta, NewMeta, Result, SetFlags, check_key};
 
-use crate::caller::Caller;
-use crate::handles::{Handles, lock};
-use crate::inodes::{
+use crate::core::caller::Caller;
+pub use crate::core::clock::now_ns;
+use crate::core::handles::{Handles, lock};
+use crate::core::inodes::{
     CTL_INO, FIRST_KEY_INO, Inodes, Place, ROOT_INO, ROOT_SCOPE, SNAP_INO, STATS_INO, TXN_INO,
 };
-use crate::keyuse::{CommitGuard, KeyUse};
-use crate::stats::{self, DaemonStats, FsStat};
-use crate::txns::{self, Open, Reaper, TxnKind, Txns};
+use crate::core::keyuse::{CommitGuard, KeyUse};
+use crate::core::stats::{self, DaemonStats, FsStat};
+use crate::core::txns::{self, Open, Reaper, TxnKind, Txns};
 
 #[cfg(test)]
 mod cache_tests;
@@ -849,10 +850,4 @@ fn ino_name(ino: u64) -> &'static str {
         CTL_INO => "\".ctl\"",
         _ => "reserved inode",
     }
-}
-
-pub fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }

@@ -8,8 +8,8 @@ use bpfdb::{Error, Result, check_key};
 use log::{info, warn};
 
 use super::{Attr, Fs, Kind, restate, show};
-use crate::inodes::Place;
-use crate::txns::{Open, TxnKind};
+use crate::core::inodes::Place;
+use crate::core::txns::{Open, TxnKind};
 
 impl Fs {
     pub(super) fn lookup_txn_dir(&self, kind: TxnKind, name: &[u8]) -> Result<Attr> {

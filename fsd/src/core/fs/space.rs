@@ -9,10 +9,10 @@ use std::sync::Arc;
 use bpfdb::{Db, Error, Meta, NewMeta, Result, SetFlags, Stat};
 
 use super::{Attr, Fs, file_attr, ino_name, restate, show};
-use crate::inodes::{
+use crate::core::inodes::{
     CTL_INO, FIRST_KEY_INO, Place, ROOT_INO, ROOT_SCOPE, Resolved, SNAP_INO, STATS_INO, TXN_INO,
 };
-use crate::txns::{Open, TxnKind};
+use crate::core::txns::{Open, TxnKind};
 
 /// The directory an operation names its entry in.
 pub(super) enum Parent {

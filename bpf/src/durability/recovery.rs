@@ -13,10 +13,13 @@ use std::time::Instant;
 
 use log::{info, warn};
 
-use crate::db::{Db, NewMeta, SetFlags};
+use crate::durability::format::{self as wal, LogOp};
+use crate::durability::writer::{read_file, sync_dir};
 use crate::error::{Error, Result};
-use crate::wal::{self, LogOp};
-use crate::wal_writer::{read_file, sync_dir};
+use crate::types::NewMeta;
+
+/// Applies one replayed op to the keys (the `Db` passes its sessions).
+pub(crate) type Apply<'a> = &'a mut dyn FnMut(&LogOp) -> Result<()>;
 
 /// Progress is logged every this many bytes of log replayed.
 const PROGRESS_BYTES: usize = 64 << 20;
@@ -37,19 +40,6 @@ fn cut(path: &Path, offset: usize) -> Result<()> {
 pub(crate) struct Recovered {
     pub segment: u64,
     pub next_seq: u64,
-}
-
-fn apply(db: &Db, op: &LogOp) -> Result<()> {
-    let mut s = db.session();
-    match op {
-        LogOp::Put { key, meta, value } => {
-            s.set(key, value, *meta, SetFlags::default()).map(|_| ())
-        }
-        LogOp::Del { key } => match s.delete(key) {
-            Err(e) if e.errno != libc::ENOENT => Err(e),
-            _ => Ok(()),
-        },
-    }
 }
 
 /// Where the log starts after a checkpoint: the segment replay begins
@@ -109,7 +99,7 @@ fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
     }))
 }
 
-fn load_checkpoint(db: &Db, dir: &Path) -> Result<(LogStart, bool)> {
+fn load_checkpoint(apply: Apply<'_>, dir: &Path) -> Result<(LogStart, bool)> {
     let t = Instant::now();
     let Some(Checkpoint {
         start,
@@ -129,7 +119,7 @@ fn load_checkpoint(db: &Db, dir: &Path) -> Result<(LogStart, bool)> {
                 format!("{what}: malformed entry; refusing to start"),
             )
         })?;
-        apply(db, &op)?;
+        apply(&op)?;
     }
     info!(
         "recovery: checkpoint of {n} keys loaded in {:?}; replaying from segment {}",
@@ -193,9 +183,9 @@ fn replayed_segments(dir: &Path, start: u64, ckpt: bool, allow_corrupt: bool) ->
     Ok(segments)
 }
 
-/// Replays the checkpoint and the log into the engine (log emission off).
-pub(crate) fn recover(db: &Db, dir: &Path, allow_corrupt: bool) -> Result<Recovered> {
-    let (start, ckpt) = load_checkpoint(db, dir)?;
+/// Replays the checkpoint and the log through `apply` (log emission off).
+pub(crate) fn recover(apply: Apply<'_>, dir: &Path, allow_corrupt: bool) -> Result<Recovered> {
+    let (start, ckpt) = load_checkpoint(&mut *apply, dir)?;
     let segments = replayed_segments(dir, start.segment, ckpt, allow_corrupt)?;
     let total: u64 = segments
         .iter()
@@ -237,7 +227,7 @@ pub(crate) fn recover(db: &Db, dir: &Path, allow_corrupt: bool) -> Result<Recove
         let expected = next_seq.or_else(|| wal::first_seq(&buf)).unwrap_or(1);
         let scan = wal::scan_segment(&buf, expected, |commit, end| {
             for op in &commit.ops {
-                apply(db, op)?;
+                apply(op)?;
             }
             if done + end >= next_report {
                 next_report += PROGRESS_BYTES;
@@ -341,26 +331,30 @@ pub(crate) fn resume(dir: &Path) -> Result<Recovered> {
     Ok(Recovered { segment, next_seq })
 }
 
-/// Writes a checkpoint of the snapshot `snap` atomically: temp file, fsync,
-/// rename, fsync of the directory. Replay then starts at `next_segment`,
-/// whose first record has seq `first_seq`.
+/// Reads one key of the snapshot a checkpoint writes: its value into the
+/// buffer, and its metadata.
+pub(crate) type Get<'a> = &'a mut dyn FnMut(&[u8], &mut Vec<u8>) -> Result<NewMeta>;
+
+/// Writes a checkpoint of the keys `names` (read through `get`, from one
+/// snapshot) atomically: temp file, fsync, rename, fsync of the directory.
+/// Replay then starts at `next_segment`, whose first record has seq
+/// `first_seq`.
 pub(crate) fn write_checkpoint(
-    snap: &crate::Txn,
+    names: &[Vec<u8>],
+    get: Get<'_>,
     dir: &Path,
     next_segment: u64,
     first_seq: u64,
 ) -> Result<u64> {
-    let mut names = Vec::new();
-    snap.scan(|n| names.push(n.to_vec()))?;
     let mut body = Vec::with_capacity(1 << 20);
     body.extend_from_slice(&wal::file_header(wal::CKPT_MAGIC, wal::CHECKPOINT_VERSION));
     body.extend_from_slice(&next_segment.to_le_bytes());
     body.extend_from_slice(&first_seq.to_le_bytes());
     body.extend_from_slice(&(names.len() as u64).to_le_bytes());
     let mut value = Vec::new();
-    for name in &names {
-        let st = snap.get(name, &mut value)?;
-        wal::put_op(&mut body, name, &NewMeta::of(&st.meta), &value);
+    for name in names {
+        let meta = get(name, &mut value)?;
+        wal::put_op(&mut body, name, &meta, &value);
     }
     let crc = crc32c::crc32c(&body);
     body.extend_from_slice(&crc.to_le_bytes());

@@ -16,9 +16,9 @@ use fuser::{
 };
 use log::{debug, info, warn};
 
-use crate::caller::Caller;
-use crate::fs::{Attr, Fs, Invalidate, Kind, Opened, SetAttr, now_ns};
-use crate::waiters::Waiters;
+use crate::core::caller::Caller;
+use crate::core::fs::{Attr, Fs, Invalidate, Kind, Opened, SetAttr, now_ns};
+use crate::daemon::waiters::Waiters;
 
 /// How long the kernel may keep a root key's entry and attributes. Not what
 /// keeps them right: every commit that changes a root key drops them first

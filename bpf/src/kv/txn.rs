@@ -12,9 +12,13 @@ use std::time::{Duration, Instant};
 
 use log::info;
 
-use crate::abi::{self, Detail, Op};
-use crate::db::{Db, NewMeta, Session, SetFlags, Stat, check_key};
+use crate::kernel::abi::{self, Detail, Op};
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
+use crate::kv::session::Session;
+use crate::shared::Inner as Shared;
+use crate::types::{NewMeta, SetFlags, Stat, check_key};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TxnState {
@@ -32,7 +36,7 @@ struct Inner {
 }
 
 pub struct Txn {
-    db: Db,
+    shared: Arc<Shared>,
     idx: u32,
     /// Entry reserved for checkpoints: never on the free list.
     reserved: bool,
@@ -42,29 +46,19 @@ pub struct Txn {
     inner: Mutex<Inner>,
 }
 
-impl Db {
-    /// Starts a transaction; `read_only` makes it a snapshot.
-    pub fn begin(&self, read_only: bool) -> Result<Txn> {
-        self.begin_at(None, read_only)
-    }
-
-    /// Starts a transaction in entry `reserved`, or in a free one.
-    pub(crate) fn begin_at(&self, reserved: Option<u32>, read_only: bool) -> Result<Txn> {
-        self.begin_in(&mut self.inner.session(), reserved, read_only)
-    }
-
+impl Txn {
     /// begin_at through a session the caller holds: a checkpoint takes its
     /// slot before the gate, as writers do, and must not ask for a second
     /// one while holding the gate.
     pub(crate) fn begin_in(
-        &self,
+        shared: &Arc<Shared>,
         s: &mut Session<'_>,
         reserved: Option<u32>,
         read_only: bool,
     ) -> Result<Txn> {
         let idx = match reserved {
             Some(idx) => idx,
-            None => self.take_entry()?,
+            None => take_entry(shared)?,
         };
         let (txn, txn_id) = (s.txn, s.txn_id);
         s.txn = idx + 1;
@@ -74,7 +68,7 @@ impl Db {
         (s.txn, s.txn_id) = (txn, txn_id);
         match r {
             Ok(resp) => Ok(Txn {
-                db: self.clone(),
+                shared: shared.clone(),
                 idx,
                 reserved: reserved.is_some(),
                 id: resp.txn_id,
@@ -88,37 +82,34 @@ impl Db {
             }),
             Err(e) => {
                 if reserved.is_none() {
-                    self.give_back_entry(idx);
+                    give_back_entry(shared, idx);
                 }
                 Err(e)
             }
         }
     }
+}
 
-    fn give_back_entry(&self, idx: u32) {
-        self.inner
-            .free_txns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(idx);
-    }
+/// Returns a transaction entry to the pool.
+fn give_back_entry(shared: &Shared, idx: u32) {
+    shared
+        .free_txns
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(idx);
+}
 
-    fn take_entry(&self) -> Result<u32> {
-        let mut free = self
-            .inner
-            .free_txns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        free.pop().ok_or_else(|| {
-            Error::new(
-                libc::EAGAIN,
-                format!(
-                    "all {} transaction entries are in use (max_txns)",
-                    self.options().max_txns
-                ),
-            )
-        })
-    }
+fn take_entry(shared: &Shared) -> Result<u32> {
+    let mut free = shared.free_txns.lock().unwrap_or_else(|p| p.into_inner());
+    free.pop().ok_or_else(|| {
+        Error::new(
+            libc::EAGAIN,
+            format!(
+                "all {} transaction entries are in use (max_txns)",
+                shared.opts.max_txns
+            ),
+        )
+    })
 }
 
 impl std::fmt::Debug for Txn {
@@ -174,7 +165,7 @@ impl Txn {
             ));
         }
         inner.last_used = Instant::now();
-        let mut s = self.db.inner.session();
+        let mut s = self.shared.session();
         s.txn = self.idx + 1;
         s.txn_id = self.id;
         let r = f(&mut s, &mut inner);
@@ -266,14 +257,14 @@ impl Txn {
         let ts = self.with("commit", |s, inner| {
             s.prepare_keyless(Op::Commit, 0);
             let resp = {
-                let _gate = self.db.inner.gate.read().unwrap_or_else(|p| p.into_inner());
+                let _gate = self.shared.gate.read().unwrap_or_else(|p| p.into_inner());
                 s.run("commit")?
             };
             inner.state = TxnState::Committed { ts: resp.ts };
             Ok(resp.ts)
         })?;
         if !self.read_only {
-            self.db.inner.durable(ts)?;
+            self.shared.durable(ts)?;
         }
         Ok(ts)
     }
@@ -310,7 +301,7 @@ impl Drop for Txn {
             }
         }
         if !self.reserved {
-            self.db.give_back_entry(self.idx);
+            give_back_entry(&self.shared, self.idx);
         }
     }
 }

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 pub const WAITERS: usize = 4;
 
 /// Names of the pool's threads begin with this (keyuse checks it).
-pub const THREAD_PREFIX: &str = "bpfdb-wait";
+pub use crate::core::keyuse::WAITER_THREAD_PREFIX as THREAD_PREFIX;
 
 type Job<T> = Box<dyn FnOnce(&T) + Send>;
 

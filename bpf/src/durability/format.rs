@@ -24,8 +24,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::db::NewMeta;
 use crate::error::{Error, Result};
+use crate::types::NewMeta;
 
 pub const WAL_MAGIC: &[u8; 8] = b"BPFDBWAL";
 pub const CKPT_MAGIC: &[u8; 8] = b"BPFDBCKP";

@@ -4,7 +4,7 @@ use bpfdb::{Db, Options};
 use std::time::Duration;
 
 use super::*;
-use crate::caller::Caller;
+use crate::core::caller::Caller;
 
 /// The process the tests act as (pid 1 exists on every machine).
 pub(super) const WHO: Caller = Caller {

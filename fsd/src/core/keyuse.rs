@@ -24,6 +24,11 @@ use log::info;
 /// see the new value from its next `read()`.
 pub const QUIET_TIMEOUT: Duration = Duration::from_millis(50);
 
+/// Threads whose names begin with this are the adapter's waiter pool
+/// (`daemon::waiters`), where a wait for cached readers may block: a wait
+/// anywhere else is counted in `waits_off_pool`.
+pub const WAITER_THREAD_PREFIX: &str = "bpfdb-wait";
+
 #[derive(Default)]
 struct Use {
     /// Open cached readers.
@@ -124,7 +129,7 @@ impl KeyUse {
         let mut t = self.lock();
         let on_pool = std::thread::current()
             .name()
-            .is_some_and(|n| n.starts_with(crate::waiters::THREAD_PREFIX));
+            .is_some_and(|n| n.starts_with(WAITER_THREAD_PREFIX));
         let mut counted = on_pool;
         loop {
             let busy = inos

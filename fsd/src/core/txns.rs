@@ -162,7 +162,7 @@ impl Txns {
             name: name.to_vec(),
             txn,
             started: Instant::now(),
-            started_ns: crate::fs::now_ns(),
+            started_ns: crate::core::clock::now_ns(),
             touched: Mutex::default(),
         });
         t.by_scope.insert(scope, open.clone());

@@ -17,15 +17,15 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
-use crate::SyncMode;
-use crate::abi::{
+use crate::durability::format as wal;
+use crate::durability::segment_file::{LogFaults, SegmentFile};
+use crate::error::{Error, Result};
+use crate::kernel::abi::{
     KEY_MAX, Meta, PAGE_SIZE, SMALL_CHUNK, VALUE_LIMIT, WAL_BEGIN, WAL_COMMIT, WAL_DEL, WAL_NUDGE,
     WAL_PUT, WalFrag,
 };
-use crate::db::NewMeta;
-use crate::error::{Error, Result};
-use crate::log_file::{LogFaults, SegmentFile};
-use crate::wal;
+use crate::options::SyncMode;
+use crate::types::NewMeta;
 
 /// How long the writer leaves the file alone after a failed write or fsync.
 const WRITE_RETRY: Duration = Duration::from_millis(100);
@@ -975,7 +975,7 @@ mod tests {
     //! sequences the engine emits (bpfdb.h, wal.bpf.h), whole and broken.
 
     use super::*;
-    use crate::wal::{LogOp, decode_commit};
+    use crate::durability::format::{LogOp, decode_commit};
 
     const META: NewMeta = NewMeta {
         mode: 0o100644,

@@ -13,9 +13,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::abi::{self, Stats};
-use crate::engine::Layout;
 use crate::error::{Error, Result};
+use crate::kernel::abi::{self, Stats};
+use crate::kernel::layout::Layout;
 
 /// Pool entries a value of some length takes (as `alloc_storage` in
 /// storage.bpf.h allocates them).

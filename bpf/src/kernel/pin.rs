@@ -9,9 +9,9 @@ use std::path::Path;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use log::info;
 
-use crate::abi::{self, PinnedLayout};
-use crate::engine::Layout;
 use crate::error::{Error, Result};
+use crate::kernel::abi::{self, PinnedLayout};
+use crate::kernel::layout::Layout;
 
 /// Maps holding data, by pin name. `bss` carries timestamps, allocator
 /// counters and statistics.

@@ -13,10 +13,12 @@ use log::{debug, warn};
 use super::ctl::Ctl;
 use super::space::Space;
 use super::{Attr, CACHE_MAX_VALUE, Fs, Kind, Opened, file_attr, ino_name, is_reserved, now_ns};
-use crate::caller::Caller;
-use crate::handles::lock;
-use crate::inodes::{CTL_INO, Place, ROOT_INO, ROOT_SCOPE, Resolved, SNAP_INO, STATS_INO, TXN_INO};
-use crate::txns::TxnKind;
+use crate::core::caller::Caller;
+use crate::core::handles::lock;
+use crate::core::inodes::{
+    CTL_INO, Place, ROOT_INO, ROOT_SCOPE, Resolved, SNAP_INO, STATS_INO, TXN_INO,
+};
+use crate::core::txns::TxnKind;
 
 pub(super) enum Handle {
     /// A value as it was at open (`.stats`: as rendered at open).

@@ -1,0 +1,72 @@
+//! The sizes of the engine's maps, derived from the options once at load
+//! (and compared with a pinned engine's at a hot restart).
+
+use crate::error::{Error, Result};
+use crate::kernel::abi::{self, Slot};
+use crate::options::Options;
+
+/// Sizes of the kernel maps, derived from the options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub max_keys: u32,
+    pub small_chunks: u32,
+    pub pages: u32,
+    pub slots: u32,
+    /// Bytes of the log ringbuf (a power of two).
+    pub wal_buffer: u32,
+}
+
+impl Layout {
+    pub fn from_options(o: &Options) -> Result<Layout> {
+        if o.max_keys == 0 || o.slots == 0 || o.slots > abi::MAX_SLOTS {
+            return Err(Error::new(
+                libc::EINVAL,
+                format!("max_keys must be > 0 and slots 1..={}", abi::MAX_SLOTS),
+            ));
+        }
+        // One small chunk per key, plus a quarter for versions kept for
+        // readers and writes in flight.
+        let small_chunks = o
+            .max_keys
+            .saturating_add(o.max_keys / 4)
+            .saturating_add(1024);
+        let pages = u32::try_from(o.value_mem_bytes / abi::PAGE_SIZE as u64)
+            .map_err(|_| Error::new(libc::EINVAL, "value_mem too large"))?;
+        if pages < 1 + abi::VALUE_LIMIT as u32 / abi::PAGE_SIZE as u32 {
+            return Err(Error::new(
+                libc::EINVAL,
+                "value_mem must hold at least one 1 MiB value",
+            ));
+        }
+        // Without a log the ringbuf is never written: keep it one page.
+        let wal_buffer = if o.data_dir.is_some() {
+            o.wal_buffer_bytes
+        } else {
+            4096
+        };
+        if !wal_buffer.is_power_of_two() || !(4096..=1 << 30).contains(&wal_buffer) {
+            return Err(Error::new(
+                libc::EINVAL,
+                format!("wal_buffer must be a power of two from 4 KiB to 1 GiB, not {wal_buffer}"),
+            ));
+        }
+        Ok(Layout {
+            max_keys: o.max_keys,
+            small_chunks,
+            pages,
+            slots: o.slots,
+            wal_buffer: wal_buffer as u32,
+        })
+    }
+
+    /// Bytes of map memory this layout preallocates (approximate: without
+    /// the hash map's per-element header).
+    pub fn map_bytes(&self) -> u64 {
+        let record = (std::mem::size_of::<abi::HKey>() + abi::RECORD_SIZE) as u64;
+        self.max_keys as u64 * record
+            + self.small_chunks as u64 * (abi::SMALL_CHUNK as u64 + 4)
+            + self.pages as u64 * (abi::PAGE_SIZE as u64 + 4)
+            + self.slots as u64 * std::mem::size_of::<Slot>() as u64
+            + self.wal_buffer as u64
+    }
+}

@@ -1,0 +1,45 @@
+//! The state one open database shares between its `Db` handles, sessions
+//! and transactions: the loaded engine, the pools of request slots and of
+//! transaction entries, the commit gate, the log writer and the value
+//! memory promised to open writers.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
+
+use crate::durability::writer::Log;
+use crate::error::Result;
+use crate::kernel::engine::Engine;
+use crate::kv::room::Room;
+use crate::options::Options;
+
+pub(crate) struct Inner {
+    pub(crate) engine: Engine,
+    pub(crate) opts: Options,
+    pub(crate) free_slots: Mutex<Vec<u32>>,
+    pub(crate) slot_freed: Condvar,
+    /// Sessions that found every slot taken and had to wait: 0 when the
+    /// slots are sized for every thread that can hold one.
+    pub(crate) slot_waits: AtomicU64,
+    /// Transaction table entries not in use (user space hands them out).
+    pub(crate) free_txns: Mutex<Vec<u32>>,
+    /// Writers hold it shared around a commit; a checkpoint holds it
+    /// exclusively for the moment it needs no commit in flight. Everyone
+    /// takes a slot (a Session) before this gate, never after.
+    pub(crate) gate: RwLock<()>,
+    /// The log writer, once recovery is done (None without a data dir).
+    pub(crate) log: OnceLock<Log>,
+    /// One checkpoint at a time.
+    pub(crate) checkpointing: Mutex<()>,
+    /// Value memory promised to open writers (see `room`).
+    pub(crate) room: Arc<Room>,
+}
+
+impl Inner {
+    /// Waits for the commit at `ts` to be durable, per the sync mode.
+    pub(crate) fn durable(&self, ts: u64) -> Result<()> {
+        match self.log.get() {
+            Some(log) => log.wait_durable(ts),
+            None => Ok(()),
+        }
+    }
+}
