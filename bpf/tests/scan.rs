@@ -10,11 +10,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bpfdb::{Db, NewMeta, Options, SetFlags};
 
 /// Untouched keys, with ~195-byte names: several scan batches.
 const KEYS: usize = 10_000;
+/// Longest a scan waits, at its first key, for a churn commit to land.
+const OVERLAP_WAIT: Duration = Duration::from_secs(10);
 /// Scans per view (root, snapshot, transaction).
 const SCANS: usize = 8;
 /// Checkpoints under churn (the bug this guards against lost a key in
@@ -121,13 +124,28 @@ fn check_listing(what: &str, names: &[Vec<u8>]) {
     );
 }
 
-/// Runs `scan` while churn commits: the scan must overlap commits.
+/// Runs `scan` while churn commits. The scan is made to overlap commits on
+/// purpose, not by luck of scheduling: at its first key it waits (at most
+/// `OVERLAP_WAIT`) until a churn commit has landed since it began.
 fn scan_during_churn(what: &str, churn: &Churn, scan: impl Fn(&mut dyn FnMut(&[u8]))) {
     let before = churn.commits();
     let mut names = Vec::new();
-    scan(&mut |n| names.push(n.to_vec()));
+    let mut overlapped = false;
+    scan(&mut |n| {
+        if !overlapped {
+            let deadline = Instant::now() + OVERLAP_WAIT;
+            while churn.commits() == before && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            overlapped = true;
+        }
+        names.push(n.to_vec());
+    });
     let during = churn.commits() - before;
-    assert!(during > 0, "{what}: no churn commit ran during the scan");
+    assert!(
+        during > 0,
+        "{what}: no churn commit ran during the scan in {OVERLAP_WAIT:?}"
+    );
     check_listing(what, &names);
 }
 

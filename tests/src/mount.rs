@@ -173,9 +173,14 @@ impl Mount {
         };
         self.runs += 1;
         let log_file = File::create(&log).expect("create daemon log");
-        self.log = log;
+        self.log = log.clone();
         let bin = daemon_bin();
         let mut args = self.builder.args();
+        // A background daemon logs to its log file once it detaches: the same file.
+        if !self.builder.foreground {
+            args.push("--log-file".into());
+            args.push(log.clone().into());
+        }
         args.extend(extra.iter().cloned());
         args.push(self.data.clone().into());
         args.push(self.mnt.clone().into());

@@ -113,3 +113,66 @@ fn trigger_starts_with_a_5_byte_nop() {
     );
     assert!(fields[2].starts_with("nop"), "first instruction: {first:?}");
 }
+
+/// Once in the background, the daemon leaves the terminal (or pipe) that started it: `bpfdb D M
+/// 2>&1 | cat` returns at once, having said where the log goes, and the daemon's lines go to
+/// that file (`DATA_DIR/bpfdb.log` unless `--log-file` names another).
+#[test]
+fn a_background_daemon_logs_to_its_file_and_leaves_the_callers_pipe() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, mnt) = (dir.path().join("data"), dir.path().join("mnt"));
+    std::fs::create_dir_all(&mnt).expect("mkdir mnt");
+    let bin = daemon_bin();
+    let out = run_with_timeout(
+        Command::new("sh").arg("-c").arg(format!(
+            "timeout 60 sh -c '{} --max-keys 1000 --value-mem 8M {} {} 2>&1 | cat'; echo \"rc=$?\"",
+            bin.display(),
+            data.display(),
+            mnt.display()
+        )),
+        Duration::from_secs(90),
+        "background start through a pipe",
+    );
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mounted = bpfdb_tests::is_fuse_mount(&mnt);
+    let cleanup = || {
+        let _ = Command::new("umount").arg(&mnt).status();
+        bpfdb_tests::wait_until(Duration::from_secs(30), || pids_with_arg(&mnt).is_empty());
+    };
+    if !said.ends_with("rc=0\n") || !mounted {
+        cleanup();
+        panic!("`bpfdb D M 2>&1 | cat` did not return once mounted (mounted: {mounted}):\n{said}");
+    }
+    let log = data.join("bpfdb.log");
+    assert!(
+        said.contains(&format!("logging to {}", log.display())),
+        "the start did not say where the log goes:\n{said}"
+    );
+    assert_ok(
+        &Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo v > {0}/k && cat {0}/k", mnt.display()))
+            .output()
+            .expect("sh"),
+        "write through the background mount",
+    );
+    cleanup();
+    let text = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    assert!(
+        text.contains("daemon running as pid") && text.contains("checkpoint"),
+        "the daemon's own lines are not in {}:\n{text}",
+        log.display()
+    );
+    // Lines before the fork are the starting command's; after the line naming the log, the
+    // daemon wrote nothing more to its caller.
+    let after: Vec<&str> = said
+        .lines()
+        .skip_while(|l| !l.contains("logging to"))
+        .skip(1)
+        .filter(|l| !l.starts_with("rc="))
+        .collect();
+    assert!(
+        after.is_empty() && !said.contains("daemon running as pid"),
+        "the daemon went on writing to its caller after it detached:\n{said}"
+    );
+}

@@ -29,21 +29,18 @@ mod skel {
 }
 use skel::{EngineSkel, EngineSkelBuilder};
 
-/// The data maps of a skeleton's `maps` (open or loaded), paired with
-/// their pin names (pin::PINNED_MAPS).
-macro_rules! data_maps {
-    ($m:expr) => {
-        [
-            ("records", &mut $m.records),
-            ("small_pool", &mut $m.small_pool),
-            ("small_free", &mut $m.small_free),
-            ("page_pool", &mut $m.page_pool),
-            ("page_free", &mut $m.page_free),
-            ("txns", &mut $m.txns),
-            ("wal", &mut $m.wal),
-            ("layout", &mut $m.layout),
-            ("bss", &mut $m.bss),
-        ]
+/// `(pin name, &mut map)` of every data map of a skeleton's `maps` (open
+/// or loaded), from the one list in `pin::data_maps`.
+macro_rules! paired_mut {
+    ($m:expr; $($name:ident),+) => {
+        [$((stringify!($name), &mut $m.$name)),+]
+    };
+}
+
+/// `(name, &dyn MapCore)` of every data map.
+macro_rules! paired {
+    ($m:expr; $($name:ident),+) => {
+        [$((stringify!($name), &$m.$name as &dyn MapCore)),+]
     };
 }
 
@@ -147,8 +144,23 @@ fn remap_reused_bss(skel: &EngineSkel<'static>) -> Result<()> {
 unsafe impl Send for Engine {}
 unsafe impl Sync for Engine {}
 
+/// libbpf's own messages (the verifier's log among them) go to `log`, so
+/// `RUST_LOG` shows them beside the daemon's: warnings as warnings, its
+/// info and debug lines at debug.
+fn libbpf_print(level: libbpf_rs::PrintLevel, msg: String) {
+    let msg = msg.trim_end();
+    match level {
+        libbpf_rs::PrintLevel::Warn => log::warn!("libbpf: {msg}"),
+        _ => log::debug!("libbpf: {msg}"),
+    }
+}
+
 impl Engine {
     pub fn load(opts: &Options, instance: u32) -> Result<Engine> {
+        static ROUTE_LIBBPF: std::sync::Once = std::sync::Once::new();
+        ROUTE_LIBBPF.call_once(|| {
+            libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, libbpf_print)));
+        });
         let layout = Layout::from_options(opts)?;
         let mut object = Box::new(MaybeUninit::<OpenObject>::uninit());
         // SAFETY: the skeleton borrows `object`, which is boxed (stable
@@ -195,7 +207,7 @@ impl Engine {
         };
         if let (Some(found), Some(dir)) = (&pinned, &opts.pin_dir) {
             pin::check(found, &layout, dir)?;
-            for (name, map) in data_maps!(open.maps) {
+            for (name, map) in pin::data_maps!(paired_mut(open.maps)) {
                 map.reuse_pinned_map(dir.join(name))?;
             }
             info!(
@@ -212,7 +224,7 @@ impl Engine {
             }
             (None, Some(dir)) => {
                 pin::write_layout(&skel.maps.layout, &pin::describe(&layout, opts.hash_seed))?;
-                for (name, map) in data_maps!(skel.maps) {
+                for (name, map) in pin::data_maps!(paired_mut(skel.maps)) {
                     map.pin(dir.join(name))?;
                 }
                 info!("engine {instance}: data maps pinned in {}", dir.display());
@@ -411,18 +423,12 @@ impl Engine {
     /// Kernel memory charged to each map (`memlock`, as bpftool reports it).
     pub fn map_memory(&self) -> Result<Vec<(String, u64)>> {
         let m = &self.skel.maps;
-        let maps: [(&str, &dyn MapCore); 9] = [
-            ("records", &m.records),
-            ("small_pool", &m.small_pool),
-            ("small_free", &m.small_free),
-            ("page_pool", &m.page_pool),
-            ("page_free", &m.page_free),
-            ("slots", &m.slots),
-            ("txns", &m.txns),
-            ("wal", &m.wal),
-            ("stages", &m.stages),
-        ];
-        maps.iter()
+        // The data maps, and the two that hold no data: the request slots
+        // and the prog array of stages.
+        let data = pin::data_maps!(paired(m));
+        let others: [(&str, &dyn MapCore); 2] = [("slots", &m.slots), ("stages", &m.stages)];
+        data.iter()
+            .chain(&others)
             .map(|(name, map)| Ok((name.to_string(), map.query_fdinfo()?.memlock.unwrap_or(0))))
             .collect()
     }

@@ -13,19 +13,24 @@ use crate::error::{Error, Result};
 use crate::kernel::abi::{self, PinnedLayout};
 use crate::kernel::layout::Layout;
 
-/// Maps holding data, by pin name. `bss` carries timestamps, allocator
-/// counters and statistics.
-pub const PINNED_MAPS: [&str; 9] = [
-    "records",
-    "small_pool",
-    "small_free",
-    "page_pool",
-    "page_free",
-    "txns",
-    "wal",
-    "layout",
-    "bss",
-];
+/// The engine's maps holding data, by skeleton field name, which is also
+/// the pin name: the one list of them. `bss` carries timestamps, allocator
+/// counters and statistics. Calls `$then!(ARGS; names...)`.
+macro_rules! data_maps {
+    ($then:ident ($($args:tt)*)) => {
+        $then!($($args)*; records, small_pool, small_free, page_pool, page_free, txns, wal, layout, bss)
+    };
+}
+pub(crate) use data_maps;
+
+macro_rules! names {
+    (; $($name:ident),+) => {
+        [$(stringify!($name)),+]
+    };
+}
+
+/// Pin names of the data maps.
+pub const PINNED_MAPS: [&str; 9] = data_maps!(names());
 
 const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;

@@ -5,6 +5,9 @@
 //! of an int3 trap (~19 us). The test `trigger_starts_with_nop5` checks the
 //! bytes in the built binary.
 
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!("bpfdb's trigger is an x86-64 5-byte NOP; other architectures are not supported");
+
 /// Symbol the uprobe is attached to; never strip the binary.
 pub const SYMBOL: &str = "bpfdb_trigger";
 

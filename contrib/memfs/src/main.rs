@@ -1,8 +1,10 @@
 //! `bpfdb-memfs MOUNTPOINT`: a flat directory of files kept in a hash map
 //! and served over FUSE, with nothing else behind it. `bpfdb-bench fuse`
 //! uses it as the floor of what any FUSE filesystem costs per operation.
-//! Like bpfdb it caches no attributes or entries (TTL 0) and opens files
-//! with direct_io, so every open, read and write reaches this process.
+//! It caches no attributes or entries (TTL 0) and opens files with
+//! direct_io, so every open, read and write reaches this process: the cost
+//! of FUSE itself. (bpfdb, unlike it, lets the kernel cache root keys'
+//! attributes and small values; docs/ARCHITECTURE.md, "The kernel's caches".)
 //! Runs in the foreground until unmounted; SIGINT/SIGTERM unmount it.
 
 use std::collections::HashMap;

@@ -161,11 +161,6 @@ impl Inodes {
         }
     }
 
-    /// Whether `ino` is an inode the table knows (linked or not).
-    pub fn is_known(&self, ino: u64) -> bool {
-        self.lock().nodes.contains_key(&ino)
-    }
-
     pub fn forget(&self, ino: u64, nlookup: u64) {
         let mut t = self.lock();
         let Some(node) = t.nodes.get_mut(&ino) else {

@@ -132,6 +132,12 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pin_dir: Option<PathBuf>,
 
+    /// Once in the background, log to this file (appended, created 0600)
+    /// [default: DATA_DIR/bpfdb.log]. In the foreground (-f) the log goes
+    /// to stderr unless this is given.
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+
     /// Let users other than the one who mounted access the mount [default:
     /// off].
     #[arg(long)]
@@ -173,6 +179,7 @@ pub struct Settings {
     pub allow_corrupt_log: bool,
     pub txn_timeout_secs: u64,
     pub pin_dir: Option<PathBuf>,
+    pub log_file: Option<PathBuf>,
 }
 
 /// `commit`, `interval:MS` or `none`.
@@ -236,6 +243,7 @@ impl Settings {
             allow_corrupt_log: cli.allow_corrupt_log,
             txn_timeout_secs: cli.txn_timeout,
             pin_dir: cli.pin_dir.clone(),
+            log_file: cli.log_file.clone(),
         };
         let mut max_value = cli.max_value;
         for opt in cli.options.iter().flat_map(|o| o.split(',')) {
@@ -297,12 +305,13 @@ impl Settings {
                     .map_err(|_| format!("{name}: '{v}' is not a whole number of seconds"))?;
             }
             ("pin_dir", Some(v)) => self.pin_dir = Some(PathBuf::from(v)),
+            ("log_file", Some(v)) => self.log_file = Some(PathBuf::from(v)),
             ("allow_other", None) => self.allow_other = true,
             ("foreground", None) => self.foreground = true,
             ("allow_corrupt_log", None) => self.allow_corrupt_log = true,
             (
                 "max_keys" | "threads" | "max_value" | "value_mem" | "sync" | "wal_buffer"
-                | "checkpoint_bytes" | "txn_timeout" | "pin_dir",
+                | "checkpoint_bytes" | "txn_timeout" | "pin_dir" | "log_file",
                 None,
             ) => {
                 return Err(format!("-o {name} needs a value: -o {name}=VALUE"));

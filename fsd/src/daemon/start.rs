@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,7 +25,13 @@ use crate::daemon::cli::{Settings, engine_slots, show_sync};
 struct Prepared {
     mountpoint: PathBuf,
     _lock: Flock<File>,
+    /// Where the log goes once the daemon leaves its caller's terminal (or,
+    /// with `-f --log-file`, at once), opened for appending.
+    log: Option<(PathBuf, File)>,
 }
+
+/// The log of a background daemon without `--log-file`, in its data dir.
+pub const LOG_FILE: &str = "bpfdb.log";
 
 /// Runs the daemon with `s`; returns the process's exit code.
 pub fn start(s: &Settings) -> i32 {
@@ -67,6 +74,10 @@ pub fn start(s: &Settings) -> i32 {
         }
     };
     if s.foreground {
+        if let Err(msg) = log_to_file(&prepared) {
+            error!("{msg}");
+            return 1;
+        }
         info!("running in the foreground (pid {})", std::process::id());
         return match serve(s, &prepared.mountpoint, &mut Ready(None)) {
             Ok(()) => 0,
@@ -113,9 +124,30 @@ fn prepare(s: &Settings) -> Result<Prepared, String> {
         Err((_, e)) => return Err(format!("locking {}: {e}", lock_path.display())),
     };
     info!("data dir locked: {}", lock_path.display());
+    let log_path = match (&s.log_file, s.foreground) {
+        (Some(p), _) => Some(p.clone()),
+        (None, false) => Some(s.data_dir.join(LOG_FILE)),
+        (None, true) => None,
+    };
+    let log = match log_path {
+        Some(p) => {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&p)
+                .map_err(|e| format!("log file {}: {e}", p.display()))?;
+            // Absolute, so the line saying where the log goes stays true
+            // after the daemon's chdir("/").
+            let p = std::path::absolute(&p).unwrap_or(p);
+            Some((p, f))
+        }
+        None => None,
+    };
     Ok(Prepared {
         mountpoint,
         _lock: lock,
+        log,
     })
 }
 
@@ -165,7 +197,7 @@ fn daemonize(s: &Settings, prepared: &Prepared) -> i32 {
         Ok(ForkResult::Child) => {
             drop(rx);
             let mut ready = Ready(Some(File::from(tx)));
-            let result = detach().and_then(|()| serve(s, &prepared.mountpoint, &mut ready));
+            let result = detach(prepared).and_then(|()| serve(s, &prepared.mountpoint, &mut ready));
             match result {
                 Ok(()) => 0,
                 Err(msg) => {
@@ -181,8 +213,19 @@ fn daemonize(s: &Settings, prepared: &Prepared) -> i32 {
     }
 }
 
-/// Leaves the caller's session and terminal input; stderr stays for the log.
-fn detach() -> Result<(), String> {
+/// Sends the log (stderr, where env_logger writes) to the log file, after
+/// one line on the old stderr saying where it goes.
+fn log_to_file(prepared: &Prepared) -> Result<(), String> {
+    if let Some((path, file)) = &prepared.log {
+        info!("logging to {}", path.display());
+        nix::unistd::dup2_stderr(file).map_err(|e| format!("redirecting stderr: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Leaves the caller's session, terminal and pipes: stdin and stdout go to
+/// /dev/null, stderr (the log) to the log file.
+fn detach(prepared: &Prepared) -> Result<(), String> {
     setsid().map_err(|e| format!("setsid: {e}"))?;
     let null = OpenOptions::new()
         .read(true)
@@ -195,6 +238,7 @@ fn detach() -> Result<(), String> {
     nix::unistd::dup2_stdout(&null).map_err(|e| format!("redirecting stdout: {e}"))?;
     // Paths are absolute by now; do not pin the caller's cwd's filesystem.
     nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    log_to_file(prepared)?;
     info!("daemon running as pid {}", std::process::id());
     Ok(())
 }
