@@ -260,3 +260,21 @@ pub fn assert_errno(out: &Output, message: &str, what: &str) {
         describe(out)
     );
 }
+
+/// Unmounts `mnt` (a mount the fixture did not make) and waits for its daemon to exit;
+/// returns whether it did within [`crate::DAEMON_TIMEOUT`].
+pub fn umount_and_wait(mnt: &Path) -> bool {
+    let _ = Command::new("umount").arg(mnt).status();
+    wait_until(crate::DAEMON_TIMEOUT, || pids_with_arg(mnt).is_empty())
+}
+
+/// Asserts that `echo v > MNT/k && cat MNT/k` works, in a shell of its own.
+#[track_caller]
+pub fn assert_echo_cat(mnt: &Path, what: &str) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo v > {0}/k && cat {0}/k", mnt.display()))
+        .output()
+        .expect("sh");
+    assert_eq!(assert_ok(&out, what), "v\n", "{what}");
+}

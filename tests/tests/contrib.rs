@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use bpfdb_tests::{
-    assert_ok, daemon_bin, is_fuse_mount, pids_with_arg, run_with_timeout, wait_until,
-};
+use bpfdb_tests::{assert_echo_cat, daemon_bin, is_fuse_mount, run_with_timeout, umount_and_wait};
 
 fn contrib(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -48,23 +46,15 @@ fn the_fstab_line_mounts_with_mount_fstab() {
         "mount --fstab",
     );
     let mounted = is_fuse_mount(&mnt);
-    let unmount = || {
-        let _ = Command::new("umount").arg(&mnt).status();
-        wait_until(Duration::from_secs(30), || pids_with_arg(&mnt).is_empty())
-    };
     if !out.status.success() || !mounted {
-        unmount();
+        umount_and_wait(&mnt);
         panic!("mount --fstab did not mount (mounted: {mounted}): {out:?}");
     }
-    assert_ok(
-        &Command::new("sh")
-            .arg("-c")
-            .arg(format!("echo v > {0}/k && cat {0}/k", mnt.display()))
-            .output()
-            .expect("sh"),
-        "a write through the fstab mount",
+    assert_echo_cat(&mnt, "a write through the fstab mount");
+    assert!(
+        umount_and_wait(&mnt),
+        "the daemon did not exit after umount"
     );
-    assert!(unmount(), "the daemon did not exit after umount");
     assert!(
         data.join("checkpoint").exists(),
         "no checkpoint after a clean unmount"

@@ -135,12 +135,8 @@ fn a_background_daemon_logs_to_its_file_and_leaves_the_callers_pipe() {
     );
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     let mounted = bpfdb_tests::is_fuse_mount(&mnt);
-    let cleanup = || {
-        let _ = Command::new("umount").arg(&mnt).status();
-        bpfdb_tests::wait_until(Duration::from_secs(30), || pids_with_arg(&mnt).is_empty());
-    };
     if !said.ends_with("rc=0\n") || !mounted {
-        cleanup();
+        bpfdb_tests::umount_and_wait(&mnt);
         panic!("`bpfdb D M 2>&1 | cat` did not return once mounted (mounted: {mounted}):\n{said}");
     }
     let log = data.join("bpfdb.log");
@@ -148,15 +144,11 @@ fn a_background_daemon_logs_to_its_file_and_leaves_the_callers_pipe() {
         said.contains(&format!("logging to {}", log.display())),
         "the start did not say where the log goes:\n{said}"
     );
-    assert_ok(
-        &Command::new("sh")
-            .arg("-c")
-            .arg(format!("echo v > {0}/k && cat {0}/k", mnt.display()))
-            .output()
-            .expect("sh"),
-        "write through the background mount",
+    bpfdb_tests::assert_echo_cat(&mnt, "write through the background mount");
+    assert!(
+        bpfdb_tests::umount_and_wait(&mnt),
+        "the daemon did not exit after umount"
     );
-    cleanup();
     let text = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
     assert!(
         text.contains("daemon running as pid") && text.contains("checkpoint"),
