@@ -15,6 +15,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -95,6 +96,10 @@ struct Shared {
     cv: Condvar,
     /// STALL_TIMEOUT, unless a test's LogFaults shortened it.
     stall: Duration,
+    /// The log was broken or its last attempt of some work failed, as of
+    /// the last finished step: what `health` reads on every open and write
+    /// without taking the state lock the committers share.
+    failing: AtomicBool,
 }
 
 pub(crate) struct Log {
@@ -133,6 +138,7 @@ impl Log {
                 .as_ref()
                 .and_then(|f| f.time_bounds().0)
                 .unwrap_or(STALL_TIMEOUT),
+            failing: AtomicBool::new(false),
         });
         let wait_limit = start
             .faults
@@ -240,10 +246,10 @@ impl Log {
     /// tries again at once, ignoring the pause after a failure, so space
     /// freed a moment ago is seen now rather than at the next retry.
     pub fn health(&self) -> Result<()> {
-        let failing = |st: &State| st.broken.clone().or_else(|| st.errors.first().cloned());
-        if failing(&self.lock()).is_none() {
+        if !self.shared.failing.load(Ordering::Relaxed) {
             return Ok(());
         }
+        let failing = |st: &State| st.broken.clone().or_else(|| st.errors.first().cloned());
         if let Ok(mut w) = self.writer.try_lock() {
             w.retry_at = None;
             w.step();
@@ -662,7 +668,12 @@ impl Writer {
 /// Counts a finished step and wakes the waiters (after the writer lock is
 /// released, so a woken waiter can take it).
 fn finished_step(shared: &Shared) {
-    shared.state.lock().unwrap_or_else(|p| p.into_inner()).steps += 1;
+    let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    st.steps += 1;
+    // Every error is set or cleared inside a step, so this is current.
+    let failing = st.broken.is_some() || st.errors.first().is_some();
+    shared.failing.store(failing, Ordering::Relaxed);
+    drop(st);
     shared.cv.notify_all();
 }
 
