@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::durability::format::{self as wal, LogOp};
 use crate::durability::recovery;
-use crate::durability::writer::{Log, Start};
+use crate::durability::writer::{Log, LogCounters, Start};
 use crate::error::{Error, Result};
 use crate::kernel::abi::{self, Op, Stats};
 use crate::kernel::engine::Engine;
@@ -193,6 +193,14 @@ impl Db {
         self.inner.engine.map_memory()
     }
 
+    /// What the log writer has done since start (zeros without a log).
+    pub fn log_counters(&self) -> LogCounters {
+        self.inner
+            .log
+            .get()
+            .map_or_else(LogCounters::default, |l| l.counters())
+    }
+
     /// Bytes in the log segment being written (0 without a log).
     pub fn log_bytes(&self) -> u64 {
         self.inner.log.get().map_or(0, |l| l.segment_bytes())
@@ -225,6 +233,34 @@ impl Db {
     /// that would wait for the stall timeout first. Ok without a log.
     pub fn log_health(&self) -> Result<()> {
         self.inner.log.get().map_or(Ok(()), |l| l.health())
+    }
+
+    /// Runs `f` with the durability waits of this thread's commits on this
+    /// database (autocommit writes, transaction commits, `wait_durable`)
+    /// left to the caller: they return once the commit is in the engine,
+    /// and this returns `f`'s result with the newest such commit, which
+    /// the caller must see durable (`when_durable`) before it tells anyone
+    /// that they happened. None: `f` left nothing to wait for. Lets a
+    /// server reply from whichever thread sees the fsync, instead of
+    /// holding the thread that served the request.
+    pub fn defer_durability<R>(&self, f: impl FnOnce() -> R) -> (R, Option<u64>) {
+        self.inner.defer_durability(f)
+    }
+
+    /// Waits until the commit at `ts` is durable, per the sync mode (inside
+    /// `defer_durability`: notes it for the caller).
+    pub fn wait_durable(&self, ts: u64) -> Result<()> {
+        self.inner.durable(ts)
+    }
+
+    /// Runs `ack` with the commit's outcome once the commit at `ts` is
+    /// durable or has failed, without blocking this thread (past a bound
+    /// of callbacks held, it waits). Without a log it runs at once.
+    pub fn when_durable(&self, ts: u64, ack: impl FnOnce(Result<()>) + Send + 'static) {
+        match self.inner.log.get() {
+            Some(log) => log.when_durable(ts, Box::new(ack)),
+            None => ack(Ok(())),
+        }
     }
 
     /// Times a session had to wait for a free slot.

@@ -23,6 +23,7 @@ mod types;
 pub use db::{CheckpointReport, Db};
 pub use durability::format as wal;
 pub use durability::segment_file::{FOREVER, HOLD_LIMIT, LogFaults};
+pub use durability::writer::LogCounters;
 pub use error::{Error, Result};
 pub use kernel::abi::{self, Meta, Stats};
 pub use kernel::layout::Layout;

@@ -3,6 +3,7 @@
 //! transaction entries, the commit gate, the log writer and the value
 //! memory promised to open writers.
 
+use std::cell::Cell;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 
@@ -34,12 +35,45 @@ pub(crate) struct Inner {
     pub(crate) room: Arc<Room>,
 }
 
+thread_local! {
+    /// While this thread runs inside `defer_durability` for a database
+    /// (the address of its `Inner`): the newest commit whose wait it left
+    /// to the caller, 0 for none yet.
+    static DEFERRED: Cell<Option<(usize, u64)>> = const { Cell::new(None) };
+}
+
 impl Inner {
-    /// Waits for the commit at `ts` to be durable, per the sync mode.
+    /// Waits for the commit at `ts` to be durable, per the sync mode; inside
+    /// `defer_durability` on this database, notes it for the caller instead.
     pub(crate) fn durable(&self, ts: u64) -> Result<()> {
-        match self.log.get() {
-            Some(log) => log.wait_durable(ts),
-            None => Ok(()),
+        let Some(log) = self.log.get() else {
+            return Ok(());
+        };
+        let me = self as *const Inner as usize;
+        let deferred = DEFERRED.with(|d| match d.get() {
+            Some((db, newest)) if db == me => {
+                d.set(Some((db, newest.max(ts))));
+                true
+            }
+            _ => false,
+        });
+        if deferred {
+            Ok(())
+        } else {
+            log.wait_durable(ts)
         }
+    }
+
+    /// Runs `f` with this thread's durability waits on this database left
+    /// to the caller; returns what `f` returned and the newest commit it
+    /// left, if any.
+    pub(crate) fn defer_durability<R>(&self, f: impl FnOnce() -> R) -> (R, Option<u64>) {
+        let me = self as *const Inner as usize;
+        let outer = DEFERRED.with(|d| d.replace(Some((me, 0))));
+        let r = f();
+        let (_, newest) = DEFERRED
+            .with(|d| d.replace(outer))
+            .expect("set above and restored only here");
+        (r, (newest > 0).then_some(newest))
     }
 }

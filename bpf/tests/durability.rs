@@ -472,3 +472,149 @@ fn a_commit_larger_than_the_log_buffer_is_refused_whole() {
     let db = Db::open(&opts(dir.path())).unwrap();
     assert_eq!(dump(&db).len(), 201);
 }
+
+/// Commits whose durability is left to a callback (`defer_durability`,
+/// `when_durable`): one thread commits for 64 clients at once, as the FUSE
+/// daemon does, and is never held by an fsync.
+mod deferred {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    const CLIENTS: usize = 64;
+    const ROUNDS: usize = 20;
+    /// Longest a test waits for an acknowledgement before calling it lost.
+    const ACK_TIMEOUT: Duration = Duration::from_secs(20);
+
+    fn set_deferred(db: &Db, key: &str, value: &[u8]) -> u64 {
+        let (r, ts) = db.defer_durability(|| {
+            db.session().set(
+                key.as_bytes(),
+                value,
+                meta(0o100644, 1),
+                SetFlags::default(),
+            )
+        });
+        let st = r.unwrap();
+        assert_eq!(ts, Some(st.ts), "the commit's wait was left to the caller");
+        st.ts
+    }
+
+    /// Every round, one thread commits a new value for each of 64 clients
+    /// and leaves a callback for each; a callback must come only once its
+    /// record is in the log file, and exactly once. A round's commits
+    /// share fsyncs: far fewer fsyncs than commits.
+    #[test]
+    fn one_thread_commits_for_many_clients_and_each_ack_follows_its_log_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&Options {
+            sync: SyncMode::Commit,
+            ..opts(dir.path())
+        })
+        .unwrap();
+        let seg = last_segment(dir.path());
+        let (tx, rx) = mpsc::channel();
+        let before = db.log_counters();
+        for round in 0..ROUNDS {
+            for c in 0..CLIENTS {
+                let value = format!("r{round:03}-c{c:02}-value");
+                let ts = set_deferred(&db, &format!("c{c}"), value.as_bytes());
+                let (tx, seg) = (tx.clone(), seg.clone());
+                db.when_durable(ts, move |r| {
+                    // Runs on the thread that saw the fsync: the record is
+                    // in the file by now.
+                    let log = std::fs::read(&seg).unwrap();
+                    let logged = log.windows(value.len()).any(|w| w == value.as_bytes());
+                    tx.send((r, logged, value)).unwrap();
+                });
+            }
+            for _ in 0..CLIENTS {
+                let (r, logged, value) = rx.recv_timeout(ACK_TIMEOUT).expect("an ack was lost");
+                r.unwrap();
+                assert!(
+                    logged,
+                    "{value} acknowledged before its record was in the log"
+                );
+            }
+        }
+        assert!(rx.try_recv().is_err(), "an ack ran twice");
+        let after = db.log_counters();
+        let (commits, fsyncs) = (
+            after.commits_logged - before.commits_logged,
+            after.fsyncs - before.fsyncs,
+        );
+        assert_eq!(commits, (CLIENTS * ROUNDS) as u64);
+        assert!(
+            fsyncs * 4 <= commits,
+            "{commits} commits took {fsyncs} fsyncs: deferred commits did not share them"
+        );
+        assert_eq!(after.acks_waiting, 0);
+        drop(db);
+        let db = Db::open(&opts(dir.path())).unwrap();
+        let d = dump(&db);
+        assert_eq!(d.len(), CLIENTS);
+        assert!(
+            d.values()
+                .all(|v| v.0.starts_with(format!("r{:03}", ROUNDS - 1).as_bytes()))
+        );
+    }
+
+    /// Outside `defer_durability` nothing changes: a commit waits itself,
+    /// and a callback for a durable commit runs at once, on the caller.
+    #[test]
+    fn without_deferral_commits_wait_and_late_callbacks_run_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&Options {
+            sync: SyncMode::Commit,
+            ..opts(dir.path())
+        })
+        .unwrap();
+        let st = db
+            .session()
+            .set(b"k", b"v", meta(0o100644, 1), SetFlags::default())
+            .unwrap();
+        let me = std::thread::current().id();
+        let (tx, rx) = mpsc::channel();
+        db.when_durable(st.ts, move |r| {
+            tx.send((r, std::thread::current().id())).unwrap();
+        });
+        let (r, on) = rx
+            .try_recv()
+            .expect("a durable commit's callback runs at once");
+        r.unwrap();
+        assert_eq!(on, me);
+        // Nested scopes: the inner one (set_deferred's) keeps its commits
+        // to itself.
+        let (ts, outer) = db.defer_durability(|| set_deferred(&db, "x", b"1"));
+        assert_eq!(outer, None);
+        db.wait_durable(ts).unwrap();
+    }
+
+    /// Callbacks still waiting when the database closes run once each: Ok
+    /// if the last fsync made them durable, an error otherwise; never lost.
+    #[test]
+    fn closing_the_database_runs_every_waiting_callback_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&Options {
+            sync: SyncMode::Commit,
+            ..opts(dir.path())
+        })
+        .unwrap();
+        let (tx, rx) = mpsc::channel();
+        for c in 0..CLIENTS {
+            let ts = set_deferred(&db, &format!("c{c}"), b"v");
+            let tx = tx.clone();
+            db.when_durable(ts, move |r| tx.send(r).unwrap());
+        }
+        drop(tx);
+        drop(db);
+        let outcomes: Vec<_> = rx.iter().collect();
+        assert_eq!(outcomes.len(), CLIENTS, "every callback ran exactly once");
+        let acked = outcomes.iter().filter(|r| r.is_ok()).count();
+        let db = Db::open(&opts(dir.path())).unwrap();
+        assert!(
+            dump(&db).len() >= acked,
+            "{acked} acknowledged, fewer recovered"
+        );
+    }
+}

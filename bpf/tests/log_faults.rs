@@ -559,3 +559,34 @@ fn a_random_workload_under_faults_loses_no_acknowledged_commit() {
         durable = recovered;
     }
 }
+
+#[test]
+fn a_deferred_ack_behind_an_fsync_that_never_returns_gets_etimedout() {
+    // The background thread runs the step for a deferred commit and sticks
+    // in the fsync; the callback must still come, within the wait limit,
+    // from the thread that expires callbacks.
+    let dir = tempfile::tempdir().unwrap();
+    let faults = LogFaults::new();
+    let db = Db::open(&opts(dir.path(), &faults)).unwrap();
+    faults.hold_syncs();
+    let (r, ts) = db.defer_durability(|| set(&db, "deferred", b"1"));
+    r.unwrap();
+    let ts = ts.expect("the commit's wait was left to the caller");
+    let (tx, rx) = mpsc::channel();
+    let t = Instant::now();
+    db.when_durable(ts, move |r| tx.send(r).unwrap());
+    assert!(
+        faults.wait_sync_held(HUNG),
+        "no fsync reached the disk within {HUNG:?}"
+    );
+    let r = rx.recv_timeout(HUNG).expect("the callback never ran");
+    let waited = t.elapsed();
+    faults.release_syncs();
+    let err = r.expect_err("a commit behind a stuck fsync was acknowledged");
+    assert_eq!(err.errno, libc::ETIMEDOUT, "{err}");
+    assert!(
+        waited >= WAIT_LIMIT && waited < WAIT_LIMIT + Duration::from_secs(2),
+        "gave up after {waited:?}, the bound is {WAIT_LIMIT:?}"
+    );
+    set(&db, "after", b"2").unwrap();
+}

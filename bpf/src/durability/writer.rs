@@ -13,6 +13,7 @@
 //! reads best in one place. Commit rebuilding is apart, in `assembler`.
 
 use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
+use crate::durability::acks::{self, Ack, Acks, MAX_PENDING_ACKS, View};
 use crate::durability::assembler::Assembler;
 use crate::durability::format as wal;
 use crate::durability::segment_file::{LogFaults, SegmentFile};
@@ -70,6 +72,14 @@ struct State {
     /// Steps the writer has finished: a waiter that could not take the
     /// writer sees this change and tries again.
     steps: u64,
+    /// Callbacks of commits whose callers did not block (`when_durable`).
+    acks: Acks,
+    /// Commits framed into the log, and fsyncs of it that succeeded, since
+    /// start: their ratio is how many commits share an fsync.
+    commits_logged: u64,
+    fsyncs: u64,
+    /// The log is gone: every callback left fails.
+    stopped: bool,
 }
 
 /// What failed last, per kind of work; each is cleared by the next success
@@ -100,6 +110,52 @@ struct Shared {
     /// the last finished step: what `health` reads on every open and write
     /// without taking the state lock the committers share.
     failing: AtomicBool,
+    /// WAIT_LIMIT, unless a test's LogFaults shortened it.
+    wait_limit: Duration,
+    /// Wakes the background thread out of its poll when a callback is
+    /// left (`when_durable`): then nobody else may run the step it needs.
+    wake: OwnedFd,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes out and runs every callback whose commit is settled.
+    fn settle_acks(&self) {
+        let settled = {
+            let mut st = self.lock();
+            let State {
+                acks,
+                durable_ts,
+                broken,
+                errors,
+                stopped,
+                ..
+            } = &mut *st;
+            if acks.is_empty() {
+                return;
+            }
+            let view = View {
+                durable_ts: *durable_ts,
+                broken: broken.as_ref(),
+                failing: errors.first(),
+                stall: self.stall,
+                wait_limit: self.wait_limit,
+                stopped: *stopped,
+            };
+            acks.settle(&view, Instant::now())
+        };
+        acks::run(settled);
+    }
+
+    fn wake_background(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a valid buffer to our eventfd; a
+        // full counter (EAGAIN) still leaves it readable, which is all we need.
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
 }
 
 pub(crate) struct Log {
@@ -108,6 +164,22 @@ pub(crate) struct Log {
     wait_limit: Duration,
     writer: Arc<Mutex<Writer>>,
     thread: Option<JoinHandle<()>>,
+    sync: SyncMode,
+    /// Fails callbacks that outlive their bounds while no step finishes
+    /// (a write or fsync that does not return).
+    acks_thread: Option<JoinHandle<()>>,
+}
+
+/// What the log writer has done since start (`.stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogCounters {
+    /// Commits framed into the log.
+    pub commits_logged: u64,
+    /// fsyncs of the log that succeeded.
+    pub fsyncs: u64,
+    /// Commits whose caller left a callback (`when_durable`) and that are
+    /// not durable yet.
+    pub acks_waiting: u64,
 }
 
 /// Where the writer starts: the segment to append to and its next record.
@@ -124,6 +196,15 @@ impl Log {
     pub fn start(ringbuf: libbpf_rs::MapHandle, start: Start) -> Result<Log> {
         let file = open_segment(&start.dir, start.segment, &start.faults)?;
         let len = file.len().map_err(|e| Error::io("stat log segment", &e))?;
+        let bounds = start.faults.as_ref().map(|f| f.time_bounds());
+        // SAFETY: eventfd takes no pointers; the fd it returns is ours.
+        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if wake < 0 {
+            return Err(Error::io(
+                "eventfd for the log writer",
+                &std::io::Error::last_os_error(),
+            ));
+        }
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 durable_ts: start.last_ts,
@@ -133,18 +214,13 @@ impl Log {
                 ..State::default()
             }),
             cv: Condvar::new(),
-            stall: start
-                .faults
-                .as_ref()
-                .and_then(|f| f.time_bounds().0)
-                .unwrap_or(STALL_TIMEOUT),
+            stall: bounds.and_then(|b| b.0).unwrap_or(STALL_TIMEOUT),
             failing: AtomicBool::new(false),
+            wait_limit: bounds.and_then(|b| b.1).unwrap_or(WAIT_LIMIT),
+            // SAFETY: `wake` is a fresh fd nothing else owns.
+            wake: unsafe { OwnedFd::from_raw_fd(wake) },
         });
-        let wait_limit = start
-            .faults
-            .as_ref()
-            .and_then(|f| f.time_bounds().1)
-            .unwrap_or(WAIT_LIMIT);
+        let wait_limit = shared.wait_limit;
         let sync = start.sync;
         let writer = Writer::new(ringbuf, file, len, start, shared.clone())?;
         let epoll_fd = writer.ringbuf.epoll_fd();
@@ -154,12 +230,19 @@ impl Log {
             .name("bpfdb-log".into())
             .spawn(move || background(&sh, &w, epoll_fd, sync))
             .map_err(|e| Error::io("spawn log writer", &e))?;
+        let sh = shared.clone();
+        let acks_thread = std::thread::Builder::new()
+            .name("bpfdb-log-acks".into())
+            .spawn(move || expire_acks(&sh))
+            .map_err(|e| Error::io("spawn log acknowledger", &e))?;
         info!("log writer started");
         Ok(Log {
             shared,
             wait_limit,
             writer,
             thread: Some(thread),
+            sync,
+            acks_thread: Some(acks_thread),
         })
     }
 
@@ -281,6 +364,39 @@ impl Log {
         .map(drop)
     }
 
+    /// Runs `ack` once the commit at `ts` is settled, with the outcome
+    /// `wait_durable` would return, without blocking: on this thread if it
+    /// is settled already, else on the thread that sees it settle. The
+    /// background thread runs the step that makes it durable, so the
+    /// caller may go on serving others meanwhile. Past MAX_PENDING_ACKS
+    /// callbacks it waits itself, as `wait_durable` does.
+    pub fn when_durable(&self, ts: u64, ack: Ack) {
+        let mut st = self.lock();
+        if st.broken.is_none() && st.durable_ts >= ts {
+            drop(st);
+            return ack(Ok(()));
+        }
+        if st.acks.len() >= MAX_PENDING_ACKS {
+            drop(st);
+            return ack(self.wait_durable(ts));
+        }
+        st.acks.push(ts, ack);
+        drop(st);
+        if self.sync_is_cheap() {
+            // No fsync to wait for: writing it here costs less than a
+            // thread handoff, and holds nobody up.
+            self.help();
+            self.shared.settle_acks();
+        } else {
+            self.shared.wake_background();
+        }
+    }
+
+    /// Whether a step only writes (sync `none`; `interval` syncs rarely).
+    fn sync_is_cheap(&self) -> bool {
+        self.sync != SyncMode::Commit
+    }
+
     /// Blocks until every commit up to `ts` is written to the file.
     pub fn wait_written(&self, ts: u64) -> Result<()> {
         self.wait(
@@ -335,15 +451,34 @@ impl Log {
     pub fn segment_bytes(&self) -> u64 {
         self.lock().segment_bytes
     }
+
+    pub fn counters(&self) -> LogCounters {
+        let st = self.lock();
+        LogCounters {
+            commits_logged: st.commits_logged,
+            fsyncs: st.fsyncs,
+            acks_waiting: st.acks.len() as u64,
+        }
+    }
 }
 
 impl Drop for Log {
+    /// Stops the background thread, which writes and syncs what it can
+    /// first; callbacks still left then fail, so every one runs once.
     fn drop(&mut self) {
         self.lock().stop = true;
         self.shared.cv.notify_all();
+        self.shared.wake_background();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.shared.settle_acks();
+        self.lock().stopped = true;
+        if let Some(t) = self.acks_thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+        self.shared.settle_acks();
     }
 }
 
@@ -490,11 +625,16 @@ impl Writer {
             }
             self.lock().errors.consume = consumed.err();
         }
+        let mut framed = 0;
         for (ts, payload) in self.assembled() {
             debug_assert!(ts > self.batch_ts, "commits arrive in timestamp order");
             wal::frame(&mut self.batch, self.next_seq, &payload);
             self.next_seq += 1;
             self.batch_ts = ts;
+            framed += 1;
+        }
+        if framed > 0 {
+            self.lock().commits_logged += framed;
         }
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
             return;
@@ -599,6 +739,7 @@ impl Writer {
             Ok(()) => {
                 st.durable_ts = st.durable_ts.max(written);
                 st.errors.sync = None;
+                st.fsyncs += 1;
                 drop(st);
                 if self.retains() {
                     self.settle();
@@ -675,6 +816,24 @@ fn finished_step(shared: &Shared) {
     shared.failing.store(failing, Ordering::Relaxed);
     drop(st);
     shared.cv.notify_all();
+    shared.settle_acks();
+}
+
+/// Fails callbacks that reach their bounds while no step finishes to
+/// settle them (a write or fsync that does not return holds the writer,
+/// and with it every thread that would run `finished_step`). Stops once
+/// the log has stopped and nothing is left.
+fn expire_acks(shared: &Shared) {
+    loop {
+        // Parked rather than on the condvar: every finished step notifies
+        // that, and this thread has nothing to do for a step.
+        std::thread::park_timeout(POLL);
+        let stopped = shared.lock().stopped;
+        shared.settle_acks();
+        if stopped {
+            return;
+        }
+    }
 }
 
 /// The background thread: sleeps on the ringbuf's epoll fd (woken by a
@@ -691,14 +850,28 @@ fn background(shared: &Shared, writer: &Mutex<Writer>, epoll_fd: i32, sync: Sync
     let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     let mut stop_deadline: Option<Instant> = None;
     loop {
-        let mut pfd = libc::pollfd {
-            fd: epoll_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd; the ringbuf owning the fd outlives this
-        // thread (the writer is dropped after the join).
-        unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        let mut fds = [
+            libc::pollfd {
+                fd: epoll_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: shared.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds; the ringbuf owning the first fd
+        // outlives this thread (the writer is dropped after the join), and
+        // `shared` owns the second.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if fds[1].revents & libc::POLLIN != 0 {
+            let mut count = [0u8; 8];
+            // SAFETY: reads the 8-byte counter into a buffer of 8 bytes;
+            // nonblocking, so a lost race with another read returns EAGAIN.
+            unsafe { libc::read(shared.wake.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+        }
         let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
         w.step();
         let (stop, unread) = {

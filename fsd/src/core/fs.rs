@@ -8,8 +8,8 @@
 //! one open transaction or snapshot).
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bpfdb::{Db, Error, Meta, NewMeta, Result, SetFlags, check_key};
@@ -27,6 +27,9 @@ use crate::core::txns::{self, Open, Reaper, TxnKind, Txns};
 #[cfg(test)]
 mod cache_tests;
 mod ctl;
+mod durable;
+#[cfg(test)]
+mod durable_tests;
 mod files;
 mod space;
 #[cfg(test)]
@@ -327,9 +330,9 @@ impl Fs {
         // wait for it (`keyuse::QUIET_TIMEOUT`) gets the committed size
         // for everyone: its page-cache reads stop at that size.
         if self.uses.has_writer(ino) {
-            let process = who.process();
+            let process = OnceLock::new();
             if !self.uses.has_cached(ino)
-                && let Some(attr) = self.handles.find_map(|h| h.writer_attr(ino, process))
+                && let Some(attr) = self.handles.find_map(|h| h.writer_attr(ino, who, &process))
             {
                 return Ok(attr);
             }
@@ -498,7 +501,16 @@ impl Fs {
                 .log_health()
                 .map_err(|e| space.restate(e, "create", key))?;
         }
-        let created = match space.set(&self.db, key, &[], meta, no_replace) {
+        // A writer's create is durable by its close (`Writer::unsynced`):
+        // its wait is left to that, so one `echo v > new` waits for one fsync.
+        let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let (made, unsynced) = if writing && matches!(space, Space::Root) {
+            self.db
+                .defer_durability(|| space.set(&self.db, key, &[], meta, no_replace))
+        } else {
+            (space.set(&self.db, key, &[], meta, no_replace), None)
+        };
+        let created = match made {
             Ok(st) => Some(st),
             // Created by someone else since the kernel's lookup: open it.
             Err(e) if e.errno == libc::EEXIST && flags & libc::O_EXCL == 0 => None,
@@ -509,7 +521,7 @@ impl Fs {
         }
         let ino = self.inodes.remember(&Place::key(space.scope(), key))?;
         let opened = match created {
-            Some(st) => self.open_created(ino, st, flags, who),
+            Some(st) => self.open_created(ino, st, unsynced, flags, who),
             None => self.open_key(ino, &space, key, flags, who),
         };
         let opened = match opened {
@@ -675,6 +687,7 @@ impl Fs {
             oldest_snapshot_age_ms: u64::try_from(self.txns.oldest_age().as_millis())
                 .unwrap_or(u64::MAX),
             log_bytes: self.db.log_bytes(),
+            log: self.db.log_counters(),
             key_reads: self.counters.key_reads.load(Ordering::Relaxed),
             cached_opens: self.counters.cached_opens.load(Ordering::Relaxed),
             direct_opens: self.counters.direct_opens.load(Ordering::Relaxed),

@@ -27,12 +27,15 @@ pub struct DaemonStats {
     /// Waits for cached readers that held a FUSE worker (0 when every
     /// operation that may wait runs on the waiter pool).
     pub worker_waits: u64,
+    /// The log writer's counters: commits written, fsyncs, and replies
+    /// waiting for an fsync (none of them holds a thread).
+    pub log: bpfdb::LogCounters,
 }
 
 /// `.stats` content: one `name value` pair per line.
 pub fn render(stats: &Stats, layout: &Layout, daemon: &DaemonStats) -> String {
     let op = |o: Op| stats.ops.get(o as usize).copied().unwrap_or(0);
-    let lines: [(&str, u64); 29] = [
+    let lines: [(&str, u64); 32] = [
         ("keys", stats.keys),
         ("records", stats.records),
         ("value_bytes", stats.value_bytes),
@@ -62,6 +65,9 @@ pub fn render(stats: &Stats, layout: &Layout, daemon: &DaemonStats) -> String {
         ("direct_opens", daemon.direct_opens),
         ("slot_waits", daemon.slot_waits),
         ("worker_waits", daemon.worker_waits),
+        ("log_commits", daemon.log.commits_logged),
+        ("log_fsyncs", daemon.log.fsyncs),
+        ("log_acks_waiting", daemon.log.acks_waiting),
     ];
     let mut out = String::with_capacity(lines.len() * 24);
     for (name, value) in lines {

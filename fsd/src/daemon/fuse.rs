@@ -87,6 +87,26 @@ impl FuseFs {
             op(&self.fs);
         }
     }
+
+    /// `run` for an operation that may commit: `durably`.
+    fn run_durably<T: Send + 'static>(
+        &self,
+        may_wait: bool,
+        op: impl FnOnce(&Fs) -> bpfdb::Result<T> + Send + 'static,
+        reply: impl FnOnce(bpfdb::Result<T>) + Send + 'static,
+    ) {
+        self.run(may_wait, move |fs| durably(fs, op, reply));
+    }
+}
+
+/// `Fs::durably`: the reply goes out once what `op` committed is durable,
+/// from whichever thread sees that, so no worker waits for the disk.
+fn durably<T: Send + 'static>(
+    fs: &Fs,
+    op: impl FnOnce(&Fs) -> bpfdb::Result<T>,
+    reply: impl FnOnce(bpfdb::Result<T>) + Send + 'static,
+) {
+    fs.durably(op, reply);
 }
 
 /// Logs an error on its way to the user and turns it into an errno.
@@ -265,9 +285,11 @@ impl Filesystem for FuseFs {
             by: caller(req),
         };
         let (ino, fh) = (ino.0, fh.map(|f| f.0));
-        self.run(self.fs.may_wait(Some(ino), &[]), move |fs| {
-            reply_attr(reply, fs.setattr(ino, fh, change))
-        });
+        self.run_durably(
+            self.fs.may_wait(Some(ino), &[]),
+            move |fs| fs.setattr(ino, fh, change),
+            move |r| reply_attr(reply, r),
+        );
     }
 
     fn mknod(
@@ -280,7 +302,11 @@ impl Filesystem for FuseFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply_entry(reply, self.fs.mknod(parent.0, name.as_bytes()))
+        durably(
+            &self.fs,
+            |fs| fs.mknod(parent.0, name.as_bytes()),
+            move |r| reply_entry(reply, r),
+        );
     }
 
     fn mkdir(
@@ -297,9 +323,11 @@ impl Filesystem for FuseFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.as_bytes().to_vec();
-        self.run(self.fs.may_wait(None, &[&name]), move |fs| {
-            reply_empty(reply, fs.unlink(parent.0, &name))
-        });
+        self.run_durably(
+            self.fs.may_wait(None, &[&name]),
+            move |fs| fs.unlink(parent.0, &name),
+            move |r| reply_empty(reply, r),
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -328,12 +356,11 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
-        self.run(self.fs.may_wait(None, &[&name, &newname]), move |fs| {
-            reply_empty(
-                reply,
-                fs.rename(parent.0, &name, newparent.0, &newname, flags.bits()),
-            )
-        });
+        self.run_durably(
+            self.fs.may_wait(None, &[&name, &newname]),
+            move |fs| fs.rename(parent.0, &name, newparent.0, &newname, flags.bits()),
+            move |r| reply_empty(reply, r),
+        );
     }
 
     fn link(
@@ -398,19 +425,16 @@ impl Filesystem for FuseFs {
         // Only a transaction's `.ctl` commit, or a writer counted again
         // beside cached readers, may wait; other writes are served in
         // place, without copying their data.
-        if self.fs.write_may_wait(ino.0, fh.0) {
-            let data = data.to_vec();
-            self.waiters
-                .run(move |fs| match fs.write(fh.0, offset, &data) {
-                    Ok(n) => reply.written(n),
-                    Err(e) => reply.error(fail(&e)),
-                });
-            return;
-        }
-        match self.fs.write(fh.0, offset, data) {
+        let reply_written = move |r: bpfdb::Result<u32>| match r {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(fail(&e)),
+        };
+        if self.fs.write_may_wait(ino.0, fh.0) {
+            let data = data.to_vec();
+            self.run_durably(true, move |fs| fs.write(fh.0, offset, &data), reply_written);
+            return;
         }
+        durably(&self.fs, |fs| fs.write(fh.0, offset, data), reply_written);
     }
 
     fn flush(
@@ -421,7 +445,11 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.flush(fh.0))
+        durably(
+            &self.fs,
+            |fs| fs.flush(fh.0),
+            move |r| reply_empty(reply, r),
+        );
     }
 
     fn release(
@@ -434,7 +462,20 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.release(fh.0);
+        // Nobody hears how a commit made here ends; its durability is left
+        // to the log all the same, so no worker waits for it.
+        durably(
+            &self.fs,
+            |fs| {
+                fs.release(fh.0);
+                Ok(())
+            },
+            |r| {
+                if let Err(e) = r {
+                    warn!("release: {e}; no caller is left to report it to");
+                }
+            },
+        );
         reply.ok();
     }
 
@@ -446,7 +487,11 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.fsync(fh.0))
+        durably(
+            &self.fs,
+            |fs| fs.fsync(fh.0),
+            move |r| reply_empty(reply, r),
+        );
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -523,19 +568,21 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
-            .fs
-            .create(parent.0, name.as_bytes(), mode, umask, flags, caller(req))
-        {
-            Ok((a, o)) => reply.created(
-                ttl(&a),
-                &file_attr(&a),
-                Generation(0),
-                FileHandle(o.fh),
-                fopen_flags(&o, flags),
-            ),
-            Err(e) => reply.error(fail(&e)),
-        }
+        let who = caller(req);
+        durably(
+            &self.fs,
+            |fs| fs.create(parent.0, name.as_bytes(), mode, umask, flags, who),
+            move |r| match r {
+                Ok((a, o)) => reply.created(
+                    ttl(&a),
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(o.fh),
+                    fopen_flags(&o, flags),
+                ),
+                Err(e) => reply.error(fail(&e)),
+            },
+        );
     }
 
     // Keys have no extended attributes. ENOSYS (answered here, so fuser

@@ -101,6 +101,12 @@ pub(super) struct Writer {
     /// until a commit of its own: a refused write then removes the key
     /// again, so a failed `echo v > new` leaves no empty key behind.
     created: Option<u64>,
+    /// A commit of this handle's own not yet known durable: its create's
+    /// empty value, whose wait was left to the close. Flush and fsync wait
+    /// for it, so `touch new` is durable when close returns, and `echo v >
+    /// new` costs one durable commit, not two (the value's commit comes
+    /// later in the log, so its fsync covers the create's).
+    unsynced: Option<u64>,
     /// Time of the last write or truncation through it (its open until
     /// then): the commit's mtime.
     written_ns: u64,
@@ -125,10 +131,22 @@ impl Handle {
     }
 
     /// A writer's attributes, for an fstat from the process that opened it.
-    pub(super) fn writer_attr(&self, ino: u64, process: u32) -> Option<Attr> {
+    /// The thread that opened it is that process without asking /proc (the
+    /// common case: a single-threaded writer stats its own file); another
+    /// thread costs a look-up of each side's process, once per request
+    /// (`process`) and once per handle.
+    pub(super) fn writer_attr(
+        &self,
+        ino: u64,
+        who: Caller,
+        process: &OnceLock<u32>,
+    ) -> Option<Attr> {
         match self {
             Handle::Writer(w)
-                if w.ino == ino && *w.process.get_or_init(|| w.by.process()) == process =>
+                if w.ino == ino
+                    && (w.by.pid == who.pid
+                        || *w.process.get_or_init(|| w.by.process())
+                            == *process.get_or_init(|| who.process())) =>
             {
                 self.attr(ino)
             }
@@ -221,6 +239,7 @@ impl Fs {
         &self,
         ino: u64,
         created: Stat,
+        unsynced: Option<u64>,
         flags: i32,
         who: Caller,
     ) -> Result<Opened> {
@@ -234,6 +253,7 @@ impl Fs {
         } else {
             let mut w = Writer::new(ino, Vec::new(), meta, flags, false, who);
             w.created = Some(created.ts);
+            w.unsynced = unsynced;
             Handle::Writer(w)
         };
         self.insert_handle(handle)
@@ -521,7 +541,7 @@ impl Fs {
         let mut h = lock(&h);
         match &mut *h {
             Handle::Writer(w) => {
-                let r = self.commit(w);
+                let r = self.commit(w).and_then(|()| self.settle(w));
                 let pending = w.dirty || w.truncated;
                 self.track_writer(w, pending);
                 r
@@ -530,13 +550,23 @@ impl Fs {
         }
     }
 
+    /// Waits for the handle's own commits that no close has waited for yet
+    /// (`Writer::unsynced`).
+    fn settle(&self, w: &mut Writer) -> Result<()> {
+        if let Some(ts) = w.unsynced {
+            self.db.wait_durable(ts)?;
+            w.unsynced = None;
+        }
+        Ok(())
+    }
+
     pub fn fsync(&self, fh: u64) -> Result<()> {
         let h = self.handles.get(fh)?;
         let mut h = lock(&h);
         match &mut *h {
             Handle::Writer(w) => {
                 w.dirty |= w.truncated;
-                let r = self.commit(w);
+                let r = self.commit(w).and_then(|()| self.settle(w));
                 let pending = w.dirty || w.truncated;
                 self.track_writer(w, pending);
                 r
@@ -883,6 +913,7 @@ impl Writer {
             refused: None,
             room: Reservation::default(),
             created: None,
+            unsynced: None,
             written_ns: now_ns(),
             by,
             process: OnceLock::new(),

@@ -562,10 +562,13 @@ fn stats_file_content() {
         "direct_opens",
         "slot_waits",
         "worker_waits",
+        "log_commits",
+        "log_fsyncs",
+        "log_acks_waiting",
     ] {
         field(name);
     }
-    assert_eq!(text.lines().count(), 29);
+    assert_eq!(text.lines().count(), 32);
     // Memory only: no log.
     assert_eq!(field("log_bytes"), 0);
     // The size a stat shows is the length of the text at that moment.
