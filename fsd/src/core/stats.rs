@@ -29,6 +29,9 @@ pub struct DaemonStats {
     pub worker_waits: u64,
 }
 
+/// About the length of one `.stats` line, to size the text once.
+const LINE_BYTES_GUESS: usize = 24;
+
 /// `.stats` content: one `name value` pair per line.
 pub fn render(stats: &Stats, layout: &Layout, daemon: &DaemonStats) -> String {
     let op = |o: Op| stats.ops.get(o as usize).copied().unwrap_or(0);
@@ -63,7 +66,7 @@ pub fn render(stats: &Stats, layout: &Layout, daemon: &DaemonStats) -> String {
         ("slot_waits", daemon.slot_waits),
         ("worker_waits", daemon.worker_waits),
     ];
-    let mut out = String::with_capacity(lines.len() * 24);
+    let mut out = String::with_capacity(lines.len() * LINE_BYTES_GUESS);
     for (name, value) in lines {
         let _ = writeln!(out, "{name} {value}");
     }

@@ -8,6 +8,7 @@ use clap::Parser;
 use log::warn;
 use nix::errno::Errno;
 
+use crate::core::fs::DEFAULT_TXN_TIMEOUT;
 use crate::daemon::waiters;
 
 const MAX_VALUE_LIMIT: u64 = bpfdb::abi::VALUE_LIMIT as u64;
@@ -17,11 +18,13 @@ const WAL_BUFFER_MAX: u64 = 1 << 30;
 /// One FUSE worker per CPU, and at least two: a writer's open waits for
 /// the key's cached readers to close (`keyuse`), and their RELEASE needs a
 /// second worker to arrive.
+const MIN_DEFAULT_THREADS: u32 = 2;
+
 fn default_threads() -> u32 {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     u32::try_from(cpus)
         .unwrap_or(MAX_THREADS)
-        .clamp(2, MAX_THREADS)
+        .clamp(MIN_DEFAULT_THREADS, MAX_THREADS)
 }
 
 /// Threads besides the FUSE workers and the waiter pool that run engine
@@ -122,7 +125,7 @@ pub struct Cli {
 
     /// Seconds a transaction (.txn/NAME) may stay idle before it is aborted;
     /// 0: never. Snapshots do not time out.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TXN_TIMEOUT.as_secs())]
     txn_timeout: u64,
 
     /// Pin the engine's data maps in this bpffs directory (e.g.

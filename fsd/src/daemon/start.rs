@@ -33,6 +33,11 @@ struct Prepared {
 /// The log of a background daemon without `--log-file`, in its data dir.
 pub const LOG_FILE: &str = "bpfdb.log";
 
+/// Whole MiB in `bytes`, for the log.
+fn mib(bytes: u64) -> u64 {
+    bytes >> 20
+}
+
 /// Runs the daemon with `s`; returns the process's exit code.
 pub fn start(s: &Settings) -> i32 {
     info!(
@@ -46,7 +51,7 @@ pub fn start(s: &Settings) -> i32 {
         s.max_keys,
         s.max_value,
         s.value_mem,
-        s.value_mem >> 20,
+        mib(s.value_mem),
         s.threads,
         engine_slots(s.threads),
         if s.allow_other { ", allow_other" } else { "" }
@@ -55,9 +60,9 @@ pub fn start(s: &Settings) -> i32 {
         "durability: sync {}, wal_buffer {} B ({} MiB), checkpoint_bytes {} B ({} MiB), allow_corrupt_log {}, txn_timeout {} s{}",
         show_sync(s.sync),
         s.wal_buffer,
-        s.wal_buffer >> 20,
+        mib(s.wal_buffer),
         s.checkpoint_bytes,
-        s.checkpoint_bytes >> 20,
+        mib(s.checkpoint_bytes),
         if s.allow_corrupt_log { "on" } else { "off" },
         s.txn_timeout_secs,
         if s.txn_timeout_secs == 0 {
@@ -247,7 +252,7 @@ fn detach(prepared: &Prepared) -> Result<(), String> {
 /// hashes, so every start may pick its own: names crafted to collide under
 /// one seed do not collide under the next.
 fn random_seed() -> Result<u64, String> {
-    let mut buf = [0u8; 8];
+    let mut buf = [0u8; size_of::<u64>()];
     // SAFETY: `buf` is valid for writes of its length.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
     if usize::try_from(n) != Ok(buf.len()) {
