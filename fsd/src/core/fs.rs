@@ -126,7 +126,7 @@ pub struct Fs {
     inodes: Inodes,
     handles: Handles<Handle>,
     txns: Arc<Txns>,
-    max_value: usize,
+    max_value_bytes: usize,
     max_keys: usize,
     /// Owner of the daemon's own files (root, `.stats`, `.txn`, `.snap`).
     owner: Owner,
@@ -163,7 +163,7 @@ impl Fs {
         let txns = Arc::new(Txns::default());
         Ok(Fs {
             _reaper: Reaper::start(txns.clone(), txn_timeout)?,
-            max_value: db.options().max_value as usize,
+            max_value_bytes: db.options().max_value_bytes as usize,
             max_keys,
             inodes: Inodes::new(inode_capacity),
             handles: Handles::new(MAX_HANDLES),

@@ -49,9 +49,9 @@ pub fn start(s: &Settings) -> i32 {
     info!(
         "sizes: max_keys {}, max_value {} B, value_mem {} B ({} MiB), {} FUSE threads, {} engine slots{}",
         s.max_keys,
-        s.max_value,
-        s.value_mem,
-        mib(s.value_mem),
+        s.max_value_bytes,
+        s.value_mem_bytes,
+        mib(s.value_mem_bytes),
         s.threads,
         engine_slots(s.threads),
         if s.allow_other { ", allow_other" } else { "" }
@@ -59,8 +59,8 @@ pub fn start(s: &Settings) -> i32 {
     info!(
         "durability: sync {}, wal_buffer {} B ({} MiB), checkpoint_bytes {} B ({} MiB), allow_corrupt_log {}, txn_timeout {} s{}",
         show_sync(s.sync),
-        s.wal_buffer,
-        mib(s.wal_buffer),
+        s.wal_buffer_bytes,
+        mib(s.wal_buffer_bytes),
         s.checkpoint_bytes,
         mib(s.checkpoint_bytes),
         if s.allow_corrupt_log { "on" } else { "off" },
@@ -270,13 +270,13 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
 
     let opts = Options {
         max_keys: s.max_keys,
-        max_value: s.max_value,
-        value_mem_bytes: s.value_mem,
+        max_value_bytes: s.max_value_bytes,
+        value_mem_bytes: s.value_mem_bytes,
         slots: engine_slots(s.threads),
         hash_seed: random_seed()?,
         data_dir: Some(s.data_dir.clone()),
         sync: s.sync,
-        wal_buffer_bytes: s.wal_buffer,
+        wal_buffer_bytes: s.wal_buffer_bytes,
         checkpoint_bytes: s.checkpoint_bytes,
         allow_corrupt_log: s.allow_corrupt_log,
         pin_dir: s.pin_dir.clone(),

@@ -213,13 +213,13 @@ impl Fs {
 
     fn checked_size(&self, size: u64, name: impl FnOnce() -> String) -> Result<usize> {
         match usize::try_from(size) {
-            Ok(len) if len <= self.max_value => Ok(len),
+            Ok(len) if len <= self.max_value_bytes => Ok(len),
             _ => Err(Error::new(
                 libc::EFBIG,
                 format!(
                     "truncate {}: {size} bytes is over max_value {}; the previous value stays",
                     name(),
-                    self.max_value
+                    self.max_value_bytes
                 ),
             )),
         }

@@ -186,14 +186,14 @@ impl Fs {
             usize::try_from(offset).unwrap_or(usize::MAX)
         };
         let end = match start.checked_add(data.len()) {
-            Some(end) if end <= self.max_value => end,
+            Some(end) if end <= self.max_value_bytes => end,
             _ => {
                 let e = Error::new(
                     libc::EFBIG,
                     format!(
                         "value would be {} bytes, over max_value {}",
                         start as u128 + data.len() as u128,
-                        self.max_value
+                        self.max_value_bytes
                     ),
                 );
                 return Err(self.refuse(w, e, "write"));
