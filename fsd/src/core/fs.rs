@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bpfdb::{Db, Error, Result, check_key};
+use bpfdb::{Db, Error, Result, SetFlags, check_key};
 
 pub use crate::core::clock::now_ns;
 use crate::core::handles::Handles;
@@ -61,6 +61,19 @@ pub const INODE_SLACK: usize = 1024;
 
 /// Root entries that are never keys.
 pub const RESERVED: [&[u8]; 4] = [b".stats", b".txn", b".snap", b".ctl"];
+
+/// A set that replaces a key, which must exist (truncate, a transaction's
+/// open for writing).
+const MUST_EXIST: SetFlags = SetFlags {
+    no_replace: false,
+    must_exist: true,
+};
+
+/// A set that creates a key, which must not exist (create).
+const NO_REPLACE: SetFlags = SetFlags {
+    no_replace: true,
+    must_exist: false,
+};
 
 /// How long a read-write transaction may stay idle by default.
 pub const DEFAULT_TXN_TIMEOUT: Duration = Duration::from_secs(30);

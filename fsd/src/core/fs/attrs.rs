@@ -4,10 +4,10 @@
 
 use std::sync::atomic::Ordering;
 
-use bpfdb::{Error, Meta, NewMeta, Result, SetFlags};
+use bpfdb::{Error, Meta, NewMeta, Result};
 
 use super::space::Space;
-use super::{Attr, Fs, Kind, ctl, now_ns};
+use super::{Attr, Fs, Kind, MUST_EXIST, ctl, now_ns};
 use crate::core::caller::Caller;
 use crate::core::handles::lock;
 use crate::core::inodes::{CTL_INO, FIRST_KEY_INO, Place, ROOT_INO, SNAP_INO, STATS_INO, TXN_INO};
@@ -201,12 +201,8 @@ impl Fs {
             .meta;
         value.resize(len, 0);
         let meta = change.apply(&cur, change.mtime_ns.unwrap_or_else(now_ns));
-        let must_exist = SetFlags {
-            no_replace: false,
-            must_exist: true,
-        };
         let st = space
-            .set(&self.db, key, &value, meta, must_exist)
+            .set(&self.db, key, &value, meta, MUST_EXIST)
             .map_err(|e| space.restate(e, "truncate", key))?;
         Ok(space.attr(ino, &st.meta, value.len()))
     }

@@ -6,14 +6,14 @@
 
 use std::sync::atomic::Ordering;
 
-use bpfdb::{Error, Meta, NewMeta, Result, SetFlags, Stat};
+use bpfdb::{Error, Meta, NewMeta, Result, Stat};
 
 use super::attrs::file_attr;
 use super::ctl::Ctl;
 use super::listing::Listing;
 use super::space::Space;
 use super::writer::Writer;
-use super::{Attr, CACHE_MAX_VALUE, Fs, Opened, ino_name, now_ns};
+use super::{Attr, CACHE_MAX_VALUE, Fs, MUST_EXIST, Opened, ino_name, now_ns};
 use crate::core::caller::Caller;
 use crate::core::handles::lock;
 use crate::core::inodes::{
@@ -223,12 +223,8 @@ impl Fs {
                     mtime_ns: if truncate { now_ns() } else { meta.mtime_ns },
                     ctime_ns: if truncate { now_ns() } else { meta.ctime_ns },
                 };
-                let must_exist = SetFlags {
-                    no_replace: false,
-                    must_exist: true,
-                };
                 meta = space
-                    .set(&self.db, key, &data, staged, must_exist)
+                    .set(&self.db, key, &data, staged, MUST_EXIST)
                     .map_err(fail)?
                     .meta;
             }

@@ -2,10 +2,10 @@
 //! for what the flat key space has no room for (directories outside `.txn`
 //! and `.snap`, device nodes, symbolic and hard links).
 
-use bpfdb::{Error, NewMeta, Result, SetFlags};
+use bpfdb::{Error, NewMeta, Result};
 
 use super::space::{Parent, Space};
-use super::{Attr, Fs, Opened, now_ns, show, valid_key};
+use super::{Attr, Fs, NO_REPLACE, Opened, now_ns, show, valid_key};
 use crate::core::caller::Caller;
 use crate::core::inodes::Place;
 use crate::core::txns::Open;
@@ -33,10 +33,6 @@ impl Fs {
             mtime_ns: now,
             ctime_ns: now,
         };
-        let no_replace = SetFlags {
-            no_replace: true,
-            must_exist: false,
-        };
         // A shell's `>` never checks close: a log that cannot take the
         // value fails the create, before any key exists.
         if let Space::Root = space {
@@ -44,7 +40,7 @@ impl Fs {
                 .log_health()
                 .map_err(|e| space.restate(e, "create", key))?;
         }
-        let created = match space.set(&self.db, key, &[], meta, no_replace) {
+        let created = match space.set(&self.db, key, &[], meta, NO_REPLACE) {
             Ok(st) => Some(st),
             // Created by someone else since the kernel's lookup: open it.
             Err(e) if e.errno == libc::EEXIST && flags & libc::O_EXCL == 0 => None,

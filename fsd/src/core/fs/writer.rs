@@ -121,12 +121,19 @@ impl Fs {
             return Err(self.refuse(w, e, "truncate"));
         }
         w.buf.resize(len, 0);
+        self.edited(w);
+        Ok(true)
+    }
+
+    /// A write or truncation changed the buffer: it is to be committed
+    /// (the application's latest change, so an earlier failed commit no
+    /// longer stands), and counted as pending.
+    fn edited(&self, w: &mut Writer) {
         w.written_ns = now_ns();
         self.track_writer(w, true);
         w.dirty = true;
         w.truncated = false;
         w.failed = false;
-        Ok(true)
     }
 
     /// Counts (`pending`) or uncounts a writer in `Fs::uses`; counting
@@ -206,11 +213,7 @@ impl Fs {
             w.buf.resize(end, 0);
         }
         w.buf[start..end].copy_from_slice(data);
-        w.written_ns = now_ns();
-        self.track_writer(w, true);
-        w.dirty = true;
-        w.truncated = false;
-        w.failed = false;
+        self.edited(w);
         // A single write is at most max_write (1 MiB), so it fits.
         Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
     }
@@ -218,25 +221,25 @@ impl Fs {
     /// close(): commits the buffer if it changed; the commit's error is
     /// what close() returns.
     pub fn flush(&self, fh: u64) -> Result<()> {
-        let h = self.handles.get(fh)?;
-        let mut h = lock(&h);
-        match &mut *h {
-            Handle::Writer(w) => {
-                let r = self.commit(w);
-                let pending = w.dirty || w.truncated;
-                self.track_writer(w, pending);
-                r
-            }
-            _ => Ok(()),
-        }
+        self.commit_handle(fh, false)
     }
 
+    /// fsync(): commits the buffer, an O_TRUNC not yet written included.
     pub fn fsync(&self, fh: u64) -> Result<()> {
+        self.commit_handle(fh, true)
+    }
+
+    /// Commits `fh`'s buffer if it is a writer's; `with_truncation`: also
+    /// a truncation waiting for the first write (see `Writer::truncated`).
+    /// The writer stays counted in `Fs::uses` while changes are pending.
+    fn commit_handle(&self, fh: u64, with_truncation: bool) -> Result<()> {
         let h = self.handles.get(fh)?;
         let mut h = lock(&h);
         match &mut *h {
             Handle::Writer(w) => {
-                w.dirty |= w.truncated;
+                if with_truncation {
+                    w.dirty |= w.truncated;
+                }
                 let r = self.commit(w);
                 let pending = w.dirty || w.truncated;
                 self.track_writer(w, pending);
