@@ -42,12 +42,12 @@ const CHECKPOINT_POLL: Duration = Duration::from_millis(500);
 
 impl Db {
     pub fn open(opts: &Options) -> Result<Db> {
-        if opts.max_value as usize > abi::VALUE_LIMIT {
+        if opts.max_value_bytes as usize > abi::VALUE_LIMIT {
             return Err(Error::new(
                 libc::EINVAL,
                 format!(
                     "max_value {} exceeds the limit of {} bytes",
-                    opts.max_value,
+                    opts.max_value_bytes,
                     abi::VALUE_LIMIT
                 ),
             ));

@@ -10,7 +10,7 @@ pub struct Options {
     /// old versions).
     pub max_keys: u32,
     /// Largest value in bytes, at most 1 MiB.
-    pub max_value: u32,
+    pub max_value_bytes: u32,
     /// Bytes of page memory for values over 128 bytes. Small values get
     /// their own pool sized from max_keys.
     pub value_mem_bytes: u64,
@@ -61,7 +61,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             max_keys: 100_000,
-            max_value: abi::VALUE_LIMIT as u32,
+            max_value_bytes: abi::VALUE_LIMIT as u32,
             value_mem_bytes: 256 << 20,
             slots: 16,
             hash_seed: 0,

@@ -6,6 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Number of the renameat2 syscall, for [`renameat2_sh`].
@@ -179,41 +180,69 @@ pub fn send_signal(pid: u32, sig: i32) {
     );
 }
 
+/// A command running in a process group of its own, stdin closed, with a thread reading each
+/// of its stdout and stderr to the end (so a child that writes much never blocks on a pipe).
+pub(crate) struct Piped {
+    pub(crate) child: Child,
+    out: JoinHandle<Vec<u8>>,
+    err: JoinHandle<Vec<u8>>,
+}
+
+impl Piped {
+    /// Starts `cmd`; fails the test, naming `what`, if it cannot.
+    pub(crate) fn spawn(cmd: &mut Command, what: &str) -> Piped {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        let out = child.stdout.take().expect("piped stdout");
+        let err = child.stderr.take().expect("piped stderr");
+        Piped {
+            child,
+            out: read_to_end_in_thread(out),
+            err: read_to_end_in_thread(err),
+        }
+    }
+
+    /// Kills the command's whole process group (what it started too).
+    pub(crate) fn kill_group(&self) {
+        let pgid = i32::try_from(self.child.id()).expect("pid fits in pid_t");
+        // SAFETY: kill(2) of the process group `spawn` created for this command.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    }
+
+    /// The output of the command, which has ended with `status`; waits for its pipes to close.
+    pub(crate) fn output(self, status: ExitStatus) -> Output {
+        Output {
+            status,
+            stdout: self.out.join().expect("stdout reader"),
+            stderr: self.err.join().expect("stderr reader"),
+        }
+    }
+}
+
+fn read_to_end_in_thread(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = pipe.read_to_end(&mut v);
+        v
+    })
+}
+
 /// Runs `cmd` (stdout and stderr captured), killing its whole process group and failing the
 /// test if it is still running after `timeout`.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration, what: &str) -> Output {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let Some(status) = wait_timeout(&mut child, timeout) else {
-        let pgid = i32::try_from(child.id()).expect("pid fits in pid_t");
-        // SAFETY: kill(2) of the process group we created for this command.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        let _ = child.wait();
+    let mut piped = Piped::spawn(cmd, what);
+    let Some(status) = wait_timeout(&mut piped.child, timeout) else {
+        piped.kill_group();
+        let _ = piped.child.wait();
         panic!(
             "{what} still running after {} s; killed it (a hung daemon?)",
             timeout.as_secs()
         );
     };
-    Output {
-        status,
-        stdout: out_reader.join().expect("stdout reader"),
-        stderr: err_reader.join().expect("stderr reader"),
-    }
+    piped.output(status)
 }
 
 pub(crate) fn describe(out: &Output) -> String {

@@ -3,9 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::io::Read;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::*;
@@ -172,51 +170,27 @@ impl Mount {
 /// A script running in the background in its own process group, its output captured. Dropping
 /// it unfinished kills the whole group, so a failing test leaves no shell loops behind.
 pub struct Background {
-    child: Option<Child>,
+    /// None once finished.
+    piped: Option<Piped>,
     what: String,
-    out: Option<std::thread::JoinHandle<Vec<u8>>>,
-    err: Option<std::thread::JoinHandle<Vec<u8>>>,
 }
 
 impl Background {
     fn spawn(mut cmd: Command, what: &str) -> Background {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        let mut out = child.stdout.take().expect("piped stdout");
-        let mut err = child.stderr.take().expect("piped stderr");
         Background {
-            child: Some(child),
+            piped: Some(Piped::spawn(&mut cmd, what)),
             what: what.to_owned(),
-            out: Some(std::thread::spawn(move || {
-                let mut v = Vec::new();
-                let _ = out.read_to_end(&mut v);
-                v
-            })),
-            err: Some(std::thread::spawn(move || {
-                let mut v = Vec::new();
-                let _ = err.read_to_end(&mut v);
-                v
-            })),
         }
-    }
-
-    fn kill_group(child: &Child) {
-        let pgid = i32::try_from(child.id()).expect("pid fits in pid_t");
-        // SAFETY: kill(2) of the process group we created for this script.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
     }
 
     /// Waits up to `timeout` for the script to end and returns its output; kills it and fails
     /// the test if it is still running then.
     #[track_caller]
     pub fn finish(mut self, timeout: Duration) -> Output {
-        let mut child = self.child.take().expect("not finished yet");
-        let Some(status) = wait_timeout(&mut child, timeout) else {
-            Background::kill_group(&child);
-            let _ = child.wait();
+        let mut piped = self.piped.take().expect("not finished yet");
+        let Some(status) = wait_timeout(&mut piped.child, timeout) else {
+            piped.kill_group();
+            let _ = piped.child.wait();
             panic!(
                 "background script still running after {} s; killed it:\n{}",
                 timeout.as_secs(),
@@ -224,27 +198,15 @@ impl Background {
             );
         };
         // The scripts `wait` for their own background jobs, so the pipes close with them.
-        Output {
-            status,
-            stdout: self
-                .out
-                .take()
-                .and_then(|h| h.join().ok())
-                .unwrap_or_default(),
-            stderr: self
-                .err
-                .take()
-                .and_then(|h| h.join().ok())
-                .unwrap_or_default(),
-        }
+        piped.output(status)
     }
 }
 
 impl Drop for Background {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            Background::kill_group(&child);
-            let _ = child.wait();
+        if let Some(mut piped) = self.piped.take() {
+            piped.kill_group();
+            let _ = piped.child.wait();
         }
     }
 }

@@ -181,7 +181,7 @@ impl Engine {
             .rodata_data
             .as_deref_mut()
             .ok_or_else(|| Error::new(libc::EIO, "engine has no .rodata"))?;
-        rodata.max_value = opts.max_value;
+        rodata.max_value = opts.max_value_bytes;
         if opts.lock_cas_tries > 0 {
             rodata.lock_cas_tries = opts.lock_cas_tries.min(abi::LOCK_CAS_TRIES);
         }

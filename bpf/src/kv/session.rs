@@ -259,14 +259,14 @@ impl Session<'_> {
         meta: NewMeta,
         flags: SetFlags,
     ) -> Result<Stat> {
-        if value.len() > self.db.opts.max_value as usize {
+        if value.len() > self.db.opts.max_value_bytes as usize {
             let e = Error::new(
                 libc::EFBIG,
                 format!(
                     "set {:?}: value of {} bytes exceeds max_value {}",
                     String::from_utf8_lossy(key),
                     value.len(),
-                    self.db.opts.max_value
+                    self.db.opts.max_value_bytes
                 ),
             );
             debug!("{e}");

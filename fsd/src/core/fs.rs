@@ -6,24 +6,31 @@
 //! transaction's directory, stages). The kernel names files by inode, the
 //! engine by key: `Inodes` maps one to the other, per scope (the root, or
 //! one open transaction or snapshot).
+//!
+//! This file holds the types the FUSE adapter sees, `Fs` itself and lookup;
+//! the operations are in `fs/` by concern: `attrs` (getattr, setattr),
+//! `names` (create, unlink, rename and the refused mkdir/link/...), `files`
+//! (open, read), `writer` (write buffers and their commits), `listing`
+//! (opendir, readdir), `txn_dirs` (`.txn/NAME`, `.snap/NAME`), `ctl`
+//! (`.ctl` files), `space` (where a key operation runs).
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bpfdb::{Db, Error, Meta, NewMeta, Result, SetFlags, check_key};
+use bpfdb::{Db, Error, Result, SetFlags, check_key};
 
-use crate::core::caller::Caller;
 pub use crate::core::clock::now_ns;
-use crate::core::handles::{Handles, lock};
+use crate::core::handles::Handles;
 use crate::core::inodes::{
     CTL_INO, FIRST_KEY_INO, Inodes, Place, ROOT_INO, ROOT_SCOPE, SNAP_INO, STATS_INO, TXN_INO,
 };
 use crate::core::keyuse::{CommitGuard, KeyUse};
 use crate::core::stats::{self, DaemonStats, FsStat};
-use crate::core::txns::{self, Open, Reaper, TxnKind, Txns};
+use crate::core::txns::{self, Reaper, TxnKind, Txns};
 
+mod attrs;
 #[cfg(test)]
 mod cache_tests;
 mod ctl;
@@ -31,13 +38,17 @@ mod durable;
 #[cfg(test)]
 mod durable_tests;
 mod files;
+mod listing;
+mod names;
 mod space;
 #[cfg(test)]
 mod tests;
 mod txn_dirs;
 #[cfg(test)]
 mod txn_tests;
+mod writer;
 
+pub use attrs::SetAttr;
 use files::Handle;
 use space::{Parent, Space};
 
@@ -53,6 +64,19 @@ pub const INODE_SLACK: usize = 1024;
 
 /// Root entries that are never keys.
 pub const RESERVED: [&[u8]; 4] = [b".stats", b".txn", b".snap", b".ctl"];
+
+/// A set that replaces a key, which must exist (truncate, a transaction's
+/// open for writing).
+const MUST_EXIST: SetFlags = SetFlags {
+    no_replace: false,
+    must_exist: true,
+};
+
+/// A set that creates a key, which must not exist (create).
+const NO_REPLACE: SetFlags = SetFlags {
+    no_replace: true,
+    must_exist: false,
+};
 
 /// How long a read-write transaction may stay idle by default.
 pub const DEFAULT_TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -80,46 +104,6 @@ pub struct Attr {
     /// until told otherwise: true only for committed keys at the root,
     /// whose every change goes through `Fs::root_changed`.
     pub cacheable: bool,
-}
-
-/// Changes requested by `setattr`; `None` leaves a field alone.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SetAttr {
-    pub mode: Option<u32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub size: Option<u64>,
-    pub mtime_ns: Option<u64>,
-    /// Who asks (chmod keeps set-group-ID only for a member of the group).
-    pub by: Caller,
-}
-
-impl SetAttr {
-    fn changes_meta(&self) -> bool {
-        self.changes_owner_or_mode() || self.mtime_ns.is_some()
-    }
-
-    fn changes_owner_or_mode(&self) -> bool {
-        self.mode.is_some() || self.uid.is_some() || self.gid.is_some()
-    }
-
-    /// The new metadata; ctime is now. chmod by a caller that is neither
-    /// root nor in the file's group drops set-group-ID, as Linux does.
-    fn apply(&self, meta: &Meta, mtime_ns: u64) -> NewMeta {
-        let gid = self.gid.unwrap_or(meta.gid);
-        let mode = self.mode.map_or(meta.mode, |m| {
-            let keep_sgid = self.by.is_root() || self.by.in_group(gid);
-            let m = if keep_sgid { m } else { m & !libc::S_ISGID };
-            libc::S_IFREG | (m & 0o7777)
-        });
-        NewMeta {
-            mode,
-            uid: self.uid.unwrap_or(meta.uid),
-            gid,
-            mtime_ns,
-            ctime_ns: now_ns(),
-        }
-    }
 }
 
 /// Owner of the daemon's own files.
@@ -158,7 +142,7 @@ pub struct Fs {
     inodes: Inodes,
     handles: Handles<Handle>,
     txns: Arc<Txns>,
-    max_value: usize,
+    max_value_bytes: usize,
     max_keys: usize,
     /// Owner of the daemon's own files (root, `.stats`, `.txn`, `.snap`).
     owner: Owner,
@@ -195,7 +179,7 @@ impl Fs {
         let txns = Arc::new(Txns::default());
         Ok(Fs {
             _reaper: Reaper::start(txns.clone(), txn_timeout)?,
-            max_value: db.options().max_value as usize,
+            max_value_bytes: db.options().max_value_bytes as usize,
             max_keys,
             inodes: Inodes::new(inode_capacity),
             handles: Handles::new(MAX_HANDLES),
@@ -311,373 +295,6 @@ impl Fs {
         }
     }
 
-    /// Attributes as `who` sees them: through its handle `fh`, or through
-    /// its own process's writer of the inode (fstat comes without a
-    /// handle; a writer sees its own writes), else as committed.
-    pub fn getattr(&self, ino: u64, fh: Option<u64>, who: Caller) -> Result<Attr> {
-        if ino < FIRST_KEY_INO {
-            return self.reserved_attr("getattr", ino);
-        }
-        if let Some(fh) = fh
-            && let Ok(h) = self.handles.get(fh)
-            && let Some(attr) = lock(&h).own_attr(ino)
-        {
-            return Ok(attr);
-        }
-        // While a writer has changes pending, each process has its own
-        // view, so none may be cached for the others. The kernel keeps one
-        // size per inode, so a cached reader still open past the writer's
-        // wait for it (`keyuse::QUIET_TIMEOUT`) gets the committed size
-        // for everyone: its page-cache reads stop at that size.
-        if self.uses.has_writer(ino) {
-            let process = OnceLock::new();
-            if !self.uses.has_cached(ino)
-                && let Some(attr) = self.handles.find_map(|h| h.writer_attr(ino, who, &process))
-            {
-                return Ok(attr);
-            }
-            return self.committed_attr(ino).map(|a| Attr {
-                cacheable: false,
-                ..a
-            });
-        }
-        self.committed_attr(ino)
-    }
-
-    fn committed_attr(&self, ino: u64) -> Result<Attr> {
-        let (place, linked) = self.place_of("getattr", ino)?;
-        let (scope, key) = match place {
-            Place::Key { scope, name } => (scope, name),
-            Place::Dir { scope } => {
-                let open = self.live_scope("getattr", ino, scope, linked)?;
-                return Ok(self.txn_dir_attr(ino, &open));
-            }
-            Place::Ctl { scope } => {
-                let open = self.live_scope("getattr", ino, scope, linked)?;
-                return Ok(self.txn_ctl_attr(ino, &open));
-            }
-        };
-        if !linked {
-            // fstat() of a file whose key was removed while open comes
-            // without a handle; any handle open on the inode answers.
-            if let Some(attr) = self.handles.find_map(|h| h.attr(ino)) {
-                return Ok(Attr { nlink: 0, ..attr });
-            }
-        }
-        let space = self.space("getattr", scope)?;
-        let st = space.stat(&self.db, &key).map_err(|e| {
-            if linked {
-                space.gone_since_lookup(e, "getattr", &key)
-            } else {
-                space.restate(e, "getattr", &key)
-            }
-        })?;
-        Ok(space.attr(ino, &st.meta, st.meta.len as usize))
-    }
-
-    pub fn setattr(&self, ino: u64, fh: Option<u64>, change: SetAttr) -> Result<Attr> {
-        let own_file = || {
-            Error::new(
-                libc::EPERM,
-                format!(
-                    "setattr {}: the daemon's own files cannot be changed",
-                    self.name_for_log(ino)
-                ),
-            )
-        };
-        if ino < FIRST_KEY_INO {
-            // A size on `.ctl` is the O_TRUNC of `echo cmd > .ctl`.
-            if !change.changes_meta() && (change.size.is_none() || ino == CTL_INO) {
-                return self.reserved_attr("setattr", ino);
-            }
-            return Err(own_file());
-        }
-        let (scope, key) = match self.place_of("setattr", ino)?.0 {
-            Place::Key { scope, name } => (scope, name),
-            Place::Ctl { .. } if !change.changes_meta() => return self.getattr(ino, fh, change.by),
-            Place::Dir { .. } | Place::Ctl { .. } => return Err(own_file()),
-        };
-        let space = self.space("setattr", scope)?;
-        if change.size.is_some() || change.changes_meta() {
-            space.writable("setattr", &key)?;
-        }
-        if let Space::Open(_) = space
-            && change.changes_owner_or_mode()
-        {
-            return Err(Error::new(
-                libc::EPERM,
-                format!(
-                    "chmod/chown {}: not inside a transaction; change modes and owners at the root",
-                    space.show(&key)
-                ),
-            ));
-        }
-        if let Some(size) = change.size {
-            let len = self.checked_size(size, || space.show(&key))?;
-            // Without an open writer the truncation commits (or, in a
-            // transaction, is staged) at once, with any other change in
-            // the same request.
-            if !self.truncate_writer(fh, ino, len)? {
-                let _quiet = matches!(space, Space::Root).then(|| self.root_commit(&[&key]));
-                let attr = self.truncate_now(&space, ino, &key, len, &change)?;
-                if let Space::Root = space {
-                    self.root_changed(&key);
-                }
-                return Ok(attr);
-            }
-        }
-        if change.changes_meta() {
-            let cur = space
-                .stat(&self.db, &key)
-                .map_err(|e| space.gone_since_lookup(e, "setattr", &key))?
-                .meta;
-            let mtime = change.mtime_ns.unwrap_or(cur.mtime_ns);
-            let _quiet = matches!(space, Space::Root).then(|| self.root_commit(&[&key]));
-            space
-                .set_meta(&self.db, &key, change.apply(&cur, mtime))
-                .map_err(|e| space.restate(e, "setattr", &key))?;
-            if let Space::Root = space {
-                self.root_changed(&key);
-            }
-        }
-        self.getattr(ino, fh, change.by)
-    }
-
-    fn truncate_now(
-        &self,
-        space: &Space,
-        ino: u64,
-        key: &[u8],
-        len: usize,
-        change: &SetAttr,
-    ) -> Result<Attr> {
-        let mut value = Vec::new();
-        let cur = space
-            .get(&self.db, key, &mut value)
-            .map_err(|e| space.gone_since_lookup(e, "truncate", key))?
-            .meta;
-        value.resize(len, 0);
-        let meta = change.apply(&cur, change.mtime_ns.unwrap_or_else(now_ns));
-        let must_exist = SetFlags {
-            no_replace: false,
-            must_exist: true,
-        };
-        let st = space
-            .set(&self.db, key, &value, meta, must_exist)
-            .map_err(|e| space.restate(e, "truncate", key))?;
-        Ok(space.attr(ino, &st.meta, value.len()))
-    }
-
-    /// `open(O_CREAT)`: commits (in a transaction: stages) an empty value
-    /// at once unless the key exists.
-    pub fn create(
-        &self,
-        parent: u64,
-        name: &[u8],
-        mode: u32,
-        umask: u32,
-        flags: i32,
-        who: Caller,
-    ) -> Result<(Attr, Opened)> {
-        let space = self.key_space("create", parent, name)?;
-        let key = valid_key("create", name)?;
-        space.writable("create", key)?;
-        let now = now_ns();
-        let meta = NewMeta {
-            mode: libc::S_IFREG | (mode & !umask & 0o7777),
-            uid: who.uid,
-            gid: who.gid,
-            mtime_ns: now,
-            ctime_ns: now,
-        };
-        let no_replace = SetFlags {
-            no_replace: true,
-            must_exist: false,
-        };
-        // A shell's `>` never checks close: a log that cannot take the
-        // value fails the create, before any key exists.
-        if let Space::Root = space {
-            self.db
-                .log_health()
-                .map_err(|e| space.restate(e, "create", key))?;
-        }
-        // A writer's create is durable by its close (`Writer::unsynced`):
-        // its wait is left to that, so one `echo v > new` waits for one fsync.
-        let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let (made, unsynced) = if writing && matches!(space, Space::Root) {
-            self.db
-                .defer_durability(|| space.set(&self.db, key, &[], meta, no_replace))
-        } else {
-            (space.set(&self.db, key, &[], meta, no_replace), None)
-        };
-        let created = match made {
-            Ok(st) => Some(st),
-            // Created by someone else since the kernel's lookup: open it.
-            Err(e) if e.errno == libc::EEXIST && flags & libc::O_EXCL == 0 => None,
-            Err(e) => return Err(space.restate(e, "create", key)),
-        };
-        if created.is_some() && matches!(space, Space::Root) {
-            self.root_dir_changed();
-        }
-        let ino = self.inodes.remember(&Place::key(space.scope(), key))?;
-        let opened = match created {
-            Some(st) => self.open_created(ino, st, unsynced, flags, who),
-            None => self.open_key(ino, &space, key, flags, who),
-        };
-        let opened = match opened {
-            Ok(o) => o,
-            Err(e) => {
-                // The kernel gets an error, so it never holds this lookup.
-                self.inodes.forget(ino, 1);
-                return Err(e);
-            }
-        };
-        let attr = self.getattr(ino, Some(opened.fh), who)?;
-        Ok((attr, opened))
-    }
-
-    pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
-        let space = self.key_space("unlink", parent, name)?;
-        let key = valid_key("unlink", name)?;
-        space.writable("unlink", key)?;
-        let _quiet = matches!(space, Space::Root).then(|| self.root_commit(&[key]));
-        space
-            .delete(&self.db, key)
-            .map_err(|e| space.restate(e, "unlink", key))?;
-        if let Space::Root = space {
-            self.root_changed(key);
-            self.root_dir_changed();
-        }
-        self.inodes.unlinked(&Place::key(space.scope(), key));
-        Ok(())
-    }
-
-    pub fn rmdir(&self, parent: u64, name: &[u8]) -> Result<()> {
-        match self.parent("rmdir", parent, name)? {
-            Parent::List(kind) => self.remove_txn_dir(kind, name),
-            Parent::Scope(open) => Err(flat("rmdir", &open, name)),
-            Parent::Root => {
-                let (errno, why) = match name {
-                    b".txn" | b".snap" => (libc::EPERM, "reserved directory"),
-                    _ => (libc::ENOTDIR, "not a directory: keys are files"),
-                };
-                Err(Error::new(errno, format!("rmdir {}: {why}", show(name))))
-            }
-        }
-    }
-
-    /// `mv a b`: one engine commit at the root; inside a transaction, one
-    /// staged move. `flags` are renameat2 flags.
-    pub fn rename(
-        &self,
-        parent: u64,
-        name: &[u8],
-        new_parent: u64,
-        new_name: &[u8],
-        flags: u32,
-    ) -> Result<()> {
-        let from_dir = self.parent("rename", parent, name)?;
-        let to_dir = self.parent("rename", new_parent, new_name)?;
-        let what = || format!("rename {} -> {}", show(name), show(new_name));
-        let space = match (from_dir, to_dir) {
-            (Parent::List(_), _) | (_, Parent::List(_)) => {
-                return Err(Error::new(
-                    libc::EPERM,
-                    format!(
-                        "{}: transaction directories cannot be renamed, and keys cannot move into .txn or .snap",
-                        what()
-                    ),
-                ));
-            }
-            (Parent::Root, Parent::Root) => Space::Root,
-            (Parent::Scope(a), Parent::Scope(b)) if a.scope == b.scope => Space::Open(a),
-            _ => {
-                return Err(Error::new(
-                    libc::EXDEV,
-                    format!(
-                        "{}: keys move only within one directory (the root or one transaction)",
-                        what()
-                    ),
-                ));
-            }
-        };
-        let what = || format!("rename {} -> {}", space.show(name), space.show(new_name));
-        if flags & libc::RENAME_EXCHANGE != 0 {
-            return Err(Error::new(
-                libc::EINVAL,
-                format!("{}: RENAME_EXCHANGE is not supported", what()),
-            ));
-        }
-        if flags & !libc::RENAME_NOREPLACE != 0 {
-            return Err(Error::new(
-                libc::EINVAL,
-                format!("{}: unsupported rename flags {flags:#x}", what()),
-            ));
-        }
-        let from = valid_key("rename", name)?;
-        let to = valid_key("rename onto", new_name)?;
-        space.writable("rename", from)?;
-        let no_replace = flags & libc::RENAME_NOREPLACE != 0;
-        let _quiet = matches!(space, Space::Root).then(|| self.root_commit(&[from, to]));
-        space
-            .rename(&self.db, from, to, no_replace)
-            .map_err(|e| space.restate_as(e, what))?;
-        if let Space::Root = space {
-            self.root_changed(from);
-            self.root_changed(to);
-            self.root_dir_changed();
-        }
-        self.inodes.renamed(space.scope(), from, to);
-        Ok(())
-    }
-
-    /// `mkdir .txn/NAME` begins a transaction, `mkdir .snap/NAME` a
-    /// snapshot; anywhere else directories do not exist.
-    pub fn mkdir(&self, parent: u64, name: &[u8]) -> Result<Attr> {
-        match self.parent("mkdir", parent, name)? {
-            Parent::List(kind) => self.make_txn_dir(kind, name),
-            Parent::Scope(open) => Err(flat("mkdir", &open, name)),
-            Parent::Root => Err(Error::new(
-                libc::EPERM,
-                format!(
-                    "mkdir {}: directories are not supported, keys are files",
-                    show(name)
-                ),
-            )),
-        }
-    }
-
-    pub fn mknod(&self, parent: u64, name: &[u8]) -> Result<Attr> {
-        self.parent("mknod", parent, name)?;
-        Err(Error::new(
-            libc::EPERM,
-            format!(
-                "mknod {}: device nodes and special files are not supported",
-                show(name)
-            ),
-        ))
-    }
-
-    pub fn symlink(&self, parent: u64, name: &[u8]) -> Result<Attr> {
-        self.parent("symlink", parent, name)?;
-        Err(Error::new(
-            libc::EPERM,
-            format!("symlink {}: symbolic links are not supported", show(name)),
-        ))
-    }
-
-    pub fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr> {
-        self.parent("link", new_parent, new_name)?;
-        Err(Error::new(
-            libc::EPERM,
-            format!(
-                "link {} -> {}: hard links are not supported",
-                self.name_for_log(ino),
-                show(new_name)
-            ),
-        ))
-    }
-
     pub fn statfs(&self) -> FsStat {
         stats::statfs(&self.db.stats(), &self.db.layout())
     }
@@ -695,102 +312,6 @@ impl Fs {
             worker_waits: self.uses.waits_off_pool(),
         };
         stats::render(&self.db.stats(), &self.db.layout(), &daemon)
-    }
-
-    fn checked_size(&self, size: u64, name: impl FnOnce() -> String) -> Result<usize> {
-        match usize::try_from(size) {
-            Ok(len) if len <= self.max_value => Ok(len),
-            _ => Err(Error::new(
-                libc::EFBIG,
-                format!(
-                    "truncate {}: {size} bytes is over max_value {}; the previous value stays",
-                    name(),
-                    self.max_value
-                ),
-            )),
-        }
-    }
-
-    fn reserved_attr(&self, op: &str, ino: u64) -> Result<Attr> {
-        match ino {
-            ROOT_INO | STATS_INO | TXN_INO | SNAP_INO | CTL_INO => Ok(self.fixed_attr(ino)),
-            _ => Err(Error::new(
-                libc::ENOENT,
-                format!("{op} inode {ino}: unknown inode"),
-            )),
-        }
-    }
-
-    fn fixed_attr(&self, ino: u64) -> Attr {
-        let (kind, mode, nlink, mtime_ns, size) = match ino {
-            // "." and ".." plus the ".." of each subdirectory.
-            ROOT_INO => (
-                Kind::Dir,
-                self.root_mode,
-                4,
-                self.root_changed_ns.load(Ordering::Relaxed),
-                0,
-            ),
-            // The length the content would have now; what a read returns is
-            // rendered at open (direct I/O, so the size does not cut it).
-            STATS_INO => (
-                Kind::File,
-                0o444,
-                1,
-                now_ns(),
-                self.stats_text().len() as u64,
-            ),
-            CTL_INO => (
-                Kind::File,
-                0o600,
-                1,
-                self.started_ns,
-                ctl::ROOT_USAGE.len() as u64,
-            ),
-            _ => {
-                let kind = if ino == TXN_INO {
-                    TxnKind::ReadWrite
-                } else {
-                    TxnKind::Snapshot
-                };
-                let subdirs = u32::try_from(self.txns.list(kind).len()).unwrap_or(u32::MAX);
-                (
-                    Kind::Dir,
-                    0o755,
-                    subdirs.saturating_add(2),
-                    self.started_ns,
-                    0,
-                )
-            }
-        };
-        Attr {
-            ino,
-            size,
-            mode,
-            uid: self.owner.uid,
-            gid: self.owner.gid,
-            mtime_ns,
-            ctime_ns: mtime_ns,
-            kind,
-            nlink,
-            cacheable: false,
-        }
-    }
-}
-
-/// Attributes of a key as a handle or a transaction sees it: never cached.
-fn file_attr(ino: u64, meta: &Meta, len: usize) -> Attr {
-    Attr {
-        ino,
-        size: len as u64,
-        mode: meta.mode & 0o7777,
-        uid: meta.uid,
-        gid: meta.gid,
-        mtime_ns: meta.mtime_ns,
-        ctime_ns: meta.ctime_ns.max(meta.mtime_ns),
-        kind: Kind::File,
-        nlink: 1,
-        cacheable: false,
     }
 }
 
@@ -840,18 +361,6 @@ fn show(name: &[u8]) -> impl fmt::Display + '_ {
         }
     }
     Quoted(name)
-}
-
-/// mkdir and rmdir inside a transaction directory: the namespace is flat.
-fn flat(op: &str, open: &Open, name: &[u8]) -> Error {
-    Error::new(
-        libc::EPERM,
-        format!(
-            "{op} {}/{}: a transaction directory holds keys only (flat namespace)",
-            open.path(),
-            show(name)
-        ),
-    )
 }
 
 fn ino_name(ino: u64) -> &'static str {

@@ -32,6 +32,9 @@ pub struct DaemonStats {
     pub log: bpfdb::LogCounters,
 }
 
+/// About the length of one `.stats` line, to size the text once.
+const LINE_BYTES_GUESS: usize = 24;
+
 /// `.stats` content: one `name value` pair per line.
 pub fn render(stats: &Stats, layout: &Layout, daemon: &DaemonStats) -> String {
     let op = |o: Op| stats.ops.get(o as usize).copied().unwrap_or(0);
@@ -69,7 +72,7 @@ pub fn render(stats: &Stats, layout: &Layout, daemon: &DaemonStats) -> String {
         ("log_fsyncs", daemon.log.fsyncs),
         ("log_acks_waiting", daemon.log.acks_waiting),
     ];
-    let mut out = String::with_capacity(lines.len() * 24);
+    let mut out = String::with_capacity(lines.len() * LINE_BYTES_GUESS);
     for (name, value) in lines {
         let _ = writeln!(out, "{name} {value}");
     }

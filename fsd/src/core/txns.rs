@@ -19,6 +19,7 @@ pub const MAX_OPEN: usize = bpfdb::abi::MAX_USER_TXNS as usize;
 /// How often the reaper looks, as a fraction of the timeout and within
 /// these bounds: an idle transaction is aborted at most a quarter of the
 /// timeout (and at most a second) late.
+const REAP_POLLS_PER_TIMEOUT: u32 = 4;
 const REAP_POLL_MIN: Duration = Duration::from_millis(50);
 const REAP_POLL_MAX: Duration = Duration::from_secs(1);
 
@@ -266,7 +267,7 @@ impl Reaper {
                 thread: None,
             });
         }
-        let poll = (timeout / 4).clamp(REAP_POLL_MIN, REAP_POLL_MAX);
+        let poll = (timeout / REAP_POLLS_PER_TIMEOUT).clamp(REAP_POLL_MIN, REAP_POLL_MAX);
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("txn-reaper".into())

@@ -8,20 +8,23 @@ use clap::Parser;
 use log::warn;
 use nix::errno::Errno;
 
+use crate::core::fs::DEFAULT_TXN_TIMEOUT;
 use crate::daemon::waiters;
 
-const MAX_VALUE_LIMIT: u64 = bpfdb::abi::VALUE_LIMIT as u64;
+const MAX_VALUE_LIMIT_BYTES: u64 = bpfdb::abi::VALUE_LIMIT as u64;
 /// Bounds of --wal-buffer, which the engine checks too.
-const WAL_BUFFER_MIN: u64 = 4 << 10;
-const WAL_BUFFER_MAX: u64 = 1 << 30;
+const WAL_BUFFER_MIN_BYTES: u64 = 4 << 10;
+const WAL_BUFFER_MAX_BYTES: u64 = 1 << 30;
 /// One FUSE worker per CPU, and at least two: a writer's open waits for
 /// the key's cached readers to close (`keyuse`), and their RELEASE needs a
 /// second worker to arrive.
+const MIN_DEFAULT_THREADS: u32 = 2;
+
 fn default_threads() -> u32 {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     u32::try_from(cpus)
         .unwrap_or(MAX_THREADS)
-        .clamp(2, MAX_THREADS)
+        .clamp(MIN_DEFAULT_THREADS, MAX_THREADS)
 }
 
 /// Threads besides the FUSE workers and the waiter pool that run engine
@@ -67,6 +70,8 @@ MOUNTPOINT/.ctl` takes one at any time.";
     about = "Mounts a bpfdb database, a key-value engine running in the kernel as eBPF, as a directory",
     after_help = AFTER_HELP
 )]
+// Each field name is a flag as users type it (`max_value`: `--max-value`
+// and `-o max_value=`), so sizes carry no `_bytes` here; `Settings` does.
 pub struct Cli {
     /// Directory for the database's log and checkpoint; created if missing
     /// and locked (DATA_DIR/LOCK) while the daemon runs.
@@ -122,7 +127,7 @@ pub struct Cli {
 
     /// Seconds a transaction (.txn/NAME) may stay idle before it is aborted;
     /// 0: never. Snapshots do not time out.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TXN_TIMEOUT.as_secs())]
     txn_timeout: u64,
 
     /// Pin the engine's data maps in this bpffs directory (e.g.
@@ -168,13 +173,13 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub mountpoint: PathBuf,
     pub max_keys: u32,
-    pub max_value: u32,
-    pub value_mem: u64,
+    pub max_value_bytes: u32,
+    pub value_mem_bytes: u64,
     pub threads: u32,
     pub allow_other: bool,
     pub foreground: bool,
     pub sync: SyncMode,
-    pub wal_buffer: u64,
+    pub wal_buffer_bytes: u64,
     pub checkpoint_bytes: u64,
     pub allow_corrupt_log: bool,
     pub txn_timeout_secs: u64,
@@ -232,41 +237,41 @@ impl Settings {
             data_dir: cli.data_dir.clone(),
             mountpoint: cli.mountpoint.clone(),
             max_keys: cli.max_keys,
-            max_value: 0,
-            value_mem: cli.value_mem,
+            max_value_bytes: 0,
+            value_mem_bytes: cli.value_mem,
             threads: cli.threads,
             allow_other: cli.allow_other,
             foreground: cli.foreground,
             sync: cli.sync,
-            wal_buffer: cli.wal_buffer,
+            wal_buffer_bytes: cli.wal_buffer,
             checkpoint_bytes: cli.checkpoint_bytes,
             allow_corrupt_log: cli.allow_corrupt_log,
             txn_timeout_secs: cli.txn_timeout,
             pin_dir: cli.pin_dir.clone(),
             log_file: cli.log_file.clone(),
         };
-        let mut max_value = cli.max_value;
+        let mut max_value_bytes = cli.max_value;
         for opt in cli.options.iter().flat_map(|o| o.split(',')) {
-            s.apply_option(opt.trim(), &mut max_value, cli.sloppy)?;
+            s.apply_option(opt.trim(), &mut max_value_bytes, cli.sloppy)?;
         }
-        if max_value == 0 || max_value > MAX_VALUE_LIMIT {
+        if max_value_bytes == 0 || max_value_bytes > MAX_VALUE_LIMIT_BYTES {
             return Err(format!(
-                "max_value {max_value}: must be 1 to {MAX_VALUE_LIMIT} bytes (1M)"
+                "max_value {max_value_bytes}: must be 1 to {MAX_VALUE_LIMIT_BYTES} bytes (1M)"
             ));
         }
-        s.max_value = max_value as u32;
+        s.max_value_bytes = max_value_bytes as u32;
         if s.max_keys == 0 {
             return Err("max_keys must be at least 1".into());
         }
         if !(1..=MAX_THREADS).contains(&s.threads) {
             return Err(format!("threads {}: must be 1 to {MAX_THREADS}", s.threads));
         }
-        if !s.wal_buffer.is_power_of_two()
-            || !(WAL_BUFFER_MIN..=WAL_BUFFER_MAX).contains(&s.wal_buffer)
+        if !s.wal_buffer_bytes.is_power_of_two()
+            || !(WAL_BUFFER_MIN_BYTES..=WAL_BUFFER_MAX_BYTES).contains(&s.wal_buffer_bytes)
         {
             return Err(format!(
                 "wal_buffer {}: must be a power of two from 4K to 1G",
-                s.wal_buffer
+                s.wal_buffer_bytes
             ));
         }
         if s.checkpoint_bytes == 0 {
@@ -276,7 +281,12 @@ impl Settings {
     }
 
     /// Applies one -o option; -o values override the flags.
-    fn apply_option(&mut self, opt: &str, max_value: &mut u64, sloppy: bool) -> Result<(), String> {
+    fn apply_option(
+        &mut self,
+        opt: &str,
+        max_value_bytes: &mut u64,
+        sloppy: bool,
+    ) -> Result<(), String> {
         let (name, value) = match opt.split_once('=') {
             Some((n, v)) => (n, Some(v)),
             None => (opt, None),
@@ -286,14 +296,14 @@ impl Settings {
             ("max_keys", Some(v)) => self.max_keys = parse_count(name, v)?,
             ("threads", Some(v)) => self.threads = parse_count(name, v)?,
             ("max_value", Some(v)) => {
-                *max_value = parse_bytes(v).map_err(|e| format!("{name}: {e}"))?
+                *max_value_bytes = parse_bytes(v).map_err(|e| format!("{name}: {e}"))?
             }
             ("value_mem", Some(v)) => {
-                self.value_mem = parse_bytes(v).map_err(|e| format!("{name}: {e}"))?;
+                self.value_mem_bytes = parse_bytes(v).map_err(|e| format!("{name}: {e}"))?;
             }
             ("sync", Some(v)) => self.sync = parse_sync(v).map_err(|e| format!("{name}: {e}"))?,
             ("wal_buffer", Some(v)) => {
-                self.wal_buffer = parse_bytes(v).map_err(|e| format!("{name}: {e}"))?;
+                self.wal_buffer_bytes = parse_bytes(v).map_err(|e| format!("{name}: {e}"))?;
             }
             ("checkpoint_bytes", Some(v)) => {
                 self.checkpoint_bytes = parse_bytes(v).map_err(|e| format!("{name}: {e}"))?;

@@ -162,6 +162,12 @@ fn reply_empty(reply: ReplyEmpty, r: bpfdb::Result<()>) {
     }
 }
 
+/// stat's st_blocks counts 512-byte units, whatever the block size.
+const STAT_BLOCK_BYTES: u64 = 512;
+
+/// The I/O size stat suggests (st_blksize): one page.
+const IO_BLOCK_BYTES: u32 = 4096;
+
 fn time(ns: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns)
 }
@@ -171,7 +177,7 @@ fn file_attr(a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
-        blocks: a.size.div_ceil(512),
+        blocks: a.size.div_ceil(STAT_BLOCK_BYTES),
         atime: t,
         mtime: t,
         ctime: time(a.ctime_ns),
@@ -185,7 +191,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         uid: a.uid,
         gid: a.gid,
         rdev: 0,
-        blksize: 4096,
+        blksize: IO_BLOCK_BYTES,
         flags: 0,
     }
 }

@@ -33,6 +33,11 @@ struct Prepared {
 /// The log of a background daemon without `--log-file`, in its data dir.
 pub const LOG_FILE: &str = "bpfdb.log";
 
+/// Whole MiB in `bytes`, for the log.
+fn mib(bytes: u64) -> u64 {
+    bytes >> 20
+}
+
 /// Runs the daemon with `s`; returns the process's exit code.
 pub fn start(s: &Settings) -> i32 {
     info!(
@@ -44,9 +49,9 @@ pub fn start(s: &Settings) -> i32 {
     info!(
         "sizes: max_keys {}, max_value {} B, value_mem {} B ({} MiB), {} FUSE threads, {} engine slots{}",
         s.max_keys,
-        s.max_value,
-        s.value_mem,
-        s.value_mem >> 20,
+        s.max_value_bytes,
+        s.value_mem_bytes,
+        mib(s.value_mem_bytes),
         s.threads,
         engine_slots(s.threads),
         if s.allow_other { ", allow_other" } else { "" }
@@ -54,10 +59,10 @@ pub fn start(s: &Settings) -> i32 {
     info!(
         "durability: sync {}, wal_buffer {} B ({} MiB), checkpoint_bytes {} B ({} MiB), allow_corrupt_log {}, txn_timeout {} s{}",
         show_sync(s.sync),
-        s.wal_buffer,
-        s.wal_buffer >> 20,
+        s.wal_buffer_bytes,
+        mib(s.wal_buffer_bytes),
         s.checkpoint_bytes,
-        s.checkpoint_bytes >> 20,
+        mib(s.checkpoint_bytes),
         if s.allow_corrupt_log { "on" } else { "off" },
         s.txn_timeout_secs,
         if s.txn_timeout_secs == 0 {
@@ -247,7 +252,7 @@ fn detach(prepared: &Prepared) -> Result<(), String> {
 /// hashes, so every start may pick its own: names crafted to collide under
 /// one seed do not collide under the next.
 fn random_seed() -> Result<u64, String> {
-    let mut buf = [0u8; 8];
+    let mut buf = [0u8; size_of::<u64>()];
     // SAFETY: `buf` is valid for writes of its length.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
     if usize::try_from(n) != Ok(buf.len()) {
@@ -265,13 +270,13 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
 
     let opts = Options {
         max_keys: s.max_keys,
-        max_value: s.max_value,
-        value_mem_bytes: s.value_mem,
+        max_value_bytes: s.max_value_bytes,
+        value_mem_bytes: s.value_mem_bytes,
         slots: engine_slots(s.threads),
         hash_seed: random_seed()?,
         data_dir: Some(s.data_dir.clone()),
         sync: s.sync,
-        wal_buffer_bytes: s.wal_buffer,
+        wal_buffer_bytes: s.wal_buffer_bytes,
         checkpoint_bytes: s.checkpoint_bytes,
         allow_corrupt_log: s.allow_corrupt_log,
         pin_dir: s.pin_dir.clone(),

@@ -148,8 +148,11 @@ impl Fs {
     }
 }
 
+/// Most characters of an unknown command the error quotes.
+const MAX_SHOWN_CHARS: usize = 64;
+
 fn unknown(name: &str, word: &str, known: &str) -> Error {
-    let shown: String = word.chars().take(64).collect();
+    let shown: String = word.chars().take(MAX_SHOWN_CHARS).collect();
     Error::new(
         libc::EINVAL,
         format!("write {name}: unknown command {shown:?} (known: {known})"),

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use bpfdb::{Db, Error, Meta, NewMeta, Result, SetFlags, Stat};
 
-use super::{Attr, Fs, file_attr, ino_name, restate, show};
+use super::attrs::file_attr;
+use super::{Attr, Fs, ino_name, restate, show};
 use crate::core::inodes::{
     CTL_INO, FIRST_KEY_INO, Place, ROOT_INO, ROOT_SCOPE, Resolved, SNAP_INO, STATS_INO, TXN_INO,
 };

@@ -14,10 +14,10 @@ pub(super) const WHO: Caller = Caller {
 };
 pub(super) const CREATE: i32 = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
 
-pub(super) fn small_options(max_value: u32) -> Options {
+pub(super) fn small_options(max_value_bytes: u32) -> Options {
     Options {
         max_keys: 4096,
-        max_value,
+        max_value_bytes,
         value_mem_bytes: 16 << 20,
         slots: 6,
         ..Options::default()
@@ -29,8 +29,8 @@ pub(super) fn fs_on(opts: &Options, txn_timeout: Duration) -> Fs {
     Fs::new(db, txn_timeout).unwrap_or_else(|e| panic!("start fs: {e}"))
 }
 
-fn fs_with(max_value: u32) -> Fs {
-    fs_on(&small_options(max_value), DEFAULT_TXN_TIMEOUT)
+fn fs_with(max_value_bytes: u32) -> Fs {
+    fs_on(&small_options(max_value_bytes), DEFAULT_TXN_TIMEOUT)
 }
 
 pub(super) fn fs() -> Fs {

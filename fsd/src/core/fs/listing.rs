@@ -1,0 +1,185 @@
+//! Directory handles: a listing taken at opendir (the root's keys and the
+//! daemon's own files, the transactions under `.txn` or `.snap`, or the keys
+//! one transaction sees), served by offset to readdir.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+
+use bpfdb::{Error, Result};
+
+use super::files::Handle;
+use super::space::Space;
+use super::{Fs, Kind, is_reserved};
+use crate::core::handles::lock;
+use crate::core::inodes::{CTL_INO, Place, ROOT_INO, Resolved, SNAP_INO, STATS_INO, TXN_INO};
+use crate::core::txns::TxnKind;
+
+/// A directory as listed at opendir.
+pub(super) struct Listing {
+    /// ".", "..", and the daemon's own files, with their inodes.
+    fixed: Vec<(u64, Kind, &'static [u8])>,
+    names: Names,
+}
+
+enum Names {
+    /// Keys seen from `scope`.
+    Keys { scope: u64, names: Vec<Vec<u8>> },
+    /// Transaction or snapshot directories: (scope, name).
+    Dirs(Vec<(u64, Vec<u8>)>),
+}
+
+impl Names {
+    fn len(&self) -> usize {
+        match self {
+            Names::Keys { names, .. } => names.len(),
+            Names::Dirs(dirs) => dirs.len(),
+        }
+    }
+}
+
+impl Fs {
+    /// Lists the directory now; readdir serves this list by offset.
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let dot = |ino| (ino, Kind::Dir, &b"."[..]);
+        let dotdot = |ino| (ino, Kind::Dir, &b".."[..]);
+        let listing = match ino {
+            ROOT_INO => Listing {
+                fixed: vec![
+                    dot(ROOT_INO),
+                    dotdot(ROOT_INO),
+                    (STATS_INO, Kind::File, b".stats"),
+                    (TXN_INO, Kind::Dir, b".txn"),
+                    (SNAP_INO, Kind::Dir, b".snap"),
+                    (CTL_INO, Kind::File, b".ctl"),
+                ],
+                names: self.list_keys(&Space::Root)?,
+            },
+            TXN_INO | SNAP_INO => {
+                let kind = if ino == TXN_INO {
+                    TxnKind::ReadWrite
+                } else {
+                    TxnKind::Snapshot
+                };
+                let dirs = self.txns.list(kind);
+                Listing {
+                    fixed: vec![dot(ino), dotdot(ROOT_INO)],
+                    names: Names::Dirs(dirs.iter().map(|o| (o.scope, o.name.clone())).collect()),
+                }
+            }
+            _ => match self.inodes.resolve(ino) {
+                Resolved::Live(Place::Dir { scope }) => {
+                    let space = self.space("opendir", scope)?;
+                    let Space::Open(open) = &space else {
+                        return Err(Error::new(libc::EIO, "opendir: root scope as a directory"));
+                    };
+                    let mut fixed = match open.kind {
+                        TxnKind::ReadWrite => vec![dot(ino), dotdot(TXN_INO)],
+                        TxnKind::Snapshot => vec![dot(ino), dotdot(SNAP_INO)],
+                    };
+                    if open.kind == TxnKind::ReadWrite {
+                        let ctl = Place::Ctl { scope };
+                        let ctl_ino = self
+                            .inodes
+                            .listing_ino(&ctl)
+                            .unwrap_or_else(|| listing_only_ino(&ctl));
+                        fixed.push((ctl_ino, Kind::File, b".ctl"));
+                    }
+                    Listing {
+                        fixed,
+                        names: self.list_keys(&space)?,
+                    }
+                }
+                Resolved::Unlinked(Place::Dir { .. }) => {
+                    return Err(Error::new(
+                        libc::ENOENT,
+                        format!("opendir {}: removed", self.name_for_log(ino)),
+                    ));
+                }
+                _ => {
+                    return Err(Error::new(
+                        libc::ENOTDIR,
+                        format!("opendir {}: not a directory", self.name_for_log(ino)),
+                    ));
+                }
+            },
+        };
+        self.handles.insert(Handle::Dir(listing))
+    }
+
+    fn list_keys(&self, space: &Space) -> Result<Names> {
+        let mut seen = HashSet::new();
+        let mut names = Vec::new();
+        let limit = self.max_keys;
+        space
+            .scan(&self.db, |name| {
+                // The walk may see a key twice when keys move during it.
+                if names.len() < limit && !is_reserved(name) && seen.insert(name.to_vec()) {
+                    names.push(name.to_vec());
+                }
+            })
+            .map_err(|e| space.restate_as(e, || format!("readdir {}", space.dir_name())))?;
+        Ok(Names::Keys {
+            scope: space.scope(),
+            names,
+        })
+    }
+
+    /// Calls `add(ino, next_offset, kind, name)` for each entry from
+    /// `offset` on, until it returns true (the reply is full).
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, Kind, &[u8]) -> bool,
+    ) -> Result<()> {
+        let h = self.handles.get(fh)?;
+        let h = lock(&h);
+        let Handle::Dir(listing) = &*h else {
+            return Err(Error::new(
+                libc::ENOTDIR,
+                format!("readdir: handle {fh} is not a directory"),
+            ));
+        };
+        let fixed = &listing.fixed;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for i in start..fixed.len().saturating_add(listing.names.len()) {
+            let next = i as u64 + 1;
+            let full = match fixed.get(i) {
+                Some(&(e_ino, kind, name)) => add(e_ino, next, kind, name),
+                None => {
+                    let (place, kind, name) = match &listing.names {
+                        Names::Keys { scope, names } => {
+                            let name = &names[i - fixed.len()];
+                            (Place::key(*scope, name), Kind::File, &name[..])
+                        }
+                        Names::Dirs(dirs) => {
+                            let (scope, name) = &dirs[i - fixed.len()];
+                            (Place::Dir { scope: *scope }, Kind::Dir, &name[..])
+                        }
+                    };
+                    // When the table is full of inodes the kernel holds, a
+                    // listing still needs a number; this one is never an
+                    // inode the kernel can ask about.
+                    let e_ino = self
+                        .inodes
+                        .listing_ino(&place)
+                        .unwrap_or_else(|| listing_only_ino(&place));
+                    add(e_ino, next, kind, name)
+                }
+            };
+            if full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.remove(fh);
+    }
+}
+
+/// Above every counted inode number, so the kernel never confuses the two.
+fn listing_only_ino(place: &Place) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(place) | 1 << 63
+}
