@@ -3,7 +3,8 @@
 //! Sections: engine ops against the bare trigger; scale (op cost, memory,
 //! recovery and listing up to a million keys); transactions; durable
 //! commits and recovery; GET and SET through the mount against a FUSE
-//! floor; Redis and SQLite on the same machine. Figures are medians of
+//! floor; durable writes through the mount by writer processes against
+//! ext4+fsync, Redis and SQLite; Redis and SQLite on the same machine. Figures are medians of
 //! several runs; the output is Markdown so it can be pasted into a report,
 //! and with BPFDB_BENCH_OUT set the plots go there as PNG.
 
@@ -12,6 +13,7 @@ mod engine;
 mod fuse;
 mod memfloor;
 mod mount;
+mod mount_durable;
 mod plot;
 mod redis;
 mod scale;
@@ -29,12 +31,13 @@ pub const RUNS: usize = 5;
 type Section = fn() -> Vec<plot::Figure>;
 
 /// Each section by the name that selects it on the command line.
-const SECTIONS: [(&str, Section); 7] = [
+const SECTIONS: [(&str, Section); 8] = [
     ("engine", engine::run),
     ("scale", scale::run),
     ("txn", txn::run),
     ("durability", durability::run),
     ("fuse", fuse::run),
+    ("mount-durable", mount_durable::run),
     ("redis", redis::run),
     ("sqlite", sqlite::run),
 ];
@@ -125,6 +128,9 @@ fn main() {
     // No names: every section; otherwise the sections named, in the
     // order SECTIONS lists them.
     let only: Vec<String> = std::env::args().skip(1).collect();
+    if only.first().map(String::as_str) == Some(mount_durable::WRITER_CMD) {
+        mount_durable::writer_main(&only[1..]);
+    }
     if let Some(o) = only.iter().find(|o| !SECTIONS.iter().any(|s| s.0 == *o)) {
         let names: Vec<&str> = SECTIONS.iter().map(|s| s.0).collect();
         die(

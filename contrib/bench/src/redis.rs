@@ -88,6 +88,19 @@ fn measure_durable(cmds: &mut Vec<String>) -> Result<Vec<(usize, f64)>, String> 
         .collect()
 }
 
+/// Median SETs/s of Redis with appendfsync always at `clients` clients,
+/// on a server of its own (for the through-the-mount comparison).
+pub fn durable_set_rate(clients: usize, cmds: &mut Vec<String>) -> Result<f64, String> {
+    let server = Server::start(&["--appendonly", "yes", "--appendfsync", "always"])?;
+    let (r, cmd) = server.measure("set", clients)?;
+    // One server line is enough: the others differ only by port and dir.
+    if !cmds.iter().any(|c| c.starts_with("redis-server")) {
+        cmds.push(server.cmdline.clone());
+    }
+    cmds.push(cmd);
+    rps(&r, "SET")
+}
+
 pub fn run() -> Vec<Figure> {
     let costs = engine::measure(KEYS, &engine::options(KEYS));
     let mut cmds = Vec::new();

@@ -97,6 +97,18 @@ fn rate(path: &Path, writers: usize) -> Result<f64, String> {
     Ok(n.load(Ordering::Relaxed) as f64 / t.as_secs_f64())
 }
 
+/// Median commits/s of `writers` connections on a database of its own
+/// (for the through-the-mount comparison).
+pub fn durable_rate(writers: usize) -> Result<f64, String> {
+    let dir = tempfile::tempdir_in(bench_dir()).map_err(|e| format!("tempdir: {e}"))?;
+    let path = dir.path().join("kv.db");
+    create(&path)?;
+    let runs = (0..RUNS)
+        .map(|_| rate(&path, writers))
+        .collect::<Result<_, _>>()?;
+    Ok(median(runs))
+}
+
 /// (writers, median commits/s) for each of WRITERS.
 fn measure() -> Result<Vec<(usize, f64)>, String> {
     let dir = tempfile::tempdir_in(bench_dir()).map_err(|e| format!("tempdir: {e}"))?;

@@ -221,9 +221,11 @@ impl Fs {
     }
 
     /// A key was created, removed or renamed at the root: the directory's
-    /// mtime and ctime move.
+    /// mtime and ctime move, and the kernel's copy of its attributes goes
+    /// (they are cached, see `fixed_attr`).
     fn root_dir_changed(&self) {
         self.root_changed_ns.fetch_max(now_ns(), Ordering::Relaxed);
+        (self.invalidate)(ROOT_INO);
     }
 
     /// Whether an operation on inode `ino`, or on root name `name` (if

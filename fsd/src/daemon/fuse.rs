@@ -4,20 +4,21 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bpfdb::Error;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::{debug, info, warn};
 
 use crate::core::caller::Caller;
-use crate::core::fs::{Attr, Fs, Invalidate, Kind, Opened, SetAttr, now_ns};
+use crate::core::fs::{Attr, Fs, Kind, Opened, SetAttr, now_ns};
+pub use crate::daemon::kernel_cache::KernelCache;
 use crate::daemon::waiters::Waiters;
 
 /// How long the kernel may keep a root key's entry and attributes. Not what
@@ -31,34 +32,6 @@ const TTL: Duration = Duration::ZERO;
 
 fn ttl(a: &Attr) -> &'static Duration {
     if a.cacheable { &CACHE_TTL } else { &TTL }
-}
-
-/// The kernel's end of `Fs::root_changed`. It drops the inode's attributes
-/// only (offset -1): that takes no page locks, so a FUSE worker can send
-/// it before replying without waiting on a reader whose page is locked
-/// while its READ sits in the queue. The pages go on the next use, when
-/// the kernel refetches the attributes, sees a new mtime or size, and
-/// (with FUSE_AUTO_INVAL_DATA) drops them itself.
-#[derive(Clone, Default)]
-pub struct KernelCache(Arc<OnceLock<Notifier>>);
-
-impl KernelCache {
-    /// Connects to the session; before that no request has been served,
-    /// so nothing can be cached.
-    pub fn connect(&self, notifier: Notifier) {
-        let _ = self.0.set(notifier);
-    }
-
-    pub fn invalidate(&self) -> Invalidate {
-        let cell = self.0.clone();
-        Box::new(move |ino| {
-            if let Some(n) = cell.get()
-                && let Err(e) = n.inval_inode(INodeNo(ino), -1, 0)
-            {
-                warn!("invalidating the kernel's attributes of inode {ino}: {e}");
-            }
-        })
-    }
 }
 
 /// Writes arrive in pieces of at most this; one piece may be a whole value.
@@ -88,25 +61,17 @@ impl FuseFs {
         }
     }
 
-    /// `run` for an operation that may commit: `durably`.
+    /// `run` for an operation that may commit: the reply goes out once what
+    /// it committed is durable, from whichever thread sees that
+    /// (`Fs::durably`), so no worker waits for the disk.
     fn run_durably<T: Send + 'static>(
         &self,
         may_wait: bool,
         op: impl FnOnce(&Fs) -> bpfdb::Result<T> + Send + 'static,
         reply: impl FnOnce(bpfdb::Result<T>) + Send + 'static,
     ) {
-        self.run(may_wait, move |fs| durably(fs, op, reply));
+        self.run(may_wait, move |fs| fs.durably(op, reply));
     }
-}
-
-/// `Fs::durably`: the reply goes out once what `op` committed is durable,
-/// from whichever thread sees that, so no worker waits for the disk.
-fn durably<T: Send + 'static>(
-    fs: &Fs,
-    op: impl FnOnce(&Fs) -> bpfdb::Result<T>,
-    reply: impl FnOnce(bpfdb::Result<T>) + Send + 'static,
-) {
-    fs.durably(op, reply);
 }
 
 /// Logs an error on its way to the user and turns it into an errno.
@@ -308,8 +273,7 @@ impl Filesystem for FuseFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        durably(
-            &self.fs,
+        self.fs.durably(
             |fs| fs.mknod(parent.0, name.as_bytes()),
             move |r| reply_entry(reply, r),
         );
@@ -440,7 +404,8 @@ impl Filesystem for FuseFs {
             self.run_durably(true, move |fs| fs.write(fh.0, offset, &data), reply_written);
             return;
         }
-        durably(&self.fs, |fs| fs.write(fh.0, offset, data), reply_written);
+        self.fs
+            .durably(|fs| fs.write(fh.0, offset, data), reply_written);
     }
 
     fn flush(
@@ -451,11 +416,8 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        durably(
-            &self.fs,
-            |fs| fs.flush(fh.0),
-            move |r| reply_empty(reply, r),
-        );
+        self.fs
+            .durably(|fs| fs.flush(fh.0), move |r| reply_empty(reply, r));
     }
 
     fn release(
@@ -470,8 +432,7 @@ impl Filesystem for FuseFs {
     ) {
         // Nobody hears how a commit made here ends; its durability is left
         // to the log all the same, so no worker waits for it.
-        durably(
-            &self.fs,
+        self.fs.durably(
             |fs| {
                 fs.release(fh.0);
                 Ok(())
@@ -493,11 +454,8 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        durably(
-            &self.fs,
-            |fs| fs.fsync(fh.0),
-            move |r| reply_empty(reply, r),
-        );
+        self.fs
+            .durably(|fs| fs.fsync(fh.0), move |r| reply_empty(reply, r));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -575,8 +533,7 @@ impl Filesystem for FuseFs {
         reply: ReplyCreate,
     ) {
         let who = caller(req);
-        durably(
-            &self.fs,
+        self.fs.durably(
             |fs| fs.create(parent.0, name.as_bytes(), mode, umask, flags, who),
             move |r| match r {
                 Ok((a, o)) => reply.created(

@@ -76,9 +76,7 @@ impl Fs {
         if self.uses.has_writer(ino) {
             let process = OnceLock::new();
             if !self.uses.has_cached(ino)
-                && let Some(attr) = self
-                    .handles
-                    .find_map(|h| h.writer_attr(ino, who, &process))
+                && let Some(attr) = self.handles.find_map(|h| h.writer_attr(ino, who, &process))
             {
                 return Ok(attr);
             }
@@ -286,7 +284,11 @@ impl Fs {
             ctime_ns: mtime_ns,
             kind,
             nlink,
-            cacheable: false,
+            // The root's attributes change only through `root_dir_changed`,
+            // which drops the kernel's copy: so it may keep them, and a path
+            // walk's permission check on the root costs no round trip. The
+            // others change with every transaction or read.
+            cacheable: ino == ROOT_INO,
         }
     }
 }
