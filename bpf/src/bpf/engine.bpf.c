@@ -18,6 +18,7 @@
 #include "storage.bpf.h"
 #include "record.bpf.h"
 #include "wal.bpf.h"
+#include "commit.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -413,6 +414,29 @@ int stage_set_copy(struct pt_regs *ctx)
 	return fail(slot, -ENOSYS, DB_D_NONE);
 }
 
+/* Undoes a SET that will not commit: frees the new storage (a META_ONLY
+ * write borrowed the old one), drops the reserved version (a transaction's
+ * own staged version stays) and, outside a transaction, unlocks. */
+static __always_inline int set_undo(struct db_slot *slot, struct db_record *rec, int err,
+				    __u32 detail)
+{
+	if (!(slot->req.flags & DB_F_META_ONLY))
+		free_storage(slot->cont.loc, slot->req.meta.len);
+	if (!slot->cont.reuse)
+		rec->begin_ts[V(slot->cont.version)] = 0;
+	if (!slot->req.txn)
+		unlock_record(rec, &slot->req.hkey);
+	return fail(slot, err, detail);
+}
+
+/* Writes the request's meta and the new storage into version v. */
+static __always_inline void install_version(struct db_slot *slot, struct db_record *rec, __u32 v)
+{
+	rec->meta[V(v)] = slot->req.meta;
+	rec->loc[V(v)] = slot->cont.loc;
+	rec->vflags[V(v)] = 0;
+}
+
 SEC("uprobe")
 int stage_set_commit(struct pt_regs *ctx)
 {
@@ -428,32 +452,9 @@ int stage_set_commit(struct pt_regs *ctx)
 	__u32 flags = slot->req.flags;
 	bool meta_only = flags & DB_F_META_ONLY;
 	__u32 v = slot->cont.version;
-	__u64 ts = 0;
 
-	if (!slot->resp.err && !slot->req.txn) {
-		ts = commit_begin(owner);
-		if (!ts) {
-			slot->resp.err = -EBUSY;
-			slot->resp.detail = DB_D_COMMIT_BUSY;
-		} else {
-			__u32 detail = DB_D_NONE;
-			int err = wal_room(wal_put_bytes(slot->req.meta.len), &detail);
-			if (err) {
-				commit_cancel();
-				slot->resp.err = err;
-				slot->resp.detail = detail;
-			}
-		}
-	}
-	if (slot->resp.err) {
-		if (!meta_only)
-			free_storage(slot->cont.loc, slot->req.meta.len);
-		if (!slot->cont.reuse)
-			rec->begin_ts[V(v)] = 0;
-		if (!slot->req.txn)
-			unlock_record(rec, &slot->req.hkey);
-		return fail(slot, slot->resp.err, slot->resp.detail);
-	}
+	if (slot->resp.err)
+		return set_undo(slot, rec, slot->resp.err, slot->resp.detail);
 	if (slot->req.txn) {
 		__u32 idx = txn_index(slot);
 		struct db_txn *t = bpf_map_lookup_elem(&txns, &idx);
@@ -463,9 +464,7 @@ int stage_set_commit(struct pt_regs *ctx)
 
 		if (slot->cont.reuse && !l->shared)
 			free_storage(rec->loc[V(v)], rec->meta[V(v)].len);
-		rec->meta[V(v)] = slot->req.meta;
-		rec->loc[V(v)] = slot->cont.loc;
-		rec->vflags[V(v)] = 0;
+		install_version(slot, rec, v);
 		l->staged = v;
 		l->deleted = 0;
 		l->shared = meta_only;
@@ -473,34 +472,16 @@ int stage_set_commit(struct pt_regs *ctx)
 		slot->resp.meta = slot->req.meta;
 		return 0;
 	}
-	int p = latest_version(rec);
-	bool existed = version_live(rec, p);
-	__u64 prev_len = existed ? rec->meta[V(p)].len : 0;
+	__u64 ts = 0;
+	__u32 detail = DB_D_NONE;
 
-	rec->meta[V(v)] = slot->req.meta;
-	rec->loc[V(v)] = slot->cont.loc;
-	rec->vflags[V(v)] = 0;
-	rec->born_ts[V(v)] = existed && meta_only ? rec->born_ts[V(p)] : ts;
+	install_version(slot, rec, v);
 	/* Log first: the version becomes visible only once its record is out. */
-	if (wal_frag(DB_WAL_BEGIN, ts, NULL, NULL, 0) || wal_put(ts, rec, v) ||
-	    wal_frag(DB_WAL_COMMIT, ts, NULL, NULL, 0)) {
-		commit_cancel();
-		if (!meta_only)
-			free_storage(slot->cont.loc, slot->req.meta.len);
-		rec->begin_ts[V(v)] = 0;
-		unlock_record(rec, &slot->req.hkey);
-		return fail(slot, -EAGAIN, DB_D_WAL_FULL);
-	}
-	WRITE_ONCE(rec->begin_ts[V(v)], ts);
-	if (existed) {
-		if (meta_only)
-			rec->vflags[V(p)] |= DB_VF_NOFREE; /* storage now belongs to v */
-		WRITE_ONCE(rec->end_ts[V(p)], ts);
-	} else {
-		stat_add(&stats.keys, 1);
-	}
+	int err = commit_log_one(owner, NULL, rec, v, &ts, &detail);
+	if (err)
+		return set_undo(slot, rec, err, detail);
+	commit_stamp(rec, v, latest_version(rec), meta_only, ts);
 	commit_end(ts);
-	stat_add(&stats.value_bytes, (__s64)slot->req.meta.len - (__s64)prev_len);
 	gc_record(rec);
 	unlock_record(rec, &slot->req.hkey);
 	slot->resp.ts = ts;
@@ -559,28 +540,16 @@ int stage_delete(struct pt_regs *ctx)
 		unlock_record(rec, &slot->req.hkey);
 		return fail(slot, -ENOENT, DB_D_NONE);
 	}
-	__u64 ts = commit_begin(owner);
-	if (!ts) {
-		unlock_record(rec, &slot->req.hkey);
-		return fail(slot, -EBUSY, DB_D_COMMIT_BUSY);
-	}
+	__u64 ts = 0;
 	__u32 detail = DB_D_NONE;
-	int err = wal_room(WAL_FRAG_BYTES, &detail);
-	if (!err && (wal_frag(DB_WAL_BEGIN, ts, NULL, NULL, 0) ||
-		     wal_frag(DB_WAL_DEL, ts, NULL, rec->name, rec->key_len) ||
-		     wal_frag(DB_WAL_COMMIT, ts, NULL, NULL, 0))) {
-		err = -EAGAIN;
-		detail = DB_D_WAL_FULL;
-	}
+	int err = commit_log_one(owner, rec, NULL, 0, &ts, &detail);
+
 	if (err) {
-		commit_cancel();
 		unlock_record(rec, &slot->req.hkey);
 		return fail(slot, err, detail);
 	}
-	WRITE_ONCE(rec->end_ts[V(cur)], ts);
+	commit_stamp(rec, -1, cur, false, ts);
 	commit_end(ts);
-	stat_add(&stats.keys, -1);
-	stat_add(&stats.value_bytes, -(__s64)rec->meta[V(cur)].len);
 	slot->resp.ts = ts;
 	gc_record(rec);
 	unlock_record(rec, &slot->req.hkey);
@@ -618,12 +587,11 @@ int stage_rename(struct pt_regs *ctx)
 		return 0;
 	}
 	int d = latest_version(dst);
-	bool replacing = version_live(dst, d);
 	int err = 0, n = -1;
 	__u32 detail = DB_D_NONE;
 	__u64 ts = 0;
 
-	if (replacing && (slot->req.flags & DB_F_NOREPLACE)) {
+	if (version_live(dst, d) && (slot->req.flags & DB_F_NOREPLACE)) {
 		err = -EEXIST;
 	} else {
 		gc_record(dst);
@@ -632,16 +600,14 @@ int stage_rename(struct pt_regs *ctx)
 			err = -EBUSY;
 			detail = DB_D_VERSIONS_FULL;
 		} else {
-			ts = commit_begin(owner);
-			if (!ts) {
-				err = -EBUSY;
-				detail = DB_D_COMMIT_BUSY;
-			} else {
-				err = wal_room(WAL_FRAG_BYTES + wal_put_bytes(src->meta[V(s)].len),
-					       &detail);
-				if (err)
-					commit_cancel();
-			}
+			/* The value moves: the new version owns the storage, the
+			 * source's ended version keeps a reference only for older
+			 * readers. Invisible until stamped (begin_ts is 0). */
+			dst->meta[V(n)] = src->meta[V(s)];
+			dst->loc[V(n)] = src->loc[V(s)];
+			dst->vflags[V(n)] = 0;
+			dst->end_ts[V(n)] = DB_TS_INF;
+			err = commit_log_one(owner, src, dst, n, &ts, &detail);
 		}
 	}
 	if (err) {
@@ -649,29 +615,10 @@ int stage_rename(struct pt_regs *ctx)
 		unlock_record(src, &slot->req.hkey);
 		return fail(slot, err, detail);
 	}
-	/* The value moves: the new version owns the storage, the source's
-	 * ended version keeps a reference only for older readers. */
-	dst->meta[V(n)] = src->meta[V(s)];
-	dst->loc[V(n)] = src->loc[V(s)];
-	dst->vflags[V(n)] = 0;
+	commit_stamp(dst, n, d, false, ts);
+	/* Stamped as born now; the storage was born with the source's. */
 	dst->born_ts[V(n)] = src->born_ts[V(s)];
-	dst->end_ts[V(n)] = DB_TS_INF;
-	if (wal_frag(DB_WAL_BEGIN, ts, NULL, NULL, 0) ||
-	    wal_frag(DB_WAL_DEL, ts, NULL, src->name, src->key_len) || wal_put(ts, dst, n) ||
-	    wal_frag(DB_WAL_COMMIT, ts, NULL, NULL, 0)) {
-		commit_cancel();
-		unlock_record(dst, &slot->req.hkey2);
-		unlock_record(src, &slot->req.hkey);
-		return fail(slot, -EAGAIN, DB_D_WAL_FULL);
-	}
-	WRITE_ONCE(dst->begin_ts[V(n)], ts);
-	if (replacing) {
-		WRITE_ONCE(dst->end_ts[V(d)], ts);
-		stat_add(&stats.keys, -1);
-		stat_add(&stats.value_bytes, -(__s64)dst->meta[V(d)].len);
-	}
-	src->vflags[V(s)] |= DB_VF_NOFREE;
-	WRITE_ONCE(src->end_ts[V(s)], ts);
+	commit_stamp(src, -1, s, true, ts);
 	commit_end(ts);
 	slot->resp.ts = ts;
 	slot->resp.meta = dst->meta[V(n)];

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * record.bpf.h - records, their lock words, garbage collection, the commit
- * lock and the transaction table.
+ * record.bpf.h - records, their lock words, garbage collection and the
+ * transaction table (the commit lock is in commit.bpf.h).
  *
  * Lock word of a record (no bpf_spin_lock in uprobe programs, so atomics):
  *   0                    free
@@ -282,32 +282,6 @@ static __always_inline int free_version_index(struct db_record *rec)
 		if (rec->begin_ts[i] == 0)
 			return i;
 	return -1;
-}
-
-/* ---- commit lock: one commit stamps its versions at a time ---- */
-
-/* Takes the commit lock and returns the new commit timestamp, or 0 when
- * another commit holds it (the caller undoes and reports a transient EBUSY). */
-static __always_inline __u64 commit_begin(__u32 owner)
-{
-	for (int i = 0; i < DB_LOCK_CAS_TRIES; i++)
-		if (__sync_val_compare_and_swap(&commit_lock, 0, (__u64)owner + 1) == 0)
-			return READ_ONCE(last_ts) + 1;
-	return 0;
-}
-
-/* Releases the commit lock of a commit that did not happen. */
-static __always_inline void commit_cancel(void)
-{
-	__sync_lock_test_and_set(&commit_lock, 0);
-}
-
-/* Publishes ts to readers and releases the commit lock. */
-static __always_inline void commit_end(__u64 ts)
-{
-	WRITE_ONCE(last_ts, ts);
-	__sync_lock_test_and_set(&commit_lock, 0);
-	stat_add(&stats.commits, 1);
 }
 
 /* ---- transaction table ---- */
