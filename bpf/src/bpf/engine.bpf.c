@@ -437,6 +437,59 @@ static __always_inline void install_version(struct db_slot *slot, struct db_reco
 	rec->vflags[V(v)] = 0;
 }
 
+/* A write in a read-write transaction: stage version v in the lock set, to
+ * be logged and stamped by COMMIT (txn_stages.inc.c). A write over the
+ * transaction's own staged version frees what that version stored, unless
+ * it borrowed the committed value's storage. */
+static __always_inline int set_stage_in_txn(struct db_slot *slot, struct db_record *rec, __u32 v)
+{
+	__u32 idx = txn_index(slot);
+	struct db_txn *t = bpf_map_lookup_elem(&txns, &idx);
+	if (!t)
+		return fail(slot, -EIO, DB_D_NONE);
+	struct db_txn_lock *l = &t->locks[L(slot->cont.lock_index)];
+
+	if (slot->cont.reuse && !l->shared)
+		free_storage(rec->loc[V(v)], rec->meta[V(v)].len);
+	install_version(slot, rec, v);
+	l->staged = v;
+	l->deleted = 0;
+	l->shared = !!(slot->req.flags & DB_F_META_ONLY);
+	t->n_writes++;
+	slot->resp.meta = slot->req.meta;
+	return 0;
+}
+
+/* An autocommit write: log, stamp and publish version v now, replacing
+ * the key's current version. A META_ONLY write's version shares the old
+ * version's storage (handed on, see commit_stamp). */
+static __always_inline int set_commit_now(struct db_slot *slot, struct db_record *rec, __u32 owner,
+					  __u32 v)
+{
+	__u64 ts = 0;
+	__u32 detail = DB_D_NONE;
+
+	install_version(slot, rec, v);
+	/* Log first: the version becomes visible only once its record is out. */
+	int err = commit_log_one(owner, NULL, rec, v, &ts, &detail);
+	if (err)
+		return set_undo(slot, rec, err, detail);
+	commit_stamp(rec, v, latest_version(rec), slot->req.flags & DB_F_META_ONLY, ts);
+	commit_end(ts);
+	gc_record(rec);
+	unlock_record(rec, &slot->req.hkey);
+	slot->resp.ts = ts;
+	slot->resp.meta = slot->req.meta;
+	return 0;
+}
+
+/* The last stage of SET, full or META_ONLY alike (META_ONLY only changes
+ * whose storage the version names, decided in stage_set_prepare). What it
+ * does depends on the request: stage the write in its transaction, or
+ * commit it now. Two inline functions, not two stages: the choice is one
+ * branch on req.txn, both need the same lock check and undo first, and a
+ * stage more would be a prog-array entry, a tail call and a slot of the
+ * stage ABI for no gain. */
 SEC("uprobe")
 int stage_set_commit(struct pt_regs *ctx)
 {
@@ -448,45 +501,11 @@ int stage_set_commit(struct pt_regs *ctx)
 	struct db_record *rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
 	if (!rec || READ_ONCE(rec->lock) != (DB_LOCK_X | owner))
 		return fail(slot, -EIO, DB_D_NONE); /* lost our own lock: a bug */
-
-	__u32 flags = slot->req.flags;
-	bool meta_only = flags & DB_F_META_ONLY;
-	__u32 v = slot->cont.version;
-
-	if (slot->resp.err)
+	if (slot->resp.err) /* the value copy failed */
 		return set_undo(slot, rec, slot->resp.err, slot->resp.detail);
-	if (slot->req.txn) {
-		__u32 idx = txn_index(slot);
-		struct db_txn *t = bpf_map_lookup_elem(&txns, &idx);
-		if (!t)
-			return fail(slot, -EIO, DB_D_NONE);
-		struct db_txn_lock *l = &t->locks[L(slot->cont.lock_index)];
-
-		if (slot->cont.reuse && !l->shared)
-			free_storage(rec->loc[V(v)], rec->meta[V(v)].len);
-		install_version(slot, rec, v);
-		l->staged = v;
-		l->deleted = 0;
-		l->shared = meta_only;
-		t->n_writes++;
-		slot->resp.meta = slot->req.meta;
-		return 0;
-	}
-	__u64 ts = 0;
-	__u32 detail = DB_D_NONE;
-
-	install_version(slot, rec, v);
-	/* Log first: the version becomes visible only once its record is out. */
-	int err = commit_log_one(owner, NULL, rec, v, &ts, &detail);
-	if (err)
-		return set_undo(slot, rec, err, detail);
-	commit_stamp(rec, v, latest_version(rec), meta_only, ts);
-	commit_end(ts);
-	gc_record(rec);
-	unlock_record(rec, &slot->req.hkey);
-	slot->resp.ts = ts;
-	slot->resp.meta = slot->req.meta;
-	return 0;
+	if (slot->req.txn)
+		return set_stage_in_txn(slot, rec, slot->cont.version);
+	return set_commit_now(slot, rec, owner, slot->cont.version);
 }
 
 /* ---- DELETE ---- */
