@@ -207,106 +207,21 @@ int stage_txn_get(struct pt_regs *ctx)
 	struct db_txn *t = active_txn(slot);
 	if (!t)
 		return 0;
-	__u32 idx = txn_index(slot);
-	int li = find_lock(idx, &slot->req.hkey);
-	struct db_record *rec;
+	int li = 0;
+	struct db_record *rec = txn_lock(slot, t, txn_index(slot), DB_LM_S, &li);
+	if (!rec)
+		return txn_conflict(ctx, slot, t);
+	struct db_txn_lock *l = &t->locks[L(li)];
 
-	if (li >= 0) {
-		struct db_txn_lock *l = &t->locks[L(li)];
-
-		rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
-		if (!rec)
-			return fail(slot, -EIO, DB_D_NONE);
-		if (l->staged >= 0)
-			return respond_version(ctx, slot, rec, l->staged) ? fail(slot, -EIO, DB_D_NONE) : 0;
-		if (l->deleted)
-			return fail(slot, -ENOENT, DB_D_NONE);
-	} else {
-		if (t->n_locks >= DB_TXN_MAX_LOCKS) {
-			fail(slot, -ENOSPC, DB_D_TXN_TOO_BIG);
-			return txn_conflict(ctx, slot, t);
-		}
-		rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
-		if (rec) {
-			__u64 old = lock_shared(rec);
-			if (old == DB_LOCK_CONTENDED)
-				return fail(slot, -EBUSY, DB_D_RACE); /* other readers: retry */
-			if (old) {
-				fail(slot, -EBUSY, busy_detail(old));
-				return txn_conflict(ctx, slot, t);
-			}
-			if (!name_matches(rec, &slot->req.key, slot->req.key_len)) {
-				unlock_shared(rec, &slot->req.hkey);
-				return fail(slot, -EBUSY, DB_D_RACE); /* element reused: retry */
-			}
-		} else {
-			/* Lock the key's absence too, so a concurrent insert
-			 * conflicts: a placeholder record born with our shared
-			 * lock (born X, a reader arriving meanwhile would take
-			 * it for a transaction's write and abort). */
-			rec = create_record(slot, false, DB_LOCK_S | 1);
-			if (!rec)
-				return txn_conflict(ctx, slot, t);
-		}
-		struct db_txn_lock *l = &t->locks[L(t->n_locks)];
-		l->hkey = slot->req.hkey;
-		l->mode = DB_LM_S;
-		l->staged = -1;
-		l->deleted = 0;
-		l->shared = 0;
-		t->n_locks++;
-	}
+	if (l->staged >= 0)
+		return respond_version(ctx, slot, rec, l->staged) ? fail(slot, -EIO, DB_D_NONE) : 0;
+	if (l->deleted)
+		return fail(slot, -ENOENT, DB_D_NONE);
 	/* Locked: no writer can move, and GC needs a lock, so read directly. */
 	int i = visible_version(rec, READ_ONCE(last_ts));
 	if (i < 0)
 		return fail(slot, -ENOENT, DB_D_NONE);
 	return respond_version(ctx, slot, rec, i) ? fail(slot, -EIO, DB_D_NONE) : 0;
-}
-
-/* Takes the exclusive lock on the request's key for txn t, upgrading a
- * shared lock or adding a lock-set entry. NULL with the error set. */
-static __always_inline struct db_record *txn_lock_x(struct db_slot *slot, struct db_txn *t,
-						     __u32 idx, int *li_out)
-{
-	int li = find_lock(idx, &slot->req.hkey);
-
-	if (li >= 0) {
-		struct db_txn_lock *l = &t->locks[L(li)];
-		struct db_record *rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
-
-		if (!rec) {
-			fail(slot, -EIO, DB_D_NONE);
-			return NULL;
-		}
-		if (l->mode == DB_LM_S) {
-			/* Upgrade only as the sole reader. */
-			if (__sync_val_compare_and_swap(&rec->lock, DB_LOCK_S | 1, DB_LOCK_X | idx) !=
-			    (DB_LOCK_S | 1)) {
-				fail(slot, -EBUSY, DB_D_LOCKED_TXN);
-				return NULL;
-			}
-			l->mode = DB_LM_X;
-		}
-		*li_out = li;
-		return rec;
-	}
-	if (t->n_locks >= DB_TXN_MAX_LOCKS) {
-		fail(slot, -ENOSPC, DB_D_TXN_TOO_BIG);
-		return NULL;
-	}
-	struct db_record *rec = lock_record(slot, false, idx, true);
-	if (!rec)
-		return NULL;
-	li = t->n_locks;
-	struct db_txn_lock *l = &t->locks[L(li)];
-	l->hkey = slot->req.hkey;
-	l->mode = DB_LM_X;
-	l->staged = -1;
-	l->deleted = 0;
-	l->shared = 0;
-	t->n_locks = li + 1;
-	*li_out = li;
-	return rec;
 }
 
 /* ---- SET: prepare -> [copy] -> commit ---- */
@@ -334,7 +249,7 @@ int stage_set_prepare(struct pt_regs *ctx)
 			return 0;
 		if (t->read_only)
 			return fail(slot, -EROFS, DB_D_READ_ONLY);
-		rec = txn_lock_x(slot, t, owner, &li);
+		rec = txn_lock(slot, t, owner, DB_LM_X, &li);
 		if (!rec)
 			return txn_conflict(ctx, slot, t);
 		l = &t->locks[L(li)];
@@ -519,7 +434,7 @@ static __always_inline int txn_delete(struct pt_regs *ctx, struct db_slot *slot)
 		return 0;
 	if (t->read_only)
 		return fail(slot, -EROFS, DB_D_READ_ONLY);
-	struct db_record *rec = txn_lock_x(slot, t, txn_index(slot), &li);
+	struct db_record *rec = txn_lock(slot, t, txn_index(slot), DB_LM_X, &li);
 	if (!rec)
 		return txn_conflict(ctx, slot, t);
 	struct db_txn_lock *l = &t->locks[L(li)];
