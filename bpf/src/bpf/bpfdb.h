@@ -3,7 +3,10 @@
  * bpfdb.h - the only interface between the eBPF engine and user space.
  *
  * Included by the engine (engine.bpf.c) and mirrored field by field in
- * src/abi.rs, where compile-time assertions check every size and offset.
+ * src/kernel/abi.rs, where compile-time assertions check every size and
+ * offset. Its integer constants (each `#define DB_X <integer expression>`
+ * and enum member `DB_X = <integer>`) reach Rust through build.rs, which
+ * generates them as consts: keep them to one line each.
  * Fixed-width types only; no pointers (user space and kernel disagree on them).
  */
 #ifndef BPFDB_H
@@ -305,7 +308,7 @@ struct db_stats {
 	__u64 txn_active;      /* transactions and snapshots open now */
 };
 
-/* Layout checks; src/abi.rs asserts the same numbers on the Rust side. */
+/* Layout checks; src/kernel/abi.rs asserts the same numbers on the Rust side. */
 _Static_assert(sizeof(struct db_meta) == 32, "db_meta");
 _Static_assert(sizeof(struct db_record) == 536, "db_record");
 _Static_assert(__builtin_offsetof(struct db_record, key_len) == 272, "db_record.key_len");

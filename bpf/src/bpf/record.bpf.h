@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * record.bpf.h - records, their lock words, garbage collection, the commit
- * lock and the transaction table.
+ * record.bpf.h - records, their lock words, garbage collection and the
+ * transaction table (the commit lock is in commit.bpf.h).
  *
  * Lock word of a record (no bpf_spin_lock in uprobe programs, so atomics):
  *   0                    free
@@ -206,6 +206,35 @@ static __always_inline void unlock_shared(struct db_record *rec, struct db_hkey 
 	remove_record(rec, hkey);
 }
 
+/* Finds the record of the request's key and adds a shared holder, or
+ * inserts a placeholder born with our shared lock when the key is missing:
+ * a transaction locks a key's absence too, so a concurrent insert
+ * conflicts (born X, a reader arriving meanwhile would take it for a
+ * transaction's write and abort). Returns NULL after writing the error into
+ * the slot; lost races with other readers are a transient DB_D_RACE. */
+static __always_inline struct db_record *lock_record_shared(struct db_slot *slot)
+{
+	struct db_record *rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
+
+	if (!rec)
+		return create_record(slot, false, DB_LOCK_S | 1);
+	__u64 old = lock_shared(rec);
+	if (old == DB_LOCK_CONTENDED) {
+		fail(slot, -EBUSY, DB_D_RACE); /* other readers: retry */
+		return NULL;
+	}
+	if (old) {
+		fail(slot, -EBUSY, busy_detail(old));
+		return NULL;
+	}
+	if (!name_matches(rec, &slot->req.key, slot->req.key_len)) {
+		unlock_shared(rec, &slot->req.hkey);
+		fail(slot, -EBUSY, DB_D_RACE); /* element reused: retry */
+		return NULL;
+	}
+	return rec;
+}
+
 /* ---- garbage collection ---- */
 
 struct snap_search {
@@ -284,32 +313,6 @@ static __always_inline int free_version_index(struct db_record *rec)
 	return -1;
 }
 
-/* ---- commit lock: one commit stamps its versions at a time ---- */
-
-/* Takes the commit lock and returns the new commit timestamp, or 0 when
- * another commit holds it (the caller undoes and reports a transient EBUSY). */
-static __always_inline __u64 commit_begin(__u32 owner)
-{
-	for (int i = 0; i < DB_LOCK_CAS_TRIES; i++)
-		if (__sync_val_compare_and_swap(&commit_lock, 0, (__u64)owner + 1) == 0)
-			return READ_ONCE(last_ts) + 1;
-	return 0;
-}
-
-/* Releases the commit lock of a commit that did not happen. */
-static __always_inline void commit_cancel(void)
-{
-	__sync_lock_test_and_set(&commit_lock, 0);
-}
-
-/* Publishes ts to readers and releases the commit lock. */
-static __always_inline void commit_end(__u64 ts)
-{
-	WRITE_ONCE(last_ts, ts);
-	__sync_lock_test_and_set(&commit_lock, 0);
-	stat_add(&stats.commits, 1);
-}
-
 /* ---- transaction table ---- */
 
 static __always_inline __u32 txn_index(struct db_slot *slot)
@@ -368,5 +371,58 @@ static __noinline int find_lock(__u32 txn, struct db_hkey *hkey)
 }
 
 #define L(i) ((i) & (DB_TXN_MAX_LOCKS - 1)) /* bounded lock-set index */
+
+/* The one way a key enters a transaction's lock set: locks the request's
+ * key for txn t (table index idx) in mode DB_LM_S or DB_LM_X and returns
+ * its record, with the key's lock-set index in *li. A key already in the
+ * set keeps its entry: a shared lock is upgraded for DB_LM_X, as the only
+ * reader. A new key takes the lock (a missing key gets a record: a
+ * placeholder for a reader, an empty record for a writer) and a fresh
+ * entry, if the set has room. NULL with the error set. */
+static __always_inline struct db_record *txn_lock(struct db_slot *slot, struct db_txn *t, __u32 idx,
+						  __u32 mode, int *li)
+{
+	struct db_record *rec;
+	int found = find_lock(idx, &slot->req.hkey);
+
+	if (found >= 0) {
+		struct db_txn_lock *l = &t->locks[L(found)];
+
+		rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
+		if (!rec) {
+			fail(slot, -EIO, DB_D_NONE);
+			return NULL;
+		}
+		if (mode == DB_LM_X && l->mode == DB_LM_S) {
+			/* Upgrade only as the sole reader. */
+			if (__sync_val_compare_and_swap(&rec->lock, DB_LOCK_S | 1, DB_LOCK_X | idx) !=
+			    (DB_LOCK_S | 1)) {
+				fail(slot, -EBUSY, DB_D_LOCKED_TXN);
+				return NULL;
+			}
+			l->mode = DB_LM_X;
+		}
+		*li = found;
+		return rec;
+	}
+	if (t->n_locks >= DB_TXN_MAX_LOCKS) {
+		fail(slot, -ENOSPC, DB_D_TXN_TOO_BIG);
+		return NULL;
+	}
+	rec = mode == DB_LM_X ? lock_record(slot, false, idx, true) : lock_record_shared(slot);
+	if (!rec)
+		return NULL;
+	__u32 n = t->n_locks;
+	struct db_txn_lock *l = &t->locks[L(n)];
+
+	l->hkey = slot->req.hkey;
+	l->mode = mode;
+	l->staged = -1;
+	l->deleted = 0;
+	l->shared = 0;
+	t->n_locks = n + 1;
+	*li = n;
+	return rec;
+}
 
 #endif /* RECORD_BPF_H */

@@ -15,6 +15,7 @@
 
 #include "record.bpf.h"
 #include "wal.bpf.h"
+#include "commit.bpf.h"
 
 struct txn_walk {
 	__u32 txn;
@@ -78,28 +79,9 @@ static long stamp_one(__u64 i, struct txn_walk *w)
 
 	if (!l || !rec || l->mode != DB_LM_X)
 		return 0;
-	int cur = latest_version(rec);
-	bool live = version_live(rec, cur);
-
-	if (l->staged >= 0) {
-		__s32 s = l->staged;
-
-		rec->born_ts[V(s)] = live && l->shared ? rec->born_ts[V(cur)] : w->ts;
-		WRITE_ONCE(rec->begin_ts[V(s)], w->ts);
-		stat_add(&stats.value_bytes, rec->meta[V(s)].len);
-		if (!live)
-			stat_add(&stats.keys, 1);
-	} else if (!l->deleted || !live) {
-		return 0;
-	} else {
-		stat_add(&stats.keys, -1);
-	}
-	if (live) {
-		if (l->shared)
-			rec->vflags[V(cur)] |= DB_VF_NOFREE;
-		WRITE_ONCE(rec->end_ts[V(cur)], w->ts);
-		stat_add(&stats.value_bytes, -(__s64)rec->meta[V(cur)].len);
-	}
+	/* A delete of a key that is gone stamps nothing (commit_stamp). */
+	if (l->staged >= 0 || l->deleted)
+		commit_stamp(rec, l->staged, latest_version(rec), l->shared, w->ts);
 	return 0;
 }
 
@@ -203,23 +185,22 @@ int stage_commit(struct pt_regs *ctx)
 	if (t->read_only) {
 		end_snapshot(t);
 	} else if (t->n_writes) {
-		w.ts = commit_begin(w.txn);
-		if (!w.ts)
-			return fail(slot, -EBUSY, DB_D_COMMIT_BUSY);
 		/* Log the whole commit, then make it visible. Nothing is stamped
 		 * if the log has no room: the transaction stays active. */
 		__u32 detail = DB_D_NONE;
 		bpf_loop(t->n_locks, size_one, &w, 0);
-		int err = wal_room(w.bytes, &detail);
-		if (!err && !wal_frag(DB_WAL_BEGIN, w.ts, NULL, NULL, 0)) {
+		int err = commit_open(w.txn, w.bytes, &w.ts, &detail);
+		if (err)
+			return fail(slot, err, detail);
+		if (!wal_frag(DB_WAL_BEGIN, w.ts, NULL, NULL, 0)) {
 			bpf_loop(t->n_locks, log_one, &w, 0);
 			err = w.err ? w.err : wal_frag(DB_WAL_COMMIT, w.ts, NULL, NULL, 0);
-		} else if (!err) {
+		} else {
 			err = -EAGAIN;
 		}
 		if (err) {
 			commit_cancel();
-			return fail(slot, err, err == -EFBIG ? DB_D_WAL_TOO_BIG : DB_D_WAL_FULL);
+			return fail(slot, err, DB_D_WAL_FULL);
 		}
 		bpf_loop(t->n_locks, stamp_one, &w, 0);
 		commit_end(w.ts);

@@ -6,7 +6,7 @@ use std::mem::{offset_of, size_of};
 
 use log::{error, warn};
 
-use crate::durability::format as wal;
+use crate::durability::format::{self as wal, Reader};
 use crate::kernel::abi::{
     KEY_MAX, Meta, PAGE_SIZE, SMALL_CHUNK, VALUE_LIMIT, WAL_BEGIN, WAL_COMMIT, WAL_DEL, WAL_NUDGE,
     WAL_PUT, WalFrag,
@@ -60,14 +60,35 @@ pub(crate) struct Assembler {
     dropped: u64,
 }
 
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+/// The fields of a header fragment, read at the offsets of struct
+/// db_wal_frag; None if the bytes end before them.
+struct Header {
+    kind: u32,
+    key_len: usize,
+    ts: u64,
+    meta: NewMeta,
+    len: usize,
 }
 
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
+impl Header {
+    fn parse(b: &[u8]) -> Option<Header> {
+        let u32_at = |at| Reader::at(b, at).u32();
+        let u64_at = |at| Reader::at(b, at).u64();
+        let m = offset_of!(WalFrag, meta);
+        Some(Header {
+            kind: u32_at(offset_of!(WalFrag, kind))?,
+            key_len: u32_at(offset_of!(WalFrag, key_len))? as usize,
+            ts: u64_at(offset_of!(WalFrag, ts))?,
+            meta: NewMeta {
+                mtime_ns: u64_at(m + offset_of!(Meta, mtime_ns))?,
+                mode: u32_at(m + offset_of!(Meta, mode))?,
+                uid: u32_at(m + offset_of!(Meta, uid))?,
+                gid: u32_at(m + offset_of!(Meta, gid))?,
+                ctime_ns: u64_at(m + offset_of!(Meta, ctime_ns))?,
+            },
+            len: u32_at(m + offset_of!(Meta, len))? as usize,
+        })
+    }
 }
 
 /// Data fragments, and the size of each, the engine emits for a PUT of
@@ -122,18 +143,17 @@ impl Assembler {
             ));
             return;
         }
-        let kind = le_u32(b, offset_of!(WalFrag, kind));
-        let key_len = le_u32(b, offset_of!(WalFrag, key_len)) as usize;
-        let ts = le_u64(b, offset_of!(WalFrag, ts));
-        let m = offset_of!(WalFrag, meta);
-        let meta = NewMeta {
-            mtime_ns: le_u64(b, m + offset_of!(Meta, mtime_ns)),
-            mode: le_u32(b, m + offset_of!(Meta, mode)),
-            uid: le_u32(b, m + offset_of!(Meta, uid)),
-            gid: le_u32(b, m + offset_of!(Meta, gid)),
-            ctime_ns: le_u64(b, m + offset_of!(Meta, ctime_ns)),
+        // FRAG_BYTES long, so every field is there.
+        let Some(Header {
+            kind,
+            key_len,
+            ts,
+            meta,
+            len,
+        }) = Header::parse(b)
+        else {
+            return self.malformed("a header fragment shorter than its fields");
         };
-        let len = le_u32(b, m + offset_of!(Meta, len)) as usize;
         match kind {
             WAL_BEGIN => {
                 if self.cur.is_some() {

@@ -156,6 +156,11 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0 }
     }
 
+    /// A reader of `buf` from byte `pos` on: a field at a known offset.
+    pub fn at(buf: &'a [u8], pos: usize) -> Reader<'a> {
+        Reader { buf, pos }
+    }
+
     /// The bytes not read yet.
     pub fn rest(&self) -> &'a [u8] {
         &self.buf[self.pos.min(self.buf.len())..]

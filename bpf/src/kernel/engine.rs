@@ -233,26 +233,28 @@ impl Engine {
             (None, None) => opts.hash_seed,
         };
 
-        // Prog array in enum db_stage order.
-        let stages: [&libbpf_rs::ProgramMut; abi::STAGE_COUNT] = [
-            &skel.progs.stage_get,
-            &skel.progs.stage_set_prepare,
-            &skel.progs.stage_set_copy,
-            &skel.progs.stage_set_commit,
-            &skel.progs.stage_delete,
-            &skel.progs.stage_rename,
-            &skel.progs.stage_scan,
-            &skel.progs.stage_begin,
-            &skel.progs.stage_commit,
-            &skel.progs.stage_release,
-            &skel.progs.stage_abort,
-            &skel.progs.stage_txn_get,
+        // The prog array, by the stage ids of enum db_stage (bpfdb.h).
+        let stages: [(u64, &libbpf_rs::ProgramMut); abi::STAGE_COUNT] = [
+            (abi::h::DB_STAGE_GET, &skel.progs.stage_get),
+            (abi::h::DB_STAGE_SET_PREPARE, &skel.progs.stage_set_prepare),
+            (abi::h::DB_STAGE_SET_COPY, &skel.progs.stage_set_copy),
+            (abi::h::DB_STAGE_SET_COMMIT, &skel.progs.stage_set_commit),
+            (abi::h::DB_STAGE_DELETE, &skel.progs.stage_delete),
+            (abi::h::DB_STAGE_RENAME, &skel.progs.stage_rename),
+            (abi::h::DB_STAGE_SCAN, &skel.progs.stage_scan),
+            (abi::h::DB_STAGE_BEGIN, &skel.progs.stage_begin),
+            (abi::h::DB_STAGE_COMMIT, &skel.progs.stage_commit),
+            (abi::h::DB_STAGE_RELEASE, &skel.progs.stage_release),
+            (abi::h::DB_STAGE_ABORT, &skel.progs.stage_abort),
+            (abi::h::DB_STAGE_TXN_GET, &skel.progs.stage_txn_get),
         ];
-        for (i, prog) in stages.iter().enumerate() {
+        for (id, prog) in stages {
             let fd = prog.as_fd().as_raw_fd();
-            skel.maps
-                .stages
-                .update(&(i as u32).to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)?;
+            skel.maps.stages.update(
+                &(id as u32).to_ne_bytes(),
+                &fd.to_ne_bytes(),
+                MapFlags::ANY,
+            )?;
         }
 
         let exe = std::env::current_exe().map_err(|e| Error::io("current_exe", &e))?;

@@ -1,0 +1,121 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * commit.bpf.h - one commit: the commit lock, the log room check, the
+ * BEGIN..COMMIT emission, stamping and publishing last_ts.
+ *
+ * Every commit (SET, DELETE, RENAME, a transaction's COMMIT) runs
+ *   commit_open        take the commit lock, check the log has room
+ *   emit the log       BEGIN {PUT | DEL}* COMMIT, before anything is visible
+ *   commit_stamp       per version: the new begin, the old end
+ *   commit_end         publish last_ts, release the commit lock
+ * and fails before commit_stamp without leaving anything visible. The
+ * one-op commits emit with commit_log_one, which does the first two steps;
+ * a transaction walks its lock set between them (txn_stages.inc.c).
+ */
+#ifndef COMMIT_BPF_H
+#define COMMIT_BPF_H
+
+#include "engine.bpf.h"
+#include "record.bpf.h"
+#include "wal.bpf.h"
+
+/* ---- the commit lock: one commit stamps its versions at a time ---- */
+
+/* Takes the commit lock and returns the new commit timestamp, or 0 when
+ * another commit holds it (the caller undoes and reports a transient EBUSY). */
+static __always_inline __u64 commit_begin(__u32 owner)
+{
+	for (int i = 0; i < DB_LOCK_CAS_TRIES; i++)
+		if (__sync_val_compare_and_swap(&commit_lock, 0, (__u64)owner + 1) == 0)
+			return READ_ONCE(last_ts) + 1;
+	return 0;
+}
+
+/* Releases the commit lock of a commit that did not happen. */
+static __always_inline void commit_cancel(void)
+{
+	__sync_lock_test_and_set(&commit_lock, 0);
+}
+
+/* Publishes ts to readers and releases the commit lock. */
+static __always_inline void commit_end(__u64 ts)
+{
+	WRITE_ONCE(last_ts, ts);
+	__sync_lock_test_and_set(&commit_lock, 0);
+	stat_add(&stats.commits, 1);
+}
+
+/* ---- the sequence ---- */
+
+/* Takes the commit lock for a commit of log_bytes bytes of log (BEGIN and
+ * COMMIT not counted). 0 with the lock held and the commit's timestamp in
+ * *ts; else the error and *detail to report, the lock not held. */
+static __always_inline int commit_open(__u32 owner, __u64 log_bytes, __u64 *ts, __u32 *detail)
+{
+	*ts = commit_begin(owner);
+	if (!*ts) {
+		*detail = DB_D_COMMIT_BUSY;
+		return -EBUSY;
+	}
+	int err = wal_room(log_bytes, detail);
+
+	if (err)
+		commit_cancel();
+	return err;
+}
+
+/* commit_open, then the log of a one-op commit: BEGIN, a DEL of del's name
+ * when del is set, a PUT of version v of put when put is set, COMMIT. 0 with
+ * the lock held and the timestamp in *ts, to stamp and commit_end; else the
+ * error and *detail to report, the lock not held and nothing to stamp. */
+static __always_inline int commit_log_one(__u32 owner, struct db_record *del, struct db_record *put,
+					  __u32 v, __u64 *ts, __u32 *detail)
+{
+	__u64 bytes = 0;
+
+	if (del)
+		bytes += WAL_FRAG_BYTES;
+	if (put)
+		bytes += wal_put_bytes(put->meta[V(v)].len);
+	int err = commit_open(owner, bytes, ts, detail);
+
+	if (err)
+		return err;
+	if (wal_frag(DB_WAL_BEGIN, *ts, NULL, NULL, 0) ||
+	    (del && wal_frag(DB_WAL_DEL, *ts, NULL, del->name, del->key_len)) ||
+	    (put && wal_put(*ts, put, v)) || wal_frag(DB_WAL_COMMIT, *ts, NULL, NULL, 0)) {
+		commit_cancel();
+		*detail = DB_D_WAL_FULL;
+		return -EAGAIN;
+	}
+	return 0;
+}
+
+/* Stamps, at ts, version nv of rec (-1: none, a delete) as the one that
+ * replaces version old (-1 or not live: none, an insert), and counts the
+ * change in the stats. handed_on: old's storage now belongs to nv (a
+ * metadata-only write) or to another record (the source of a rename), so
+ * old must not free it and nv's storage was born with old's. */
+static __always_inline void commit_stamp(struct db_record *rec, int nv, int old, bool handed_on,
+					 __u64 ts)
+{
+	bool live = version_live(rec, old);
+
+	if (nv >= 0) {
+		rec->born_ts[V(nv)] = live && handed_on ? rec->born_ts[V(old)] : ts;
+		WRITE_ONCE(rec->begin_ts[V(nv)], ts);
+		stat_add(&stats.value_bytes, rec->meta[V(nv)].len);
+		if (!live)
+			stat_add(&stats.keys, 1);
+	} else if (live) {
+		stat_add(&stats.keys, -1);
+	}
+	if (live) {
+		if (handed_on)
+			rec->vflags[V(old)] |= DB_VF_NOFREE;
+		WRITE_ONCE(rec->end_ts[V(old)], ts);
+		stat_add(&stats.value_bytes, -(__s64)rec->meta[V(old)].len);
+	}
+}
+
+#endif /* COMMIT_BPF_H */
