@@ -11,10 +11,12 @@
 //! durability and crash tests check what a restart recovers.
 //!
 //! Modules: `mount` and `builder` (the fixture), `scripts` (running scripts in it), `process` (daemon binary,
-//! signals, timeouts), `wal` (damaging a log on purpose), `rng` (seeded randomness).
+//! signals, timeouts), `wal` (damaging a log on purpose), `rng` (seeded randomness), `acks` (writers'
+//! attempt and ack side files, checked after a crash).
 
 use std::time::Duration;
 
+pub mod acks;
 mod builder;
 mod mount;
 mod process;

@@ -6,9 +6,10 @@
 //! the write in its side file. Writes whose exit status matters go through coreutils `echo`
 //! (`env echo`): dash's builtin `echo` never reports an error of the `close` that commits.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+use bpfdb_tests::acks::{check_writer, scratch_lines};
 use bpfdb_tests::{Mount, Rng, wait_until, wal};
 
 const ROUNDS: u32 = 8;
@@ -79,15 +80,6 @@ tw 2> $T/err_$R-tw & bw 2> $T/err_$R-bw & cw 2> $T/err_$R-cw &
 wait
 "#;
 
-/// Lines of a scratch file (empty if it does not exist).
-fn scratch_lines(m: &Mount, name: &str) -> Vec<String> {
-    std::fs::read_to_string(m.scratch().join(name))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 /// Checks the database against the side files after a restart; returns (acknowledged key
 /// writes, acknowledged transactions) so far.
 #[track_caller]
@@ -101,45 +93,10 @@ fn check_recovered(m: &Mount, round: u32) -> (usize, usize) {
     for w in 1..=KEY_WRITERS {
         let attempts = scratch_lines(m, &format!("attempt_w{w}"));
         let acked = scratch_lines(m, &format!("ack_w{w}"));
-        acks += acked.len();
-        let mut per_key: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for line in &attempts {
-            let (k, v) = line.split_once(' ').expect("KEY VALUE");
-            per_key.entry(k).or_default().push(v);
-        }
-        let mut last_ack: BTreeMap<&str, &str> = BTreeMap::new();
-        for line in &acked {
-            let (k, v) = line.split_once(' ').expect("KEY VALUE");
-            last_ack.insert(k, v);
-        }
-        for (k, tried) in &per_key {
-            expected_keys.insert((*k).to_owned());
-            let got = values.get(*k).map(String::as_str);
-            match last_ack.get(k) {
-                Some(acked) => {
-                    let from = tried
-                        .iter()
-                        .position(|v| v == acked)
-                        .expect("an acked value was attempted");
-                    let allowed = &tried[from..];
-                    assert!(
-                        got.is_some_and(|g| allowed.contains(&g)),
-                        "{}",
-                        ctx(format!(
-                            "key {k} holds {got:?}; acknowledged {acked:?}, attempted after it {:?}",
-                            &allowed[1..]
-                        ))
-                    );
-                }
-                None => assert!(
-                    got.is_none_or(|g| g.is_empty() || tried.contains(&g)),
-                    "{}",
-                    ctx(format!(
-                        "key {k} (never acknowledged) holds {got:?}; attempted {tried:?}"
-                    ))
-                ),
-            }
-        }
+        let (n, keys) =
+            check_writer(&values, &attempts, &acked).unwrap_or_else(|e| panic!("{}", ctx(e)));
+        acks += n;
+        expected_keys.extend(keys);
     }
 
     // The transaction keys carry one transaction's id, all of them, and not an older one

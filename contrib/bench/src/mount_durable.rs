@@ -184,14 +184,15 @@ fn median_rate(work: Work, dir: &Path, writers: usize) -> Result<f64, String> {
     Ok(median(runs))
 }
 
-/// Bare fsyncs per second of the bench disk: 100-byte overwrite and
-/// fdatasync in a loop, one thread (the bound on group commits per second).
+/// Bare fsyncs per second of the bench disk as a log makes them: append
+/// 100 bytes, fdatasync, in a loop on one thread (the bound on group
+/// commits per second).
 fn fsync_rate(dir: &Path) -> Result<f64, String> {
     let path = dir.join("fsync-probe");
     let f = File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let t = std::time::Instant::now();
     for i in 0..FSYNC_PROBES {
-        f.write_all_at(&VALUE, (i % 64 * VALUE.len()) as u64)
+        f.write_all_at(&VALUE, (i * VALUE.len()) as u64)
             .and_then(|()| f.sync_data())
             .map_err(|e| format!("fsync probe: {e}"))?;
     }
@@ -210,6 +211,9 @@ fn stat(mnt: &Path, name: &str) -> u64 {
 struct Row {
     writers: usize,
     bpfdb_set: f64,
+    /// The same SETs with `--sync none`: what the mount costs without any
+    /// fsync, so the gap to `bpfdb_set` is what durability costs.
+    bpfdb_nosync: f64,
     bpfdb_txn: f64,
     commits_per_fsync: f64,
     ext4: f64,
@@ -221,9 +225,13 @@ fn measure(cmds: &mut Vec<String>) -> Result<(Vec<Row>, f64), String> {
     let bpfdb = sibling_exe("bpfdb")?;
     let data = tempfile::tempdir_in(bench_dir()).map_err(|e| format!("tempdir: {e}"))?;
     let plain = tempfile::tempdir_in(bench_dir()).map_err(|e| format!("tempdir: {e}"))?;
+    let nosync_data = tempfile::tempdir_in(bench_dir()).map_err(|e| format!("tempdir: {e}"))?;
     let args = ["-f", "--sync", "commit"];
+    let nosync_args = ["-f", "--sync", "none"];
     cmds.push(format!("bpfdb {} DATA MNT", args.join(" ")));
+    cmds.push(format!("bpfdb {} DATA MNT", nosync_args.join(" ")));
     let mount = Mount::daemon(&bpfdb, &args, Some(data.path()))?;
+    let nosync = Mount::daemon(&bpfdb, &nosync_args, Some(nosync_data.path()))?;
     let mnt = mount.path();
     let fsyncs = fsync_rate(plain.path())?;
     let mut rows = Vec::new();
@@ -234,6 +242,7 @@ fn measure(cmds: &mut Vec<String>) -> Result<(Vec<Row>, f64), String> {
         rows.push(Row {
             writers,
             bpfdb_set,
+            bpfdb_nosync: median_rate(Work::Set, &nosync.path(), writers)?,
             bpfdb_txn: median_rate(Work::Txn, &mnt, writers)?,
             commits_per_fsync: (c1 - c0) as f64 / (f1 - f0).max(1) as f64,
             ext4: median_rate(Work::SetFsync, plain.path(), writers)?,
@@ -260,20 +269,27 @@ pub fn run() -> Vec<Figure> {
          .txn/NAME`, {TXN_KEYS} such writes, `commit` into its `.ctl`, `rmdir`. ext4+fsync: the \
          same SET loop in a plain directory of the same disk with `fdatasync` before `close`. \
          Redis: `appendfsync always`, redis-benchmark SET with as many clients. SQLite: WAL, \
-         `synchronous=FULL`, one UPDATE per transaction, as many connections (threads). The \
-         disk's bare fdatasync rate is {fsyncs:.0}/s.\n",
+         `synchronous=FULL`, one UPDATE per transaction, as many connections (threads). \
+         `--sync none`: the same bpfdb SET loop on a mount that never fsyncs, so the gap between \
+         the two bpfdb columns is what durability costs and the rest is the mount's own cost. \
+         The disk's bare fdatasync rate (appending {} bytes each time, as a log does) is \
+         {fsyncs:.0}/s.\n",
+        VALUE.len(),
         VALUE.len()
     );
     println!(
-        "| writers | bpfdb SET/s | bpfdb 4-key .txn/s | commits per fsync | ext4+fsync/s | Redis SET/s | SQLite/s | bpfdb / Redis | bpfdb / SQLite | bpfdb / ext4+fsync | bpfdb / own 1-writer |"
+        "| writers | bpfdb SET/s | bpfdb `--sync none` SET/s | bpfdb 4-key .txn/s | commits per fsync | ext4+fsync/s | Redis SET/s | SQLite/s | bpfdb / Redis | bpfdb / SQLite | bpfdb / ext4+fsync | bpfdb / own 1-writer | durable / `--sync none` |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     let one = rows[0].bpfdb_set;
     for r in &rows {
         println!(
-            "| {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             r.writers,
             r.bpfdb_set,
+            r.bpfdb_nosync,
             r.bpfdb_txn,
             r.commits_per_fsync,
             r.ext4,
@@ -282,7 +298,8 @@ pub fn run() -> Vec<Figure> {
             r.bpfdb_set / r.redis,
             r.bpfdb_set / r.sqlite,
             r.bpfdb_set / r.ext4,
-            r.bpfdb_set / one
+            r.bpfdb_set / one,
+            r.bpfdb_set / r.bpfdb_nosync
         );
     }
     if let Some(r16) = rows.iter().find(|r| r.writers == 16) {
@@ -320,6 +337,7 @@ fn figure(rows: &[Row]) -> Figure {
             y_label: "writes/s (log)".into(),
             series: vec![
                 series("bpfdb SET (mount)", |r| r.bpfdb_set),
+                series("bpfdb SET, --sync none", |r| r.bpfdb_nosync),
                 series("bpfdb 4-key .txn (mount)", |r| r.bpfdb_txn),
                 series("ext4 + fdatasync", |r| r.ext4),
                 series("Redis appendfsync always", |r| r.redis),
