@@ -69,11 +69,24 @@ impl Inner {
     /// left, if any.
     pub(crate) fn defer_durability<R>(&self, f: impl FnOnce() -> R) -> (R, Option<u64>) {
         let me = self as *const Inner as usize;
-        let outer = DEFERRED.with(|d| d.replace(Some((me, 0))));
+        let scope = Scope {
+            outer: DEFERRED.with(|d| d.replace(Some((me, 0)))),
+        };
         let r = f();
-        let (_, newest) = DEFERRED
-            .with(|d| d.replace(outer))
-            .expect("set above and restored only here");
+        let newest = DEFERRED.with(|d| d.get()).map_or(0, |(_, ts)| ts);
+        drop(scope);
         (r, (newest > 0).then_some(newest))
+    }
+}
+
+/// Puts back the scope `defer_durability` replaced, even if `f` unwinds:
+/// a thread left deferring would acknowledge commits that nobody waits for.
+struct Scope {
+    outer: Option<(usize, u64)>,
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        DEFERRED.with(|d| d.set(self.outer));
     }
 }

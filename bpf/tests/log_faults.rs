@@ -590,3 +590,31 @@ fn a_deferred_ack_behind_an_fsync_that_never_returns_gets_etimedout() {
     );
     set(&db, "after", b"2").unwrap();
 }
+
+#[test]
+fn a_panic_inside_defer_durability_leaves_the_thread_waiting_again() {
+    // A thread left in a deferring scope would acknowledge commits nobody
+    // waits for. After a panic inside the scope, a commit on the same
+    // thread must wait again: behind an fsync that never returns, it gets
+    // ETIMEDOUT instead of Ok.
+    let dir = tempfile::tempdir().unwrap();
+    let faults = LogFaults::new();
+    let db = Db::open(&opts(dir.path(), &faults)).unwrap();
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        db.defer_durability(|| panic!("inside the scope"))
+    }));
+    assert!(unwound.is_err());
+    faults.hold_syncs();
+    // Another committer takes the writer and sticks in the fsync.
+    let d = db.clone();
+    let first = std::thread::spawn(move || set(&d, "first", b"1"));
+    assert!(
+        faults.wait_sync_held(HUNG),
+        "no fsync reached the disk within {HUNG:?}"
+    );
+    let r = set(&db, "after-panic", b"2");
+    faults.release_syncs();
+    let _ = first.join().unwrap();
+    let err = r.expect_err("acknowledged without its fsync");
+    assert_eq!(err.errno, libc::ETIMEDOUT, "{err}");
+}

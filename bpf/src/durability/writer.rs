@@ -164,8 +164,6 @@ impl Shared {
 
 pub(crate) struct Log {
     shared: Arc<Shared>,
-    /// WAIT_LIMIT, unless a test's LogFaults shortened it.
-    wait_limit: Duration,
     writer: Arc<Mutex<Writer>>,
     thread: Option<JoinHandle<()>>,
     sync: SyncMode,
@@ -224,7 +222,6 @@ impl Log {
             // SAFETY: `wake` is a fresh fd nothing else owns.
             wake: unsafe { OwnedFd::from_raw_fd(wake) },
         });
-        let wait_limit = shared.wait_limit;
         let sync = start.sync;
         let writer = Writer::new(ringbuf, file, len, start, shared.clone())?;
         let epoll_fd = writer.ringbuf.epoll_fd();
@@ -242,7 +239,6 @@ impl Log {
         info!("log writer started");
         Ok(Log {
             shared,
-            wait_limit,
             writer,
             thread: Some(thread),
             sync,
@@ -283,7 +279,7 @@ impl Log {
             {
                 return Err(e);
             }
-            if waited >= self.wait_limit {
+            if waited >= self.shared.wait_limit {
                 return Err(Error::new(
                     libc::ETIMEDOUT,
                     format!(
@@ -301,7 +297,7 @@ impl Log {
             // ends; then take the writer: what we wait for may be left), or
             // ours could not finish it (failing disk): try again after a
             // pause.
-            let pause = POLL.min(self.wait_limit - waited);
+            let pause = POLL.min(self.shared.wait_limit - waited);
             let (st, _) = self
                 .shared
                 .cv
