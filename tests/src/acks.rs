@@ -66,3 +66,16 @@ fn split(line: &str) -> Result<(&str, &str), String> {
     line.split_once(' ')
         .ok_or(format!("not `KEY VALUE`: {line:?}"))
 }
+
+/// The error lines of writers that a crash of the daemon does not explain:
+/// a write on a mount whose daemon is gone fails with ENOTCONN, or with
+/// ECONNABORTED when its reply was still waiting.
+pub fn not_from_a_dead_daemon(errors: &[String]) -> Vec<&String> {
+    errors
+        .iter()
+        .filter(|l| {
+            !l.contains("Transport endpoint is not connected")
+                && !l.contains("Software caused connection abort")
+        })
+        .collect()
+}

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use bpfdb_tests::acks::{check_writer, scratch_lines};
+use bpfdb_tests::acks::{check_writer, not_from_a_dead_daemon, scratch_lines};
 use bpfdb_tests::{Mount, Rng, wait_until, wal};
 
 const ROUNDS: u32 = 8;
@@ -277,13 +277,7 @@ fn kill_9_at_random_moments_loses_no_acknowledged_write_and_no_transaction_half(
         "only {checkpoints} checkpoints in {ROUNDS} rounds"
     );
     // The writers only ever failed because the daemon was gone.
-    let unexpected: Vec<&String> = errors
-        .iter()
-        .filter(|l| {
-            !l.contains("Transport endpoint is not connected")
-                && !l.contains("Software caused connection abort")
-        })
-        .collect();
+    let unexpected = not_from_a_dead_daemon(&errors);
     assert!(
         unexpected.is_empty(),
         "writers failed for other reasons than the crash: {unexpected:#?}"

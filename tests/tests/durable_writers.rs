@@ -16,7 +16,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bpfdb_tests::acks::{check_writer, scratch_lines};
+use bpfdb_tests::acks::{check_writer, not_from_a_dead_daemon, scratch_lines};
 use bpfdb_tests::{Background, Mount, assert_ok, is_fuse_mount, wait_until};
 
 /// Writer processes at once: far more than the FUSE workers and the waiter pool together.
@@ -504,13 +504,8 @@ fn kill_9_under_sixty_four_waiting_writers_loses_no_acknowledged_write() {
     let out = writers.finish(WRITERS_END_TIMEOUT);
     m.detach_dead_mount();
     assert_writers_ended(&m, &out);
-    let unexpected: Vec<String> = writer_errors(&m)
-        .into_iter()
-        .filter(|l| {
-            !l.contains("Transport endpoint is not connected")
-                && !l.contains("Software caused connection abort")
-        })
-        .collect();
+    let errors = writer_errors(&m);
+    let unexpected = not_from_a_dead_daemon(&errors);
     assert!(
         unexpected.is_empty(),
         "writes failed for other reasons than the crash: {unexpected:#?}"
