@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 
 use libbpf_cargo::SkeletonBuilder;
 
-/// The one eBPF object; the other C files are its headers and included
-/// stage files, all in `BPF_DIR`.
+/// The eBPF objects, each with its skeleton `OUT_DIR/<name>.skel.rs`: the
+/// engine, and the kernel clients the daemon ships (docs/KERNEL-CLIENTS.md).
+/// The other C files are their headers and the engine's included stage
+/// files, all in `BPF_DIR`.
 const BPF_DIR: &str = "src/bpf";
-const SRC: &str = "src/bpf/engine.bpf.c";
+const OBJECTS: [&str; 2] = ["engine", "memcached"];
 /// The ABI header shared with user space.
 const ABI_HEADER: &str = "src/bpf/bpfdb.h";
 
@@ -27,20 +29,22 @@ fn main() {
     );
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR set by cargo"));
     write_abi_consts(Path::new(ABI_HEADER), &out_dir.join("bpfdb_h.rs"));
-    let out = out_dir.join("engine.skel.rs");
     let clang = env::var("BPF_CLANG").unwrap_or_else(|_| "clang-19".to_string());
-    SkeletonBuilder::new()
-        .source(SRC)
-        .clang(&clang)
-        .clang_args([
-            "-Wall",
-            "-Werror",
-            "-mcpu=v3",
-            "-I/usr/include/x86_64-linux-gnu",
-            "-Isrc/bpf",
-        ])
-        .build_and_generate(&out)
-        .unwrap_or_else(|e| panic!("building {SRC} with {clang}: {e:#}"));
+    for name in OBJECTS {
+        let src = format!("{BPF_DIR}/{name}.bpf.c");
+        SkeletonBuilder::new()
+            .source(&src)
+            .clang(&clang)
+            .clang_args([
+                "-Wall",
+                "-Werror",
+                "-mcpu=v3",
+                "-I/usr/include/x86_64-linux-gnu",
+                "-Isrc/bpf",
+            ])
+            .build_and_generate(out_dir.join(format!("{name}.skel.rs")))
+            .unwrap_or_else(|e| panic!("building {src} with {clang}: {e:#}"));
+    }
     // Every C source and header of the engine, so a change in any rebuilds it.
     let dir = std::fs::read_dir(BPF_DIR).expect("read bpf/src/bpf");
     for entry in dir.flatten() {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
+use crate::clients::memcached::MemcachedXdp;
 use crate::durability::format::{self as wal, LogOp};
 use crate::durability::recovery;
 use crate::durability::writer::{Log, LogCounters, Start};
@@ -41,6 +42,12 @@ pub struct CheckpointReport {
 const CHECKPOINT_POLL: Duration = Duration::from_millis(500);
 
 impl Db {
+    /// Answers memcached UDP gets for `port` in XDP on `ifname`, from this
+    /// database's data; detached when the value is dropped.
+    pub fn memcached_xdp(&self, port: u16, ifname: &str) -> Result<MemcachedXdp> {
+        MemcachedXdp::attach(&self.inner.engine, port, ifname)
+    }
+
     pub fn open(opts: &Options) -> Result<Db> {
         if opts.max_value_bytes as usize > abi::VALUE_LIMIT {
             return Err(Error::new(

@@ -9,8 +9,11 @@
 //! - `durability`: the log's format, its writer, recovery and checkpoints;
 //! - `shared`: the state one open database shares (slots, gate, log);
 //! - `kv`: sessions, transactions and value-memory reservations on it;
+//! - `clients`: the kernel clients the daemon ships (the memcached XDP
+//!   server), eBPF objects over the engine's maps;
 //! - `db`: `Db`, composing all of them; nothing imports it.
 
+mod clients;
 mod db;
 mod durability;
 mod error;
@@ -20,6 +23,7 @@ mod options;
 mod shared;
 mod types;
 
+pub use clients::memcached::{MemcachedXdp, XdpCounters};
 pub use db::{CheckpointReport, Db};
 pub use durability::format as wal;
 pub use durability::segment_file::{FOREVER, HOLD_LIMIT, LogFaults};

@@ -1,7 +1,7 @@
 //! The small types every layer shares: key names, the metadata a writer
 //! supplies, what a read returns, and the flags of a write.
 
-use xxhash_rust::xxh3::xxh3_128_with_seed;
+use siphasher::sip128::{Hasher128, SipHasher13};
 
 use crate::error::{Error, Result};
 use crate::kernel::abi::{self, HKey, Meta};
@@ -23,13 +23,18 @@ pub fn check_key(name: &[u8]) -> Result<&[u8]> {
     Ok(name)
 }
 
-/// Map key of a name. Seeded per database so that names crafted to collide
-/// elsewhere do not collide here (a collision is refused, never aliased).
+/// Map key of a name: SipHash-1-3-128 keyed by the database's seed, so that
+/// names crafted to collide elsewhere do not collide here (a collision is
+/// refused, never aliased). A keyed hash an eBPF program can compute too:
+/// `db_key_hash` in bpfdb_kernel.h is the same function, for kernel callers.
 pub fn key_hash(name: &[u8], seed: u64) -> HKey {
-    let h = xxh3_128_with_seed(name, seed);
+    use std::hash::Hasher;
+    let mut h = SipHasher13::new_with_keys(seed, seed ^ abi::h::DB_HASH_K1_XOR);
+    h.write(name);
+    let out = h.finish128();
     HKey {
-        lo: h as u64,
-        hi: (h >> 64) as u64,
+        lo: out.h1,
+        hi: out.h2,
     }
 }
 

@@ -34,7 +34,12 @@
  * visible. Keys first in the data area, one flag byte per key after them. */
 #define DB_SCAN_BATCH 2048
 #define DB_SCAN_FLAGS (DB_SCAN_BATCH * sizeof(struct db_hkey)) /* data offset of the flag bytes */
-#define DB_MAX_TXNS 65               /* transaction table entries: 64 for users, 1 for checkpoints */
+#define DB_USER_TXNS 65              /* transaction entries of user space: 64 for users, 1 for checkpoints */
+/* Kernel callers (bpfdb_kernel.h): one request slot and one transaction
+ * entry per CPU, for CPUs 0..DB_MAX_KERNEL_SLOTS-1. */
+#define DB_MAX_KERNEL_SLOTS 16
+#define DB_MAX_TXNS (DB_USER_TXNS + DB_MAX_KERNEL_SLOTS) /* transaction table entries */
+#define DB_MAX_CONTS 16              /* continuation programs kernel callers register */
 #define DB_TXN_MAX_LOCKS 128         /* keys one transaction may lock (reads + writes) */
 #define DB_LOCK_CAS_TRIES 8          /* CAS attempts on a contended lock word before EBUSY */
 #define DB_SNAP_TRIES 8              /* attempts to register a snapshot while commits race */
@@ -82,7 +87,8 @@ enum db_stage {
 	DB_STAGE_RELEASE = 9,     /* GC and release every lock of a finished txn */
 	DB_STAGE_ABORT = 10,      /* undo staged writes, then RELEASE */
 	DB_STAGE_TXN_GET = 11,    /* read under a shared lock, or the txn's own write */
-	DB_STAGE__COUNT = 12,
+	DB_STAGE_DISPATCH = 12,   /* the dispatcher: where kernel callers enter */
+	DB_STAGE__COUNT = 13,
 };
 
 /* request flags */
@@ -108,7 +114,9 @@ struct db_meta {
 	__u64 ctime_ns; /* wall clock of the last change of value or metadata */
 };
 
-/* Map key of a record: 128-bit xxh3 of the name, seeded per database. The
+/* Map key of a record: SipHash-1-3-128 of the name, keyed per database
+ * (k0 = hash_seed, k1 = hash_seed ^ DB_HASH_K1_XOR; db_key_hash in
+ * bpfdb_kernel.h, key_hash in types.rs), so eBPF callers can compute it. The
  * record keeps the full name and every access compares it, so two names
  * with one hash can never alias (the second is refused, see DB_D_COLLISION).
  * A 16-byte map key keeps hashing, comparing and lock/write sets small. */
@@ -161,6 +169,9 @@ struct db_req {
 	struct db_meta meta; /* SET: new meta; meta.len is the value length */
 	struct db_key key;
 	struct db_key key2;  /* RENAME target */
+	__u32 cont;        /* kernel callers: index in the conts prog array of the program
+			    * the engine tail-calls once the op is done */
+	__u32 pad;
 };
 
 struct db_resp {
@@ -205,7 +216,8 @@ enum db_detail {
 /* ---- pinned state: what a restarted daemon checks before reusing maps ---- */
 
 #define DB_LAYOUT_MAGIC 0x5344504644504221ULL /* "!BPFDPDS" */
-#define DB_LAYOUT_VERSION 2 /* bump on any change to a pinned map's layout */
+#define DB_LAYOUT_VERSION 3 /* bump on any change to a pinned map's layout (3: SipHash keys, clock map) */
+#define DB_HASH_K1_XOR 0x9e3779b97f4a7c15ULL /* second SipHash key word from the seed */
 
 struct db_layout {
 	__u64 magic;
@@ -214,8 +226,22 @@ struct db_layout {
 	__u32 small_chunks;
 	__u32 pages;
 	__u32 wal_buffer;
-	__u32 pad;
+	__u32 kernel_slot_base; /* slot of kernel callers on CPU 0 (not compared at a restart) */
 	__u64 hash_seed; /* records are keyed by this seed's hashes */
+};
+
+/* What lock-free readers in any object need of the engine's clock: a named
+ * map (`clock`), not the engine's .bss, so that XDP and tc programs
+ * compiled with bpfdb_kernel.h share it. */
+struct db_clock {
+	/* Newest fully applied commit. Advanced only by the holder of the
+	 * commit lock after it stamped every version of its commit, so a
+	 * reader at last_ts never sees half a commit. */
+	__u64 last_ts;
+	/* Bumped when GC frees storage that an older version of another record
+	 * may still name (after a rename): lock-free readers re-check it like
+	 * gc_seq. */
+	__u64 shared_free_seq;
 };
 
 /* ---- write-ahead log: fragments streamed through the wal ringbuf ----
@@ -314,14 +340,16 @@ _Static_assert(sizeof(struct db_record) == 536, "db_record");
 _Static_assert(__builtin_offsetof(struct db_record, key_len) == 272, "db_record.key_len");
 _Static_assert(__builtin_offsetof(struct db_record, name) == 280, "db_record.name");
 _Static_assert(DB_SCAN_FLAGS + DB_SCAN_BATCH <= DB_VALUE_LIMIT, "scan batch fits the data area");
-_Static_assert(sizeof(struct db_req) == 608, "db_req");
+_Static_assert(sizeof(struct db_req) == 616, "db_req");
+_Static_assert(__builtin_offsetof(struct db_req, cont) == 608, "db_req.cont");
+_Static_assert(sizeof(struct db_clock) == 16, "db_clock");
 _Static_assert(__builtin_offsetof(struct db_req, meta) == 64, "db_req.meta");
 _Static_assert(__builtin_offsetof(struct db_req, key) == 96, "db_req.key");
 _Static_assert(__builtin_offsetof(struct db_req, key2) == 352, "db_req.key2");
 _Static_assert(sizeof(struct db_resp) == 72, "db_resp");
-_Static_assert(__builtin_offsetof(struct db_slot, resp) == 608, "db_slot.resp");
-_Static_assert(__builtin_offsetof(struct db_slot, cont) == 680, "db_slot.cont");
-_Static_assert(__builtin_offsetof(struct db_slot, scratch) == 696, "db_slot.scratch");
+_Static_assert(__builtin_offsetof(struct db_slot, resp) == 616, "db_slot.resp");
+_Static_assert(__builtin_offsetof(struct db_slot, cont) == 688, "db_slot.cont");
+_Static_assert(__builtin_offsetof(struct db_slot, scratch) == 704, "db_slot.scratch");
 _Static_assert(__builtin_offsetof(struct db_slot, data) == DB_SLOT_HEADER, "db_slot.data");
 _Static_assert(sizeof(struct db_txn_lock) == 32, "db_txn_lock");
 _Static_assert(sizeof(struct db_wal_frag) == 304, "db_wal_frag");

@@ -25,9 +25,13 @@
  * another commit holds it (the caller undoes and reports a transient EBUSY). */
 static __always_inline __u64 commit_begin(__u32 owner)
 {
+	struct db_clock *c = db_clock();
+
+	if (!c)
+		return 0;
 	for (int i = 0; i < DB_LOCK_CAS_TRIES; i++)
 		if (__sync_val_compare_and_swap(&commit_lock, 0, (__u64)owner + 1) == 0)
-			return READ_ONCE(last_ts) + 1;
+			return READ_ONCE(c->last_ts) + 1;
 	return 0;
 }
 
@@ -40,7 +44,10 @@ static __always_inline void commit_cancel(void)
 /* Publishes ts to readers and releases the commit lock. */
 static __always_inline void commit_end(__u64 ts)
 {
-	WRITE_ONCE(last_ts, ts);
+	struct db_clock *c = db_clock();
+
+	if (c) /* never NULL: commit_begin found it */
+		WRITE_ONCE(c->last_ts, ts);
 	__sync_lock_test_and_set(&commit_lock, 0);
 	stat_add(&stats.commits, 1);
 }

@@ -43,8 +43,7 @@ static __always_inline int txn_delete(struct pt_regs *ctx, struct db_slot *slot)
 	return 0;
 }
 
-SEC("uprobe")
-int stage_delete(struct pt_regs *ctx)
+DB_STAGE_PROG(stage_delete)
 {
 	struct db_slot *slot = slot_of(ctx);
 
@@ -79,8 +78,7 @@ int stage_delete(struct pt_regs *ctx)
 
 /* ---- RENAME: key -> key2, replacing key2, one commit ---- */
 
-SEC("uprobe")
-int stage_rename(struct pt_regs *ctx)
+DB_STAGE_PROG(stage_rename)
 {
 	struct db_slot *slot = slot_of(ctx);
 

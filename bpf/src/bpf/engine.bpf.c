@@ -28,11 +28,6 @@
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
-static __always_inline __u32 slot_index(struct pt_regs *ctx)
-{
-	return (__u32)PT_REGS_PARM2(ctx);
-}
-
 /* Lock owner of the request: its transaction, or its slot for autocommit. */
 static __always_inline __u32 owner_of(struct pt_regs *ctx, struct db_slot *slot)
 {
@@ -63,12 +58,12 @@ static __always_inline bool needs_key(__u32 op)
 	return op == DB_OP_GET || op == DB_OP_SET || op == DB_OP_DELETE || op == DB_OP_RENAME;
 }
 
-SEC("uprobe")
-int dispatch(struct pt_regs *ctx)
+DB_STAGE_PROG(dispatch)
 {
 	/* Every engine in the process sees every trigger call: answer only
-	 * requests addressed to this one. */
-	if (bpf_get_attach_cookie(ctx) != (__u32)PT_REGS_PARM1(ctx))
+	 * requests addressed to this one. Kernel callers come through the
+	 * prog array (stages[DB_STAGE_DISPATCH]) of the engine they loaded with. */
+	if (!from_kernel(ctx) && bpf_get_attach_cookie(ctx) != (__u32)PT_REGS_PARM1(ctx))
 		return 0;
 	struct db_slot *slot = slot_of(ctx);
 	if (!slot)

@@ -1,36 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * engine.bpf.h - maps, settings and small helpers of the engine.
- * Kernel side only; the shared structs live in bpfdb.h.
+ * engine.bpf.h - the engine's own maps, settings and small helpers. The
+ * shared structs live in bpfdb.h; the maps and the visibility rule the
+ * engine shares with its kernel clients in bpfdb_kernel.h.
  */
 #ifndef ENGINE_BPF_H
 #define ENGINE_BPF_H
 
-#include <linux/bpf.h>
-#include <linux/ptrace.h>
-#include <stdbool.h>
-#include <bpf/bpf_helpers.h>
+#include "bpfdb_kernel.h"
 #include <bpf/bpf_tracing.h>
-#include "bpfdb.h"
-
-/* errno values (uapi asm-generic/errno-base.h and errno.h); no libc here */
-#define ENOENT 2
-#define EIO 5
-#define E2BIG 7
-#define EAGAIN 11
-#define ENOMEM 12
-#define EBUSY 16
-#define EEXIST 17
-#define EINVAL 22
-#define EFBIG 27
-#define ENOSPC 28
-#define ENAMETOOLONG 36
-#define ENOSYS 38
-#define EROFS 30
-#define ECANCELED 125
-
-#define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
-#define WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
 
 /* Times the lock-free reader retries when GC reclaims under it. */
 #define DB_READ_RETRIES 4
@@ -42,56 +20,21 @@ const volatile __u64 page_capacity = 0;
 /* CAS attempts on a lock word other readers keep changing, at most
  * DB_LOCK_CAS_TRIES (tests lower it to make contention common). */
 const volatile __u32 lock_cas_tries = DB_LOCK_CAS_TRIES;
+/* Slot index of kernel callers on CPU 0 (the user's slots come first). */
+const volatile __u32 kernel_slot_base = 0;
 
-
-/* ---- state in .bss, mmap'ed by user space ---- */
+/* ---- state in .bss, mmap'ed by user space; the clock that other
+ * objects read is in the clock map (bpfdb_kernel.h) ---- */
 struct db_stats stats;
-/* Newest fully applied commit. Advanced only by the holder of commit_lock
- * after it stamped every version of its commit, so a reader at last_ts never
- * sees half a commit. */
-__u64 last_ts;
 __u64 commit_lock;   /* 0, or owner + 1 while a commit stamps its versions */
 __u64 txn_gen;       /* source of transaction ids */
 __u64 snapshots;     /* registered snapshots; GC scans the txn table only if > 0 */
-/* Bumped when GC frees storage that an older version of another record may
- * still name (after a rename): lock-free readers re-check it like gc_seq. */
-__u64 shared_free_seq;
 /* Set by user space once recovery has replayed the log: replayed commits
  * are already in it and must not be emitted twice. */
 __u32 wal_on;
 __u64 record_gen;    /* source of fresh gc_seq values for new records */
 __u64 small_next;    /* bump allocator: never-used small chunks start here */
 __u64 page_next;     /* bump allocator: never-used pages start here */
-
-/* ---- maps; max_entries are set by user space before load ---- */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct db_slot);
-} slots SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1);
-	__type(key, struct db_hkey);
-	__type(value, struct db_record);
-} records SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct db_small_chunk);
-} small_pool SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct db_page);
-} page_pool SEC(".maps");
 
 /* Free lists of recycled ids; push and pop are atomic. */
 struct {
@@ -115,26 +58,11 @@ struct {
 	__type(value, struct db_txn);
 } txns SEC(".maps");
 
-/* Written by user space when it pins the maps; never read by programs. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct db_layout);
-} layout SEC(".maps");
-
 /* Write-ahead log stream; size set by user space (a power of two). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 16);
 } wal SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, DB_STAGE__COUNT);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, sizeof(__u32));
-} stages SEC(".maps");
 
 /* ---- helpers ---- */
 
@@ -143,18 +71,68 @@ static __always_inline void stat_add(__u64 *counter, __s64 delta)
 	__sync_fetch_and_add(counter, delta);
 }
 
-/* The slot named by the trigger's second argument. The context is the same
- * pt_regs in every tail-called stage, so each stage finds its slot again. */
+/* GC is about to free storage an older version of another record may name:
+ * lock-free readers of that record see the bump and read again. */
+static __always_inline void shared_free_bump(void)
+{
+	struct db_clock *c = db_clock();
+
+	if (c)
+		__sync_fetch_and_add(&c->shared_free_seq, 1);
+}
+
+/* Whether the op came from a kernel caller (bpfdb_kernel.h) rather than the
+ * trigger: a kprobe's registers hold a kernel address (top bit set on
+ * x86-64), the trigger's uprobe a user one. Every stage sees the caller's
+ * context, so every stage can tell. */
+static __always_inline bool from_kernel(struct pt_regs *ctx)
+{
+	return (long)PT_REGS_IP(ctx) < 0;
+}
+
+/* The request's slot: the one the trigger's second argument names, or the
+ * kernel caller's CPU's (its program runs with preemption off, from the
+ * first stage to its continuation). */
+static __always_inline __u32 slot_index(struct pt_regs *ctx)
+{
+	if (from_kernel(ctx))
+		return kernel_slot_base + bpf_get_smp_processor_id();
+	return (__u32)PT_REGS_PARM2(ctx);
+}
+
 static __always_inline struct db_slot *slot_of(struct pt_regs *ctx)
 {
-	__u32 idx = (__u32)PT_REGS_PARM2(ctx);
+	__u32 idx = slot_index(ctx);
 
 	return bpf_map_lookup_elem(&slots, &idx);
 }
 
 static __always_inline __u32 autocommit_owner(struct pt_regs *ctx)
 {
-	return DB_OWNER_AUTOCOMMIT | (__u32)PT_REGS_PARM2(ctx);
+	return DB_OWNER_AUTOCOMMIT | slot_index(ctx);
+}
+
+/* A stage program. The op goes on by tail calls, which never return: when
+ * the body returns, the op is done, successful or not, and a kernel caller
+ * continues in its continuation program with the result in its slot. */
+#define DB_STAGE_PROG(name)                                                     \
+	static __always_inline int name##_body(struct pt_regs *ctx);            \
+	SEC("uprobe")                                                           \
+	int name(struct pt_regs *ctx)                                           \
+	{                                                                       \
+		name##_body(ctx);                                               \
+		return op_done(ctx);                                            \
+	}                                                                       \
+	static __always_inline int name##_body(struct pt_regs *ctx)
+
+static __always_inline int op_done(struct pt_regs *ctx)
+{
+	if (!from_kernel(ctx))
+		return 0;
+	struct db_slot *slot = slot_of(ctx);
+	if (slot)
+		bpf_tail_call(ctx, &conts, slot->req.cont);
+	return 0;
 }
 
 static __always_inline int fail(struct db_slot *slot, int err, __u32 detail)
@@ -166,11 +144,6 @@ static __always_inline int fail(struct db_slot *slot, int err, __u32 detail)
 	else if (err != -ENOENT && err != -EEXIST)
 		stat_add(&stats.errors, 1);
 	return 0;
-}
-
-static __always_inline bool ts_committed(__u64 ts)
-{
-	return ts != 0 && !(ts & DB_TS_PENDING);
 }
 
 /* Index of the newest committed version, or -1. The key exists for a
@@ -196,43 +169,6 @@ static __always_inline bool version_live(struct db_record *rec, int i)
 	if (i < 0)
 		return false;
 	return !ts_committed(READ_ONCE(rec->end_ts[i & (DB_MAX_VERSIONS - 1)]));
-}
-
-/* Index of the version a reader at timestamp snap sees, or -1. Version
- * intervals of a key are disjoint, so at most one matches. */
-static __always_inline int visible_version(struct db_record *rec, __u64 snap)
-{
-	for (int i = 0; i < DB_MAX_VERSIONS; i++) {
-		__u64 b = READ_ONCE(rec->begin_ts[i]);
-		__u64 e = READ_ONCE(rec->end_ts[i]);
-
-		if (!ts_committed(b) || b > snap)
-			continue;
-		if (ts_committed(e) && e <= snap)
-			continue;
-		return i;
-	}
-	return -1;
-}
-
-#define V(i) ((i) & (DB_MAX_VERSIONS - 1)) /* bounded version index */
-
-/* Exact name check: zero-padded names compared a word at a time, only as
- * far as the name goes (usually one cache line). */
-static __always_inline bool name_matches(struct db_record *rec, struct db_key *key, __u32 key_len)
-{
-	if (READ_ONCE(rec->key_len) != key_len)
-		return false;
-	__u64 *a = (__u64 *)rec->name;
-	__u64 *b = (__u64 *)key->name;
-
-	for (int i = 0; i < DB_KEY_SIZE / 8; i++) {
-		if (i * 8 >= key_len)
-			break;
-		if (a[i] != b[i])
-			return false;
-	}
-	return true;
 }
 
 /* Storage class of a value: none, one small chunk, one page, or an index

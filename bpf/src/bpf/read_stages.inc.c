@@ -27,8 +27,7 @@ static __always_inline int respond_version(struct pt_regs *ctx, struct db_slot *
 
 /* ---- GET without locks: autocommit reads and snapshots ---- */
 
-SEC("uprobe")
-int stage_get(struct pt_regs *ctx)
+DB_STAGE_PROG(stage_get)
 {
 	struct db_slot *slot = slot_of(ctx);
 
@@ -49,12 +48,12 @@ int stage_get(struct pt_regs *ctx)
 		struct db_record *rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
 		/* An unregistered reader takes a fresh timestamp each attempt:
 		 * GC may have reclaimed what an older one saw. */
-		__u64 at = snapshot ? snap : READ_ONCE(last_ts);
+		__u64 at = snapshot ? snap : db_snapshot_ts();
 
 		if (!rec)
 			return fail(slot, -ENOENT, DB_D_NONE);
 		__u64 seq = READ_ONCE(rec->gc_seq);
-		__u64 shared_seq = READ_ONCE(shared_free_seq);
+		__u64 shared_seq = db_shared_free_seq();
 		if (!name_matches(rec, &slot->req.key, slot->req.key_len)) {
 			if (READ_ONCE(rec->gc_seq) == seq)
 				return fail(slot, -ENOENT, DB_D_NONE); /* another name's hash */
@@ -69,7 +68,7 @@ int stage_get(struct pt_regs *ctx)
 		int i = visible_version(rec, at);
 		int err = i >= 0 ? respond_version(ctx, slot, rec, i) : 0;
 
-		if (READ_ONCE(rec->gc_seq) != seq || READ_ONCE(shared_free_seq) != shared_seq) {
+		if (READ_ONCE(rec->gc_seq) != seq || db_shared_free_seq() != shared_seq) {
 			stat_add(&stats.read_retries, 1);
 			continue;
 		}
@@ -84,8 +83,7 @@ int stage_get(struct pt_regs *ctx)
 
 /* ---- GET in a read-write transaction: shared lock, or its own write ---- */
 
-SEC("uprobe")
-int stage_txn_get(struct pt_regs *ctx)
+DB_STAGE_PROG(stage_txn_get)
 {
 	struct db_slot *slot = slot_of(ctx);
 
@@ -105,7 +103,7 @@ int stage_txn_get(struct pt_regs *ctx)
 	if (l->deleted)
 		return fail(slot, -ENOENT, DB_D_NONE);
 	/* Locked: no writer can move, and GC needs a lock, so read directly. */
-	int i = visible_version(rec, READ_ONCE(last_ts));
+	int i = visible_version(rec, db_snapshot_ts());
 	if (i < 0)
 		return fail(slot, -ENOENT, DB_D_NONE);
 	return respond_version(ctx, slot, rec, i) ? fail(slot, -EIO, DB_D_NONE) : 0;
@@ -143,7 +141,7 @@ static long scan_check(__u64 i, struct scan_ctx *sc)
 		if (!rec)
 			break; /* removed since user space found it: changed */
 		__u64 seq = READ_ONCE(rec->gc_seq);
-		__u64 at = sc->snapshot ? sc->snap : READ_ONCE(last_ts);
+		__u64 at = sc->snapshot ? sc->snap : db_snapshot_ts();
 
 		seen = visible_version(rec, at) >= 0;
 		/* gc_seq moves when the element is reclaimed or reused for
@@ -157,8 +155,7 @@ static long scan_check(__u64 i, struct scan_ctx *sc)
 	return 0;
 }
 
-SEC("uprobe")
-int stage_scan(struct pt_regs *ctx)
+DB_STAGE_PROG(stage_scan)
 {
 	struct db_slot *slot = slot_of(ctx);
 

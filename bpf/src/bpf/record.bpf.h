@@ -277,7 +277,7 @@ static __noinline void gc_record(struct db_record *rec)
 {
 	if (!rec)
 		return;
-	__u64 horizon = READ_ONCE(last_ts);
+	__u64 horizon = db_snapshot_ts();
 	bool snaps = READ_ONCE(snapshots) != 0;
 
 	for (int i = 0; i < DB_MAX_VERSIONS; i++) {
@@ -298,7 +298,7 @@ static __noinline void gc_record(struct db_record *rec)
 		__sync_fetch_and_add(&rec->gc_seq, 1);
 		if (owns) {
 			if (from < begin)
-				__sync_fetch_and_add(&shared_free_seq, 1);
+				shared_free_bump();
 			free_storage(rec->loc[i], rec->meta[i].len);
 		}
 		stat_add(&stats.versions_reclaimed, 1);

@@ -12,8 +12,7 @@
 
 /* ---- SET: prepare -> [copy] -> commit ---- */
 
-SEC("uprobe")
-int stage_set_prepare(struct pt_regs *ctx)
+DB_STAGE_PROG(stage_set_prepare)
 {
 	struct db_slot *slot = slot_of(ctx);
 
@@ -102,8 +101,7 @@ int stage_set_prepare(struct pt_regs *ctx)
 	return fail(slot, -ENOSYS, DB_D_NONE);
 }
 
-SEC("uprobe")
-int stage_set_copy(struct pt_regs *ctx)
+DB_STAGE_PROG(stage_set_copy)
 {
 	struct db_slot *slot = slot_of(ctx);
 
@@ -191,8 +189,7 @@ static __always_inline int set_commit_now(struct db_slot *slot, struct db_record
  * branch on req.txn, both need the same lock check and undo first, and a
  * stage more would be a prog-array entry, a tail call and a slot of the
  * stage ABI for no gain. */
-SEC("uprobe")
-int stage_set_commit(struct pt_regs *ctx)
+DB_STAGE_PROG(stage_set_commit)
 {
 	struct db_slot *slot = slot_of(ctx);
 

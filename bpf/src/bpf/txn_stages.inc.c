@@ -127,8 +127,7 @@ static __always_inline void end_snapshot(struct db_txn *t)
 	}
 }
 
-SEC("uprobe")
-int stage_begin(struct pt_regs *ctx)
+DB_STAGE_PROG(stage_begin)
 {
 	struct db_slot *slot = slot_of(ctx);
 
@@ -148,13 +147,13 @@ int stage_begin(struct pt_regs *ctx)
 		/* Publish the snapshot, then check last_ts did not move past it:
 		 * a GC that read an older horizon before our publish cannot have
 		 * reclaimed anything this snapshot sees. */
-		__u64 snap = READ_ONCE(last_ts);
+		__u64 snap = db_snapshot_ts();
 		bool stable = false;
 
 		stat_add(&snapshots, 1);
 		for (int i = 0; i < DB_SNAP_TRIES && !stable; i++) {
 			__sync_lock_test_and_set(&t->snap_ts, snap);
-			__u64 now = READ_ONCE(last_ts);
+			__u64 now = db_snapshot_ts();
 			stable = now == snap;
 			snap = now;
 		}
@@ -166,12 +165,11 @@ int stage_begin(struct pt_regs *ctx)
 	t->state = DB_TXN_ACTIVE;
 	stat_add(&stats.txn_active, 1);
 	slot->resp.txn_id = t->id;
-	slot->resp.ts = t->read_only ? t->snap_ts : READ_ONCE(last_ts);
+	slot->resp.ts = t->read_only ? t->snap_ts : db_snapshot_ts();
 	return 0;
 }
 
-SEC("uprobe")
-int stage_commit(struct pt_regs *ctx)
+DB_STAGE_PROG(stage_commit)
 {
 	struct db_slot *slot = slot_of(ctx);
 
@@ -205,7 +203,7 @@ int stage_commit(struct pt_regs *ctx)
 		bpf_loop(t->n_locks, stamp_one, &w, 0);
 		commit_end(w.ts);
 	}
-	t->commit_ts = w.ts ? w.ts : READ_ONCE(last_ts);
+	t->commit_ts = w.ts ? w.ts : db_snapshot_ts();
 	t->state = DB_TXN_COMMITTED;
 	stat_add(&stats.txn_commits, 1);
 	stat_add(&stats.txn_active, -1);
@@ -216,8 +214,7 @@ int stage_commit(struct pt_regs *ctx)
 
 /* Entered from ABORT requests and from stages that hit a conflict; keeps
  * the error already in the response. */
-SEC("uprobe")
-int stage_abort(struct pt_regs *ctx)
+DB_STAGE_PROG(stage_abort)
 {
 	struct db_slot *slot = slot_of(ctx);
 
@@ -240,8 +237,7 @@ int stage_abort(struct pt_regs *ctx)
 	return fail(slot, -ENOSYS, DB_D_NONE);
 }
 
-SEC("uprobe")
-int stage_release(struct pt_regs *ctx)
+DB_STAGE_PROG(stage_release)
 {
 	struct db_slot *slot = slot_of(ctx);
 

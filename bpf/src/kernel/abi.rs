@@ -37,12 +37,19 @@ pub const MAX_VERSIONS: usize = usize_of(h::DB_MAX_VERSIONS);
 pub const MAX_SLOTS: u32 = u32_of(h::DB_MAX_SLOTS);
 pub const SLOT_HEADER: usize = usize_of(h::DB_SLOT_HEADER);
 pub const OP_COUNT: usize = usize_of(h::DB_OP__COUNT);
-/// Transaction table entries (DB_MAX_TXNS): the last one is reserved for
-/// checkpoints, so users can never starve them.
+/// Transaction table entries (DB_MAX_TXNS): user space's (DB_USER_TXNS),
+/// then one per CPU for kernel callers.
 pub const MAX_TXNS: u32 = u32_of(h::DB_MAX_TXNS);
+/// User space's entries: the last one is reserved for checkpoints, so users
+/// can never starve them.
+pub const USER_TXNS: u32 = u32_of(h::DB_USER_TXNS);
 /// Entries users can have: transactions and snapshots open at once.
-pub const MAX_USER_TXNS: u32 = MAX_TXNS - 1;
-pub const CHECKPOINT_TXN: u32 = MAX_TXNS - 1;
+pub const MAX_USER_TXNS: u32 = USER_TXNS - 1;
+pub const CHECKPOINT_TXN: u32 = USER_TXNS - 1;
+/// Request slots (and transaction entries) for kernel callers: one per CPU.
+pub const MAX_KERNEL_SLOTS: u32 = u32_of(h::DB_MAX_KERNEL_SLOTS);
+/// Entries of the continuation prog array kernel callers fill.
+pub const MAX_CONTS: u32 = u32_of(h::DB_MAX_CONTS);
 pub const TXN_MAX_LOCKS: usize = usize_of(h::DB_TXN_MAX_LOCKS);
 /// CAS attempts on a contended lock word (DB_LOCK_CAS_TRIES).
 pub const LOCK_CAS_TRIES: u32 = u32_of(h::DB_LOCK_CAS_TRIES);
@@ -148,7 +155,7 @@ pub struct Meta {
     pub ctime_ns: u64,
 }
 
-/// Map key of a record: seeded xxh3-128 of the name (struct db_hkey).
+/// Map key of a record: keyed SipHash-1-3-128 of the name (struct db_hkey).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HKey {
@@ -171,6 +178,9 @@ pub struct Req {
     pub meta: Meta,
     pub key: [u8; KEY_SIZE],
     pub key2: [u8; KEY_SIZE],
+    /// Kernel callers' continuation; user space leaves it 0.
+    pub cont: u32,
+    pub pad: u32,
 }
 
 #[repr(C)]
@@ -238,8 +248,17 @@ pub struct PinnedLayout {
     pub small_chunks: u32,
     pub pages: u32,
     pub wal_buffer: u32,
-    pub pad: u32,
+    /// Slot of kernel callers on CPU 0; rewritten at every start.
+    pub kernel_slot_base: u32,
     pub hash_seed: u64,
+}
+
+/// struct db_clock: the engine's clock, in its own mmap'ed map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Clock {
+    pub last_ts: u64,
+    pub shared_free_seq: u64,
 }
 
 /// enum db_wal_kind: what a header fragment in the wal ringbuf carries.
@@ -276,7 +295,9 @@ const _: () = {
     assert!(RECORD_SIZE == 536);
     assert!(RECORD_KEY_LEN_OFF == 272 && RECORD_NAME_OFF == 280);
     assert!(SCAN_FLAGS + SCAN_BATCH <= VALUE_LIMIT);
-    assert!(size_of::<Req>() == 608);
+    assert!(size_of::<Req>() == 616);
+    assert!(offset_of!(Req, cont) == 608);
+    assert!(size_of::<Clock>() == 16);
     assert!(offset_of!(Req, hkey) == 8);
     assert!(offset_of!(Req, count) == 40);
     assert!(offset_of!(Req, txn) == 52);
@@ -290,9 +311,9 @@ const _: () = {
     assert!(offset_of!(Resp, meta) == 16);
     assert!(offset_of!(Resp, count) == 48);
     assert!(size_of::<Cont>() == 16);
-    assert!(offset_of!(Slot, resp) == 608);
-    assert!(offset_of!(Slot, cont) == 680);
-    assert!(offset_of!(Slot, scratch) == 696);
+    assert!(offset_of!(Slot, resp) == 616);
+    assert!(offset_of!(Slot, cont) == 688);
+    assert!(offset_of!(Slot, scratch) == 704);
     assert!(offset_of!(Slot, data) == SLOT_HEADER);
     assert!(size_of::<Slot>() == SLOT_HEADER + VALUE_LIMIT);
     assert!(size_of::<Stats>() == 23 * 8);

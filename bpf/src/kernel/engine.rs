@@ -44,17 +44,18 @@ macro_rules! paired {
     };
 }
 
-/// The mmap'ed slot array; unmapped on drop.
-struct SlotMap {
-    base: NonNull<Slot>,
+/// An mmap'ed array map of `T` (the slots, the clock); unmapped on drop.
+struct Mapped<T> {
+    base: NonNull<T>,
     len: usize,
 }
 
-impl SlotMap {
-    fn new(fd: std::os::fd::BorrowedFd<'_>, slots: u32) -> Result<SlotMap> {
-        let len = (std::mem::size_of::<Slot>() * slots as usize).next_multiple_of(4096);
+impl<T> Mapped<T> {
+    fn new(fd: std::os::fd::BorrowedFd<'_>, entries: u32) -> Result<Mapped<T>> {
+        let len = (std::mem::size_of::<T>() * entries as usize).next_multiple_of(4096);
         // SAFETY: mapping an mmapable BPF array map we own; length covers
-        // exactly its value area (element size is a multiple of 8).
+        // exactly its value area (T's size is a multiple of 8, as the
+        // kernel's element stride).
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -66,15 +67,15 @@ impl SlotMap {
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(Error::io("mmap slots", &std::io::Error::last_os_error()));
+            return Err(Error::io("mmap of a map", &std::io::Error::last_os_error()));
         }
-        let base = NonNull::new(p.cast::<Slot>())
+        let base = NonNull::new(p.cast::<T>())
             .ok_or_else(|| Error::new(libc::EIO, "mmap returned null"))?;
-        Ok(SlotMap { base, len })
+        Ok(Mapped { base, len })
     }
 }
 
-impl Drop for SlotMap {
+impl<T> Drop for Mapped<T> {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what new() mapped.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
@@ -93,7 +94,8 @@ pub struct RecordBatch {
 
 /// A loaded and attached engine instance.
 pub struct Engine {
-    slots: SlotMap,
+    slots: Mapped<Slot>,
+    clock: Mapped<abi::Clock>,
     _link: Link,
     // Fields drop in declaration order: the skeleton (maps, programs) goes
     // after the link and mapping, and before the object storage it borrows.
@@ -169,7 +171,7 @@ impl Engine {
             unsafe { &mut *(object.as_mut() as *mut MaybeUninit<OpenObject>) };
         let mut open = EngineSkelBuilder::default().open(object_ref)?;
 
-        open.maps.slots.set_max_entries(layout.slots)?;
+        open.maps.slots.set_max_entries(layout.slot_entries())?;
         open.maps.records.set_max_entries(layout.max_keys)?;
         open.maps.small_pool.set_max_entries(layout.small_chunks)?;
         open.maps.small_free.set_max_entries(layout.small_chunks)?;
@@ -185,6 +187,7 @@ impl Engine {
         if opts.lock_cas_tries > 0 {
             rodata.lock_cas_tries = opts.lock_cas_tries.min(abi::LOCK_CAS_TRIES);
         }
+        rodata.kernel_slot_base = layout.kernel_slot_base();
         rodata.small_capacity = layout.small_chunks as u64;
         rodata.page_capacity = layout.pages as u64;
         info!(
@@ -194,7 +197,7 @@ impl Engine {
             abi::SMALL_CHUNK,
             layout.pages,
             abi::PAGE_SIZE,
-            layout.slots,
+            layout.slot_entries(),
             layout.map_bytes() >> 20
         );
         // Hot restart: reuse pinned data maps of the same layout.
@@ -217,21 +220,22 @@ impl Engine {
         }
         let mut skel = open.load()?;
         info!("engine {instance}: programs verified and loaded");
-        let hash_seed = match (&pinned, &opts.pin_dir) {
-            (Some(found), _) => {
+        let hash_seed = match &pinned {
+            Some(found) => {
                 remap_reused_bss(&skel)?;
                 found.hash_seed
             }
-            (None, Some(dir)) => {
-                pin::write_layout(&skel.maps.layout, &pin::describe(&layout, opts.hash_seed))?;
-                for (name, map) in pin::data_maps!(paired_mut(skel.maps)) {
-                    map.pin(dir.join(name))?;
-                }
-                info!("engine {instance}: data maps pinned in {}", dir.display());
-                opts.hash_seed
-            }
-            (None, None) => opts.hash_seed,
+            None => opts.hash_seed,
         };
+        // Always written, pinned or not: kernel clients read the seed and
+        // the slot numbering (which a restart may change) from it.
+        pin::write_layout(&skel.maps.layout, &pin::describe(&layout, hash_seed))?;
+        if let (None, Some(dir)) = (&pinned, &opts.pin_dir) {
+            for (name, map) in pin::data_maps!(paired_mut(skel.maps)) {
+                map.pin(dir.join(name))?;
+            }
+            info!("engine {instance}: data maps pinned in {}", dir.display());
+        }
 
         // The prog array, by the stage ids of enum db_stage (bpfdb.h).
         let stages: [(u64, &libbpf_rs::ProgramMut); abi::STAGE_COUNT] = [
@@ -247,6 +251,7 @@ impl Engine {
             (abi::h::DB_STAGE_RELEASE, &skel.progs.stage_release),
             (abi::h::DB_STAGE_ABORT, &skel.progs.stage_abort),
             (abi::h::DB_STAGE_TXN_GET, &skel.progs.stage_txn_get),
+            (abi::h::DB_STAGE_DISPATCH, &skel.progs.dispatch),
         ];
         for (id, prog) in stages {
             let fd = prog.as_fd().as_raw_fd();
@@ -275,9 +280,11 @@ impl Engine {
             std::process::id()
         );
 
-        let slots = SlotMap::new(skel.maps.slots.as_fd(), layout.slots)?;
+        let slots = Mapped::new(skel.maps.slots.as_fd(), layout.slot_entries())?;
+        let clock = Mapped::new(skel.maps.clock.as_fd(), 1)?;
         Ok(Engine {
             slots,
+            clock,
             _link: link,
             skel,
             _object: object,
@@ -288,7 +295,7 @@ impl Engine {
         })
     }
 
-    /// Raw pointer to slot `idx`; the caller owns that slot exclusively.
+    /// Raw pointer to user slot `idx`; the caller owns that slot exclusively.
     pub fn slot_ptr(&self, idx: u32) -> *mut Slot {
         assert!(idx < self.layout.slots, "slot {idx} out of range");
         // SAFETY: idx is within the mapping; Slot's size is a multiple of 8,
@@ -307,10 +314,9 @@ impl Engine {
 
     /// Newest commit timestamp readers see.
     pub fn last_ts(&self) -> u64 {
-        // SAFETY: an aligned u64 in the mmap'ed .bss; volatile, the kernel writes it.
-        self.bss()
-            .map(|b| unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*b).last_ts)) })
-            .unwrap_or(0)
+        // SAFETY: an aligned u64 in the mmap'ed clock map; volatile, the
+        // kernel writes it.
+        unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*self.clock.base.as_ptr()).last_ts)) }
     }
 
     /// Turns log emission on or off (off while recovery replays the log).
@@ -420,6 +426,29 @@ impl Engine {
             next: out_batch,
             done,
         })
+    }
+
+    /// The engine's map a kernel client shares by this name (the maps of
+    /// bpfdb_kernel.h, see `SHARED_MAPS`).
+    pub fn shared_map(&self, name: &str) -> Result<std::os::fd::BorrowedFd<'_>> {
+        let m = &self.skel.maps;
+        let map: &dyn MapCore = match name {
+            "slots" => &m.slots,
+            "records" => &m.records,
+            "small_pool" => &m.small_pool,
+            "page_pool" => &m.page_pool,
+            "layout" => &m.layout,
+            "clock" => &m.clock,
+            "stages" => &m.stages,
+            "conts" => &m.conts,
+            _ => {
+                return Err(Error::new(
+                    libc::EINVAL,
+                    format!("the engine shares no map named {name}"),
+                ));
+            }
+        };
+        Ok(map.as_fd())
     }
 
     /// Kernel memory charged to each map (`memlock`, as bpftool reports it).

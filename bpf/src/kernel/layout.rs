@@ -11,7 +11,10 @@ pub struct Layout {
     pub max_keys: u32,
     pub small_chunks: u32,
     pub pages: u32,
+    /// Request slots of user space (threads of the daemon).
     pub slots: u32,
+    /// Request slots of kernel callers, one per CPU, after the user's.
+    pub kernel_slots: u32,
     /// Bytes of the log ringbuf (a power of two).
     pub wal_buffer: u32,
 }
@@ -50,13 +53,31 @@ impl Layout {
                 format!("wal_buffer must be a power of two from 4 KiB to 1 GiB, not {wal_buffer}"),
             ));
         }
+        // CPUs past DB_MAX_KERNEL_SLOTS have no slot: kernel callers there
+        // get ENOSPC (bpfdb_kernel.h).
+        let cpus = libbpf_rs::num_possible_cpus()
+            .map_err(|e| Error::new(libc::EIO, format!("counting possible CPUs: {e}")))?;
+        let kernel_slots = u32::try_from(cpus)
+            .unwrap_or(u32::MAX)
+            .clamp(1, abi::MAX_KERNEL_SLOTS);
         Ok(Layout {
             max_keys: o.max_keys,
             small_chunks,
             pages,
             slots: o.slots,
+            kernel_slots,
             wal_buffer: wal_buffer as u32,
         })
+    }
+
+    /// Entries of the slots map: the user's, then the kernel callers'.
+    pub fn slot_entries(&self) -> u32 {
+        self.slots + self.kernel_slots
+    }
+
+    /// Slot index of kernel callers on CPU 0.
+    pub fn kernel_slot_base(&self) -> u32 {
+        self.slots
     }
 
     /// Bytes of map memory this layout preallocates (approximate: without
@@ -66,7 +87,7 @@ impl Layout {
         self.max_keys as u64 * record
             + self.small_chunks as u64 * (abi::SMALL_CHUNK as u64 + 4)
             + self.pages as u64 * (abi::PAGE_SIZE as u64 + 4)
-            + self.slots as u64 * std::mem::size_of::<Slot>() as u64
+            + self.slot_entries() as u64 * std::mem::size_of::<Slot>() as u64
             + self.wal_buffer as u64
     }
 }

@@ -14,11 +14,11 @@ use crate::kernel::abi::{self, PinnedLayout};
 use crate::kernel::layout::Layout;
 
 /// The engine's maps holding data, by skeleton field name, which is also
-/// the pin name: the one list of them. `bss` carries timestamps, allocator
-/// counters and statistics. Calls `$then!(ARGS; names...)`.
+/// the pin name: the one list of them. `clock` carries the commit clock,
+/// `bss` the allocator counters and statistics. Calls `$then!(ARGS; names...)`.
 macro_rules! data_maps {
     ($then:ident ($($args:tt)*)) => {
-        $then!($($args)*; records, small_pool, small_free, page_pool, page_free, txns, wal, layout, bss)
+        $then!($($args)*; records, small_pool, small_free, page_pool, page_free, txns, wal, layout, clock, bss)
     };
 }
 pub(crate) use data_maps;
@@ -30,7 +30,7 @@ macro_rules! names {
 }
 
 /// Pin names of the data maps.
-pub const PINNED_MAPS: [&str; 9] = data_maps!(names());
+pub const PINNED_MAPS: [&str; 10] = data_maps!(names());
 
 const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -121,8 +121,10 @@ pub fn read_layout(dir: &Path) -> Result<Option<PinnedLayout>> {
 /// Refuses pinned state of another layout version or other sizes.
 pub fn check(found: &PinnedLayout, want: &Layout, dir: &Path) -> Result<()> {
     let mine = describe(want, 0);
+    // The seed and the slot numbering may differ: neither is in the data.
     let theirs = PinnedLayout {
         hash_seed: 0,
+        kernel_slot_base: mine.kernel_slot_base,
         ..*found
     };
     if found.magic != abi::LAYOUT_MAGIC || found.version != abi::LAYOUT_VERSION || theirs != mine {
@@ -146,7 +148,7 @@ pub fn describe(l: &Layout, hash_seed: u64) -> PinnedLayout {
         small_chunks: l.small_chunks,
         pages: l.pages,
         wal_buffer: l.wal_buffer,
-        pad: 0,
+        kernel_slot_base: l.kernel_slot_base(),
         hash_seed,
     }
 }

@@ -1,0 +1,381 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * bpfdb_kernel.h - the kernel-side API: how other eBPF programs use bpfdb as
+ * their store (docs/KERNEL-CLIENTS.md). The engine includes it too, for the
+ * maps and the visibility rule it shares with its clients.
+ *
+ * Two ways in:
+ *   1. Snapshot reads, from any program type (XDP and tc included): the
+ *      caller hashes the name (db_key_hash), then reads the version visible
+ *      at one timestamp (db_snapshot_ts) without a lock, through a view it
+ *      validates after copying (db_view_open / db_view_valid). Several keys
+ *      read at one timestamp are one consistent snapshot.
+ *   2. Requests through the engine, from kprobe-family programs (kprobe,
+ *      kretprobe, ksyscall: BPF_PROG_TYPE_KPROBE running in the kernel): the
+ *      caller fills this CPU's request slot (db_kslot) and tail-calls the
+ *      engine's dispatcher (db_kcall); the engine runs the op through the same
+ *      stages, locks, log and GC as the daemon's requests, then tail-calls the
+ *      caller's continuation program (conts[req.cont]) with the result in the
+ *      slot's resp. Continuation-passing style, as in BPF-DB.
+ *
+ * Every map below is the engine's: a client object's loader reuses the
+ * engine's map fds (bpf_map__reuse_fd, or the daemon's pinned maps) before
+ * it loads, so these definitions only give the verifier the types.
+ */
+#ifndef BPFDB_KERNEL_H
+#define BPFDB_KERNEL_H
+
+#include <linux/bpf.h>
+#include <linux/ptrace.h>
+#include <stdbool.h>
+#include <bpf/bpf_helpers.h>
+#include "bpfdb.h"
+
+/* errno values (uapi asm-generic/errno-base.h and errno.h); no libc here */
+#define ENOENT 2
+#define EIO 5
+#define E2BIG 7
+#define EAGAIN 11
+#define ENOMEM 12
+#define EBUSY 16
+#define EEXIST 17
+#define EINVAL 22
+#define EFBIG 27
+#define ENOSPC 28
+#define EROFS 30
+#define ENAMETOOLONG 36
+#define ENOSYS 38
+#define ECANCELED 125
+
+#define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
+#define WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
+
+/* ---- the engine's maps that clients share (sizes set by the loader) ---- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct db_slot);
+} slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, struct db_hkey);
+	__type(value, struct db_record);
+} records SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct db_small_chunk);
+} small_pool SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct db_page);
+} page_pool SEC(".maps");
+
+/* Sizes, the hash seed and the kernel slot numbering; written by user
+ * space at every start. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct db_layout);
+} layout SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct db_clock);
+} clock SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, DB_STAGE__COUNT);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} stages SEC(".maps");
+
+/* Continuations of kernel callers: each client puts its programs here at
+ * indexes it owns and names them in req.cont. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, DB_MAX_CONTS);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} conts SEC(".maps");
+
+/* ---- the clock ---- */
+
+static __always_inline struct db_clock *db_clock(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&clock, &zero);
+}
+
+/* Newest fully applied commit: a reader at this timestamp sees whole
+ * commits only. 0 (nothing visible) if the map were missing. */
+static __always_inline __u64 db_snapshot_ts(void)
+{
+	struct db_clock *c = db_clock();
+
+	return c ? READ_ONCE(c->last_ts) : 0;
+}
+
+static __always_inline __u64 db_shared_free_seq(void)
+{
+	struct db_clock *c = db_clock();
+
+	return c ? READ_ONCE(c->shared_free_seq) : 0;
+}
+
+static __always_inline struct db_layout *db_layout(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&layout, &zero);
+}
+
+/* ---- the key hash: SipHash-1-3-128 keyed by the database's seed ----
+ * The same function as key_hash in bpf/src/types.rs (the siphasher crate);
+ * the XDP tests check both agree on names of every length. */
+
+#define DB_ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
+#define DB_SIPROUND(v0, v1, v2, v3)                                                    \
+	do {                                                                           \
+		v0 += v1; v1 = DB_ROTL(v1, 13); v1 ^= v0; v0 = DB_ROTL(v0, 32);        \
+		v2 += v3; v3 = DB_ROTL(v3, 16); v3 ^= v2;                              \
+		v0 += v3; v3 = DB_ROTL(v3, 21); v3 ^= v0;                              \
+		v2 += v1; v1 = DB_ROTL(v1, 17); v1 ^= v2; v2 = DB_ROTL(v2, 32);        \
+	} while (0)
+
+/* Hash of the first len bytes of key (len <= DB_KEY_MAX; bytes past len
+ * are ignored) into *out. Little-endian words, as on every target bpfdb
+ * builds for. A global function, so the verifier checks it once, not once
+ * per way its caller got there (its loop exits at any of 32 words). */
+__attribute__((noinline)) int db_key_hash(const struct db_key *key, __u32 len, __u64 seed,
+					   struct db_hkey *out)
+{
+	__u64 k0 = seed, k1 = seed ^ DB_HASH_K1_XOR;
+	__u64 v0 = k0 ^ 0x736f6d6570736575ULL;
+	__u64 v1 = k1 ^ 0x646f72616e646f83ULL; /* 0x...6d ^ 0xee: the 128-bit variant */
+	__u64 v2 = k0 ^ 0x6c7967656e657261ULL;
+	__u64 v3 = k1 ^ 0x7465646279746573ULL;
+	const __u64 *w = (const __u64 *)key->name;
+	__u32 n = (len & 0xff) / 8;
+
+	if (!key || !out)
+		return -EINVAL;
+	for (int i = 0; i < DB_KEY_SIZE / 8; i++) {
+		if (i >= n)
+			break;
+		__u64 m = w[i];
+		v3 ^= m;
+		DB_SIPROUND(v0, v1, v2, v3);
+		v0 ^= m;
+	}
+	__u32 rest = len & 7;
+	__u64 tail = rest ? w[n & (DB_KEY_SIZE / 8 - 1)] & ((1ULL << (rest * 8)) - 1) : 0;
+	__u64 b = ((__u64)(len & 0xff) << 56) | tail;
+
+	v3 ^= b;
+	DB_SIPROUND(v0, v1, v2, v3);
+	v0 ^= b;
+	v2 ^= 0xee;
+	DB_SIPROUND(v0, v1, v2, v3);
+	DB_SIPROUND(v0, v1, v2, v3);
+	DB_SIPROUND(v0, v1, v2, v3);
+	out->lo = v0 ^ v1 ^ v2 ^ v3;
+	v1 ^= 0xdd;
+	DB_SIPROUND(v0, v1, v2, v3);
+	DB_SIPROUND(v0, v1, v2, v3);
+	DB_SIPROUND(v0, v1, v2, v3);
+	out->hi = v0 ^ v1 ^ v2 ^ v3;
+	return 0;
+}
+
+/* ---- visibility: the one rule, shared by the engine and its readers ---- */
+
+#define V(i) ((i) & (DB_MAX_VERSIONS - 1)) /* bounded version index */
+
+static __always_inline bool ts_committed(__u64 ts)
+{
+	return ts != 0 && !(ts & DB_TS_PENDING);
+}
+
+/* Index of the version a reader at timestamp snap sees, or -1. Version
+ * intervals of a key are disjoint, so at most one matches. */
+static __always_inline int visible_version(struct db_record *rec, __u64 snap)
+{
+	for (int i = 0; i < DB_MAX_VERSIONS; i++) {
+		__u64 b = READ_ONCE(rec->begin_ts[i]);
+		__u64 e = READ_ONCE(rec->end_ts[i]);
+
+		if (!ts_committed(b) || b > snap)
+			continue;
+		if (ts_committed(e) && e <= snap)
+			continue;
+		return i;
+	}
+	return -1;
+}
+
+/* Exact name check: zero-padded names compared a word at a time, only as
+ * far as the name goes (usually one cache line). */
+static __always_inline bool name_matches(struct db_record *rec, const struct db_key *key,
+					 __u32 key_len)
+{
+	if (READ_ONCE(rec->key_len) != key_len)
+		return false;
+	__u64 *a = (__u64 *)rec->name;
+	const __u64 *b = (const __u64 *)key->name;
+
+	for (int i = 0; i < DB_KEY_SIZE / 8; i++) {
+		if (i * 8 >= key_len)
+			break;
+		if (a[i] != b[i])
+			return false;
+	}
+	return true;
+}
+
+/* ---- 1. snapshot reads, from any program type ----
+ *
+ *   __u64 at = db_snapshot_ts();
+ *   struct db_view v;
+ *   for each key:  db_view_open(&v, &key, len, &hkey, at) -> 0: v.meta and
+ *                  the value in v.small (len <= DB_SMALL_CHUNK) or v.page
+ *                  copy v.meta.len bytes out
+ *                  db_view_valid(&v)  -> false: reclaimed meanwhile, read again
+ * Keys read at one `at` are one snapshot: a commit is seen whole or not at
+ * all. Without a lock GC may reclaim a version while it is copied, which
+ * db_view_valid detects (the record's gc_seq, and the clock's count of
+ * frees of shared storage). GC may also have reclaimed the version visible
+ * at `at` before the view was opened, if the key was overwritten or deleted
+ * since: then the key reads as missing. A miss is therefore only a hint;
+ * a reader that must be exact about absence asks the engine (the XDP
+ * server passes misses up to the daemon). A hit is always exact. */
+
+struct db_view {
+	struct db_record *rec;
+	__u64 seq;        /* rec->gc_seq when opened */
+	__u64 shared_seq; /* clock->shared_free_seq when opened */
+	const struct db_small_chunk *small; /* the value, when 0 < len <= DB_SMALL_CHUNK */
+	const struct db_page *page;         /* the value, when DB_SMALL_CHUNK < len <= DB_PAGE_SIZE */
+	struct db_meta meta;
+	__u64 ts;         /* commit timestamp of the version read */
+};
+
+/* 0 with the view filled; -ENOENT: no such key at `at` (a hint, see
+ * above); -E2BIG: a value over one page (read it through the daemon);
+ * -EAGAIN: reclaimed under the reader, read again. hkey is
+ * what db_key_hash gave for key. */
+static __always_inline int db_view_open(struct db_view *v, const struct db_key *key, __u32 key_len,
+					const struct db_hkey *hkey, __u64 at)
+{
+	struct db_record *rec = bpf_map_lookup_elem(&records, hkey);
+
+	v->small = NULL;
+	v->page = NULL;
+	if (!rec)
+		return -ENOENT;
+	v->rec = rec;
+	v->seq = READ_ONCE(rec->gc_seq);
+	v->shared_seq = db_shared_free_seq();
+	if (!name_matches(rec, key, key_len))
+		return READ_ONCE(rec->gc_seq) == v->seq ? -ENOENT : -EAGAIN;
+	int i = visible_version(rec, at);
+	if (i < 0)
+		return -ENOENT;
+	v->meta = rec->meta[V(i)];
+	v->ts = rec->begin_ts[V(i)];
+	__u32 loc = rec->loc[V(i)];
+	__u32 len = v->meta.len;
+
+	if (len > DB_PAGE_SIZE)
+		return -E2BIG;
+	if (len > DB_SMALL_CHUNK) {
+		v->page = bpf_map_lookup_elem(&page_pool, &loc);
+		return v->page ? 0 : -EAGAIN;
+	}
+	if (len > 0) {
+		v->small = bpf_map_lookup_elem(&small_pool, &loc);
+		return v->small ? 0 : -EAGAIN;
+	}
+	return 0;
+}
+
+/* After copying: whether what was read is still the version it was (no GC
+ * reclaimed it or its storage meanwhile). */
+static __always_inline bool db_view_valid(const struct db_view *v)
+{
+	return READ_ONCE(v->rec->gc_seq) == v->seq && db_shared_free_seq() == v->shared_seq;
+}
+
+/* ---- 2. requests through the engine, from kprobe-family programs ----
+ *
+ * A kernel caller's slot is its CPU's: kprobe programs do not nest on a CPU
+ * and run with preemption off, so one op at a time uses it, from the first
+ * stage to the continuation. Its transaction entry is its CPU's too, so a
+ * kernel transaction begins and ends within one program run (one chain of
+ * at most 33 tail calls, the engine's stages included). */
+
+/* This CPU's slot, or NULL past DB_MAX_KERNEL_SLOTS CPUs or before the
+ * daemon wrote the layout. */
+static __always_inline struct db_slot *db_kslot(void)
+{
+	struct db_layout *l = db_layout();
+	__u32 cpu = bpf_get_smp_processor_id();
+
+	if (!l || l->magic != DB_LAYOUT_MAGIC || cpu >= DB_MAX_KERNEL_SLOTS)
+		return NULL;
+	__u32 idx = l->kernel_slot_base + cpu;
+	return bpf_map_lookup_elem(&slots, &idx);
+}
+
+/* Sets the request's key from a name in the caller's memory (stack or map
+ * value; len bytes, 1..DB_KEY_MAX, no '/' or NUL: the caller's to check).
+ * The name is zero padded, as the engine compares it. */
+static __always_inline int db_kreq_key(struct db_slot *slot, const char *name, __u32 len)
+{
+	struct db_layout *l = db_layout();
+
+	if (!l || len == 0 || len > DB_KEY_MAX)
+		return -EINVAL;
+	__builtin_memset(&slot->req.key, 0, sizeof(slot->req.key));
+	if (bpf_probe_read_kernel(slot->req.key.name, len & 0xff, name))
+		return -EINVAL;
+	slot->req.key_len = len;
+	return db_key_hash(&slot->req.key, len, l->hash_seed, &slot->req.hkey);
+}
+
+/* Starts an op already written into the slot (op, flags, key, meta, value
+ * in data). Does not return when the engine takes it: the continuation
+ * conts[cont] runs next. Returns -ENOSYS if the engine is not loaded. */
+static __always_inline int db_kcall(void *ctx, struct db_slot *slot, __u32 op, __u32 cont)
+{
+	slot->req.op = op;
+	slot->req.cont = cont;
+	bpf_tail_call(ctx, &stages, DB_STAGE_DISPATCH);
+	return -ENOSYS;
+}
+
+/* The transaction entry (req.txn) of this CPU's kernel caller. Set it in
+ * req.txn before BEGIN and keep it, with resp.txn_id in req.txn_id, for
+ * the transaction's ops; 0 (autocommit) otherwise. */
+static __always_inline __u32 db_ktxn(void)
+{
+	return DB_USER_TXNS + bpf_get_smp_processor_id() + 1;
+}
+
+#endif /* BPFDB_KERNEL_H */

@@ -1,0 +1,140 @@
+//! The XDP half of the memcached UDP server: `mc_xdp` (memcached.bpf.c)
+//! answers `get`/`gets` hits from the engine's maps and passes everything
+//! else up to the daemon's UDP socket on the same port.
+
+use std::ffi::CString;
+use std::mem::MaybeUninit;
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
+use log::info;
+
+use crate::clients::{kernel_api_maps, reuse_engine_maps};
+use crate::error::{Error, Result};
+use crate::kernel::engine::Engine;
+
+mod skel {
+    #![allow(
+        clippy::all,
+        non_camel_case_types,
+        non_snake_case,
+        dead_code,
+        unused_imports
+    )]
+    include!(concat!(env!("OUT_DIR"), "/memcached.skel.rs"));
+}
+use skel::{MemcachedSkel, MemcachedSkelBuilder};
+
+/// Counters of enum mc_counter (memcached.bpf.c), summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpCounters {
+    /// Gets answered in the kernel.
+    pub hits: u64,
+    /// Passed up: a key missing (or reclaimed before it was read).
+    pub pass_miss: u64,
+    /// Passed up: a value over one page, or a reply over one frame.
+    pub pass_big: u64,
+    /// Passed up: not a get, or not parsed in the kernel.
+    pub pass_other: u64,
+    /// Passed up: GC reclaimed a value while it was copied.
+    pub pass_race: u64,
+}
+
+const COUNTERS: u32 = 5;
+/// Room for a frame `run_on` hands back: one page, what the kernel's test
+/// run gives an XDP frame at most.
+const RUN_OUT_BYTES: usize = 4096;
+
+/// The attached XDP program; detached on drop.
+pub struct MemcachedXdp {
+    _link: Link,
+    skel: MemcachedSkel<'static>,
+    _object: Box<MaybeUninit<OpenObject>>,
+    pub ifname: String,
+}
+
+// SAFETY: the skeleton is only read (counters) after load.
+unsafe impl Send for MemcachedXdp {}
+unsafe impl Sync for MemcachedXdp {}
+
+impl MemcachedXdp {
+    /// Loads `mc_xdp` for UDP port `port` over the engine's maps and
+    /// attaches it to `ifname` (native XDP where the driver has it, else
+    /// generic, as on `lo`).
+    pub(crate) fn attach(engine: &Engine, port: u16, ifname: &str) -> Result<MemcachedXdp> {
+        let c_name = CString::new(ifname)
+            .map_err(|_| Error::new(libc::EINVAL, "interface name with a NUL"))?;
+        // SAFETY: a NUL-terminated name; if_nametoindex only reads it.
+        let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(Error::io(
+                &format!("memcached XDP: interface {ifname}"),
+                &std::io::Error::last_os_error(),
+            ));
+        }
+        let mut object = Box::new(MaybeUninit::<OpenObject>::uninit());
+        // SAFETY: the skeleton borrows `object`, which is boxed (stable
+        // address) and dropped only after the skeleton (field order).
+        let object_ref: &'static mut MaybeUninit<OpenObject> =
+            unsafe { &mut *(object.as_mut() as *mut MaybeUninit<OpenObject>) };
+        let mut open = MemcachedSkelBuilder::default().open(object_ref)?;
+        reuse_engine_maps(engine, &mut kernel_api_maps!(open.maps))?;
+        open.maps
+            .rodata_data
+            .as_deref_mut()
+            .ok_or_else(|| Error::new(libc::EIO, "memcached XDP object has no .rodata"))?
+            .mc_port = port;
+        let skel = open.load()?;
+        let link = skel.progs.mc_xdp.attach_xdp(ifindex as i32)?;
+        info!("memcached XDP: answering gets for UDP port {port} on {ifname}");
+        Ok(MemcachedXdp {
+            _link: link,
+            skel,
+            _object: object,
+            ifname: ifname.to_string(),
+        })
+    }
+
+    /// Runs the program once on `frame` (BPF_PROG_TEST_RUN), without any
+    /// interface: the verdict (XDP_PASS 2, XDP_TX 3, ...) and the frame as
+    /// the program left it. For tests and diagnosis of the parser.
+    pub fn run_on(&self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let mut out = vec![0u8; RUN_OUT_BYTES];
+        let input = libbpf_rs::ProgramInput {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        };
+        let output = self.skel.progs.mc_xdp.test_run(input)?;
+        let verdict = output.return_value;
+        let len = output.data.map_or(0, |d| d.len());
+        out.truncate(len);
+        Ok((verdict, out))
+    }
+
+    /// The program's counters, summed over CPUs.
+    pub fn counters(&self) -> Result<XdpCounters> {
+        let mut sums = [0u64; COUNTERS as usize];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let per_cpu = self
+                .skel
+                .maps
+                .mc_stats
+                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)?
+                .unwrap_or_default();
+            *sum = per_cpu
+                .iter()
+                .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+                .map(u64::from_ne_bytes)
+                .sum();
+        }
+        let [hits, pass_miss, pass_big, pass_other, pass_race] = sums;
+        Ok(XdpCounters {
+            hits,
+            pass_miss,
+            pass_big,
+            pass_other,
+            pass_race,
+        })
+    }
+}
