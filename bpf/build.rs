@@ -14,7 +14,7 @@ use libbpf_cargo::SkeletonBuilder;
 /// The other C files are their headers and the engine's included stage
 /// files, all in `BPF_DIR`.
 const BPF_DIR: &str = "src/bpf";
-const OBJECTS: [&str; 2] = ["engine", "memcached"];
+const OBJECTS: [&str; 3] = ["engine", "memcached", "exec_trace"];
 /// The ABI header shared with user space.
 const ABI_HEADER: &str = "src/bpf/bpfdb.h";
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
+use crate::clients::exec_trace::ExecTracer;
 use crate::clients::memcached::MemcachedXdp;
 use crate::durability::format::{self as wal, LogOp};
 use crate::durability::recovery;
@@ -46,6 +47,12 @@ impl Db {
     /// database's data; detached when the value is dropped.
     pub fn memcached_xdp(&self, port: u16, ifname: &str) -> Result<MemcachedXdp> {
         MemcachedXdp::attach(&self.inner.engine, port, ifname)
+    }
+
+    /// Counts execve calls per program name in the keys `exec.<name>`, one
+    /// transaction per event from the kernel; detached when dropped.
+    pub fn exec_tracer(&self) -> Result<ExecTracer> {
+        ExecTracer::attach(&self.inner.engine)
     }
 
     pub fn open(opts: &Options) -> Result<Db> {

@@ -10,7 +10,7 @@
 //! - `shared`: the state one open database shares (slots, gate, log);
 //! - `kv`: sessions, transactions and value-memory reservations on it;
 //! - `clients`: the kernel clients the daemon ships (the memcached XDP
-//!   server), eBPF objects over the engine's maps;
+//!   server, the exec tracer), eBPF objects over the engine's maps;
 //! - `db`: `Db`, composing all of them; nothing imports it.
 
 mod clients;
@@ -23,6 +23,7 @@ mod options;
 mod shared;
 mod types;
 
+pub use clients::exec_trace::{ExecTracer, TraceCounters};
 pub use clients::memcached::{MemcachedXdp, XdpCounters};
 pub use db::{CheckpointReport, Db};
 pub use durability::format as wal;

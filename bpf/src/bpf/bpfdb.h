@@ -35,10 +35,13 @@
 #define DB_SCAN_BATCH 2048
 #define DB_SCAN_FLAGS (DB_SCAN_BATCH * sizeof(struct db_hkey)) /* data offset of the flag bytes */
 #define DB_USER_TXNS 65              /* transaction entries of user space: 64 for users, 1 for checkpoints */
-/* Kernel callers (bpfdb_kernel.h): one request slot and one transaction
- * entry per CPU, for CPUs 0..DB_MAX_KERNEL_SLOTS-1. */
-#define DB_MAX_KERNEL_SLOTS 16
-#define DB_MAX_TXNS (DB_USER_TXNS + DB_MAX_KERNEL_SLOTS) /* transaction table entries */
+/* eBPF clients that call the engine (bpfdb_kernel.h): request slots and
+ * transaction entries they claim, one per task with an op in flight. */
+#define DB_CLIENT_SLOTS 4
+#define DB_MAX_TXNS (DB_USER_TXNS + DB_CLIENT_SLOTS) /* transaction table entries */
+/* The bpf cookie a client program is attached with: how every stage tells
+ * a client's op from the trigger's (whose cookie is the engine instance). */
+#define DB_CLIENT_COOKIE 0xdbc11e4700000000ULL
 #define DB_MAX_CONTS 16              /* continuation programs kernel callers register */
 #define DB_TXN_MAX_LOCKS 128         /* keys one transaction may lock (reads + writes) */
 #define DB_LOCK_CAS_TRIES 8          /* CAS attempts on a contended lock word before EBUSY */
@@ -226,7 +229,7 @@ struct db_layout {
 	__u32 small_chunks;
 	__u32 pages;
 	__u32 wal_buffer;
-	__u32 kernel_slot_base; /* slot of kernel callers on CPU 0 (not compared at a restart) */
+	__u32 kernel_slot_base; /* first client slot (not compared at a restart) */
 	__u64 hash_seed; /* records are keyed by this seed's hashes */
 };
 

@@ -10,13 +10,13 @@
  *      at one timestamp (db_snapshot_ts) without a lock, through a view it
  *      validates after copying (db_view_open / db_view_valid). Several keys
  *      read at one timestamp are one consistent snapshot.
- *   2. Requests through the engine, from kprobe-family programs (kprobe,
- *      kretprobe, ksyscall: BPF_PROG_TYPE_KPROBE running in the kernel): the
- *      caller fills this CPU's request slot (db_kslot) and tail-calls the
- *      engine's dispatcher (db_kcall); the engine runs the op through the same
- *      stages, locks, log and GC as the daemon's requests, then tail-calls the
- *      caller's continuation program (conts[req.cont]) with the result in the
- *      slot's resp. Continuation-passing style, as in BPF-DB.
+ *   2. Requests through the engine, from kprobe-type programs (uprobe, usdt,
+ *      kprobe): the caller claims a request slot (db_kslot_claim), fills it
+ *      and tail-calls the engine's dispatcher (db_kcall); the engine runs the
+ *      op through the same stages, locks, log and GC as the daemon's
+ *      requests, then tail-calls the caller's continuation program
+ *      (conts[req.cont]) with the result in the slot's resp.
+ *      Continuation-passing style, as in BPF-DB.
  *
  * Every map below is the engine's: a client object's loader reuses the
  * engine's map fds (bpf_map__reuse_fd, or the daemon's pinned maps) before
@@ -322,25 +322,119 @@ static __always_inline bool db_view_valid(const struct db_view *v)
 	return READ_ONCE(v->rec->gc_seq) == v->seq && db_shared_free_seq() == v->shared_seq;
 }
 
-/* ---- 2. requests through the engine, from kprobe-family programs ----
+/* ---- 2. requests through the engine, from kprobe-type programs ----
  *
- * A kernel caller's slot is its CPU's: kprobe programs do not nest on a CPU
- * and run with preemption off, so one op at a time uses it, from the first
- * stage to the continuation. Its transaction entry is its CPU's too, so a
- * kernel transaction begins and ends within one program run (one chain of
- * at most 33 tail calls, the engine's stages included). */
+ * Any BPF_PROG_TYPE_KPROBE program attached with the bpf cookie
+ * DB_CLIENT_COOKIE (uprobe, usdt; kprobe and ksyscall where the kernel has
+ * kprobes) running in a task's context can call the engine:
+ *
+ *   struct db_slot *slot = db_kslot_claim();   first program of the chain
+ *   ... fill slot->req (db_kreq_key, meta, value in slot->data) ...
+ *   db_kcall(ctx, slot, DB_OP_SET, MY_CONT);    does not return
+ *   -> the engine's stages -> conts[MY_CONT]: db_kslot() has the result in
+ *      slot->resp; call again, or db_kslot_release() when done.
+ *
+ * Such programs can be preempted, so a slot belongs to a task, not a CPU:
+ * claimed with a CAS on its owner word and found again by the task's
+ * pid_tgid in every stage and continuation. A task holds at most one. The
+ * slot's transaction entry is its own too, so a client transaction begins
+ * and ends within one chain of tail calls (at most 33, the engine's
+ * stages included). */
 
-/* This CPU's slot, or NULL past DB_MAX_KERNEL_SLOTS CPUs or before the
- * daemon wrote the layout. */
-static __always_inline struct db_slot *db_kslot(void)
+/* Owner (pid_tgid + 1) of each client slot, 0 when free. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DB_CLIENT_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} client_owner SEC(".maps");
+
+/* The client slot (0..DB_CLIENT_SLOTS-1) of each task holding one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DB_CLIENT_SLOTS);
+	__type(key, __u64);
+	__type(value, __u32);
+} client_slots SEC(".maps");
+
+/* The client slot number of the current task, or -1. */
+static __always_inline int db_kslot_index(void)
+{
+	__u64 tid = bpf_get_current_pid_tgid();
+	__u32 *n = bpf_map_lookup_elem(&client_slots, &tid);
+
+	return n && *n < DB_CLIENT_SLOTS ? (int)*n : -1;
+}
+
+static __always_inline struct db_slot *db_kslot_at(int n)
 {
 	struct db_layout *l = db_layout();
-	__u32 cpu = bpf_get_smp_processor_id();
 
-	if (!l || l->magic != DB_LAYOUT_MAGIC || cpu >= DB_MAX_KERNEL_SLOTS)
+	if (n < 0 || n >= DB_CLIENT_SLOTS || !l || l->magic != DB_LAYOUT_MAGIC)
 		return NULL;
-	__u32 idx = l->kernel_slot_base + cpu;
+	__u32 idx = l->kernel_slot_base + n;
 	return bpf_map_lookup_elem(&slots, &idx);
+}
+
+/* The current task's slot, claimed earlier in its chain, or NULL. */
+static __always_inline struct db_slot *db_kslot(void)
+{
+	return db_kslot_at(db_kslot_index());
+}
+
+struct db_claim {
+	__u64 owner;
+	int found;
+};
+
+static long db_claim_one(__u64 i, struct db_claim *c)
+{
+	__u32 n = i;
+	__u64 *w = bpf_map_lookup_elem(&client_owner, &n);
+
+	if (w && __sync_val_compare_and_swap(w, 0, c->owner) == 0) {
+		c->found = n;
+		return 1;
+	}
+	return 0;
+}
+
+/* Claims a slot for the current task (its own again if it holds one);
+ * NULL when every slot is taken (the caller retries later: nothing waits). */
+static __always_inline struct db_slot *db_kslot_claim(void)
+{
+	__u64 tid = bpf_get_current_pid_tgid();
+	int held = db_kslot_index();
+
+	if (held >= 0)
+		return db_kslot_at(held);
+	struct db_claim c = { .owner = tid + 1, .found = -1 };
+	bpf_loop(DB_CLIENT_SLOTS, db_claim_one, &c, 0);
+	if (c.found < 0)
+		return NULL;
+	__u32 n = c.found;
+	if (bpf_map_update_elem(&client_slots, &tid, &n, BPF_ANY)) {
+		__u64 *w = bpf_map_lookup_elem(&client_owner, &n);
+		if (w)
+			__sync_lock_test_and_set(w, 0);
+		return NULL;
+	}
+	return db_kslot_at(c.found);
+}
+
+/* Gives the current task's slot back (its transaction must be over). */
+static __always_inline void db_kslot_release(void)
+{
+	__u64 tid = bpf_get_current_pid_tgid();
+	int n = db_kslot_index();
+
+	if (n < 0)
+		return;
+	__u32 idx = n;
+	__u64 *w = bpf_map_lookup_elem(&client_owner, &idx);
+	bpf_map_delete_elem(&client_slots, &tid);
+	if (w)
+		__sync_lock_test_and_set(w, 0);
 }
 
 /* Sets the request's key from a name in the caller's memory (stack or map
@@ -359,8 +453,8 @@ static __always_inline int db_kreq_key(struct db_slot *slot, const char *name, _
 	return db_key_hash(&slot->req.key, len, l->hash_seed, &slot->req.hkey);
 }
 
-/* Starts an op already written into the slot (op, flags, key, meta, value
- * in data). Does not return when the engine takes it: the continuation
+/* Starts an op already written into the slot (flags, key, meta, value in
+ * data, txn). Does not return when the engine takes it: the continuation
  * conts[cont] runs next. Returns -ENOSYS if the engine is not loaded. */
 static __always_inline int db_kcall(void *ctx, struct db_slot *slot, __u32 op, __u32 cont)
 {
@@ -370,12 +464,14 @@ static __always_inline int db_kcall(void *ctx, struct db_slot *slot, __u32 op, _
 	return -ENOSYS;
 }
 
-/* The transaction entry (req.txn) of this CPU's kernel caller. Set it in
- * req.txn before BEGIN and keep it, with resp.txn_id in req.txn_id, for
- * the transaction's ops; 0 (autocommit) otherwise. */
+/* The transaction entry (req.txn) of the current task's slot: set it in
+ * req.txn before BEGIN and keep it, with resp.txn_id in req.txn_id, for the
+ * transaction's ops; 0 (autocommit) otherwise. */
 static __always_inline __u32 db_ktxn(void)
 {
-	return DB_USER_TXNS + bpf_get_smp_processor_id() + 1;
+	int n = db_kslot_index();
+
+	return n < 0 ? 0 : DB_USER_TXNS + n + 1;
 }
 
 #endif /* BPFDB_KERNEL_H */

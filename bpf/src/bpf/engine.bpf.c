@@ -61,9 +61,9 @@ static __always_inline bool needs_key(__u32 op)
 DB_STAGE_PROG(dispatch)
 {
 	/* Every engine in the process sees every trigger call: answer only
-	 * requests addressed to this one. Kernel callers come through the
-	 * prog array (stages[DB_STAGE_DISPATCH]) of the engine they loaded with. */
-	if (!from_kernel(ctx) && bpf_get_attach_cookie(ctx) != (__u32)PT_REGS_PARM1(ctx))
+	 * requests addressed to this one. Clients come through the prog
+	 * array (stages[DB_STAGE_DISPATCH]) of the engine they loaded with. */
+	if (!from_client(ctx) && bpf_get_attach_cookie(ctx) != (__u32)PT_REGS_PARM1(ctx))
 		return 0;
 	struct db_slot *slot = slot_of(ctx);
 	if (!slot)

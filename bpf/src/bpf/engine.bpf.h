@@ -20,7 +20,7 @@ const volatile __u64 page_capacity = 0;
 /* CAS attempts on a lock word other readers keep changing, at most
  * DB_LOCK_CAS_TRIES (tests lower it to make contention common). */
 const volatile __u32 lock_cas_tries = DB_LOCK_CAS_TRIES;
-/* Slot index of kernel callers on CPU 0 (the user's slots come first). */
+/* Slot index of the first client slot (the user's slots come first). */
 const volatile __u32 kernel_slot_base = 0;
 
 /* ---- state in .bss, mmap'ed by user space; the clock that other
@@ -81,22 +81,24 @@ static __always_inline void shared_free_bump(void)
 		__sync_fetch_and_add(&c->shared_free_seq, 1);
 }
 
-/* Whether the op came from a kernel caller (bpfdb_kernel.h) rather than the
- * trigger: a kprobe's registers hold a kernel address (top bit set on
- * x86-64), the trigger's uprobe a user one. Every stage sees the caller's
- * context, so every stage can tell. */
-static __always_inline bool from_kernel(struct pt_regs *ctx)
+/* Whether the op came from an eBPF client (bpfdb_kernel.h) rather than the
+ * trigger: tail calls keep the running program's attach cookie, and a
+ * client is attached with DB_CLIENT_COOKIE, the trigger's uprobe with the
+ * engine instance. */
+static __always_inline bool from_client(struct pt_regs *ctx)
 {
-	return (long)PT_REGS_IP(ctx) < 0;
+	return bpf_get_attach_cookie(ctx) == DB_CLIENT_COOKIE;
 }
 
 /* The request's slot: the one the trigger's second argument names, or the
- * kernel caller's CPU's (its program runs with preemption off, from the
- * first stage to its continuation). */
+ * client task's (claimed in its first program; ~0 when it holds none). */
 static __always_inline __u32 slot_index(struct pt_regs *ctx)
 {
-	if (from_kernel(ctx))
-		return kernel_slot_base + bpf_get_smp_processor_id();
+	if (from_client(ctx)) {
+		int n = db_kslot_index();
+
+		return n < 0 ? ~0u : kernel_slot_base + n;
+	}
 	return (__u32)PT_REGS_PARM2(ctx);
 }
 
@@ -113,7 +115,7 @@ static __always_inline __u32 autocommit_owner(struct pt_regs *ctx)
 }
 
 /* A stage program. The op goes on by tail calls, which never return: when
- * the body returns, the op is done, successful or not, and a kernel caller
+ * the body returns, the op is done, successful or not, and a client
  * continues in its continuation program with the result in its slot. */
 #define DB_STAGE_PROG(name)                                                     \
 	static __always_inline int name##_body(struct pt_regs *ctx);            \
@@ -127,7 +129,7 @@ static __always_inline __u32 autocommit_owner(struct pt_regs *ctx)
 
 static __always_inline int op_done(struct pt_regs *ctx)
 {
-	if (!from_kernel(ctx))
+	if (!from_client(ctx))
 		return 0;
 	struct db_slot *slot = slot_of(ctx);
 	if (slot)

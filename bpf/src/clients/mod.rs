@@ -2,6 +2,7 @@
 //! the engine's maps through bpfdb_kernel.h (docs/KERNEL-CLIENTS.md). Each
 //! is loaded over a running engine, reusing its maps, and detached on drop.
 
+pub mod exec_trace;
 pub mod memcached;
 
 use libbpf_rs::OpenMapMut;
@@ -35,6 +36,8 @@ macro_rules! kernel_api_maps {
             ("clock", &mut $m.clock),
             ("stages", &mut $m.stages),
             ("conts", &mut $m.conts),
+            ("client_owner", &mut $m.client_owner),
+            ("client_slots", &mut $m.client_slots),
         ]
     };
 }

@@ -46,8 +46,10 @@ pub const USER_TXNS: u32 = u32_of(h::DB_USER_TXNS);
 /// Entries users can have: transactions and snapshots open at once.
 pub const MAX_USER_TXNS: u32 = USER_TXNS - 1;
 pub const CHECKPOINT_TXN: u32 = USER_TXNS - 1;
-/// Request slots (and transaction entries) for kernel callers: one per CPU.
-pub const MAX_KERNEL_SLOTS: u32 = u32_of(h::DB_MAX_KERNEL_SLOTS);
+/// Request slots (and transaction entries) eBPF clients claim.
+pub const CLIENT_SLOTS: u32 = u32_of(h::DB_CLIENT_SLOTS);
+/// The bpf cookie client programs are attached with.
+pub const CLIENT_COOKIE: u64 = h::DB_CLIENT_COOKIE;
 /// Entries of the continuation prog array kernel callers fill.
 pub const MAX_CONTS: u32 = u32_of(h::DB_MAX_CONTS);
 pub const TXN_MAX_LOCKS: usize = usize_of(h::DB_TXN_MAX_LOCKS);
@@ -248,7 +250,7 @@ pub struct PinnedLayout {
     pub small_chunks: u32,
     pub pages: u32,
     pub wal_buffer: u32,
-    /// Slot of kernel callers on CPU 0; rewritten at every start.
+    /// First client slot; rewritten at every start.
     pub kernel_slot_base: u32,
     pub hash_seed: u64,
 }

@@ -441,6 +441,8 @@ impl Engine {
             "clock" => &m.clock,
             "stages" => &m.stages,
             "conts" => &m.conts,
+            "client_owner" => &m.client_owner,
+            "client_slots" => &m.client_slots,
             _ => {
                 return Err(Error::new(
                     libc::EINVAL,

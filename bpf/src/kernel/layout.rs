@@ -13,7 +13,7 @@ pub struct Layout {
     pub pages: u32,
     /// Request slots of user space (threads of the daemon).
     pub slots: u32,
-    /// Request slots of kernel callers, one per CPU, after the user's.
+    /// Request slots of eBPF clients (bpfdb_kernel.h), after the user's.
     pub kernel_slots: u32,
     /// Bytes of the log ringbuf (a power of two).
     pub wal_buffer: u32,
@@ -53,19 +53,12 @@ impl Layout {
                 format!("wal_buffer must be a power of two from 4 KiB to 1 GiB, not {wal_buffer}"),
             ));
         }
-        // CPUs past DB_MAX_KERNEL_SLOTS have no slot: kernel callers there
-        // get ENOSPC (bpfdb_kernel.h).
-        let cpus = libbpf_rs::num_possible_cpus()
-            .map_err(|e| Error::new(libc::EIO, format!("counting possible CPUs: {e}")))?;
-        let kernel_slots = u32::try_from(cpus)
-            .unwrap_or(u32::MAX)
-            .clamp(1, abi::MAX_KERNEL_SLOTS);
         Ok(Layout {
             max_keys: o.max_keys,
             small_chunks,
             pages,
             slots: o.slots,
-            kernel_slots,
+            kernel_slots: abi::CLIENT_SLOTS,
             wal_buffer: wal_buffer as u32,
         })
     }
@@ -75,7 +68,7 @@ impl Layout {
         self.slots + self.kernel_slots
     }
 
-    /// Slot index of kernel callers on CPU 0.
+    /// Slot index of the first client slot.
     pub fn kernel_slot_base(&self) -> u32 {
         self.slots
     }

@@ -1,0 +1,130 @@
+//! The exec tracer over a real engine: real execve calls become engine
+//! transactions from a kprobe, through the engine's stages and the
+//! tracer's continuations; conflicts with user-space transactions defer a
+//! count instead of losing it; the counts are logged and recovered.
+
+use std::process::Command;
+
+use bpfdb::{Db, ExecTracer, Options};
+
+/// Execs per test: enough for several group commits, few enough to be quick.
+const EXECS: u64 = 40;
+
+fn opts(data_dir: Option<std::path::PathBuf>) -> Options {
+    Options {
+        max_keys: 4096,
+        value_mem_bytes: 16 << 20,
+        slots: 4,
+        data_dir,
+        ..Options::default()
+    }
+}
+
+fn tracer(db: &Db) -> ExecTracer {
+    let _ = env_logger::builder().is_test(true).try_init();
+    db.exec_tracer()
+        .unwrap_or_else(|e| panic!("attach the exec tracer: {e}"))
+}
+
+/// A program of a name no other test execs, so parallel tests and the
+/// machine's own execs do not count in it.
+fn program(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::copy("/bin/true", &p).expect("copy /bin/true");
+    p
+}
+
+fn run(p: &std::path::Path, times: u64) {
+    for _ in 0..times {
+        let st = Command::new(p).status().expect("exec");
+        assert!(st.success());
+    }
+}
+
+fn count(db: &Db, key: &str) -> Option<u64> {
+    let mut out = Vec::new();
+    match db.session().get(key.as_bytes(), &mut out) {
+        Ok(_) => {
+            let text = String::from_utf8(out).expect("decimal text");
+            assert!(text.ends_with('\n'), "{text:?}");
+            Some(text.trim_end().parse().expect("a count"))
+        }
+        Err(e) if e.errno == libc::ENOENT => None,
+        Err(e) => panic!("get {key}: {e}"),
+    }
+}
+
+#[test]
+fn every_exec_is_one_committed_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&opts(None)).unwrap();
+    let t = tracer(&db);
+    let p = program(dir.path(), "bpfdb-trace-a");
+    assert_eq!(count(&db, "exec.bpfdb-trace-a"), None);
+    run(&p, EXECS);
+    // The transaction commits inside execve, before the child even runs.
+    assert_eq!(count(&db, "exec.bpfdb-trace-a"), Some(EXECS));
+    let c = t.counters().unwrap();
+    assert!(c.commits >= EXECS && c.lost == 0, "{c:?}");
+    let st = db
+        .session()
+        .get(b"exec.bpfdb-trace-a", &mut Vec::new())
+        .unwrap();
+    assert_eq!(st.meta.mode, 0o100644);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    assert!(
+        now.abs_diff(st.meta.mtime_ns) < 60_000_000_000,
+        "mtime is wall clock"
+    );
+}
+
+#[test]
+fn a_count_a_transaction_blocks_waits_and_is_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&opts(None)).unwrap();
+    let t = tracer(&db);
+    let p = program(dir.path(), "bpfdb-trace-b");
+    run(&p, 1);
+    // A user-space transaction reads the key: its shared lock makes the
+    // tracer's write conflict (no-wait), so those counts are deferred.
+    let txn = db.begin(false).unwrap();
+    txn.get(b"exec.bpfdb-trace-b", &mut Vec::new()).unwrap();
+    let before = t.counters().unwrap().deferred;
+    run(&p, 5);
+    assert_eq!(t.counters().unwrap().deferred, before + 5);
+    txn.commit().unwrap();
+    assert_eq!(
+        count(&db, "exec.bpfdb-trace-b"),
+        Some(1),
+        "{:?}",
+        t.counters()
+    );
+    // The next event carries the five that waited.
+    run(&p, 1);
+    assert_eq!(count(&db, "exec.bpfdb-trace-b"), Some(7));
+}
+
+#[test]
+fn counts_are_logged_and_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let p = program(dir.path(), "bpfdb-trace-c");
+    {
+        let db = Db::open(&opts(Some(data.clone()))).unwrap();
+        let _t = tracer(&db);
+        run(&p, EXECS);
+        // A kernel caller cannot wait for the fsync; its commits are
+        // durable once the log writer's next fsync covers them.
+        let ts = db
+            .session()
+            .get(b"exec.bpfdb-trace-c", &mut Vec::new())
+            .unwrap()
+            .ts;
+        db.wait_durable(ts).unwrap();
+    }
+    let db = Db::open(&opts(Some(data))).unwrap();
+    assert_eq!(count(&db, "exec.bpfdb-trace-c"), Some(EXECS));
+}
