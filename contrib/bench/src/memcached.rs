@@ -89,8 +89,9 @@ struct Row {
     phase: &'static str,
     gets_per_s: f64,
     machine_ns: f64,
-    /// The server process, plus (XDP) its program's run time.
-    server_ns: f64,
+    /// The server process's utime+stime.
+    process_ns: f64,
+    /// The XDP program's run time, and its runs, per GET.
     prog_ns: f64,
     prog_runs: f64,
     /// Every round's, merged.
@@ -110,7 +111,7 @@ fn measure(s: &Server, set: &DataSet, phase: &Phase) -> Result<Row, String> {
         let figures = [
             o.rate(),
             per(spent.machine_busy_ns),
-            per(spent.server_ns + spent.prog_run_ns),
+            per(spent.server_ns),
             per(spent.prog_run_ns),
             per(spent.prog_runs),
         ];
@@ -119,13 +120,13 @@ fn measure(s: &Server, set: &DataSet, phase: &Phase) -> Result<Row, String> {
         }
         out.merge(o);
     }
-    let [gets_per_s, machine_ns, server_ns, prog_ns, prog_runs] = per_round.map(median);
+    let [gets_per_s, machine_ns, process_ns, prog_ns, prog_runs] = per_round.map(median);
     Ok(Row {
         kind: s.kind,
         phase: phase.name,
         gets_per_s,
         machine_ns,
-        server_ns,
+        process_ns,
         prog_ns,
         prog_runs,
         out,
@@ -170,11 +171,19 @@ fn us(ns: f64) -> String {
     format!("{:.2}", ns / 1e3)
 }
 
+impl Row {
+    /// What the server spends per GET: its process, plus (XDP) its
+    /// program, which runs in softirq charged to no process.
+    fn server_ns(&self) -> f64 {
+        self.process_ns + self.prog_ns
+    }
+}
+
 fn cells(r: &Row) -> String {
     let h = &r.out.latency;
     let xdp = r.kind == Kind::BpfdbXdp;
     format!(
-        "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         r.kind.name(),
         r.phase,
         r.gets_per_s,
@@ -182,7 +191,7 @@ fn cells(r: &Row) -> String {
         us(h.quantile(0.99) as f64),
         us(h.quantile(0.999) as f64),
         us(r.machine_ns),
-        us(r.server_ns),
+        us(r.process_ns),
         if xdp {
             format!("{:.0}", r.prog_ns)
         } else {
@@ -193,6 +202,7 @@ fn cells(r: &Row) -> String {
         } else {
             "".into()
         },
+        us(r.server_ns()),
         r.out.wrong,
         r.out.lost
     )
@@ -217,26 +227,31 @@ pub fn run() -> Vec<Figure> {
     println!(
         "One generator for all three servers, each alone on the machine in turn on a free UDP \
          port of 127.0.0.1: {} threads with a UDP socket each, {} GETs outstanding per thread \
-         when saturated ({} thread, {} GET when not), sendmmsg/recvmmsg in batches, keys in a fixed shuffled order. Only replies equal \
-         byte for byte to `VALUE key 0 len`, the value, `END` count as served; a GET with no \
-         reply in 200 ms is lost. Latency is from the send call to the receive call, so under \
-         load it includes the queue. bpfdb (`--sync none`) is loaded by writing each key as a \
-         file through its mount; memcached by UDP `set`. memcached runs {MEMCACHED_THREADS} \
-         worker threads, one per core. CPU per GET: machine is all CPUs' non-idle time \
-         (/proc/stat, generator included); server is the server process's utime+stime, plus, \
-         for XDP, the run time of `{XDP_PROG}` on `{XDP_DEV}` (BPF stats, on only while it \
-         serves), which runs in softirq charged to no server process; runs/GET counts the \
-         program's runs, requests and replies both pass it.\n",
-        sat.load.threads, sat.load.window, one.load.threads, one.load.window
+         when saturated ({} thread, {} GET when not), sendmmsg/recvmmsg in batches, keys in a \
+         fixed shuffled order. Only replies equal byte for byte to `VALUE key 0 len`, the \
+         value, `END` count as served; a GET with no reply in {} ms is lost. Latency is from \
+         the send call to the receive call, so under load it includes the queue. bpfdb \
+         (`--sync none`) is loaded by writing each key as a file through its mount; memcached \
+         by UDP `set`. memcached runs {MEMCACHED_THREADS} worker threads, one per core. CPU \
+         per GET: machine is all CPUs' non-idle time (/proc/stat, generator included); server \
+         process is its utime+stime (/proc/PID/stat); XDP is the run time of `{XDP_PROG}` on \
+         `{XDP_DEV}` from BPF stats (on only while it serves, which adds two clock reads to \
+         each run), spent in softirq and charged to no server process; its runs/GET counts \
+         requests and replies, both pass it. Server CPU is process plus XDP.\n",
+        sat.load.threads,
+        sat.load.window,
+        one.load.threads,
+        one.load.window,
+        loadgen::REPLY_TIMEOUT.as_millis()
     );
     for (set, rows) in SETS.iter().zip(&rows) {
         println!("### {}-byte values\n", set.value_bytes);
         println!(
             "| server | load | GETs/s | p50 µs | p99 µs | p99.9 µs | machine CPU µs/GET | server \
-             CPU µs/GET | XDP ns/GET | XDP runs/GET | wrong | lost |"
+             process CPU µs/GET | XDP ns/GET | XDP runs/GET | server CPU µs/GET | wrong | lost |"
         );
         println!(
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         for r in rows {
             println!("{}", cells(r));
@@ -249,12 +264,12 @@ pub fn run() -> Vec<Figure> {
         );
         if let (Some(x), Some(u), Some(m)) = (xdp, user, mc) {
             println!(
-                "Saturated: XDP / memcached GETs/s {:.2} (target >= {TARGET_RATE_RATIO:.0}); server \
-                 CPU per GET, XDP / memcached {:.2} (target <= {TARGET_CPU_RATIO:.2}), user space / \
-                 memcached {:.2}.\n",
+                "Saturated: XDP / memcached GETs/s {:.2} (target >= \
+                 {TARGET_RATE_RATIO:.0}); server CPU per GET, XDP / memcached {:.2} (target <= \
+                 {TARGET_CPU_RATIO:.2}), user space / memcached {:.2}.\n",
                 x.gets_per_s / m.gets_per_s,
-                x.server_ns / m.server_ns,
-                u.server_ns / m.server_ns
+                x.server_ns() / m.server_ns(),
+                u.server_ns() / m.server_ns()
             );
         }
         for r in rows
@@ -325,7 +340,7 @@ fn figure(rows: &[Vec<Row>]) -> Figure {
                 title: "Server CPU per GET".into(),
                 x: sizes(),
                 y_label: "ns/GET (log)".into(),
-                series: series(|r| r.server_ns),
+                series: series(Row::server_ns),
             },
         ],
     }

@@ -20,7 +20,7 @@ const BATCH: usize = 32;
 /// The largest UDP payload: a longer reply is not cut off unseen.
 const DATAGRAM_BYTES: usize = 65_536;
 /// Far past any queue a window builds on loopback (milliseconds at most).
-const REPLY_TIMEOUT: Duration = Duration::from_millis(200);
+pub const REPLY_TIMEOUT: Duration = Duration::from_millis(200);
 /// How long a receive blocks, so the deadline and timeouts are checked.
 const RECV_POLL: Duration = Duration::from_millis(5);
 /// Room for every reply a window can have in flight (1000-byte values).
