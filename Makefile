@@ -6,12 +6,13 @@ DATA ?= $(CURDIR)/data
 MNT ?= $(CURDIR)/mnt
 BIN := target/release/bpfdb
 # Debian packages the build, the mount and the tests need; then what
-# `make bench` compares against (Redis, redis-benchmark) and the font its
-# plots are labelled with; then perf, for profiling the engine and daemon
+# `make bench` compares against (Redis, redis-benchmark; memcached, the
+# baseline of the memcached UDP section) and the font its plots are
+# labelled with; then perf, for profiling the engine and daemon
 # (`perf record -e cpu-clock -g -p PID`; this VM has no hardware counters).
 DEB_PACKAGES := clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config fuse3 bpftool make binutils \
 	strace perl util-linux systemd \
-	redis-server redis-tools fonts-dejavu-core \
+	redis-server redis-tools memcached fonts-dejavu-core \
 	linux-perf
 
 .PHONY: deps build run stop test check install bench fmt clippy clean

@@ -4,13 +4,16 @@
 //! recovery and listing up to a million keys); transactions; durable
 //! commits and recovery; GET and SET through the mount against a FUSE
 //! floor; durable writes through the mount by writer processes against
-//! ext4+fsync, Redis and SQLite; Redis and SQLite on the same machine. Figures are medians of
+//! ext4+fsync, Redis and SQLite; Redis and SQLite on the same machine;
+//! memcached UDP GETs served by bpfdb in XDP and in user space against
+//! memcached. Figures are medians of
 //! several runs; the output is Markdown so it can be pasted into a report,
 //! and with BPFDB_BENCH_OUT set the plots go there as PNG.
 
 mod durability;
 mod engine;
 mod fuse;
+mod memcached;
 mod memfloor;
 mod mount;
 mod mount_durable;
@@ -31,7 +34,7 @@ pub const RUNS: usize = 5;
 type Section = fn() -> Vec<plot::Figure>;
 
 /// Each section by the name that selects it on the command line.
-const SECTIONS: [(&str, Section); 8] = [
+const SECTIONS: [(&str, Section); 9] = [
     ("engine", engine::run),
     ("scale", scale::run),
     ("txn", txn::run),
@@ -40,6 +43,7 @@ const SECTIONS: [(&str, Section); 8] = [
     ("mount-durable", mount_durable::run),
     ("redis", redis::run),
     ("sqlite", sqlite::run),
+    ("memcached", memcached::run),
 ];
 
 /// Median over RUNS runs of `ops` calls of `f`, in ns per call.

@@ -96,6 +96,21 @@ impl Mount {
         Ok(m)
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
+    /// Why the daemon is gone, if it is: its exit status and its stderr.
+    pub fn daemon_exited(&mut self) -> Option<String> {
+        let status = self.daemon.as_mut()?.try_wait().ok().flatten()?;
+        let log = std::fs::read_to_string(self.dir.path().join("daemon.log"));
+        Some(format!(
+            "the daemon exited ({status}); its stderr: {}",
+            log.unwrap_or_default().trim()
+        ))
+    }
+
     /// Ends the daemon with SIGKILL, as a crash would (it takes no
     /// checkpoint); the mount is left for drop to take down.
     pub fn kill_daemon(&mut self) {
