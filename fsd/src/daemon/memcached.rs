@@ -87,18 +87,29 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
 }
 
-/// Serves memcached's UDP protocol on `port` over `fs`'s root keys, at the
-/// address `interface` calls for.
-///
-/// The XDP fast path, which answers GET hits in the kernel on `interface`,
-/// is to be attached here, next to the socket it passes everything else
-/// to. This build has none: the socket serves every request.
-pub fn start(port: u16, interface: &Interface, fs: Arc<Fs>) -> Result<Server, String> {
+/// Binds the socket for `port` at the address `interface` calls for. Done
+/// before the engine loads and the mount goes live, so that a port in use
+/// fails the start before anything is mounted.
+pub fn bind(port: u16, interface: &Interface) -> Result<UdpSocket, String> {
     let addr = SocketAddr::from((interface.bind_ip(), port));
     let socket = UdpSocket::bind(addr).map_err(|e| format!("memcached UDP on {addr}: {e}"))?;
     socket
         .set_read_timeout(Some(RECV_TIMEOUT))
         .map_err(|e| format!("memcached UDP on {addr}: setting a receive timeout: {e}"))?;
+    Ok(socket)
+}
+
+/// Serves memcached's UDP protocol on `socket` (from `bind`) over `fs`'s
+/// root keys.
+///
+/// The XDP fast path, which answers GET hits in the kernel on `interface`,
+/// is to be attached here, once the engine's maps exist, next to the
+/// socket it passes everything else to. This build has none: the socket
+/// serves every request.
+pub fn start(socket: UdpSocket, interface: &Interface, fs: Arc<Fs>) -> Result<Server, String> {
+    let addr = socket
+        .local_addr()
+        .map_err(|e| format!("memcached UDP: the socket's address: {e}"))?;
     let socket = Arc::new(socket);
     let stop = Arc::new(AtomicBool::new(false));
     let mut server = Server {

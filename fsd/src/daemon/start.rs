@@ -268,6 +268,10 @@ fn random_seed() -> Result<u64, String> {
 /// then takes the shutdown checkpoint.
 fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), String> {
     mount::block_shutdown_signals()?;
+    let memcached_socket = s
+        .memcached_udp
+        .map(|port| memcached::bind(port, &s.memcached_if))
+        .transpose()?;
 
     let opts = Options {
         max_keys: s.max_keys,
@@ -327,8 +331,8 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
     }
     // After the session: the kernel's cache is connected, so its writes
     // drop what the kernel holds, as the mount's own do.
-    let memcached = match s.memcached_udp {
-        Some(port) => match memcached::start(port, &s.memcached_if, fs.clone()) {
+    let memcached = match memcached_socket {
+        Some(socket) => match memcached::start(socket, &s.memcached_if, fs.clone()) {
             Ok(server) => Some(server),
             Err(msg) => {
                 mount::unmount(mountpoint);
