@@ -163,9 +163,9 @@ pub struct Cli {
 
     /// Serve memcached's UDP protocol (get, gets, set, delete, version) over
     /// the root keys on this port: on 127.0.0.1, or on 0.0.0.0 when
-    /// --memcached-if names an interface other than lo. No authentication:
-    /// whoever reaches the port reads and writes every key, whatever its
-    /// mode [default: off].
+    /// --memcached-if names an interface other than lo or none. No
+    /// authentication: whoever reaches the port reads and writes every key,
+    /// whatever its mode [default: off].
     #[arg(long, value_name = "PORT", value_parser = parse_port)]
     memcached_udp: Option<u16>,
 
