@@ -320,3 +320,52 @@ fn a_reply_over_the_bound_is_one_server_error() {
         "{text}"
     );
 }
+
+/// Random bytes and random cuts and flips of valid requests: every input is a command or a
+/// refusal, never a panic, and a command's rest is a suffix of the input.
+#[test]
+fn no_input_panics() {
+    const INPUTS: usize = 20_000;
+    let valid: [&[u8]; 4] = [
+        b"set key 0 0 5 noreply\r\nhello\r\nget key other\r\n",
+        b"gets a b c\r\ndelete a 0 noreply\r\n",
+        b"version\r\nset k 0 0 0\r\n\r\n",
+        b"delete k\r\n",
+    ];
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..INPUTS {
+        let mut input = valid[i % valid.len()].to_vec();
+        match next() % 3 {
+            0 => input = (0..next() % 64).map(|_| next() as u8).collect(),
+            1 => input.truncate((next() as usize) % (input.len() + 1)),
+            _ => {
+                let at = (next() as usize) % input.len();
+                input[at] = next() as u8;
+            }
+        }
+        let mut rest: &[u8] = &input;
+        for _ in 0..MAX_COMMANDS {
+            match next_command(rest) {
+                Ok((_, r)) => {
+                    assert!(input.ends_with(r) && r.len() < rest.len(), "{input:?}");
+                    rest = r;
+                }
+                Err(refusal) => {
+                    let mut out = Vec::new();
+                    refusal.reply(&mut out);
+                    assert!(out.ends_with(b"\r\n") && !out[..out.len() - 2].contains(&b'\n'));
+                    break;
+                }
+            }
+            if rest.is_empty() {
+                break;
+            }
+        }
+    }
+}
