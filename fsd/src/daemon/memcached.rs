@@ -177,3 +177,47 @@ impl Drop for Server {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_and_the_address_they_bind() {
+        assert_eq!(Interface::parse("none"), Ok(Interface::None));
+        for ok in ["lo", "eth0", "enp0s31f6", "veth-a.1", "fifteen-bytes-x"] {
+            assert_eq!(Interface::parse(ok), Ok(Interface::Named(ok.into())));
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "sixteen-bytes-xx",
+            "a/b",
+            "eth0:1",
+            "a b",
+            "a\tb",
+            "a\0",
+        ] {
+            let e = Interface::parse(bad).expect_err(bad);
+            assert!(e.contains("not a network interface name"), "{bad:?}: {e}");
+        }
+        assert_eq!(Interface::None.bind_ip(), Ipv4Addr::LOCALHOST);
+        assert_eq!(Interface::Named("lo".into()).bind_ip(), Ipv4Addr::LOCALHOST);
+        assert_eq!(
+            Interface::Named("eth0".into()).bind_ip(),
+            Ipv4Addr::UNSPECIFIED
+        );
+    }
+
+    #[test]
+    fn a_taken_port_is_an_error_naming_the_address() {
+        let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let e = bind(port, &Interface::None).expect_err("the port is taken");
+        assert!(
+            e.starts_with(&format!("memcached UDP on 127.0.0.1:{port}: ")),
+            "{e}"
+        );
+    }
+}
