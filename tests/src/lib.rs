@@ -12,12 +12,13 @@
 //!
 //! Modules: `mount` and `builder` (the fixture), `scripts` (running scripts in it), `process` (daemon binary,
 //! signals, timeouts), `wal` (damaging a log on purpose), `rng` (seeded randomness), `acks` (writers'
-//! attempt and ack side files, checked after a crash).
+//! attempt and ack side files, checked after a crash), `memcache` (a memcached UDP client).
 
 use std::time::Duration;
 
 pub mod acks;
 mod builder;
+pub mod memcache;
 mod mount;
 mod process;
 mod rng;

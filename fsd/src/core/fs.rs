@@ -12,7 +12,8 @@
 //! `names` (create, unlink, rename and the refused mkdir/link/...), `files`
 //! (open, read), `writer` (write buffers and their commits), `listing`
 //! (opendir, readdir), `txn_dirs` (`.txn/NAME`, `.snap/NAME`), `ctl`
-//! (`.ctl` files), `space` (where a key operation runs).
+//! (`.ctl` files), `space` (where a key operation runs), `direct` (whole
+//! values for servers beside the mount: memcached).
 
 use std::fmt;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ mod attrs;
 #[cfg(test)]
 mod cache_tests;
 mod ctl;
+mod direct;
 mod durable;
 #[cfg(test)]
 mod durable_tests;
@@ -49,6 +51,7 @@ mod txn_tests;
 mod writer;
 
 pub use attrs::SetAttr;
+pub use direct::NEW_KEY_MODE;
 use files::Handle;
 use space::{Parent, Space};
 

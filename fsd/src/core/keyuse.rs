@@ -29,6 +29,11 @@ pub const QUIET_TIMEOUT: Duration = Duration::from_millis(50);
 /// anywhere else is counted in `waits_off_pool`.
 pub const WAITER_THREAD_PREFIX: &str = "bpfdb-wait";
 
+/// Threads whose names begin with this serve memcached's UDP protocol
+/// (`daemon::memcached`). They serve no FUSE request, so their commits may
+/// wait for cached readers as the waiter pool's do.
+pub const MEMCACHED_THREAD_PREFIX: &str = "bpfdb-memcd";
+
 #[derive(Default)]
 struct Use {
     /// Open cached readers.
@@ -127,9 +132,9 @@ impl KeyUse {
     fn wait_quiet(&self, inos: &[u64], what: &str) {
         let deadline = Instant::now() + QUIET_TIMEOUT;
         let mut t = self.lock();
-        let on_pool = std::thread::current()
-            .name()
-            .is_some_and(|n| n.starts_with(WAITER_THREAD_PREFIX));
+        let on_pool = std::thread::current().name().is_some_and(|n| {
+            n.starts_with(WAITER_THREAD_PREFIX) || n.starts_with(MEMCACHED_THREAD_PREFIX)
+        });
         let mut counted = on_pool;
         loop {
             let busy = inos

@@ -3,7 +3,8 @@
 //! to keys and transactions; `inodes` numbers them, `handles` keeps open
 //! files, `keyuse` keeps the page cache and writers apart, `txns` holds the
 //! transactions and snapshots open through the mount, `stats` renders
-//! `.stats`, `caller` says who asks, `clock` tells the time.
+//! `.stats`, `caller` says who asks, `clock` tells the time. `memcache`
+//! serves memcached's UDP protocol over the root keys, without the socket.
 
 pub mod caller;
 pub mod clock;
@@ -11,5 +12,6 @@ pub mod fs;
 pub mod handles;
 pub mod inodes;
 pub mod keyuse;
+pub mod memcache;
 pub mod stats;
 pub mod txns;

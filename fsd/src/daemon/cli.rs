@@ -9,6 +9,7 @@ use log::warn;
 use nix::errno::Errno;
 
 use crate::core::fs::DEFAULT_TXN_TIMEOUT;
+use crate::daemon::memcached::{self, Interface};
 use crate::daemon::waiters;
 
 const MAX_VALUE_LIMIT_BYTES: u64 = bpfdb::abi::VALUE_LIMIT as u64;
@@ -20,11 +21,13 @@ const WAL_BUFFER_MAX_BYTES: u64 = 1 << 30;
 /// second worker to arrive.
 const MIN_DEFAULT_THREADS: u32 = 2;
 
+/// One per CPU, leaving room in the slot pool for the memcached threads.
 fn default_threads() -> u32 {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let most = MAX_THREADS - memcached::THREADS;
     u32::try_from(cpus)
-        .unwrap_or(MAX_THREADS)
-        .clamp(MIN_DEFAULT_THREADS, MAX_THREADS)
+        .unwrap_or(most)
+        .clamp(MIN_DEFAULT_THREADS, most)
 }
 
 /// Threads besides the FUSE workers and the waiter pool that run engine
@@ -33,9 +36,18 @@ const SERVICE_THREADS: u32 = 2;
 
 /// One engine slot for every thread that can hold one at once: a FUSE
 /// worker that found every slot taken would wait behind commits waiting on
-/// fsync, and a reader's READ behind them.
-pub fn engine_slots(threads: u32) -> u32 {
-    threads + waiters::WAITERS as u32 + SERVICE_THREADS
+/// fsync, and a reader's READ behind them. The memcached threads
+/// (`--memcached-udp`) take one each too.
+pub fn engine_slots(s: &Settings) -> u32 {
+    s.threads + waiters::WAITERS as u32 + SERVICE_THREADS + memcached_threads(s)
+}
+
+fn memcached_threads(s: &Settings) -> u32 {
+    if s.memcached_udp.is_some() {
+        memcached::THREADS
+    } else {
+        0
+    }
 }
 
 /// The slot pool holds at most 64.
@@ -94,7 +106,8 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = parse_bytes)]
     value_mem: u64,
 
-    /// FUSE worker threads; at most 58 (engine slots: threads + 6).
+    /// FUSE worker threads; at most 58, 56 with --memcached-udp (engine
+    /// slots: threads + 6, + 2 with --memcached-udp).
     /// Default: one per CPU, at least 2. More threads than CPUs make every request wake
     /// a thread on a busy CPU (on 2 CPUs, 4 threads halve the rate of a
     /// single reader); more help only when many clients wait at once, e.g.
@@ -148,6 +161,19 @@ pub struct Cli {
     #[arg(long)]
     allow_other: bool,
 
+    /// Serve memcached's UDP protocol (get, gets, set, delete, version) over
+    /// the root keys on this port: on 127.0.0.1, or on 0.0.0.0 when
+    /// --memcached-if names an interface other than lo or none. No
+    /// authentication: whoever reaches the port reads and writes every key,
+    /// whatever its mode [default: off].
+    #[arg(long, value_name = "PORT", value_parser = parse_port)]
+    memcached_udp: Option<u16>,
+
+    /// Network interface the XDP fast path for memcached GETs attaches to
+    /// (none: no XDP); also picks the address --memcached-udp binds.
+    #[arg(long, value_name = "IFNAME", default_value = "lo", value_parser = Interface::parse)]
+    memcached_if: Interface,
+
     /// Stay in the foreground [default: off: fork a daemon and return once
     /// the mount is live].
     #[arg(short = 'f', long)]
@@ -185,6 +211,9 @@ pub struct Settings {
     pub txn_timeout_secs: u64,
     pub pin_dir: Option<PathBuf>,
     pub log_file: Option<PathBuf>,
+    /// The memcached UDP port; None: off.
+    pub memcached_udp: Option<u16>,
+    pub memcached_if: Interface,
 }
 
 /// `commit`, `interval:MS` or `none`.
@@ -225,6 +254,14 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is too large"))
 }
 
+/// A UDP port, 1 to 65535.
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u16>() {
+        Ok(port) if port > 0 => Ok(port),
+        _ => Err(format!("'{s}' is not a UDP port (1 to 65535)")),
+    }
+}
+
 fn parse_count(name: &str, s: &str) -> Result<u32, String> {
     s.trim()
         .parse()
@@ -249,6 +286,8 @@ impl Settings {
             txn_timeout_secs: cli.txn_timeout,
             pin_dir: cli.pin_dir.clone(),
             log_file: cli.log_file.clone(),
+            memcached_udp: cli.memcached_udp,
+            memcached_if: cli.memcached_if.clone(),
         };
         let mut max_value_bytes = cli.max_value;
         for opt in cli.options.iter().flat_map(|o| o.split(',')) {
@@ -263,8 +302,17 @@ impl Settings {
         if s.max_keys == 0 {
             return Err("max_keys must be at least 1".into());
         }
-        if !(1..=MAX_THREADS).contains(&s.threads) {
-            return Err(format!("threads {}: must be 1 to {MAX_THREADS}", s.threads));
+        let max_threads = MAX_THREADS - memcached_threads(&s);
+        if !(1..=max_threads).contains(&s.threads) {
+            let with = if s.memcached_udp.is_some() {
+                " with memcached_udp"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "threads {}: must be 1 to {max_threads}{with}",
+                s.threads
+            ));
         }
         if !s.wal_buffer_bytes.is_power_of_two()
             || !(WAL_BUFFER_MIN_BYTES..=WAL_BUFFER_MAX_BYTES).contains(&s.wal_buffer_bytes)
@@ -316,12 +364,19 @@ impl Settings {
             }
             ("pin_dir", Some(v)) => self.pin_dir = Some(PathBuf::from(v)),
             ("log_file", Some(v)) => self.log_file = Some(PathBuf::from(v)),
+            ("memcached_udp", Some(v)) => {
+                self.memcached_udp = Some(parse_port(v).map_err(|e| format!("{name}: {e}"))?);
+            }
+            ("memcached_if", Some(v)) => {
+                self.memcached_if = Interface::parse(v).map_err(|e| format!("{name}: {e}"))?;
+            }
             ("allow_other", None) => self.allow_other = true,
             ("foreground", None) => self.foreground = true,
             ("allow_corrupt_log", None) => self.allow_corrupt_log = true,
             (
                 "max_keys" | "threads" | "max_value" | "value_mem" | "sync" | "wal_buffer"
-                | "checkpoint_bytes" | "txn_timeout" | "pin_dir" | "log_file",
+                | "checkpoint_bytes" | "txn_timeout" | "pin_dir" | "log_file" | "memcached_udp"
+                | "memcached_if",
                 None,
             ) => {
                 return Err(format!("-o {name} needs a value: -o {name}=VALUE"));

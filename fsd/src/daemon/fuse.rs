@@ -44,8 +44,8 @@ pub struct FuseFs {
 }
 
 impl FuseFs {
-    pub fn new(fs: Fs) -> std::io::Result<FuseFs> {
-        let fs = Arc::new(fs);
+    /// The adapter over `fs`, which others (the memcached server) may share.
+    pub fn new(fs: Arc<Fs>) -> std::io::Result<FuseFs> {
         Ok(FuseFs {
             waiters: Waiters::new(fs.clone())?,
             fs,

@@ -6,6 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bpfdb::{Db, Options};
@@ -17,7 +18,7 @@ use nix::unistd::{ForkResult, fork, setsid};
 
 use crate::core::fs::Fs;
 use crate::daemon::fuse::{FuseFs, KernelCache};
-use crate::daemon::mount;
+use crate::daemon::{memcached, mount};
 
 use crate::daemon::cli::{Settings, engine_slots, show_sync};
 
@@ -53,7 +54,7 @@ pub fn start(s: &Settings) -> i32 {
         s.value_mem_bytes,
         mib(s.value_mem_bytes),
         s.threads,
-        engine_slots(s.threads),
+        engine_slots(s),
         if s.allow_other { ", allow_other" } else { "" }
     );
     info!(
@@ -267,12 +268,16 @@ fn random_seed() -> Result<u64, String> {
 /// then takes the shutdown checkpoint.
 fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), String> {
     mount::block_shutdown_signals()?;
+    let memcached_socket = s
+        .memcached_udp
+        .map(|port| memcached::bind(port, &s.memcached_if))
+        .transpose()?;
 
     let opts = Options {
         max_keys: s.max_keys,
         max_value_bytes: s.max_value_bytes,
         value_mem_bytes: s.value_mem_bytes,
-        slots: engine_slots(s.threads),
+        slots: engine_slots(s),
         hash_seed: random_seed()?,
         data_dir: Some(s.data_dir.clone()),
         sync: s.sync,
@@ -303,8 +308,9 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
     config.acl = acl;
     config.n_threads = Some(s.threads as usize);
     config.clone_fd = true;
+    let fs = Arc::new(fs);
     // The handshake (FUSE_INIT) runs here: once it returns the mount serves.
-    let fuse_fs = match FuseFs::new(fs) {
+    let fuse_fs = match FuseFs::new(fs.clone()) {
         Ok(f) => f,
         Err(e) => {
             mount::unmount(mountpoint);
@@ -323,6 +329,20 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
         mount::unmount(mountpoint);
         return Err(msg);
     }
+    // After the session: the kernel's cache is connected, so its writes
+    // drop what the kernel holds, as the mount's own do.
+    let memcached = match memcached_socket {
+        Some(socket) => match memcached::start(socket, &s.memcached_if, fs.clone()) {
+            Ok(server) => Some(server),
+            Err(msg) => {
+                mount::unmount(mountpoint);
+                return Err(msg);
+            }
+        },
+        None => None,
+    };
+    // The session and the memcached server hold it from here on.
+    drop(fs);
 
     info!(
         "mount live: {} ({} FUSE threads)",
@@ -330,12 +350,14 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
         s.threads
     );
     ready.send("ok");
-    // run() drops the filesystem when the session ends, and with it every
-    // open transaction (aborted) and snapshot, so the checkpoint below has
-    // the engine to itself.
+    // run() drops the session's hold on the filesystem when it ends; the
+    // memcached server's goes with it below. The filesystem then drops, and
+    // with it every open transaction (aborted) and snapshot, so the
+    // checkpoint below has the engine to itself.
     let served = session
         .run()
         .map_err(|e| format!("FUSE session on {}: {e}", mountpoint.display()));
+    drop(memcached);
     info!(
         "{} unmounted; taking the shutdown checkpoint",
         mountpoint.display()
