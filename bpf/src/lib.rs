@@ -23,7 +23,7 @@ mod options;
 mod shared;
 mod types;
 
-pub use clients::exec_trace::{ExecTracer, TraceCounters};
+pub use clients::exec_trace::{EXEC_TRACE_PREFIX, ExecTracer, TraceCounters};
 pub use clients::memcached::{MemcachedXdp, XdpCounters};
 pub use db::{CheckpointReport, Db};
 pub use durability::format as wal;

@@ -27,6 +27,9 @@ mod skel {
 }
 use skel::{ExecTraceSkel, ExecTraceSkelBuilder};
 
+/// The tracer's keys are `exec.<program name>` (TRACE_PREFIX in the C).
+pub const EXEC_TRACE_PREFIX: &[u8] = b"exec.";
+
 /// Where the tracer's continuations go in the engine's `conts` prog array:
 /// indexes CONT_BASE..CONT_BASE + 4 (docs/KERNEL-CLIENTS.md lists who owns
 /// which).

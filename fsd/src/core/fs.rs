@@ -160,6 +160,10 @@ pub struct Fs {
     /// never overlap (see `keyuse`).
     uses: KeyUse,
     invalidate: Invalidate,
+    /// Name prefixes of root keys eBPF clients write (the exec tracer's):
+    /// the daemon does not see those commits, so it cannot drop the
+    /// kernel's copy of their attributes, and the kernel may not keep one.
+    client_keys: Vec<Vec<u8>>,
     counters: Counters,
 }
 
@@ -196,6 +200,7 @@ impl Fs {
             root_changed_ns: AtomicU64::new(now_ns()),
             uses: KeyUse::default(),
             invalidate: Box::new(|_| {}),
+            client_keys: Vec::new(),
             counters: Counters::default(),
             db,
         })
@@ -207,6 +212,22 @@ impl Fs {
     /// mode. `.ctl`, `.txn` and `.snap` stay the daemon owner's.
     pub fn share_root(&mut self) {
         self.root_mode = 0o1777;
+    }
+
+    /// Root keys whose names start with `prefix` are written by an eBPF
+    /// client too: their attributes are never cached by the kernel, so
+    /// `cat` sees the client's last commit.
+    pub fn share_keys_with_clients(&mut self, prefix: &[u8]) {
+        self.client_keys.push(prefix.to_vec());
+    }
+
+    /// `attr` of root key `key`, uncacheable if clients write it.
+    pub(super) fn key_attr(&self, key: &[u8], attr: Attr) -> Attr {
+        let client_key = self.client_keys.iter().any(|p| key.starts_with(p));
+        Attr {
+            cacheable: attr.cacheable && !client_key,
+            ..attr
+        }
     }
 
     /// Sets what `root_changed` calls (the FUSE adapter's invalidation).
@@ -288,7 +309,7 @@ impl Fs {
             .stat(&self.db, key)
             .map_err(|e| space.restate(e, "lookup", key))?;
         let ino = self.inodes.remember(&Place::key(space.scope(), key))?;
-        let attr = space.attr(ino, &st.meta, st.meta.len as usize);
+        let attr = self.key_attr(key, space.attr(ino, &st.meta, st.meta.len as usize));
         // A writer's process sees its own size (`getattr`): not for caching.
         let cacheable = attr.cacheable && !self.uses.has_writer(ino);
         Ok(Attr { cacheable, ..attr })

@@ -174,6 +174,12 @@ pub struct Cli {
     #[arg(long, value_name = "IFNAME", default_value = "lo", value_parser = Interface::parse)]
     memcached_if: Interface,
 
+    /// Count execve calls of every program on the machine in the keys
+    /// exec.<name>, one transaction per exec from an eBPF program (a uprobe
+    /// on the C library's execve); `cat mnt/exec.ls` [default: off].
+    #[arg(long)]
+    trace_exec: bool,
+
     /// Stay in the foreground [default: off: fork a daemon and return once
     /// the mount is live].
     #[arg(short = 'f', long)]
@@ -214,6 +220,8 @@ pub struct Settings {
     /// The memcached UDP port; None: off.
     pub memcached_udp: Option<u16>,
     pub memcached_if: Interface,
+    /// The exec tracer (`--trace-exec`) runs.
+    pub trace_exec: bool,
 }
 
 /// `commit`, `interval:MS` or `none`.
@@ -288,6 +296,7 @@ impl Settings {
             log_file: cli.log_file.clone(),
             memcached_udp: cli.memcached_udp,
             memcached_if: cli.memcached_if.clone(),
+            trace_exec: cli.trace_exec,
         };
         let mut max_value_bytes = cli.max_value;
         for opt in cli.options.iter().flat_map(|o| o.split(',')) {
@@ -373,6 +382,7 @@ impl Settings {
             ("allow_other", None) => self.allow_other = true,
             ("foreground", None) => self.foreground = true,
             ("allow_corrupt_log", None) => self.allow_corrupt_log = true,
+            ("trace_exec", None) => self.trace_exec = true,
             (
                 "max_keys" | "threads" | "max_value" | "value_mem" | "sync" | "wal_buffer"
                 | "checkpoint_bytes" | "txn_timeout" | "pin_dir" | "log_file" | "memcached_udp"
@@ -381,7 +391,7 @@ impl Settings {
             ) => {
                 return Err(format!("-o {name} needs a value: -o {name}=VALUE"));
             }
-            ("allow_other" | "foreground" | "allow_corrupt_log", Some(_)) => {
+            ("allow_other" | "foreground" | "allow_corrupt_log" | "trace_exec", Some(_)) => {
                 return Err(format!("-o {name} takes no value"));
             }
             ("ro", None) => {

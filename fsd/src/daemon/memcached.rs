@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use log::{debug, info, warn};
 
+use bpfdb::{Db, MemcachedXdp, XdpCounters};
+
 use crate::core::fs::Fs;
 use crate::core::memcache::{self, proto};
 
@@ -83,6 +85,9 @@ impl std::fmt::Display for Interface {
 /// The running server; dropping it stops its threads and waits for them,
 /// so that they no longer hold the filesystem (or engine slots).
 pub struct Server {
+    /// First, so that it detaches before the threads stop: requests then
+    /// reach the socket, or nothing, never a half-stopped server.
+    xdp: Option<MemcachedXdp>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -100,19 +105,32 @@ pub fn bind(port: u16, interface: &Interface) -> Result<UdpSocket, String> {
 }
 
 /// Serves memcached's UDP protocol on `socket` (from `bind`) over `fs`'s
-/// root keys.
-///
-/// The XDP fast path, which answers GET hits in the kernel on `interface`,
-/// is to be attached here, once the engine's maps exist, next to the
-/// socket it passes everything else to. This build has none: the socket
-/// serves every request.
-pub fn start(socket: UdpSocket, interface: &Interface, fs: Arc<Fs>) -> Result<Server, String> {
+/// root keys, with the XDP fast path on `interface` answering GET hits in
+/// the kernel from `db` (bpfdb's memcached.bpf.c) and passing the rest to
+/// the socket. One XDP program per interface: another one there (another
+/// daemon's) fails the start.
+pub fn start(
+    socket: UdpSocket,
+    interface: &Interface,
+    db: &Db,
+    fs: Arc<Fs>,
+) -> Result<Server, String> {
     let addr = socket
         .local_addr()
         .map_err(|e| format!("memcached UDP: the socket's address: {e}"))?;
     let socket = Arc::new(socket);
     let stop = Arc::new(AtomicBool::new(false));
+    let xdp = match interface {
+        Interface::None => None,
+        Interface::Named(name) => Some(db.memcached_xdp(addr.port(), name).map_err(|e| {
+            format!(
+                "memcached XDP on {name}: {e} (an interface takes one XDP program; \
+                 --memcached-if none serves without it)"
+            )
+        })?),
+    };
     let mut server = Server {
+        xdp,
         stop: stop.clone(),
         threads: Vec::new(),
     };
@@ -124,9 +142,11 @@ pub fn start(socket: UdpSocket, interface: &Interface, fs: Arc<Fs>) -> Result<Se
             .map_err(|e| format!("memcached UDP: starting a thread: {e}"))?;
         server.threads.push(thread);
     }
-    info!(
-        "memcached UDP on {addr}: {THREADS} threads; XDP interface {interface} (no XDP program in this build: every request is served here)"
-    );
+    let fast_path = match interface {
+        Interface::None => "no XDP: every request is served here".to_string(),
+        Interface::Named(name) => format!("GET hits answered by XDP on {name}"),
+    };
+    info!("memcached UDP on {addr}: {THREADS} threads; {fast_path}");
     Ok(server)
 }
 
@@ -169,8 +189,19 @@ fn send(socket: &UdpSocket, peer: SocketAddr, datagrams: &[Vec<u8>]) {
     }
 }
 
+impl Server {
+    /// The XDP program's counters, if it runs.
+    pub fn xdp_counters(&self) -> Option<XdpCounters> {
+        self.xdp.as_ref().and_then(|x| x.counters().ok())
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
+        if let (Some(x), Some(c)) = (&self.xdp, self.xdp_counters()) {
+            info!("memcached XDP on {}: {c:?}", x.ifname);
+        }
+        self.xdp = None;
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();

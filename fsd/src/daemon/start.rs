@@ -296,6 +296,17 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
     if s.allow_other {
         fs.share_root();
     }
+    // Held until the mount is gone; the tracer's commits come from the
+    // kernel, so the kernel may not cache its keys' attributes.
+    let tracer = if s.trace_exec {
+        fs.share_keys_with_clients(bpfdb::EXEC_TRACE_PREFIX);
+        Some(
+            db.exec_tracer()
+                .map_err(|e| format!("starting the exec tracer: {e}"))?,
+        )
+    } else {
+        None
+    };
 
     info!("mounting {}", mountpoint.display());
     let fuse_fd = mount::mount(mountpoint, s.allow_other)?;
@@ -332,7 +343,7 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
     // After the session: the kernel's cache is connected, so its writes
     // drop what the kernel holds, as the mount's own do.
     let memcached = match memcached_socket {
-        Some(socket) => match memcached::start(socket, &s.memcached_if, fs.clone()) {
+        Some(socket) => match memcached::start(socket, &s.memcached_if, &db, fs.clone()) {
             Ok(server) => Some(server),
             Err(msg) => {
                 mount::unmount(mountpoint);
@@ -358,6 +369,7 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
         .run()
         .map_err(|e| format!("FUSE session on {}: {e}", mountpoint.display()));
     drop(memcached);
+    drop(tracer);
     info!(
         "{} unmounted; taking the shutdown checkpoint",
         mountpoint.display()

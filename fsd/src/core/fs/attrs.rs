@@ -116,7 +116,7 @@ impl Fs {
                 space.restate(e, "getattr", &key)
             }
         })?;
-        Ok(space.attr(ino, &st.meta, st.meta.len as usize))
+        Ok(self.key_attr(&key, space.attr(ino, &st.meta, st.meta.len as usize)))
     }
 
     pub fn setattr(&self, ino: u64, fh: Option<u64>, change: SetAttr) -> Result<Attr> {
@@ -205,7 +205,7 @@ impl Fs {
         let st = space
             .set(&self.db, key, &value, meta, MUST_EXIST)
             .map_err(|e| space.restate(e, "truncate", key))?;
-        Ok(space.attr(ino, &st.meta, value.len()))
+        Ok(self.key_attr(key, space.attr(ino, &st.meta, value.len())))
     }
 
     fn checked_size(&self, size: u64, name: impl FnOnce() -> String) -> Result<usize> {
