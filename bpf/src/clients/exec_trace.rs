@@ -54,6 +54,18 @@ pub struct TraceCounters {
     pub lost: u64,
 }
 
+impl TraceCounters {
+    /// The counters as `.stats` names them.
+    pub fn named(&self) -> [(&'static str, u64); COUNTERS as usize] {
+        [
+            ("trace_events", self.events),
+            ("trace_commits", self.commits),
+            ("trace_deferred", self.deferred),
+            ("trace_lost", self.lost),
+        ]
+    }
+}
+
 /// The attached tracer; detached, and its continuations removed, on drop.
 pub struct ExecTracer {
     link: Option<Link>,

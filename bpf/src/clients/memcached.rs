@@ -41,6 +41,19 @@ pub struct XdpCounters {
 }
 
 const COUNTERS: u32 = 5;
+
+impl XdpCounters {
+    /// The counters as `.stats` names them.
+    pub fn named(&self) -> [(&'static str, u64); COUNTERS as usize] {
+        [
+            ("xdp_hits", self.hits),
+            ("xdp_pass_miss", self.pass_miss),
+            ("xdp_pass_big", self.pass_big),
+            ("xdp_pass_other", self.pass_other),
+            ("xdp_pass_race", self.pass_race),
+        ]
+    }
+}
 /// Room for a frame `run_on` hands back: one page, what the kernel's test
 /// run gives an XDP frame at most.
 const RUN_OUT_BYTES: usize = 4096;

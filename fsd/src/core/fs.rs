@@ -16,8 +16,8 @@
 //! values for servers beside the mount: memcached).
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bpfdb::{Db, Error, Result, SetFlags, check_key};
@@ -28,7 +28,7 @@ use crate::core::inodes::{
     CTL_INO, FIRST_KEY_INO, Inodes, Place, ROOT_INO, ROOT_SCOPE, SNAP_INO, STATS_INO, TXN_INO,
 };
 use crate::core::keyuse::{CommitGuard, KeyUse};
-use crate::core::stats::{self, DaemonStats, FsStat};
+use crate::core::stats::{self, ClientCounters, DaemonStats, FsStat};
 use crate::core::txns::{self, Reaper, TxnKind, Txns};
 
 mod attrs;
@@ -164,6 +164,8 @@ pub struct Fs {
     /// the daemon does not see those commits, so it cannot drop the
     /// kernel's copy of their attributes, and the kernel may not keep one.
     client_keys: Vec<Vec<u8>>,
+    /// `.stats` lines of the eBPF clients the daemon runs.
+    client_counters: Mutex<Vec<ClientCounters>>,
     counters: Counters,
 }
 
@@ -201,6 +203,7 @@ impl Fs {
             uses: KeyUse::default(),
             invalidate: Box::new(|_| {}),
             client_keys: Vec::new(),
+            client_counters: Mutex::default(),
             counters: Counters::default(),
             db,
         })
@@ -219,6 +222,14 @@ impl Fs {
     /// `cat` sees the client's last commit.
     pub fn share_keys_with_clients(&mut self, prefix: &[u8]) {
         self.client_keys.push(prefix.to_vec());
+    }
+
+    /// Adds an eBPF client's counters to `.stats`.
+    pub fn add_client_counters(&self, f: ClientCounters) {
+        self.client_counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(f);
     }
 
     /// `attr` of root key `key`, uncacheable if clients write it.
@@ -337,7 +348,14 @@ impl Fs {
             slot_waits: self.db.slot_waits(),
             worker_waits: self.uses.waits_off_pool(),
         };
-        stats::render(&self.db.stats(), &self.db.layout(), &daemon)
+        let clients: Vec<(&'static str, u64)> = self
+            .client_counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flat_map(|f| f())
+            .collect();
+        stats::render(&self.db.stats(), &self.db.layout(), &daemon, &clients)
     }
 }
 

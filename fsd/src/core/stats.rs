@@ -32,11 +32,20 @@ pub struct DaemonStats {
     pub log: bpfdb::LogCounters,
 }
 
+/// Counters of an eBPF client the daemon runs (the XDP server, the exec
+/// tracer), by `.stats` name; empty once the client is gone.
+pub type ClientCounters = Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
+
 /// About the length of one `.stats` line, to size the text once.
 const LINE_BYTES_GUESS: usize = 24;
 
 /// `.stats` content: one `name value` pair per line.
-pub fn render(stats: &Stats, layout: &Layout, daemon: &DaemonStats) -> String {
+pub fn render(
+    stats: &Stats,
+    layout: &Layout,
+    daemon: &DaemonStats,
+    clients: &[(&'static str, u64)],
+) -> String {
     let op = |o: Op| stats.ops.get(o as usize).copied().unwrap_or(0);
     let lines: [(&str, u64); 32] = [
         ("keys", stats.keys),
@@ -72,8 +81,8 @@ pub fn render(stats: &Stats, layout: &Layout, daemon: &DaemonStats) -> String {
         ("log_fsyncs", daemon.log.fsyncs),
         ("log_acks_waiting", daemon.log.acks_waiting),
     ];
-    let mut out = String::with_capacity(lines.len() * LINE_BYTES_GUESS);
-    for (name, value) in lines {
+    let mut out = String::with_capacity((lines.len() + clients.len()) * LINE_BYTES_GUESS);
+    for &(name, value) in lines.iter().chain(clients) {
         let _ = writeln!(out, "{name} {value}");
     }
     out

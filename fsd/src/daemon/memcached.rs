@@ -87,7 +87,7 @@ impl std::fmt::Display for Interface {
 pub struct Server {
     /// First, so that it detaches before the threads stop: requests then
     /// reach the socket, or nothing, never a half-stopped server.
-    xdp: Option<MemcachedXdp>,
+    xdp: Option<Arc<MemcachedXdp>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -122,12 +122,20 @@ pub fn start(
     let stop = Arc::new(AtomicBool::new(false));
     let xdp = match interface {
         Interface::None => None,
-        Interface::Named(name) => Some(db.memcached_xdp(addr.port(), name).map_err(|e| {
-            format!(
-                "memcached XDP on {name}: {e} (an interface takes one XDP program; \
-                 --memcached-if none serves without it)"
-            )
-        })?),
+        Interface::Named(name) => {
+            let xdp = Arc::new(db.memcached_xdp(addr.port(), name).map_err(|e| {
+                format!(
+                    "memcached XDP on {name}: {e} (an interface takes one XDP program; \
+                     --memcached-if none serves without it)"
+                )
+            })?);
+            let weak = Arc::downgrade(&xdp);
+            fs.add_client_counters(Box::new(move || {
+                let counters = weak.upgrade().and_then(|x| x.counters().ok());
+                counters.map(|c| c.named().to_vec()).unwrap_or_default()
+            }));
+            Some(xdp)
+        }
     };
     let mut server = Server {
         xdp,

@@ -300,10 +300,16 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
     // kernel, so the kernel may not cache its keys' attributes.
     let tracer = if s.trace_exec {
         fs.share_keys_with_clients(bpfdb::EXEC_TRACE_PREFIX);
-        Some(
+        let tracer = Arc::new(
             db.exec_tracer()
                 .map_err(|e| format!("starting the exec tracer: {e}"))?,
-        )
+        );
+        let weak = Arc::downgrade(&tracer);
+        fs.add_client_counters(Box::new(move || {
+            let counters = weak.upgrade().and_then(|t| t.counters().ok());
+            counters.map(|c| c.named().to_vec()).unwrap_or_default()
+        }));
+        Some(tracer)
     } else {
         None
     };
