@@ -167,14 +167,15 @@ int on_execve(struct pt_regs *ctx)
 		db_kslot_release();
 		return 0;
 	}
-	if (bpf_probe_read_user_str(st->path, sizeof(st->path), filename) <= 1) {
+	long path_len = bpf_probe_read_user_str(st->path, sizeof(st->path), filename);
+	if (path_len <= 1) {
 		db_kslot_release();
 		return 0;
 	}
 	struct slash_ctx sc = { .st = st };
 
 	st->last_slash = 0;
-	bpf_loop(TRACE_PATH_MAX, find_slash, &sc, 0);
+	bpf_loop(path_len & (TRACE_PATH_MAX - 1), find_slash, &sc, 0); /* the path's bytes only */
 	__builtin_memset(&st->name, 0, sizeof(st->name));
 	__builtin_memcpy(st->name.name, TRACE_PREFIX, TRACE_PREFIX_LEN);
 	long n = bpf_probe_read_kernel_str(&st->name.name[TRACE_PREFIX_LEN],

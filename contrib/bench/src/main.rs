@@ -6,7 +6,7 @@
 //! floor; durable writes through the mount by writer processes against
 //! ext4+fsync, Redis and SQLite; Redis and SQLite on the same machine;
 //! memcached UDP GETs served by bpfdb in XDP and in user space against
-//! memcached. Figures are medians of
+//! memcached; the exec tracer's added cost per event. Figures are medians of
 //! several runs; the output is Markdown so it can be pasted into a report,
 //! and with BPFDB_BENCH_OUT set the plots go there as PNG.
 
@@ -21,6 +21,7 @@ mod plot;
 mod redis;
 mod scale;
 mod sqlite;
+mod trace_exec;
 mod txn;
 
 use std::path::PathBuf;
@@ -34,7 +35,7 @@ pub const RUNS: usize = 5;
 type Section = fn() -> Vec<plot::Figure>;
 
 /// Each section by the name that selects it on the command line.
-const SECTIONS: [(&str, Section); 9] = [
+const SECTIONS: [(&str, Section); 10] = [
     ("engine", engine::run),
     ("scale", scale::run),
     ("txn", txn::run),
@@ -44,6 +45,7 @@ const SECTIONS: [(&str, Section); 9] = [
     ("redis", redis::run),
     ("sqlite", sqlite::run),
     ("memcached", memcached::run),
+    ("trace-exec", trace_exec::run),
 ];
 
 /// Median over RUNS runs of `ops` calls of `f`, in ns per call.

@@ -9,7 +9,7 @@
 //! section reports CPU time per GET: the machine's, the server process's,
 //! and, for XDP, the program's own run time from the kernel's BPF stats.
 
-mod cpu;
+pub(crate) mod cpu;
 mod loadgen;
 mod proto;
 mod server;

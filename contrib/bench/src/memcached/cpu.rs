@@ -174,9 +174,24 @@ pub fn prog_name(id: u32) -> Result<String, String> {
         .to_string())
 }
 
+/// Ids of the loaded BPF programs named `name` (as the kernel keeps it:
+/// the first 15 bytes).
+pub fn progs_named(name: &str) -> Result<Vec<u32>, String> {
+    let all = bpftool(&["prog", "show"])?;
+    let list = all
+        .as_array()
+        .ok_or_else(|| format!("bpftool prog show: {all}"))?;
+    Ok(list
+        .iter()
+        .filter(|p| p.get("name").and_then(|n| n.as_str()) == Some(name))
+        .filter_map(|p| p.get("id")?.as_u64())
+        .filter_map(|id| u32::try_from(id).ok())
+        .collect())
+}
+
 /// (run_time_ns, run_cnt) of program `id`; bpftool leaves them out while
 /// they are 0.
-fn prog_stats(id: u32) -> Result<(u64, u64), String> {
+pub fn prog_stats(id: u32) -> Result<(u64, u64), String> {
     let p = bpftool(&["prog", "show", "id", &id.to_string()])?;
     let field = |f: &str| p.get(f).and_then(|v| v.as_u64()).unwrap_or(0);
     Ok((field("run_time_ns"), field("run_cnt")))
