@@ -10,10 +10,10 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, UprobeOpts};
 use log::{info, warn};
 
-use crate::clients::{kernel_api_maps, reuse_engine_maps};
+use crate::clients::{kernel_api_maps, percpu_sums, reuse_engine_maps};
 use crate::error::{Error, Result};
 use crate::kernel::abi;
-use crate::kernel::engine::Engine;
+use crate::kernel::engine::{Engine, object_storage};
 
 mod skel {
     #![allow(
@@ -115,11 +115,7 @@ fn realtime_offset_ns() -> Result<u64> {
 
 impl ExecTracer {
     pub(crate) fn attach(engine: &Engine) -> Result<ExecTracer> {
-        let mut object = Box::new(MaybeUninit::<OpenObject>::uninit());
-        // SAFETY: the skeleton borrows `object`, which is boxed (stable
-        // address) and dropped only after the skeleton (field order).
-        let object_ref: &'static mut MaybeUninit<OpenObject> =
-            unsafe { &mut *(object.as_mut() as *mut MaybeUninit<OpenObject>) };
+        let (object, object_ref) = object_storage();
         let mut open = ExecTraceSkelBuilder::default().open(object_ref)?;
         reuse_engine_maps(engine, &mut kernel_api_maps!(open.maps))?;
         let rodata = open
@@ -172,21 +168,8 @@ impl ExecTracer {
 
     /// The tracer's counters, summed over CPUs.
     pub fn counters(&self) -> Result<TraceCounters> {
-        let mut sums = [0u64; COUNTERS as usize];
-        for (i, sum) in sums.iter_mut().enumerate() {
-            let per_cpu = self
-                .skel
-                .maps
-                .trace_stats
-                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)?
-                .unwrap_or_default();
-            *sum = per_cpu
-                .iter()
-                .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
-                .map(u64::from_ne_bytes)
-                .sum();
-        }
-        let [events, commits, deferred, lost] = sums;
+        let [events, commits, deferred, lost] =
+            percpu_sums::<{ COUNTERS as usize }>(&self.skel.maps.trace_stats)?;
         Ok(TraceCounters {
             events,
             commits,

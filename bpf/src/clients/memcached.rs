@@ -6,12 +6,12 @@ use std::ffi::CString;
 use std::mem::MaybeUninit;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
+use libbpf_rs::{Link, OpenObject};
 use log::info;
 
-use crate::clients::{kernel_api_maps, reuse_engine_maps};
+use crate::clients::{kernel_api_maps, percpu_sums, reuse_engine_maps};
 use crate::error::{Error, Result};
-use crate::kernel::engine::Engine;
+use crate::kernel::engine::{Engine, object_storage};
 
 mod skel {
     #![allow(
@@ -85,11 +85,7 @@ impl MemcachedXdp {
                 &std::io::Error::last_os_error(),
             ));
         }
-        let mut object = Box::new(MaybeUninit::<OpenObject>::uninit());
-        // SAFETY: the skeleton borrows `object`, which is boxed (stable
-        // address) and dropped only after the skeleton (field order).
-        let object_ref: &'static mut MaybeUninit<OpenObject> =
-            unsafe { &mut *(object.as_mut() as *mut MaybeUninit<OpenObject>) };
+        let (object, object_ref) = object_storage();
         let mut open = MemcachedSkelBuilder::default().open(object_ref)?;
         reuse_engine_maps(engine, &mut kernel_api_maps!(open.maps))?;
         open.maps
@@ -127,21 +123,8 @@ impl MemcachedXdp {
 
     /// The program's counters, summed over CPUs.
     pub fn counters(&self) -> Result<XdpCounters> {
-        let mut sums = [0u64; COUNTERS as usize];
-        for (i, sum) in sums.iter_mut().enumerate() {
-            let per_cpu = self
-                .skel
-                .maps
-                .mc_stats
-                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)?
-                .unwrap_or_default();
-            *sum = per_cpu
-                .iter()
-                .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
-                .map(u64::from_ne_bytes)
-                .sum();
-        }
-        let [hits, pass_miss, pass_big, pass_other, pass_race] = sums;
+        let [hits, pass_miss, pass_big, pass_other, pass_race] =
+            percpu_sums::<{ COUNTERS as usize }>(&self.skel.maps.mc_stats)?;
         Ok(XdpCounters {
             hits,
             pass_miss,

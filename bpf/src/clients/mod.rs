@@ -5,7 +5,7 @@
 pub mod exec_trace;
 pub mod memcached;
 
-use libbpf_rs::OpenMapMut;
+use libbpf_rs::{MapCore, MapFlags, OpenMapMut};
 
 use crate::error::Result;
 use crate::kernel::engine::Engine;
@@ -21,6 +21,22 @@ pub(crate) fn reuse_engine_maps(
         map.reuse_fd(engine.shared_map(name)?)?;
     }
     Ok(())
+}
+
+/// The first N u64 counters of a per-CPU array map, each summed over CPUs.
+pub(crate) fn percpu_sums<const N: usize>(map: &dyn MapCore) -> Result<[u64; N]> {
+    let mut sums = [0u64; N];
+    for (i, sum) in sums.iter_mut().enumerate() {
+        let per_cpu = map
+            .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)?
+            .unwrap_or_default();
+        *sum = per_cpu
+            .iter()
+            .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+            .map(u64::from_ne_bytes)
+            .sum();
+    }
+    Ok(sums)
 }
 
 /// `(name, &mut map)` of the maps bpfdb_kernel.h declares, from a client

@@ -109,6 +109,20 @@ pub struct Engine {
     pub hash_seed: u64,
 }
 
+/// Storage for a skeleton's open object, and the `'static` borrow the
+/// skeleton keeps of it. The caller holds the box in a field declared after
+/// the skeleton's, so that it drops after the skeleton.
+pub(crate) fn object_storage() -> (
+    Box<MaybeUninit<OpenObject>>,
+    &'static mut MaybeUninit<OpenObject>,
+) {
+    let mut object = Box::new(MaybeUninit::<OpenObject>::uninit());
+    // SAFETY: the box gives the object a stable address, and the caller
+    // keeps the box until after the skeleton that borrows it (above).
+    let object_ref = unsafe { &mut *(object.as_mut() as *mut MaybeUninit<OpenObject>) };
+    (object, object_ref)
+}
+
 /// libbpf maps `.bss` onto the kernel map only for maps it created; a
 /// reused one would leave the skeleton reading its private initial image.
 /// Map the pinned map at the same address instead.
@@ -164,11 +178,7 @@ impl Engine {
             libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, libbpf_print)));
         });
         let layout = Layout::from_options(opts)?;
-        let mut object = Box::new(MaybeUninit::<OpenObject>::uninit());
-        // SAFETY: the skeleton borrows `object`, which is boxed (stable
-        // address) and dropped only after the skeleton (field order).
-        let object_ref: &'static mut MaybeUninit<OpenObject> =
-            unsafe { &mut *(object.as_mut() as *mut MaybeUninit<OpenObject>) };
+        let (object, object_ref) = object_storage();
         let mut open = EngineSkelBuilder::default().open(object_ref)?;
 
         open.maps.slots.set_max_entries(layout.slot_entries())?;
