@@ -45,6 +45,8 @@ pub struct Client {
     socket: UdpSocket,
     server: SocketAddr,
     next_id: u16,
+    /// Datagrams of the last whole reply.
+    last_datagrams: usize,
 }
 
 impl Client {
@@ -83,7 +85,13 @@ impl Client {
             socket,
             server,
             next_id: 1,
+            last_datagrams: 0,
         }
+    }
+
+    /// How many datagrams the last whole reply came in.
+    pub fn last_reply_datagrams(&self) -> usize {
+        self.last_datagrams
     }
 
     /// The client socket's port, for datagrams built by hand that must come back to it.
@@ -159,7 +167,7 @@ impl Client {
     /// The datagrams of request `id`'s reply (to a datagram sent with [`Client::send_raw`] or
     /// by other means), joined in sequence order. Datagrams of other requests (late replies of
     /// earlier ones) are skipped.
-    pub fn reply(&self, id: u16, timeout: Duration) -> Result<Vec<u8>, String> {
+    pub fn reply(&mut self, id: u16, timeout: Duration) -> Result<Vec<u8>, String> {
         let deadline = Instant::now() + timeout;
         let mut parts: Vec<Option<Vec<u8>>> = Vec::new();
         let mut got = 0;
@@ -198,6 +206,7 @@ impl Client {
             }
             got += 1;
             if got == count {
+                self.last_datagrams = count;
                 return Ok(parts.into_iter().flatten().flatten().collect());
             }
         }

@@ -117,6 +117,19 @@ impl Mount {
         String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
+    /// Waits (at most [`DAEMON_TIMEOUT`]) until the current run's log has a line containing
+    /// `needle`, e.g. `mount live`: a foreground daemon's mount is visible a moment before the
+    /// daemon has started what it runs beside it (the memcached server and its XDP program).
+    #[track_caller]
+    pub fn wait_for_log(&self, needle: &str) {
+        assert!(
+            wait_until(DAEMON_TIMEOUT, || self.log().contains(needle)),
+            "no {needle:?} in the daemon log after {} s\n{}",
+            DAEMON_TIMEOUT.as_secs(),
+            self.log_tail()
+        );
+    }
+
     /// The last lines of the daemon log, framed for a failure message.
     pub fn log_tail(&self) -> String {
         let log = self.log();

@@ -101,13 +101,15 @@ fn every_datagram_gets_the_answer_the_daemon_gives_without_xdp() {
     let ns = NetNs::new();
     let (xdp_port, ref_port) = ns.run(|| (free_udp_port(), free_udp_port()));
     let start = |port: u16, interface: &str| {
-        Mount::builder()
+        let m = Mount::builder()
             .net_ns(ns.path())
             .arg("--memcached-udp")
             .arg(port.to_string())
             .arg("--memcached-if")
             .arg(interface)
-            .start()
+            .start();
+        m.wait_for_log("mount live"); // the XDP program is attached
+        m
     };
     let xdp = start(xdp_port, "lo");
     let reference = start(ref_port, "none");
@@ -289,7 +291,7 @@ fn ip_level_datagrams(ns: &NetNs, p: &mut Pair, port: u16) {
         Answer::Values(vec![("k".into(), b"hello\n".to_vec(), false)])
     );
     let wait = Duration::from_secs(5);
-    let expect = |id: u16, packets: &[Vec<u8>], want: &Answer, what: &str| {
+    let mut expect = |id: u16, packets: &[Vec<u8>], want: &Answer, what: &str| {
         for packet in packets {
             send_ip(&raw, packet);
         }

@@ -46,6 +46,7 @@ fn served(ns: Option<&NetNs>, extra: &[&str]) -> (Mount, Client) {
         b = b.arg(a);
     }
     let m = b.start();
+    m.wait_for_log("mount live"); // the XDP program is attached
     let client = match ns {
         Some(ns) => ns.run(|| Client::new(port)),
         None => Client::new(port),
