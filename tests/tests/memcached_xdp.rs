@@ -205,7 +205,7 @@ fn verifies(v: &[u8]) -> bool {
 fn values_rewritten_and_removed_under_readers_are_never_torn() {
     const WRITERS: usize = 2;
     const KEYS_PER_WRITER: usize = 3;
-    const OPS: usize = 700;
+    const OPS: usize = 2000;
     let ns = NetNs::new();
     // --sync none: commits as fast as the engine takes them, so GC reclaims versions while XDP
     // and the socket copy them.
