@@ -1,7 +1,7 @@
 //! The options of a mount fixture, and its start.
 
 use std::ffi::{OsStr, OsString};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::mount::Tmpfs;
 use crate::*;
@@ -16,6 +16,7 @@ pub struct MountBuilder {
     pub(crate) extra: Vec<OsString>,
     pub(crate) foreground: bool,
     pub(crate) tmpfs_size: Option<String>,
+    pub(crate) net_ns: Option<PathBuf>,
 }
 
 impl Default for MountBuilder {
@@ -28,6 +29,7 @@ impl Default for MountBuilder {
             extra: Vec::new(),
             foreground: true,
             tmpfs_size: None,
+            net_ns: None,
         }
     }
 }
@@ -85,6 +87,14 @@ impl MountBuilder {
     /// tmpfs is unmounted when the `Mount` is dropped, also when the test fails.
     pub fn tmpfs_data_dir(mut self, size: &str) -> MountBuilder {
         self.tmpfs_size = Some(size.into());
+        self
+    }
+
+    /// Starts every daemon of this mount in the network namespace at `path` (e.g.
+    /// `/run/netns/NAME`, see [`crate::netns::NetNs`]): only the network namespace, so the mount
+    /// it makes is the test's to see. Its sockets and XDP programs are then that namespace's.
+    pub fn net_ns(mut self, path: &Path) -> MountBuilder {
+        self.net_ns = Some(path.to_owned());
         self
     }
 

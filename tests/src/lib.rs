@@ -12,7 +12,8 @@
 //!
 //! Modules: `mount` and `builder` (the fixture), `scripts` (running scripts in it), `process` (daemon binary,
 //! signals, timeouts), `wal` (damaging a log on purpose), `rng` (seeded randomness), `acks` (writers'
-//! attempt and ack side files, checked after a crash), `memcache` (a memcached UDP client).
+//! attempt and ack side files, checked after a crash), `memcache` (a memcached UDP client),
+//! `netns` (network namespaces and veth pairs, for daemons with XDP programs).
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ pub mod acks;
 mod builder;
 pub mod memcache;
 mod mount;
+pub mod netns;
 mod process;
 mod rng;
 mod scripts;

@@ -45,11 +45,26 @@ pub struct Client {
     socket: UdpSocket,
     server: SocketAddr,
     next_id: u16,
+    /// Datagrams of the last whole reply.
+    last_datagrams: usize,
 }
 
 impl Client {
+    /// A client of the server on 127.0.0.1:`port`, in the calling thread's network namespace.
     pub fn new(port: u16) -> Client {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a client socket");
+        Client::bound(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            SocketAddr::from(([127, 0, 0, 1], port)),
+        )
+    }
+
+    /// A client of the server at `server` (e.g. across a veth), on any local address.
+    pub fn to(server: SocketAddr) -> Client {
+        Client::bound(SocketAddr::from(([0, 0, 0, 0], 0)), server)
+    }
+
+    fn bound(local: SocketAddr, server: SocketAddr) -> Client {
+        let socket = UdpSocket::bind(local).expect("bind a client socket");
         // SO_RCVBUFFORCE (root) passes net.core.rmem_max; SO_RCVBUF is the fallback.
         for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
             // SAFETY: a valid socket and a pointer to a c_int of the given size.
@@ -68,9 +83,20 @@ impl Client {
         }
         Client {
             socket,
-            server: SocketAddr::from(([127, 0, 0, 1], port)),
+            server,
             next_id: 1,
+            last_datagrams: 0,
         }
+    }
+
+    /// How many datagrams the last whole reply came in.
+    pub fn last_reply_datagrams(&self) -> usize {
+        self.last_datagrams
+    }
+
+    /// The client socket's port, for datagrams built by hand that must come back to it.
+    pub fn local_port(&self) -> u16 {
+        self.socket.local_addr().expect("local_addr").port()
     }
 
     /// Sends `datagram` as it is.
@@ -138,9 +164,10 @@ impl Client {
             .map(|(n, _)| buf[..n].to_vec())
     }
 
-    /// The datagrams of request `id`'s reply, joined in sequence order. Datagrams of other
-    /// requests (late replies of earlier ones) are skipped.
-    fn reply(&self, id: u16, timeout: Duration) -> Result<Vec<u8>, String> {
+    /// The datagrams of request `id`'s reply (to a datagram sent with [`Client::send_raw`] or
+    /// by other means), joined in sequence order. Datagrams of other requests (late replies of
+    /// earlier ones) are skipped.
+    pub fn reply(&mut self, id: u16, timeout: Duration) -> Result<Vec<u8>, String> {
         let deadline = Instant::now() + timeout;
         let mut parts: Vec<Option<Vec<u8>>> = Vec::new();
         let mut got = 0;
@@ -179,6 +206,7 @@ impl Client {
             }
             got += 1;
             if got == count {
+                self.last_datagrams = count;
                 return Ok(parts.into_iter().flatten().flatten().collect());
             }
         }
@@ -186,5 +214,122 @@ impl Client {
             "no whole reply to request {id} within {timeout:?}: {got} of {} datagrams",
             parts.len()
         ))
+    }
+}
+
+/// One `VALUE` of a `get` or `gets` reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Value {
+    pub key: String,
+    pub data: Vec<u8>,
+    /// The cas unique, for `gets`.
+    pub cas: Option<u64>,
+}
+
+/// The values of a whole `get`/`gets` reply: `VALUE <key> 0 <bytes>[ <cas>]\r\n<data>\r\n`
+/// blocks, then `END\r\n` and nothing after; or why the reply is not that.
+pub fn parse_values(reply: &[u8]) -> Result<Vec<Value>, String> {
+    let text = || String::from_utf8_lossy(reply).into_owned();
+    let mut values = Vec::new();
+    let mut rest = reply;
+    loop {
+        if rest == b"END\r\n" {
+            return Ok(values);
+        }
+        let eol = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| format!("no END line in {:?}", text()))?;
+        let line = String::from_utf8_lossy(&rest[..eol]).into_owned();
+        let fields: Vec<&str> = line.split(' ').collect();
+        if !(fields.len() == 4 || fields.len() == 5) || fields[0] != "VALUE" || fields[2] != "0" {
+            return Err(format!("bad line {line:?} in {:?}", text()));
+        }
+        let len: usize = fields[3]
+            .parse()
+            .map_err(|_| format!("bad length in {line:?}"))?;
+        let cas = match fields.get(4) {
+            Some(c) => Some(c.parse().map_err(|_| format!("bad cas in {line:?}"))?),
+            None => None,
+        };
+        let data = &rest[eol + 2..];
+        if data.len() < len + 2 || &data[len..len + 2] != b"\r\n" {
+            return Err(format!(
+                "the value of {line:?} is not {len} bytes and CRLF in {:?}",
+                text()
+            ));
+        }
+        values.push(Value {
+            key: fields[1].to_string(),
+            data: data[..len].to_vec(),
+            cas,
+        });
+        rest = &data[len + 2..];
+    }
+}
+
+/// The XDP program's counters, as the daemon logs them when it stops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpCounters {
+    pub hits: u64,
+    pub pass_miss: u64,
+    pub pass_big: u64,
+    pub pass_other: u64,
+    pub pass_race: u64,
+}
+
+/// The counters in the last `memcached XDP on IFNAME: XdpCounters { hits: N, ... }` line of a
+/// daemon log (written at shutdown), or None if there is none.
+pub fn xdp_counters_in_log(log: &str, ifname: &str) -> Option<XdpCounters> {
+    let tag = format!("memcached XDP on {ifname}: XdpCounters {{");
+    let line = log.lines().rev().find(|l| l.contains(&tag))?;
+    let fields = &line[line.find(&tag)? + tag.len()..];
+    let mut c = XdpCounters::default();
+    for part in fields.trim_end_matches(['}', ' ']).split(',') {
+        let (name, value) = part.split_once(':')?;
+        let value: u64 = value.trim().parse().ok()?;
+        match name.trim() {
+            "hits" => c.hits = value,
+            "pass_miss" => c.pass_miss = value,
+            "pass_big" => c.pass_big = value,
+            "pass_other" => c.pass_other = value,
+            "pass_race" => c.pass_race = value,
+            _ => return None,
+        }
+    }
+    Some(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_and_counters_parse() {
+        let r = b"VALUE a 0 2\r\nx\n\r\nVALUE b 0 0 77\r\n\r\nEND\r\n";
+        let v = parse_values(r).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(
+            (v[0].key.as_str(), &v[0].data[..], v[0].cas),
+            ("a", &b"x\n"[..], None)
+        );
+        assert_eq!(
+            (v[1].key.as_str(), v[1].data.len(), v[1].cas),
+            ("b", 0, Some(77))
+        );
+        assert_eq!(parse_values(b"END\r\n").unwrap(), vec![]);
+        for bad in [
+            &b"VALUE a 0 3\r\nx\r\nEND\r\n"[..],
+            b"END\r\nx",
+            b"ERROR\r\n",
+            b"",
+        ] {
+            assert!(parse_values(bad).is_err(), "{bad:?}");
+        }
+        let log = "x\n[..] memcached XDP on lo: XdpCounters { hits: 3, pass_miss: 1, pass_big: 0, \
+                   pass_other: 7, pass_race: 0 }\ny";
+        let c = xdp_counters_in_log(log, "lo").unwrap();
+        assert_eq!((c.hits, c.pass_miss, c.pass_other), (3, 1, 7));
+        assert_eq!(xdp_counters_in_log(log, "eth0"), None);
     }
 }

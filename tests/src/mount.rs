@@ -3,6 +3,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -116,6 +117,19 @@ impl Mount {
         String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
+    /// Waits (at most [`DAEMON_TIMEOUT`]) until the current run's log has a line containing
+    /// `needle`, e.g. `mount live`: a foreground daemon's mount is visible a moment before the
+    /// daemon has started what it runs beside it (the memcached server and its XDP program).
+    #[track_caller]
+    pub fn wait_for_log(&self, needle: &str) {
+        assert!(
+            wait_until(DAEMON_TIMEOUT, || self.log().contains(needle)),
+            "no {needle:?} in the daemon log after {} s\n{}",
+            DAEMON_TIMEOUT.as_secs(),
+            self.log_tail()
+        );
+    }
+
     /// The last lines of the daemon log, framed for a failure message.
     pub fn log_tail(&self) -> String {
         let log = self.log();
@@ -210,8 +224,28 @@ impl Mount {
                 });
             }
         }
-        cmd.spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()))
+        // Opened before the fork, entered in the child before exec; dropped after the spawn.
+        let net_ns = self.builder.net_ns.as_ref().map(|path| {
+            File::open(path).unwrap_or_else(|e| panic!("open netns {}: {e}", path.display()))
+        });
+        if let Some(ns) = &net_ns {
+            let fd = ns.as_raw_fd();
+            // SAFETY: setns(2) is a plain syscall, async-signal-safe, on an fd the parent
+            // keeps open until spawn returns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        drop(net_ns);
+        child
     }
 
     /// Starts a foreground daemon and waits until the mount is live.
@@ -268,8 +302,9 @@ impl Mount {
     }
 
     /// Starts a daemon on the same DATA_DIR (with `extra` arguments) that must refuse to start:
-    /// it must exit non-zero within [`DAEMON_TIMEOUT`] without mounting. Returns its exit status
-    /// and its log.
+    /// it must exit non-zero within [`DAEMON_TIMEOUT`] and leave nothing mounted. (A daemon may
+    /// mount for a moment before it finds it cannot serve, e.g. an interface whose XDP slot is
+    /// taken; it must unmount again before it exits.) Returns its exit status and its log.
     #[track_caller]
     pub fn start_expect_failure(&mut self, extra: &[&str]) -> (ExitStatus, String) {
         self.check_restartable();
@@ -281,6 +316,11 @@ impl Mount {
             if let Some(status) = child.try_wait().expect("try_wait daemon") {
                 if self.is_mounted() {
                     let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+                    panic!(
+                        "the daemon exited with {status} but left {} mounted\n{}",
+                        self.mnt.display(),
+                        self.log_tail()
+                    );
                 }
                 assert!(
                     !status.success(),
@@ -289,17 +329,19 @@ impl Mount {
                 );
                 return (status, self.log());
             }
-            if self.is_mounted() {
-                // The daemon serves: Drop unmounts it and checks its exit.
-                self.child = Some(child);
-                self.finished = false;
-                panic!(
-                    "the daemon mounted {} although it should have refused to start\n{}",
-                    self.mnt.display(),
-                    self.log_tail()
-                );
-            }
             if Instant::now() >= deadline {
+                if self.is_mounted() {
+                    // The daemon serves: Drop unmounts it and checks its exit.
+                    self.child = Some(child);
+                    self.finished = false;
+                    panic!(
+                        "the daemon mounted {} and still runs {} s later, although it should \
+                         have refused to start\n{}",
+                        self.mnt.display(),
+                        DAEMON_TIMEOUT.as_secs(),
+                        self.log_tail()
+                    );
+                }
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
