@@ -30,6 +30,11 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define MC_KEY_MAX 250       /* memcached's key limit */
 #define MC_REPLY_MAX 1400    /* payload of one reply frame, as memcached sends */
 #define MC_OUT_SIZE (2 * DB_PAGE_SIZE) /* scratch: any offset < DB_PAGE_SIZE plus a page */
+/* Growth at the front when the tail has no room: at most XDP's 256 bytes
+ * of headroom, tried in steps down from there (what is left of it is not
+ * known: the kernel keeps room for its struct xdp_frame). */
+#define MC_HEAD_GROW 256
+#define MC_HEAD_STEP 32
 #define MC_VALUE_LINE 32     /* "VALUE " + " 0 " + len + " " + cas + "\r\n", beside the key */
 
 /* Port, in host order; set by the loader. */
@@ -255,18 +260,45 @@ static __always_inline __u16 ip_checksum(struct iphdr *ip)
 	return ~sum;
 }
 
-/* Resizes the payload to reply_len bytes after the frame header, writes
- * the reply, and swaps addresses and ports. */
+/* Makes the frame `grow` bytes longer (or shorter): at the tail where
+ * there is room, else at the front, into the headroom XDP keeps (on veth
+ * and on lo's generic path a frame often has little tailroom: its buffer
+ * is the request's size), else partly at each end. 0, or -1 with the
+ * frame as it was. */
+static __always_inline int resize(struct xdp_md *ctx, int grow)
+{
+	if (grow <= 0)
+		return bpf_xdp_adjust_tail(ctx, grow) ? -1 : 0;
+	if (bpf_xdp_adjust_tail(ctx, grow) == 0)
+		return 0;
+	/* The headroom left is not known: try the largest front part first. */
+	for (int front = MC_HEAD_GROW; front > 0; front -= MC_HEAD_STEP) {
+		if (bpf_xdp_adjust_head(ctx, -(front < grow ? front : grow)))
+			continue;
+		if (front >= grow || bpf_xdp_adjust_tail(ctx, grow - front) == 0)
+			return 0;
+		bpf_xdp_adjust_head(ctx, front);
+	}
+	return -1;
+}
+
+/* Resizes the frame for reply_len bytes after the frame header, writes the
+ * request's headers back at its start (it may have grown at the front) and
+ * the reply after them, and swaps addresses and ports. */
 static __always_inline int turn_around(struct xdp_md *ctx, struct mc_scratch *s, __u32 req_len,
 				       __u32 reply_len)
 {
 	const __u32 payload_off = sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr) + MC_HDR;
+	__u8 headers[sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr) + MC_HDR];
 
 	if (reply_len == 0 || reply_len > MC_REPLY_MAX)
 		return XDP_PASS;
-	if (bpf_xdp_adjust_tail(ctx, (int)reply_len - (int)req_len))
-		return count(MC_PASS_BIG, XDP_PASS); /* no tailroom to grow into */
-	if (bpf_xdp_store_bytes(ctx, payload_off, s->out, reply_len))
+	if (bpf_xdp_load_bytes(ctx, 0, headers, sizeof(headers)))
+		return count(MC_PASS_OTHER, XDP_PASS);
+	if (resize(ctx, (int)reply_len - (int)req_len))
+		return count(MC_PASS_BIG, XDP_PASS); /* no room to grow into */
+	if (bpf_xdp_store_bytes(ctx, 0, headers, sizeof(headers)) ||
+	    bpf_xdp_store_bytes(ctx, payload_off, s->out, reply_len))
 		return XDP_DROP; /* resized already: the request is gone either way */
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
