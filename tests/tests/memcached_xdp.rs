@@ -305,6 +305,10 @@ fn a_second_daemon_cannot_take_lo_and_the_first_keeps_serving() {
         "the refusal names neither XDP nor the interface:\n{log}"
     );
     assert!(!second.is_mounted(), "the refused daemon left its mount");
+    assert!(
+        !log.contains("mounting "),
+        "the interface is checked before anything is mounted:\n{log}"
+    );
     std::net::UdpSocket::bind(("127.0.0.1", port.parse::<u16>().unwrap()))
         .expect("the refused daemon's port is free again");
     // The first daemon's program is still attached and answering.

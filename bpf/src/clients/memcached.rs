@@ -85,6 +85,21 @@ impl MemcachedXdp {
                 &std::io::Error::last_os_error(),
             ));
         }
+        // An interface takes one XDP program: say so, rather than the
+        // kernel's bare EBUSY at attach.
+        let mut attached = 0u32;
+        // SAFETY: ifindex is an interface's; the id is written to a u32.
+        let rc =
+            unsafe { libbpf_rs::libbpf_sys::bpf_xdp_query_id(ifindex as i32, 0, &mut attached) };
+        if rc == 0 && attached != 0 {
+            return Err(Error::new(
+                libc::EBUSY,
+                format!(
+                    "{ifname} already has an XDP program (id {attached}; another bpfdb?): \
+                     an interface takes one XDP program"
+                ),
+            ));
+        }
         let (object, object_ref) = object_storage();
         let mut open = MemcachedSkelBuilder::default().open(object_ref)?;
         reuse_engine_maps(engine, &mut kernel_api_maps!(open.maps))?;

@@ -104,15 +104,30 @@ pub fn bind(port: u16, interface: &Interface) -> Result<UdpSocket, String> {
     Ok(socket)
 }
 
+/// The XDP fast path for `port` on `interface` (None for `none`): GET hits
+/// answered in the kernel from `db` (bpfdb's memcached.bpf.c), the rest
+/// passed to the socket. Attached before the mount goes live, so that an
+/// interface that already has an XDP program (another daemon's) fails the
+/// start before anything is mounted.
+pub fn attach_xdp(
+    db: &Db,
+    port: u16,
+    interface: &Interface,
+) -> Result<Option<Arc<MemcachedXdp>>, String> {
+    let Interface::Named(name) = interface else {
+        return Ok(None);
+    };
+    let xdp = db.memcached_xdp(port, name).map_err(|e| {
+        format!("memcached XDP on {name}: {e}; --memcached-if none serves without XDP")
+    })?;
+    Ok(Some(Arc::new(xdp)))
+}
+
 /// Serves memcached's UDP protocol on `socket` (from `bind`) over `fs`'s
-/// root keys, with the XDP fast path on `interface` answering GET hits in
-/// the kernel from `db` (bpfdb's memcached.bpf.c) and passing the rest to
-/// the socket. One XDP program per interface: another one there (another
-/// daemon's) fails the start.
+/// root keys, beside the XDP fast path `xdp` (from `attach_xdp`).
 pub fn start(
     socket: UdpSocket,
-    interface: &Interface,
-    db: &Db,
+    xdp: Option<Arc<MemcachedXdp>>,
     fs: Arc<Fs>,
 ) -> Result<Server, String> {
     let addr = socket
@@ -120,23 +135,13 @@ pub fn start(
         .map_err(|e| format!("memcached UDP: the socket's address: {e}"))?;
     let socket = Arc::new(socket);
     let stop = Arc::new(AtomicBool::new(false));
-    let xdp = match interface {
-        Interface::None => None,
-        Interface::Named(name) => {
-            let xdp = Arc::new(db.memcached_xdp(addr.port(), name).map_err(|e| {
-                format!(
-                    "memcached XDP on {name}: {e} (an interface takes one XDP program; \
-                     --memcached-if none serves without it)"
-                )
-            })?);
-            let weak = Arc::downgrade(&xdp);
-            fs.add_client_counters(Box::new(move || {
-                let counters = weak.upgrade().and_then(|x| x.counters().ok());
-                counters.map(|c| c.named().to_vec()).unwrap_or_default()
-            }));
-            Some(xdp)
-        }
-    };
+    if let Some(x) = &xdp {
+        let weak = Arc::downgrade(x);
+        fs.add_client_counters(Box::new(move || {
+            let counters = weak.upgrade().and_then(|x| x.counters().ok());
+            counters.map(|c| c.named().to_vec()).unwrap_or_default()
+        }));
+    }
     let mut server = Server {
         xdp,
         stop: stop.clone(),
@@ -150,9 +155,9 @@ pub fn start(
             .map_err(|e| format!("memcached UDP: starting a thread: {e}"))?;
         server.threads.push(thread);
     }
-    let fast_path = match interface {
-        Interface::None => "no XDP: every request is served here".to_string(),
-        Interface::Named(name) => format!("GET hits answered by XDP on {name}"),
+    let fast_path = match &server.xdp {
+        None => "no XDP: every request is served here".to_string(),
+        Some(x) => format!("GET hits answered by XDP on {}", x.ifname),
     };
     info!("memcached UDP on {addr}: {THREADS} threads; {fast_path}");
     Ok(server)

@@ -314,6 +314,17 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
         None
     };
 
+    let memcached_xdp = match &memcached_socket {
+        Some(socket) => {
+            let port = socket
+                .local_addr()
+                .map_err(|e| format!("memcached UDP: the socket's address: {e}"))?
+                .port();
+            memcached::attach_xdp(&db, port, &s.memcached_if)?
+        }
+        None => None,
+    };
+
     info!("mounting {}", mountpoint.display());
     let fuse_fd = mount::mount(mountpoint, s.allow_other)?;
     let acl = if s.allow_other {
@@ -349,7 +360,7 @@ fn serve(s: &Settings, mountpoint: &Path, ready: &mut Ready) -> Result<(), Strin
     // After the session: the kernel's cache is connected, so its writes
     // drop what the kernel holds, as the mount's own do.
     let memcached = match memcached_socket {
-        Some(socket) => match memcached::start(socket, &s.memcached_if, &db, fs.clone()) {
+        Some(socket) => match memcached::start(socket, memcached_xdp, fs.clone()) {
             Ok(server) => Some(server),
             Err(msg) => {
                 mount::unmount(mountpoint);
