@@ -13,8 +13,6 @@ pub struct Layout {
     pub pages: u32,
     /// Request slots of user space (threads of the daemon).
     pub slots: u32,
-    /// Request slots of eBPF clients (bpfdb_kernel.h), after the user's.
-    pub kernel_slots: u32,
     /// Bytes of the log ringbuf (a power of two).
     pub wal_buffer: u32,
 }
@@ -58,14 +56,14 @@ impl Layout {
             small_chunks,
             pages,
             slots: o.slots,
-            kernel_slots: abi::CLIENT_SLOTS,
             wal_buffer: wal_buffer as u32,
         })
     }
 
-    /// Entries of the slots map: the user's, then the kernel callers'.
+    /// Entries of the slots map: the user's, then the DB_CLIENT_SLOTS of
+    /// eBPF clients (bpfdb_kernel.h).
     pub fn slot_entries(&self) -> u32 {
-        self.slots + self.kernel_slots
+        self.slots + abi::CLIENT_SLOTS
     }
 
     /// Slot index of the first client slot.

@@ -136,7 +136,6 @@ mod tests {
             small_chunks: small,
             pages,
             slots: 1,
-            kernel_slots: 1,
             wal_buffer: 4096,
         }
     }
