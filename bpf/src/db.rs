@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::kernel::abi::{self, Op, Stats};
 use crate::kernel::engine::Engine;
 use crate::kernel::layout::Layout;
+use crate::kernel::pools::PoolUse;
 use crate::kv::room::Reservation;
 use crate::kv::session::Session;
 use crate::kv::txn::Txn;
@@ -30,6 +31,21 @@ pub struct Db {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// Kernel memory of the engine, in bytes (`Db::memory`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Memory {
+    /// Every map the engine owns.
+    pub total: u64,
+    /// Of which the log ring (preallocated: it bounds one commit).
+    pub wal: u64,
+    /// The records and long names (one element per key).
+    pub records: u64,
+    /// The request slots (1 MiB each: a value's bytes pass through them).
+    pub slots: u64,
+    pub small: PoolUse,
+    pub pages: PoolUse,
+}
+
 /// What a checkpoint did.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CheckpointReport {
@@ -39,8 +55,8 @@ pub struct CheckpointReport {
     pub total: Duration,
 }
 
-/// How often the background thread checks the log size.
-const CHECKPOINT_POLL: Duration = Duration::from_millis(500);
+/// How often the background thread checks the log size and the pools.
+const HOUSEKEEPING_POLL: Duration = Duration::from_millis(500);
 
 impl Db {
     /// Answers memcached UDP gets for `port` in XDP on `ifname`, from this
@@ -95,6 +111,11 @@ impl Db {
         if let Some(dir) = db.inner.opts.data_dir.clone() {
             db.start_durability(&dir, reused)?;
         }
+        let weak = Arc::downgrade(&db.inner);
+        std::thread::Builder::new()
+            .name("bpfdb-keeper".into())
+            .spawn(move || housekeeping(weak))
+            .map_err(|e| Error::io("spawn housekeeping thread", &e))?;
         Ok(db)
     }
 
@@ -149,11 +170,6 @@ impl Db {
             // yet are in the maps: a checkpoint makes the log match them.
             self.checkpoint()?;
         }
-        let weak = Arc::downgrade(&self.inner);
-        std::thread::Builder::new()
-            .name("bpfdb-ckpt".into())
-            .spawn(move || checkpoint_when_large(weak))
-            .map_err(|e| Error::io("spawn checkpoint thread", &e))?;
         Ok(())
     }
 
@@ -202,9 +218,29 @@ impl Db {
         Ok(CheckpointReport { keys, pause, total })
     }
 
-    /// Kernel memory of each engine map, as bpftool reports it (`memlock`).
+    /// Kernel memory of each engine map, as bpftool reports it (`memlock`;
+    /// a pool's is the sum over its segments).
     pub fn map_memory(&self) -> Result<Vec<(String, u64)>> {
         self.inner.engine.map_memory()
+    }
+
+    /// Kernel memory in use, by what holds it, and the pools' fill.
+    pub fn memory(&self) -> Result<Memory> {
+        let maps = self.map_memory()?;
+        let of = |names: &[&str]| -> u64 {
+            maps.iter()
+                .filter(|(n, _)| names.contains(&n.as_str()))
+                .map(|(_, b)| b)
+                .sum()
+        };
+        Ok(Memory {
+            total: maps.iter().map(|(_, b)| b).sum(),
+            wal: of(&["wal"]),
+            records: of(&["records", "long_names"]),
+            slots: of(&["slots"]),
+            small: self.inner.engine.small.usage()?,
+            pages: self.inner.engine.pages.usage()?,
+        })
     }
 
     /// What the log writer has done since start (zeros without a log).
@@ -298,12 +334,20 @@ impl Db {
     }
 }
 
-fn checkpoint_when_large(weak: Weak<Inner>) {
+/// Keeps the value pools ahead of writers that cannot grow them (eBPF
+/// clients), and checkpoints once the log is large.
+fn housekeeping(weak: Weak<Inner>) {
     loop {
-        std::thread::sleep(CHECKPOINT_POLL);
+        std::thread::sleep(HOUSEKEEPING_POLL);
         let Some(inner) = weak.upgrade() else { return };
         let db = Db { inner };
-        if db.log_bytes() > db.options().checkpoint_bytes
+        for pool in [&db.inner.engine.small, &db.inner.engine.pages] {
+            if let Err(e) = pool.top_up() {
+                log::warn!("{}: {e}", pool.name);
+            }
+        }
+        if db.inner.log.get().is_some()
+            && db.log_bytes() > db.options().checkpoint_bytes
             && let Err(e) = db.checkpoint()
         {
             log::warn!("checkpoint: {e}");

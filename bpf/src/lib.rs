@@ -25,7 +25,7 @@ mod types;
 
 pub use clients::exec_trace::{EXEC_TRACE_PREFIX, ExecTracer, TraceCounters};
 pub use clients::memcached::{MemcachedXdp, XdpCounters};
-pub use db::{CheckpointReport, Db};
+pub use db::{CheckpointReport, Db, Memory};
 pub use durability::format as wal;
 pub use durability::segment_file::{FOREVER, HOLD_LIMIT, LogFaults};
 pub use durability::writer::LogCounters;
@@ -33,6 +33,7 @@ pub use error::{Error, Result};
 pub use kernel::abi::{self, Meta, Stats};
 pub use kernel::layout::Layout;
 pub use kernel::pin::unpin;
+pub use kernel::pools::PoolUse;
 pub use kernel::trigger;
 pub use kv::room::{Need, Reservation};
 pub use kv::session::{Session, TRANSIENT_RETRIES};

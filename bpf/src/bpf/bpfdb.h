@@ -20,11 +20,25 @@
 
 #define DB_KEY_MAX 255               /* longest key (file name) in bytes */
 #define DB_KEY_SIZE 256              /* key buffer: name + at least one NUL */
+/* Name bytes a record holds itself; a longer name is also kept whole in the
+ * long_names map (bpfdb_kernel.h). 160 makes a record 440 bytes, which with
+ * the hash map's element header (48 bytes, the 16-byte key and the
+ * allocator's 8) is one 512-byte allocation. */
+#define DB_NAME_INLINE 160
 #define DB_VALUE_LIMIT (1u << 20)    /* hard cap on max_value (1 MiB) */
 #define DB_SMALL_CHUNK 128           /* values up to this live in one small chunk */
 #define DB_PAGE_SIZE 4096            /* larger values live in pages */
 #define DB_PAGE_IDS (DB_PAGE_SIZE / 4)                      /* ids per index page */
 #define DB_VALUE_PAGES (DB_VALUE_LIMIT / DB_PAGE_SIZE)      /* 256 data pages max */
+/* The value pools grow in segments: arrays user space creates when the
+ * engine runs out of ready storage (ENOSPC, DB_D_NO_SMALL / DB_D_NO_PAGES)
+ * and publishes in an array of maps, up to the caps the options set. A
+ * segment is 2 MiB either way: small enough that a pool holds at most one
+ * segment it does not use, large enough that growth is rare. */
+#define DB_SMALL_SEG_SHIFT 14
+#define DB_SMALL_SEG (1u << DB_SMALL_SEG_SHIFT) /* small chunks per segment */
+#define DB_PAGE_SEG_SHIFT 9
+#define DB_PAGE_SEG (1u << DB_PAGE_SEG_SHIFT)   /* pages per segment */
 #define DB_MAX_VERSIONS 4            /* versions kept per key (MVCC) */
 #define DB_MAX_SLOTS 64              /* request slots (worker threads + API users) */
 #define DB_SLOT_HEADER 2048          /* bytes of a slot before its data area */
@@ -146,7 +160,9 @@ struct db_record {
 	__u32 vflags[DB_MAX_VERSIONS];     /* DB_VF_* */
 	__u32 key_len;
 	__u32 pad;
-	char name[DB_KEY_SIZE];            /* zero padded */
+	/* zero padded; a name over DB_NAME_INLINE bytes has its first
+	 * DB_NAME_INLINE here and all of it in long_names */
+	char name[DB_NAME_INLINE];
 };
 
 #define DB_VF_NOFREE (1u << 0) /* value storage was handed to a newer version */
@@ -201,8 +217,8 @@ enum db_detail {
 	DB_D_LOCKED_TXN = 1,        /* EBUSY: a transaction holds the key */
 	DB_D_LOCKED_AUTOCOMMIT = 2, /* EBUSY: a short autocommit op holds the key; retry */
 	DB_D_NO_KEYS = 3,           /* ENOSPC: records map full */
-	DB_D_NO_SMALL = 4,          /* ENOSPC: small chunk pool empty */
-	DB_D_NO_PAGES = 5,          /* ENOSPC: page pool empty */
+	DB_D_NO_SMALL = 4,          /* ENOSPC: no ready small chunk (user space adds a segment or fails) */
+	DB_D_NO_PAGES = 5,          /* ENOSPC: no ready page (user space adds a segment or fails) */
 	DB_D_VERSIONS_FULL = 6,     /* EBUSY: every version still needed by a snapshot */
 	DB_D_TOO_BIG = 7,           /* EFBIG */
 	DB_D_BAD_REQUEST = 8,       /* EINVAL */
@@ -219,7 +235,7 @@ enum db_detail {
 /* ---- pinned state: what a restarted daemon checks before reusing maps ---- */
 
 #define DB_LAYOUT_MAGIC 0x5344504644504221ULL /* "!BPFDPDS" */
-#define DB_LAYOUT_VERSION 3 /* bump on any change to a pinned map's layout (3: SipHash keys, clock map) */
+#define DB_LAYOUT_VERSION 4 /* bump on any change to a pinned map's layout (3: SipHash keys, clock map; 4: pools in segments, records not preallocated, 160-byte inline names) */
 #define DB_HASH_K1_XOR 0x9e3779b97f4a7c15ULL /* second SipHash key word from the seed */
 
 struct db_layout {
@@ -339,7 +355,8 @@ struct db_stats {
 
 /* Layout checks; src/kernel/abi.rs asserts the same numbers on the Rust side. */
 _Static_assert(sizeof(struct db_meta) == 32, "db_meta");
-_Static_assert(sizeof(struct db_record) == 536, "db_record");
+_Static_assert(sizeof(struct db_record) == 440, "db_record");
+_Static_assert(DB_NAME_INLINE % 8 == 0 && DB_NAME_INLINE <= DB_KEY_SIZE, "inline name words");
 _Static_assert(__builtin_offsetof(struct db_record, key_len) == 272, "db_record.key_len");
 _Static_assert(__builtin_offsetof(struct db_record, name) == 280, "db_record.name");
 _Static_assert(DB_SCAN_FLAGS + DB_SCAN_BATCH <= DB_VALUE_LIMIT, "scan batch fits the data area");

@@ -60,25 +60,59 @@ struct {
 	__type(value, struct db_slot);
 } slots SEC(".maps");
 
+/* Records and long names are allocated as keys come and freed as they go:
+ * max_entries is a cap (--max-keys), not an allocation. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 1);
 	__type(key, struct db_hkey);
 	__type(value, struct db_record);
 } records SEC(".maps");
 
+/* The whole name of every record whose name is longer than DB_NAME_INLINE,
+ * under the record's map key. Inserted before its record, deleted after
+ * the record's gc_seq moved and before the record leaves the map: whoever
+ * finds a live record finds its name. */
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1);
+	__type(key, struct db_hkey);
+	__type(value, struct db_key);
+} long_names SEC(".maps");
+
+/* The value pools: arrays of segments (DB_SMALL_SEG chunks or DB_PAGE_SEG
+ * pages each) that user space creates as the data grows. Storage id n is
+ * entry n % SEG of segment n / SEG; a segment not yet created is a NULL
+ * lookup, which no engine path reaches (ids are handed out only below the
+ * ready count) and a lock-free reader treats as a race. */
+struct db_small_seg {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DB_SMALL_SEG);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct db_small_chunk)); /* a size: BTF may hold only a forward */
+};
+
+struct db_page_seg {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DB_PAGE_SEG);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct db_page));
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct db_small_chunk);
+	__array(values, struct db_small_seg);
 } small_pool SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct db_page);
+	__array(values, struct db_page_seg);
 } page_pool SEC(".maps");
 
 /* Sizes, the hash seed and the kernel slot numbering; written by user
@@ -113,6 +147,24 @@ struct {
 	__uint(key_size, sizeof(__u32));
 	__uint(value_size, sizeof(__u32));
 } conts SEC(".maps");
+
+/* ---- value storage ---- */
+
+static __always_inline struct db_small_chunk *db_small_at(__u32 id)
+{
+	__u32 seg = id >> DB_SMALL_SEG_SHIFT, at = id & (DB_SMALL_SEG - 1);
+	void *inner = bpf_map_lookup_elem(&small_pool, &seg);
+
+	return inner ? bpf_map_lookup_elem(inner, &at) : NULL;
+}
+
+static __always_inline struct db_page *db_page_at(__u32 id)
+{
+	__u32 seg = id >> DB_PAGE_SEG_SHIFT, at = id & (DB_PAGE_SEG - 1);
+	void *inner = bpf_map_lookup_elem(&page_pool, &seg);
+
+	return inner ? bpf_map_lookup_elem(inner, &at) : NULL;
+}
 
 /* ---- the clock ---- */
 
@@ -231,16 +283,31 @@ static __always_inline int visible_version(struct db_record *rec, __u64 snap)
 }
 
 /* Exact name check: zero-padded names compared a word at a time, only as
- * far as the name goes (usually one cache line). */
-static __always_inline bool name_matches(struct db_record *rec, const struct db_key *key,
-					 __u32 key_len)
+ * far as the name goes (usually one cache line); a long name's bytes past
+ * the inline ones from long_names. false also when the long name is gone
+ * (its record is leaving: the caller's gc_seq check tells). */
+static __always_inline bool name_matches(struct db_record *rec, const struct db_hkey *hkey,
+					 const struct db_key *key, __u32 key_len)
 {
 	if (READ_ONCE(rec->key_len) != key_len)
 		return false;
 	__u64 *a = (__u64 *)rec->name;
 	const __u64 *b = (const __u64 *)key->name;
 
-	for (int i = 0; i < DB_KEY_SIZE / 8; i++) {
+	for (int i = 0; i < DB_NAME_INLINE / 8; i++) {
+		if (i * 8 >= key_len)
+			return true;
+		if (a[i] != b[i])
+			return false;
+	}
+	if (key_len <= DB_NAME_INLINE)
+		return true;
+	struct db_key *whole = bpf_map_lookup_elem(&long_names, hkey);
+
+	if (!whole)
+		return false;
+	a = (__u64 *)whole->name;
+	for (int i = DB_NAME_INLINE / 8; i < DB_KEY_SIZE / 8; i++) {
 		if (i * 8 >= key_len)
 			break;
 		if (a[i] != b[i])
@@ -292,7 +359,7 @@ static __always_inline int db_view_open(struct db_view *v, const struct db_key *
 	v->rec = rec;
 	v->seq = READ_ONCE(rec->gc_seq);
 	v->shared_seq = db_shared_free_seq();
-	if (!name_matches(rec, key, key_len))
+	if (!name_matches(rec, hkey, key, key_len))
 		return READ_ONCE(rec->gc_seq) == v->seq ? -ENOENT : -EAGAIN;
 	int i = visible_version(rec, at);
 	if (i < 0)
@@ -305,11 +372,11 @@ static __always_inline int db_view_open(struct db_view *v, const struct db_key *
 	if (len > DB_PAGE_SIZE)
 		return -E2BIG;
 	if (len > DB_SMALL_CHUNK) {
-		v->page = bpf_map_lookup_elem(&page_pool, &loc);
+		v->page = db_page_at(loc);
 		return v->page ? 0 : -EAGAIN;
 	}
 	if (len > 0) {
-		v->small = bpf_map_lookup_elem(&small_pool, &loc);
+		v->small = db_small_at(loc);
 		return v->small ? 0 : -EAGAIN;
 	}
 	return 0;

@@ -72,11 +72,14 @@ static __always_inline int commit_open(__u32 owner, __u64 log_bytes, __u64 *ts, 
 }
 
 /* commit_open, then the log of a one-op commit: BEGIN, a DEL of del's name
- * when del is set, a PUT of version v of put when put is set, COMMIT. 0 with
+ * when del is set, a PUT of version v of put when put is set (each record
+ * with its map key), COMMIT. 0 with
  * the lock held and the timestamp in *ts, to stamp and commit_end; else the
  * error and *detail to report, the lock not held and nothing to stamp. */
-static __always_inline int commit_log_one(__u32 owner, struct db_record *del, struct db_record *put,
-					  __u32 v, __u64 *ts, __u32 *detail)
+static __always_inline int commit_log_one(__u32 owner, struct db_record *del,
+					  const struct db_hkey *del_hkey, struct db_record *put,
+					  const struct db_hkey *put_hkey, __u32 v, __u64 *ts,
+					  __u32 *detail)
 {
 	__u64 bytes = 0;
 
@@ -88,9 +91,10 @@ static __always_inline int commit_log_one(__u32 owner, struct db_record *del, st
 
 	if (err)
 		return err;
-	if (wal_frag(DB_WAL_BEGIN, *ts, NULL, NULL, 0) ||
-	    (del && wal_frag(DB_WAL_DEL, *ts, NULL, del->name, del->key_len)) ||
-	    (put && wal_put(*ts, put, v)) || wal_frag(DB_WAL_COMMIT, *ts, NULL, NULL, 0)) {
+	if (wal_frag(DB_WAL_BEGIN, *ts, NULL, NULL, NULL) ||
+	    (del && wal_frag(DB_WAL_DEL, *ts, NULL, del, del_hkey)) ||
+	    (put && wal_put(*ts, put, put_hkey, v)) ||
+	    wal_frag(DB_WAL_COMMIT, *ts, NULL, NULL, NULL)) {
 		commit_cancel();
 		*detail = DB_D_WAL_FULL;
 		return -EAGAIN;

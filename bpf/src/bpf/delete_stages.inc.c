@@ -62,7 +62,7 @@ DB_STAGE_PROG(stage_delete)
 	}
 	__u64 ts = 0;
 	__u32 detail = DB_D_NONE;
-	int err = commit_log_one(owner, rec, NULL, 0, &ts, &detail);
+	int err = commit_log_one(owner, rec, &slot->req.hkey, NULL, NULL, 0, &ts, &detail);
 
 	if (err) {
 		unlock_record(rec, &slot->req.hkey);
@@ -96,7 +96,7 @@ DB_STAGE_PROG(stage_rename)
 		return fail(slot, -ENOENT, DB_D_NONE);
 	}
 	if (slot->req.hkey.lo == slot->req.hkey2.lo && slot->req.hkey.hi == slot->req.hkey2.hi &&
-	    name_matches(src, &slot->req.key2, slot->req.key2_len)) {
+	    name_matches(src, &slot->req.hkey2, &slot->req.key2, slot->req.key2_len)) {
 		unlock_record(src, &slot->req.hkey); /* rename onto itself */
 		return 0;
 	}
@@ -126,7 +126,8 @@ DB_STAGE_PROG(stage_rename)
 			dst->loc[V(n)] = src->loc[V(s)];
 			dst->vflags[V(n)] = 0;
 			dst->end_ts[V(n)] = DB_TS_INF;
-			err = commit_log_one(owner, src, dst, n, &ts, &detail);
+			err = commit_log_one(owner, src, &slot->req.hkey, dst, &slot->req.hkey2, n,
+					     &ts, &detail);
 		}
 	}
 	if (err) {

@@ -74,7 +74,7 @@ DB_STAGE_PROG(dispatch)
 		 * fragments; if a commit holds the lock, the nudger's own wait
 		 * runs the writer (wal_writer.rs), so skipping is harmless. */
 		if ((slot->req.flags & DB_F_NUDGE) && commit_begin(autocommit_owner(ctx))) {
-			wal_frag(DB_WAL_NUDGE, 0, NULL, NULL, 0);
+			wal_frag(DB_WAL_NUDGE, 0, NULL, NULL, NULL);
 			commit_cancel();
 		}
 		slot->resp.err = 0;

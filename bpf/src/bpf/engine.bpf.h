@@ -15,8 +15,6 @@
 
 /* ---- settings, fixed between open and load ---- */
 const volatile __u32 max_value = DB_VALUE_LIMIT;
-const volatile __u64 small_capacity = 0;
-const volatile __u64 page_capacity = 0;
 /* CAS attempts on a lock word other readers keep changing, at most
  * DB_LOCK_CAS_TRIES (tests lower it to make contention common). */
 const volatile __u32 lock_cas_tries = DB_LOCK_CAS_TRIES;
@@ -35,6 +33,10 @@ __u32 wal_on;
 __u64 record_gen;    /* source of fresh gc_seq values for new records */
 __u64 small_next;    /* bump allocator: never-used small chunks start here */
 __u64 page_next;     /* bump allocator: never-used pages start here */
+/* Ids below these are backed by a segment (written by user space, after
+ * it published the segment; only ever raised, up to the capacities). */
+__u64 small_ready;
+__u64 page_ready;
 
 /* Free lists of recycled ids; push and pop are atomic. */
 struct {

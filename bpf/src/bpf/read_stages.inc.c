@@ -54,7 +54,7 @@ DB_STAGE_PROG(stage_get)
 			return fail(slot, -ENOENT, DB_D_NONE);
 		__u64 seq = READ_ONCE(rec->gc_seq);
 		__u64 shared_seq = db_shared_free_seq();
-		if (!name_matches(rec, &slot->req.key, slot->req.key_len)) {
+		if (!name_matches(rec, &slot->req.hkey, &slot->req.key, slot->req.key_len)) {
 			if (READ_ONCE(rec->gc_seq) == seq)
 				return fail(slot, -ENOENT, DB_D_NONE); /* another name's hash */
 			continue;

@@ -50,6 +50,40 @@ static __always_inline __u64 try_lock_x(struct db_record *rec, __u64 mine)
 	return old == DB_LOCK_FREE || old == DB_LOCK_S ? 0 : old;
 }
 
+/* Puts a long name in long_names before its record goes in. An entry
+ * already there is the name of a record being created or removed under
+ * the same hash: the same name (fine), or another (a collision). */
+static __always_inline bool add_long_name(struct db_slot *slot, struct db_hkey *hkey,
+					  struct db_key *key)
+{
+	long err = bpf_map_update_elem(&long_names, hkey, key, BPF_NOEXIST);
+
+	if (err == 0)
+		return true;
+	if (err == -EEXIST) {
+		struct db_key *had = bpf_map_lookup_elem(&long_names, hkey);
+
+		if (!had) {
+			fail(slot, -EBUSY, DB_D_RACE);
+			return false;
+		}
+		__u64 *a = (__u64 *)had->name;
+		__u64 *b = (__u64 *)key->name;
+		for (int i = 0; i < DB_KEY_SIZE / 8; i++) {
+			if (a[i] != b[i]) {
+				fail(slot, -ENOSPC, DB_D_COLLISION);
+				return false;
+			}
+		}
+		return true;
+	}
+	if (err == -ENOMEM)
+		fail(slot, -EBUSY, DB_D_RACE);
+	else
+		fail(slot, -ENOSPC, DB_D_NO_KEYS);
+	return false;
+}
+
 /* Inserts an empty record for the request's key (key2 when second), born
  * with the lock word `born`: X for a writer, or one shared holder for a
  * reader locking a key's absence. Returns NULL after writing the error
@@ -73,12 +107,24 @@ static __always_inline struct db_record *create_record(struct db_slot *slot, boo
 		fail(slot, -EIO, DB_D_NONE);
 		return NULL;
 	}
+	if (init->key_len > DB_NAME_INLINE && !add_long_name(slot, hkey, key))
+		return NULL;
 	long err = bpf_map_update_elem(&records, hkey, init, BPF_NOEXIST);
 	if (err == -EEXIST) {
 		fail(slot, -EBUSY, DB_D_LOCKED_AUTOCOMMIT);
 		return NULL;
 	}
+	if (err == -ENOMEM) {
+		/* The map's allocator had no element ready (it refills from
+		 * irq_work): not a full table. */
+		fail(slot, -EBUSY, DB_D_RACE);
+		return NULL;
+	}
 	if (err) {
+		/* A long name left behind would only hold memory: drop it
+		 * unless a record under the hash appeared meanwhile. */
+		if (init->key_len > DB_NAME_INLINE && !bpf_map_lookup_elem(&records, hkey))
+			bpf_map_delete_elem(&long_names, hkey);
 		fail(slot, -ENOSPC, DB_D_NO_KEYS);
 		return NULL;
 	}
@@ -117,7 +163,7 @@ static __always_inline struct db_record *lock_record(struct db_slot *slot, bool 
 		fail(slot, -EBUSY, busy_detail(old));
 		return NULL;
 	}
-	if (!name_matches(rec, key, key_len)) {
+	if (!name_matches(rec, hkey, key, key_len)) {
 		/* Still in the map under our hash: another name has it. Gone:
 		 * the element was reused between lookup and lock; retry. */
 		bool collision = bpf_map_lookup_elem(&records, hkey) == rec;
@@ -145,6 +191,8 @@ static __always_inline bool record_empty(struct db_record *rec)
 static __always_inline void remove_record(struct db_record *rec, struct db_hkey *hkey)
 {
 	__sync_fetch_and_add(&rec->gc_seq, 1);
+	if (rec->key_len > DB_NAME_INLINE)
+		bpf_map_delete_elem(&long_names, hkey);
 	bpf_map_delete_elem(&records, hkey);
 	stat_add(&stats.records, -1);
 }
@@ -227,7 +275,7 @@ static __always_inline struct db_record *lock_record_shared(struct db_slot *slot
 		fail(slot, -EBUSY, busy_detail(old));
 		return NULL;
 	}
-	if (!name_matches(rec, &slot->req.key, slot->req.key_len)) {
+	if (!name_matches(rec, &slot->req.hkey, &slot->req.key, slot->req.key_len)) {
 		unlock_shared(rec, &slot->req.hkey);
 		fail(slot, -EBUSY, DB_D_RACE); /* element reused: retry */
 		return NULL;

@@ -170,7 +170,7 @@ static __always_inline int set_commit_now(struct db_slot *slot, struct db_record
 
 	install_version(slot, rec, v);
 	/* Log first: the version becomes visible only once its record is out. */
-	int err = commit_log_one(owner, NULL, rec, v, &ts, &detail);
+	int err = commit_log_one(owner, NULL, NULL, rec, &slot->req.hkey, v, &ts, &detail);
 	if (err)
 		return set_undo(slot, rec, err, detail);
 	commit_stamp(rec, v, latest_version(rec), slot->req.flags & DB_F_META_ONLY, ts);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * storage.bpf.h - value memory: two preallocated pools with free lists.
+ * storage.bpf.h - value memory: two pools, grown in segments by user space
+ * (bpfdb_kernel.h), with free lists.
  *
  * A value of len bytes lives in
  *   len == 0                      nothing (loc unused)
@@ -9,8 +10,10 @@
  *   len >  DB_PAGE_SIZE           an index page of ids     (loc = index page id)
  *                                 + pages_of(len) data pages
  * so a 100-byte value costs 128 bytes, not a page, and a 1 MiB value costs
- * 257 pages. Ids come from the free stack, else from a bump counter; both
- * are atomic, so allocation never takes a lock.
+ * 257 pages. Ids come from the free stack, else from a bump counter below
+ * the ready count; both are atomic, so allocation never takes a lock. When
+ * neither has an id the op fails with ENOSPC and the pool's detail, and
+ * user space adds a segment (up to the pool's cap) and runs it again.
  */
 #ifndef STORAGE_BPF_H
 #define STORAGE_BPF_H
@@ -21,22 +24,29 @@ struct db_index {
 	__u32 ids[DB_PAGE_IDS];
 };
 
-static __always_inline int alloc_id(void *free_stack, __u64 *next, __u64 capacity, __u32 *id)
+/* A recycled id, else the next never-used one below the ready count. The
+ * bump is a CAS, not a fetch-add, so that a failed attempt does not move
+ * the counter past ids a segment added later will back. */
+static __always_inline int alloc_id(void *free_stack, __u64 *next, __u64 *ready, __u32 *id)
 {
 	if (bpf_map_pop_elem(free_stack, id) == 0)
 		return 0;
-	/* The bump counter may run past capacity on failed attempts; it is a
-	 * u64, so it cannot wrap, and ids at or past capacity are never used. */
-	__u64 n = __sync_fetch_and_add(next, 1);
-	if (n >= capacity)
-		return -ENOSPC;
-	*id = (__u32)n;
-	return 0;
+	for (int i = 0; i < DB_LOCK_CAS_TRIES; i++) {
+		__u64 n = READ_ONCE(*next);
+
+		if (n >= READ_ONCE(*ready))
+			return -ENOSPC;
+		if (__sync_val_compare_and_swap(next, n, n + 1) == n) {
+			*id = (__u32)n;
+			return 0;
+		}
+	}
+	return -EAGAIN;
 }
 
 static __always_inline int alloc_small(__u32 *id)
 {
-	int err = alloc_id(&small_free, &small_next, small_capacity, id);
+	int err = alloc_id(&small_free, &small_next, &small_ready, id);
 
 	if (!err)
 		stat_add(&stats.small_used, 1);
@@ -45,7 +55,7 @@ static __always_inline int alloc_small(__u32 *id)
 
 static __always_inline int alloc_page(__u32 *id)
 {
-	int err = alloc_id(&page_free, &page_next, page_capacity, id);
+	int err = alloc_id(&page_free, &page_next, &page_ready, id);
 
 	if (!err)
 		stat_add(&stats.pages_used, 1);
@@ -76,7 +86,7 @@ struct page_loop {
 
 static __always_inline struct db_index *index_page(__u32 id)
 {
-	return bpf_map_lookup_elem(&page_pool, &id);
+	return (struct db_index *)db_page_at(id);
 }
 
 static long free_one_page(__u64 i, struct page_loop *pl)
@@ -93,10 +103,13 @@ static long alloc_one_page(__u64 i, struct page_loop *pl)
 {
 	struct db_index *index = index_page(pl->index_id);
 
-	if (!index || i >= DB_PAGE_IDS || alloc_page(&index->ids[i])) {
-		pl->err = -ENOSPC;
+	if (!index || i >= DB_PAGE_IDS) {
+		pl->err = -EIO;
 		return 1;
 	}
+	pl->err = alloc_page(&index->ids[i]);
+	if (pl->err)
+		return 1;
 	pl->got++;
 	return 0;
 }
@@ -107,8 +120,7 @@ static __always_inline struct db_page *data_page(struct page_loop *pl, __u64 i)
 
 	if (!index || i >= DB_VALUE_PAGES)
 		return NULL;
-	__u32 id = index->ids[i];
-	return bpf_map_lookup_elem(&page_pool, &id);
+	return db_page_at(index->ids[i]);
 }
 
 /* Copies one data page between the pool and the slot's data area. */
@@ -149,22 +161,26 @@ static __noinline int free_storage(__u32 loc, __u32 len)
 }
 
 /* Allocates storage for a value of len bytes into *loc. On failure nothing
- * stays allocated and the error is -ENOSPC with *detail saying which pool. */
+ * stays allocated and the error is -ENOSPC with *detail saying which pool,
+ * or -EAGAIN (DB_D_RACE) when allocators kept racing on the bump counter. */
 static __noinline int alloc_storage(__u32 len, __u32 *loc, __u32 *detail)
 {
+	int err;
+
 	if (len == 0) {
 		*loc = 0;
 		return 0;
 	}
 	if (len <= DB_SMALL_CHUNK) {
-		*detail = DB_D_NO_SMALL;
-		return alloc_small(loc);
+		err = alloc_small(loc);
+		*detail = err == -EAGAIN ? DB_D_RACE : DB_D_NO_SMALL;
+		return err;
 	}
-	*detail = DB_D_NO_PAGES;
-	if (alloc_page(loc))
-		return -ENOSPC;
-	if (len <= DB_PAGE_SIZE)
-		return 0;
+	err = alloc_page(loc);
+	if (err || len <= DB_PAGE_SIZE) {
+		*detail = err == -EAGAIN ? DB_D_RACE : DB_D_NO_PAGES;
+		return err;
+	}
 
 	struct page_loop pl = { .index_id = *loc };
 	__u32 n = pages_of(len);
@@ -174,7 +190,8 @@ static __noinline int alloc_storage(__u32 len, __u32 *loc, __u32 *detail)
 		return 0;
 	bpf_loop(pl.got, free_one_page, &pl, 0);
 	free_page(pl.index_id);
-	return -ENOSPC;
+	*detail = pl.err == -EAGAIN ? DB_D_RACE : DB_D_NO_PAGES;
+	return pl.err ? pl.err : -ENOSPC;
 }
 
 /* Copies a value between its storage at loc and the data area of slot
@@ -189,7 +206,7 @@ static __noinline int copy_storage(__u32 slot_idx, __u32 loc, __u32 len, bool to
 	if (len == 0)
 		return 0;
 	if (len <= DB_SMALL_CHUNK) {
-		struct db_small_chunk *c = bpf_map_lookup_elem(&small_pool, &loc);
+		struct db_small_chunk *c = db_small_at(loc);
 
 		if (!c)
 			return -EIO;
@@ -197,7 +214,7 @@ static __noinline int copy_storage(__u32 slot_idx, __u32 loc, __u32 len, bool to
 			       : bpf_probe_read_kernel(c, DB_SMALL_CHUNK, slot->data);
 	}
 	if (len <= DB_PAGE_SIZE) {
-		struct db_page *p = bpf_map_lookup_elem(&page_pool, &loc);
+		struct db_page *p = db_page_at(loc);
 
 		if (!p)
 			return -EIO;

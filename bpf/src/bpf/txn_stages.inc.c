@@ -61,9 +61,9 @@ static long log_one(__u64 i, struct txn_walk *w)
 	if (!l || !rec || l->mode != DB_LM_X)
 		return 0;
 	if (l->staged >= 0)
-		err = wal_put(w->ts, rec, l->staged);
+		err = wal_put(w->ts, rec, &l->hkey, l->staged);
 	else if (l->deleted && version_live(rec, latest_version(rec)))
-		err = wal_frag(DB_WAL_DEL, w->ts, NULL, rec->name, rec->key_len);
+		err = wal_frag(DB_WAL_DEL, w->ts, NULL, rec, &l->hkey);
 	if (err) {
 		w->err = err;
 		return 1;
@@ -190,9 +190,9 @@ DB_STAGE_PROG(stage_commit)
 		int err = commit_open(w.txn, w.bytes, &w.ts, &detail);
 		if (err)
 			return fail(slot, err, detail);
-		if (!wal_frag(DB_WAL_BEGIN, w.ts, NULL, NULL, 0)) {
+		if (!wal_frag(DB_WAL_BEGIN, w.ts, NULL, NULL, NULL)) {
 			bpf_loop(t->n_locks, log_one, &w, 0);
-			err = w.err ? w.err : wal_frag(DB_WAL_COMMIT, w.ts, NULL, NULL, 0);
+			err = w.err ? w.err : wal_frag(DB_WAL_COMMIT, w.ts, NULL, NULL, NULL);
 		} else {
 			err = -EAGAIN;
 		}

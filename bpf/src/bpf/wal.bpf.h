@@ -44,9 +44,10 @@ static __always_inline int wal_room(__u64 need, __u32 *detail)
 	return 0;
 }
 
-/* One header fragment; key is a map value holding a zero-padded name. */
-static __always_inline int wal_frag(__u32 kind, __u64 ts, struct db_meta *meta, char *key,
-				    __u32 key_len)
+/* One header fragment, named after rec (NULL: no name), whose map key is
+ * hkey: its inline name, or the whole of a long one from long_names. */
+static __always_inline int wal_frag(__u32 kind, __u64 ts, struct db_meta *meta,
+				    struct db_record *rec, const struct db_hkey *hkey)
 {
 	if (!READ_ONCE(wal_on))
 		return 0;
@@ -55,14 +56,28 @@ static __always_inline int wal_frag(__u32 kind, __u64 ts, struct db_meta *meta, 
 	if (!f)
 		return -EAGAIN;
 	f->kind = kind;
-	f->key_len = key_len;
+	f->key_len = 0;
 	f->ts = ts;
 	if (meta)
 		f->meta = *meta;
 	else
 		__builtin_memset(&f->meta, 0, sizeof(f->meta));
-	if (!key || bpf_probe_read_kernel(f->key, sizeof(f->key), key))
-		__builtin_memset(f->key, 0, sizeof(f->key));
+	__builtin_memset(f->key, 0, sizeof(f->key));
+	if (rec) {
+		const void *name = rec->name;
+		__u32 n = DB_NAME_INLINE;
+
+		f->key_len = rec->key_len;
+		if (f->key_len > DB_NAME_INLINE) {
+			/* Held under the record's lock: it cannot be missing. */
+			name = hkey ? bpf_map_lookup_elem(&long_names, hkey) : NULL;
+			n = DB_KEY_SIZE;
+		}
+		if (!name || bpf_probe_read_kernel(f->key, n, name)) {
+			bpf_ringbuf_discard(f, 0);
+			return -EIO;
+		}
+	}
 	/* Only a nudge wakes the log writer's thread: a committer writes its
 	 * own commit (wal_writer.rs), so waking a thread per commit would only
 	 * cost a context switch. */
@@ -88,12 +103,12 @@ static __noinline int wal_value(__u32 loc, __u32 len)
 	if (!READ_ONCE(wal_on) || len == 0)
 		return 0;
 	if (len <= DB_SMALL_CHUNK) {
-		struct db_small_chunk *c = bpf_map_lookup_elem(&small_pool, &loc);
+		struct db_small_chunk *c = db_small_at(loc);
 
 		return c ? bpf_ringbuf_output(&wal, c, DB_SMALL_CHUNK, BPF_RB_NO_WAKEUP) : -EIO;
 	}
 	if (len <= DB_PAGE_SIZE) {
-		struct db_page *p = bpf_map_lookup_elem(&page_pool, &loc);
+		struct db_page *p = db_page_at(loc);
 
 		return p ? bpf_ringbuf_output(&wal, p, DB_PAGE_SIZE, BPF_RB_NO_WAKEUP) : -EIO;
 	}
@@ -103,13 +118,13 @@ static __noinline int wal_value(__u32 loc, __u32 len)
 	return pl.err;
 }
 
-/* PUT of version v of rec under its own name. */
-static __noinline int wal_put(__u64 ts, struct db_record *rec, __u32 v)
+/* PUT of version v of rec (map key hkey) under its own name. */
+static __noinline int wal_put(__u64 ts, struct db_record *rec, const struct db_hkey *hkey, __u32 v)
 {
 	if (!rec)
 		return -EIO;
 	v &= DB_MAX_VERSIONS - 1;
-	if (wal_frag(DB_WAL_PUT, ts, &rec->meta[v], rec->name, rec->key_len))
+	if (wal_frag(DB_WAL_PUT, ts, &rec->meta[v], rec, hkey))
 		return -EAGAIN;
 	return wal_value(rec->loc[v], rec->meta[v].len);
 }

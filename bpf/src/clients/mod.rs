@@ -46,6 +46,7 @@ macro_rules! kernel_api_maps {
         [
             ("slots", &mut $m.slots),
             ("records", &mut $m.records),
+            ("long_names", &mut $m.long_names),
             ("small_pool", &mut $m.small_pool),
             ("page_pool", &mut $m.page_pool),
             ("layout", &mut $m.layout),

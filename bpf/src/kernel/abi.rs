@@ -33,6 +33,9 @@ pub const KEY_SIZE: usize = usize_of(h::DB_KEY_SIZE);
 pub const VALUE_LIMIT: usize = usize_of(h::DB_VALUE_LIMIT);
 pub const SMALL_CHUNK: usize = usize_of(h::DB_SMALL_CHUNK);
 pub const PAGE_SIZE: usize = usize_of(h::DB_PAGE_SIZE);
+/// Small chunks and pages per segment of the value pools (`kernel::pools`).
+pub const SMALL_SEG: u32 = u32_of(h::DB_SMALL_SEG);
+pub const PAGE_SEG: u32 = u32_of(h::DB_PAGE_SEG);
 pub const MAX_VERSIONS: usize = usize_of(h::DB_MAX_VERSIONS);
 pub const MAX_SLOTS: u32 = u32_of(h::DB_MAX_SLOTS);
 pub const SLOT_HEADER: usize = usize_of(h::DB_SLOT_HEADER);
@@ -282,11 +285,13 @@ pub struct WalFrag {
     pub key: [u8; KEY_SIZE],
 }
 
+/// Name bytes a record holds; longer names are whole in `long_names`.
+pub const NAME_INLINE: usize = usize_of(h::DB_NAME_INLINE);
 /// Size of struct db_record, the value of one hash-map element.
-pub const RECORD_SIZE: usize = 16 + MAX_VERSIONS * (8 + 8 + 8 + 32 + 4 + 4) + 8 + KEY_SIZE;
+pub const RECORD_SIZE: usize = 16 + MAX_VERSIONS * (8 + 8 + 8 + 32 + 4 + 4) + 8 + NAME_INLINE;
 /// Offsets in struct db_record of the name's length and of the name.
-pub const RECORD_KEY_LEN_OFF: usize = RECORD_SIZE - KEY_SIZE - 8;
-pub const RECORD_NAME_OFF: usize = RECORD_SIZE - KEY_SIZE;
+pub const RECORD_KEY_LEN_OFF: usize = RECORD_SIZE - NAME_INLINE - 8;
+pub const RECORD_NAME_OFF: usize = RECORD_SIZE - NAME_INLINE;
 /// Keys one SCAN checks (DB_SCAN_BATCH), and where its flags start.
 pub const SCAN_BATCH: usize = usize_of(h::DB_SCAN_BATCH);
 pub const SCAN_FLAGS: usize = SCAN_BATCH * size_of::<HKey>();
@@ -294,7 +299,7 @@ pub const SCAN_FLAGS: usize = SCAN_BATCH * size_of::<HKey>();
 const _: () = {
     assert!(size_of::<Meta>() == 32);
     assert!(offset_of!(Meta, len) == 20);
-    assert!(RECORD_SIZE == 536);
+    assert!(RECORD_SIZE == 440);
     assert!(RECORD_KEY_LEN_OFF == 272 && RECORD_NAME_OFF == 280);
     assert!(SCAN_FLAGS + SCAN_BATCH <= VALUE_LIMIT);
     assert!(size_of::<Req>() == 616);

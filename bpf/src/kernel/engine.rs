@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::kernel::abi::{self, Slot, Stats};
 use crate::kernel::layout::Layout;
 use crate::kernel::pin;
+use crate::kernel::pools::{self, Pool};
 use crate::kernel::trigger;
 use crate::options::Options;
 
@@ -94,6 +95,9 @@ pub struct RecordBatch {
 
 /// A loaded and attached engine instance.
 pub struct Engine {
+    /// The value pools, grown in segments as the data needs.
+    pub small: Pool,
+    pub pages: Pool,
     slots: Mapped<Slot>,
     clock: Mapped<abi::Clock>,
     _link: Link,
@@ -171,6 +175,40 @@ fn libbpf_print(level: libbpf_rs::PrintLevel, msg: String) {
     }
 }
 
+/// The two value pools over the loaded skeleton's arrays of segments and
+/// its .bss counters.
+fn make_pools(skel: &EngineSkel<'static>, layout: &Layout) -> Result<(Pool, Pool)> {
+    let bss = skel
+        .maps
+        .bss_data
+        .as_deref()
+        .map(|b| b as *const skel::types::bss as *mut skel::types::bss)
+        .ok_or_else(|| Error::new(libc::EIO, "engine has no .bss"))?;
+    // SAFETY: the counters are u64 fields of the mmap'ed .bss, which the
+    // skeleton keeps mapped for as long as the engine owning the pools.
+    unsafe {
+        let small = Pool::new(
+            "small_pool",
+            libbpf_rs::MapHandle::try_from(&skel.maps.small_pool)?,
+            abi::SMALL_SEG,
+            abi::SMALL_CHUNK,
+            layout.small_chunks as u64,
+            std::ptr::addr_of_mut!((*bss).small_ready),
+            std::ptr::addr_of!((*bss).small_next),
+        )?;
+        let pages = Pool::new(
+            "page_pool",
+            libbpf_rs::MapHandle::try_from(&skel.maps.page_pool)?,
+            abi::PAGE_SEG,
+            abi::PAGE_SIZE,
+            layout.pages as u64,
+            std::ptr::addr_of_mut!((*bss).page_ready),
+            std::ptr::addr_of!((*bss).page_next),
+        )?;
+        Ok((small, pages))
+    }
+}
+
 impl Engine {
     pub fn load(opts: &Options, instance: u32) -> Result<Engine> {
         static ROUTE_LIBBPF: std::sync::Once = std::sync::Once::new();
@@ -183,9 +221,15 @@ impl Engine {
 
         open.maps.slots.set_max_entries(layout.slot_entries())?;
         open.maps.records.set_max_entries(layout.max_keys)?;
-        open.maps.small_pool.set_max_entries(layout.small_chunks)?;
+        open.maps.long_names.set_max_entries(layout.max_keys)?;
+        open.maps.small_pool.set_max_entries(pools::segments_for(
+            layout.small_chunks as u64,
+            abi::SMALL_SEG,
+        )?)?;
         open.maps.small_free.set_max_entries(layout.small_chunks)?;
-        open.maps.page_pool.set_max_entries(layout.pages)?;
+        open.maps
+            .page_pool
+            .set_max_entries(pools::segments_for(layout.pages as u64, abi::PAGE_SEG)?)?;
         open.maps.page_free.set_max_entries(layout.pages)?;
         open.maps.wal.set_max_entries(layout.wal_buffer)?;
         let rodata = open
@@ -198,8 +242,6 @@ impl Engine {
             rodata.lock_cas_tries = opts.lock_cas_tries.min(abi::LOCK_CAS_TRIES);
         }
         rodata.kernel_slot_base = layout.kernel_slot_base();
-        rodata.small_capacity = layout.small_chunks as u64;
-        rodata.page_capacity = layout.pages as u64;
         info!(
             "engine {instance}: sizing maps: {} keys, {} small chunks of {} B, {} pages of {} B, {} slots, ~{} MiB",
             layout.max_keys,
@@ -292,7 +334,10 @@ impl Engine {
 
         let slots = Mapped::new(skel.maps.slots.as_fd(), layout.slot_entries())?;
         let clock = Mapped::new(skel.maps.clock.as_fd(), 1)?;
+        let (small, pages) = make_pools(&skel, &layout)?;
         Ok(Engine {
+            small,
+            pages,
             slots,
             clock,
             _link: link,
@@ -438,6 +483,12 @@ impl Engine {
         })
     }
 
+    /// The whole name of the record whose map key is `hkey` (its bytes),
+    /// when the name is longer than the record holds; None once removed.
+    pub fn long_name(&self, hkey: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.skel.maps.long_names.lookup(hkey, MapFlags::ANY)?)
+    }
+
     /// The engine's map a kernel client shares by this name (the maps of
     /// bpfdb_kernel.h, see `SHARED_MAPS`).
     pub fn shared_map(&self, name: &str) -> Result<std::os::fd::BorrowedFd<'_>> {
@@ -445,6 +496,7 @@ impl Engine {
         let map: &dyn MapCore = match name {
             "slots" => &m.slots,
             "records" => &m.records,
+            "long_names" => &m.long_names,
             "small_pool" => &m.small_pool,
             "page_pool" => &m.page_pool,
             "layout" => &m.layout,
@@ -472,7 +524,15 @@ impl Engine {
         let others: [(&str, &dyn MapCore); 2] = [("slots", &m.slots), ("stages", &m.stages)];
         data.iter()
             .chain(&others)
-            .map(|(name, map)| Ok((name.to_string(), map.query_fdinfo()?.memlock.unwrap_or(0))))
+            .map(|(name, map)| {
+                let bytes = match *name {
+                    // The arrays of maps hold only pointers: count their segments.
+                    "small_pool" => self.small.usage()?.bytes,
+                    "page_pool" => self.pages.usage()?.bytes,
+                    _ => map.query_fdinfo()?.memlock.unwrap_or(0),
+                };
+                Ok((name.to_string(), bytes))
+            })
             .collect()
     }
 

@@ -7,4 +7,5 @@ pub mod abi;
 pub mod engine;
 pub mod layout;
 pub mod pin;
+pub mod pools;
 pub mod trigger;

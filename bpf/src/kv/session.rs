@@ -134,6 +134,16 @@ impl Session<'_> {
                 std::thread::yield_now();
                 continue;
             }
+            let pool = match detail {
+                Detail::NoSmall => Some(&self.db.engine.small),
+                Detail::NoPages => Some(&self.db.engine.pages),
+                _ => None,
+            };
+            if let Some(pool) = pool
+                && pool.grow()?
+            {
+                continue;
+            }
             return Err(self.error(what, -resp.err, detail));
         }
         Err(Error::new(
@@ -165,7 +175,7 @@ impl Session<'_> {
         let why = match detail {
             Detail::LockedTxn => "key is locked by a transaction",
             Detail::NoKeys => "key table is full (max_keys)",
-            Detail::NoSmall => "small-value memory is full",
+            Detail::NoSmall => "small-value memory is full (max_keys)",
             Detail::NoPages => "value memory is full (value_mem)",
             Detail::VersionsFull => "all versions of the key are still needed by readers",
             Detail::TooBig => "value exceeds max_value",
@@ -370,7 +380,16 @@ impl Session<'_> {
                     let at = abi::RECORD_KEY_LEN_OFF;
                     let len = u32::from_ne_bytes([rec[at], rec[at + 1], rec[at + 2], rec[at + 3]]);
                     let len = (len as usize).min(abi::KEY_MAX);
-                    f(&rec[abi::RECORD_NAME_OFF..abi::RECORD_NAME_OFF + len]);
+                    if len <= abi::NAME_INLINE {
+                        f(&rec[abi::RECORD_NAME_OFF..abi::RECORD_NAME_OFF + len]);
+                    } else if let Some(name) = self
+                        .db
+                        .engine
+                        .long_name(&keys[i * key_size..(i + 1) * key_size])?
+                    {
+                        // Gone meanwhile: the key was removed during the walk.
+                        f(&name[..len]);
+                    }
                 }
             }
             if batch.done {

@@ -15,6 +15,7 @@ mod engine;
 mod fuse;
 mod memcached;
 mod memfloor;
+mod memory;
 mod mount;
 mod mount_durable;
 mod plot;
@@ -35,9 +36,10 @@ pub const RUNS: usize = 5;
 type Section = fn() -> Vec<plot::Figure>;
 
 /// Each section by the name that selects it on the command line.
-const SECTIONS: [(&str, Section); 10] = [
+const SECTIONS: [(&str, Section); 11] = [
     ("engine", engine::run),
     ("scale", scale::run),
+    ("memory", memory::run),
     ("txn", txn::run),
     ("durability", durability::run),
     ("fuse", fuse::run),

@@ -4,7 +4,7 @@
 //! own redis-server on a free port in its own directory; a system Redis is
 //! never touched.
 
-mod server;
+pub mod server;
 
 use std::process::Command;
 

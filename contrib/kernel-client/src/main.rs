@@ -65,6 +65,7 @@ fn main() {
     let m = &mut open.maps;
     for (name, map) in [
         ("records", &mut m.records),
+        ("long_names", &mut m.long_names),
         ("small_pool", &mut m.small_pool),
         ("page_pool", &mut m.page_pool),
         ("layout", &mut m.layout),

@@ -347,6 +347,10 @@ impl Fs {
             direct_opens: self.counters.direct_opens.load(Ordering::Relaxed),
             slot_waits: self.db.slot_waits(),
             worker_waits: self.uses.waits_off_pool(),
+            memory: self.db.memory().unwrap_or_else(|e| {
+                log::warn!(".stats: kernel memory: {e}");
+                bpfdb::Memory::default()
+            }),
         };
         let clients: Vec<(&'static str, u64)> = self
             .client_counters

@@ -30,6 +30,8 @@ pub struct DaemonStats {
     /// The log writer's counters: commits written, fsyncs, and replies
     /// waiting for an fsync (none of them holds a thread).
     pub log: bpfdb::LogCounters,
+    /// Kernel memory of the engine's maps.
+    pub memory: bpfdb::Memory,
 }
 
 /// Counters of an eBPF client the daemon runs (the XDP server, the exec
@@ -47,7 +49,8 @@ pub fn render(
     clients: &[(&'static str, u64)],
 ) -> String {
     let op = |o: Op| stats.ops.get(o as usize).copied().unwrap_or(0);
-    let lines: [(&str, u64); 32] = [
+    let mem = &daemon.memory;
+    let lines: [(&str, u64); 41] = [
         ("keys", stats.keys),
         ("records", stats.records),
         ("value_bytes", stats.value_bytes),
@@ -56,6 +59,15 @@ pub fn render(
         ("pages_used", stats.pages_used),
         ("pages_total", layout.pages.into()),
         ("max_keys", layout.max_keys.into()),
+        ("kernel_memory_bytes", mem.total),
+        ("memory_wal_bytes", mem.wal),
+        ("memory_records_bytes", mem.records),
+        ("memory_slots_bytes", mem.slots),
+        ("memory_small_bytes", mem.small.bytes),
+        ("memory_pages_bytes", mem.pages.bytes),
+        ("small_chunks_ready", mem.small.ready),
+        ("pages_ready", mem.pages.ready),
+        ("memory_segments", mem.small.segments + mem.pages.segments),
         ("ops_get", op(Op::Get)),
         ("ops_set", op(Op::Set)),
         ("ops_delete", op(Op::Delete)),

@@ -105,6 +105,24 @@ impl Server {
         Ok(line.trim_end().to_string())
     }
 
+    /// Sends one inline command and returns its whole reply (a bulk
+    /// string's text, or the status line), waiting up to `timeout`.
+    pub fn command_text(&self, cmd: &str, timeout: Duration) -> std::io::Result<String> {
+        let mut c = TcpStream::connect(("127.0.0.1", self.port))?;
+        c.set_read_timeout(Some(timeout))?;
+        c.write_all(format!("{cmd}\r\n").as_bytes())?;
+        let mut r = BufReader::new(c);
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        let Some(len) = line.strip_prefix('$') else {
+            return Ok(line.trim_end().to_string());
+        };
+        let len: usize = len.trim_end().parse().unwrap_or(0);
+        let mut body = vec![0u8; len];
+        std::io::Read::read_exact(&mut r, &mut body)?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
     pub fn benchmark_args(
         &self,
         tests: &str,

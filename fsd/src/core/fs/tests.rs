@@ -539,6 +539,21 @@ fn stats_file_content() {
     assert!(field("pages_used") >= 1);
     assert!(field("small_chunks_used") >= 1);
     assert!(field("ops_set") >= 4);
+    // Kernel memory, by what holds it: the pools hold the segments the two
+    // values needed, no more; the total counts every part.
+    assert!(field("small_chunks_ready") >= field("small_chunks_used"));
+    assert!(field("pages_ready") >= field("pages_used"));
+    assert_eq!(field("memory_segments"), 2, "{text}");
+    assert!(field("memory_records_bytes") > 0);
+    assert!(
+        field("kernel_memory_bytes")
+            >= field("memory_wal_bytes")
+                + field("memory_records_bytes")
+                + field("memory_slots_bytes")
+                + field("memory_small_bytes")
+                + field("memory_pages_bytes"),
+        "{text}"
+    );
     for name in [
         "records",
         "small_chunks_total",
@@ -568,7 +583,7 @@ fn stats_file_content() {
     ] {
         field(name);
     }
-    assert_eq!(text.lines().count(), 32);
+    assert_eq!(text.lines().count(), 41);
     // Memory only: no log.
     assert_eq!(field("log_bytes"), 0);
     // The size a stat shows is the length of the text at that moment.

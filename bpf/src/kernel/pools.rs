@@ -1,0 +1,186 @@
+//! The value pools grow with the data. Each is an array of maps
+//! (`small_pool`, `page_pool` in bpfdb_kernel.h) whose entries are
+//! segments: array maps of `DB_SMALL_SEG` chunks or `DB_PAGE_SEG` pages,
+//! 2 MiB either way. The engine hands out ids only below the pool's ready
+//! count (in its .bss); when it has none it fails the op with ENOSPC and
+//! the pool's detail, and the session that got it calls `Pool::grow` and
+//! runs the op again. Growth stops at the cap the options set, where the
+//! ENOSPC stands. Freed ids go back on the engine's free stack and are
+//! reused; segments are never taken away (a reader may still be copying
+//! out of any of them).
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Mutex;
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
+use log::info;
+
+use crate::error::{Error, Result};
+
+/// One pool: its array of segments and its counters in the engine's .bss.
+pub struct Pool {
+    pub name: &'static str,
+    outer: MapHandle,
+    /// Ids per segment, and bytes per id.
+    seg: u32,
+    value_size: u32,
+    /// Most ids the options allow.
+    pub cap: u64,
+    ready: *mut u64,
+    next: *const u64,
+    /// One grower at a time: two sessions that ran out together add one
+    /// segment, not two.
+    grow: Mutex<()>,
+}
+
+// SAFETY: `ready` and `next` point into the engine's mmap'ed .bss, which
+// lives as long as the engine that owns this pool; they are only accessed
+// with volatile loads and stores (the kernel updates `next` atomically;
+// `ready` only user space writes, under `grow`).
+unsafe impl Send for Pool {}
+unsafe impl Sync for Pool {}
+
+/// What a pool holds now, for `.stats` and the bench.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PoolUse {
+    /// Ids backed by a segment.
+    pub ready: u64,
+    /// Ids ever handed out (the bump counter; freed ones are reused first).
+    pub touched: u64,
+    pub cap: u64,
+    pub segments: u64,
+    /// Kernel memory of the pool: its segments and its array of maps.
+    pub bytes: u64,
+}
+
+impl Pool {
+    /// A pool over `outer`, the loaded engine's array of segments.
+    ///
+    /// # Safety
+    /// `ready` and `next` must point at the pool's two u64 counters in the
+    /// engine's mmap'ed .bss and stay valid as long as the pool.
+    pub(crate) unsafe fn new(
+        name: &'static str,
+        outer: MapHandle,
+        seg: u32,
+        value_size: usize,
+        cap: u64,
+        ready: *mut u64,
+        next: *const u64,
+    ) -> Result<Pool> {
+        Ok(Pool {
+            name,
+            outer,
+            seg,
+            value_size: value_size as u32,
+            cap,
+            ready,
+            next,
+            grow: Mutex::new(()),
+        })
+    }
+
+    fn ready(&self) -> u64 {
+        // SAFETY: see the type's Send/Sync note.
+        unsafe { std::ptr::read_volatile(self.ready) }
+    }
+
+    fn next(&self) -> u64 {
+        // SAFETY: as above.
+        unsafe { std::ptr::read_volatile(self.next) }
+    }
+
+    /// Makes room after the engine found no ready id: Ok(true) when the op
+    /// is worth running again (a segment was added, here or by a session
+    /// that ran out at the same time), Ok(false) at the cap.
+    pub fn grow(&self) -> Result<bool> {
+        let _one = self.grow.lock().unwrap_or_else(|p| p.into_inner());
+        let ready = self.ready();
+        if self.next() < ready {
+            return Ok(true);
+        }
+        if ready >= self.cap {
+            return Ok(false);
+        }
+        let index = u32::try_from(ready / self.seg as u64)
+            .map_err(|_| Error::new(libc::EINVAL, format!("{}: too many segments", self.name)))?;
+        let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+            ..Default::default()
+        };
+        let segment = MapHandle::create(
+            MapType::Array,
+            Some(format!("{}{index}", &self.name[..self.name.len().min(6)])),
+            4,
+            self.value_size,
+            self.seg,
+            &opts,
+        )
+        .map_err(|e| {
+            Error::new(
+                libc::ENOSPC,
+                format!("{}: creating segment {index}: {e}", self.name),
+            )
+        })?;
+        // The array of maps keeps the segment once it is in it.
+        self.outer.update(
+            &index.to_ne_bytes(),
+            &segment.as_fd().as_raw_fd().to_ne_bytes(),
+            MapFlags::ANY,
+        )?;
+        // The engine may hand out the new ids only after the segment is in
+        // place: the update above is a completed syscall, and the store
+        // below comes after it in program order.
+        let ready = (ready + self.seg as u64).min(self.cap);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: see the type's Send/Sync note; only this grower writes it.
+        unsafe { std::ptr::write_volatile(self.ready, ready) };
+        info!(
+            "{}: segment {index} added ({ready} of {} ids ready)",
+            self.name, self.cap
+        );
+        Ok(true)
+    }
+
+    /// Adds a segment ahead of need when fewer than a quarter of one is
+    /// left never used, for writers that cannot grow a pool themselves
+    /// (eBPF clients). Returns whether it added one.
+    pub fn top_up(&self) -> Result<bool> {
+        let left = self.ready().saturating_sub(self.next());
+        if left >= (self.seg / 4) as u64 || self.ready() >= self.cap {
+            return Ok(false);
+        }
+        let before = self.ready();
+        self.grow()?;
+        Ok(self.ready() > before)
+    }
+
+    /// What the pool holds now.
+    pub fn usage(&self) -> Result<PoolUse> {
+        let ready = self.ready();
+        let segments = ready.div_ceil(self.seg as u64);
+        let mut bytes = self.outer.query_fdinfo()?.memlock.unwrap_or(0);
+        for index in 0..segments as u32 {
+            let Some(id) = self.outer.lookup(&index.to_ne_bytes(), MapFlags::ANY)? else {
+                continue;
+            };
+            let id = u32::from_ne_bytes(id[..4].try_into().unwrap_or_default());
+            let segment = MapHandle::from_map_id(id)?;
+            bytes += segment.query_fdinfo()?.memlock.unwrap_or(0);
+        }
+        Ok(PoolUse {
+            ready,
+            touched: self.next().min(ready),
+            cap: self.cap,
+            segments,
+            bytes,
+        })
+    }
+}
+
+/// Segments a pool of `cap` ids needs at most: the entries of its array of
+/// maps.
+pub fn segments_for(cap: u64, seg: u32) -> Result<u32> {
+    u32::try_from(cap.div_ceil(seg as u64).max(1))
+        .map_err(|_| Error::new(libc::EINVAL, "value pool too large"))
+}

@@ -1,0 +1,138 @@
+//! Memory: the kernel memory of bpfdb's maps against Redis's `used_memory`
+//! for the same keys and values (Redis fills itself with `DEBUG POPULATE
+//! N key VALUE_BYTES`: names `key:0`.., values of VALUE_BYTES; bpfdb gets the
+//! same names and value sizes through the engine API), and what a new,
+//! empty database holds before its first key.
+
+use std::time::Duration;
+
+use bpfdb::{Db, Options, SetFlags};
+
+use crate::engine::{VALUE_BYTES, meta};
+use crate::redis::server::Server;
+use crate::{bench_dir, commands, die};
+
+const KEY_COUNTS: [usize; 2] = [1_000_000, 10_000_000];
+/// DEBUG POPULATE of 10M keys takes seconds.
+const POPULATE_TIMEOUT: Duration = Duration::from_secs(300);
+const MIB: f64 = (1u64 << 20) as f64;
+
+struct Row {
+    keys: usize,
+    raw: u64,
+    bpfdb: u64,
+    records: u64,
+    small: u64,
+    redis: u64,
+}
+
+fn name(i: usize) -> String {
+    format!("key:{i}")
+}
+
+/// Kernel memory of every engine map once `n` keys are stored. No data dir:
+/// the log ring is one page, so the figure is the data's.
+fn bpfdb_bytes(n: usize) -> (u64, u64, u64) {
+    let db = Db::open(&Options {
+        max_keys: n as u32,
+        value_mem_bytes: 8 << 20,
+        slots: 4,
+        ..Options::default()
+    })
+    .unwrap_or_else(|e| die("open engine", e));
+    let mut s = db.session();
+    let value = [b'x'; VALUE_BYTES];
+    for i in 0..n {
+        s.set(name(i).as_bytes(), &value, meta(), SetFlags::default())
+            .unwrap_or_else(|e| die(&format!("set {}", name(i)), e));
+    }
+    let m = db.memory().unwrap_or_else(|e| die("memory", e));
+    (m.total, m.records, m.small.bytes)
+}
+
+fn redis_bytes(n: usize) -> u64 {
+    let server = Server::start(&[]).unwrap_or_else(|e| die("redis-server", e));
+    let reply = server
+        .command_text(
+            &format!("DEBUG POPULATE {n} key {VALUE_BYTES}"),
+            POPULATE_TIMEOUT,
+        )
+        .unwrap_or_else(|e| die("DEBUG POPULATE", e));
+    if reply != "+OK" {
+        die("DEBUG POPULATE", reply);
+    }
+    let info = server
+        .command_text("INFO memory", POPULATE_TIMEOUT)
+        .unwrap_or_else(|e| die("INFO memory", e));
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
+        .unwrap_or_else(|| die("no used_memory in INFO memory", &info))
+}
+
+/// Kernel memory of a new database with default options and a data dir,
+/// and the part that is the log ring.
+fn empty_bytes() -> (u64, u64) {
+    let dir = tempfile::tempdir_in(bench_dir()).unwrap_or_else(|e| die("tempdir", e));
+    let db = Db::open(&Options {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..Options::default()
+    })
+    .unwrap_or_else(|e| die("open engine", e));
+    let m = db.memory().unwrap_or_else(|e| die("memory", e));
+    (m.total, m.wal)
+}
+
+pub fn run() -> Vec<crate::plot::Figure> {
+    println!("## Memory: bpfdb's kernel memory against Redis's used_memory\n");
+    let rows: Vec<Row> = KEY_COUNTS
+        .iter()
+        .map(|&keys| {
+            let raw = (0..keys)
+                .map(|i| (name(i).len() + VALUE_BYTES) as u64)
+                .sum();
+            let (bpfdb, records, small) = bpfdb_bytes(keys);
+            let redis = redis_bytes(keys);
+            Row {
+                keys,
+                raw,
+                bpfdb,
+                records,
+                small,
+                redis,
+            }
+        })
+        .collect();
+    println!(
+        "| keys | raw data | bpfdb kernel memory | per key | of which records / small values | Redis used_memory | per key | bpfdb / Redis |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in &rows {
+        let k = r.keys as f64;
+        println!(
+            "| {} | {:.0} MiB | {:.0} MiB | {:.0} B | {:.0} / {:.0} B | {:.0} MiB | {:.0} B | **{:.2}** |",
+            r.keys,
+            r.raw as f64 / MIB,
+            r.bpfdb as f64 / MIB,
+            r.bpfdb as f64 / k,
+            r.records as f64 / k,
+            r.small as f64 / k,
+            r.redis as f64 / MIB,
+            r.redis as f64 / k,
+            r.bpfdb as f64 / r.redis as f64,
+        );
+    }
+    let (total, wal) = empty_bytes();
+    println!(
+        "\nA new, empty database with default options: {:.1} MiB of kernel memory besides its {:.0} MiB log ring (target: at most 32 MiB).\n",
+        (total - wal) as f64 / MIB,
+        wal as f64 / MIB
+    );
+    commands(
+        "memory",
+        &[
+            format!("redis-server; DEBUG POPULATE N key {VALUE_BYTES}"),
+            "INFO memory".into(),
+        ],
+    );
+    Vec::new()
+}
