@@ -415,6 +415,27 @@ fn storage_shared_by_rename_and_chmod_outlives_old_snapshots() {
     );
 }
 
+#[test]
+fn rename_onto_a_key_whose_ended_version_gc_reclaims_makes_the_key() {
+    // k's only version, the first of its record (a rename made it), ends while a snapshot needs
+    // it. Once the snapshot is gone, a rename onto k reclaims that version and may take its
+    // index for the new one: the commit must not end the new version as if it were the old.
+    let db = db();
+    let mut s = db.session();
+    put(&db, "a", "old");
+    s.rename(b"a", b"k", false).unwrap();
+    let snap = db.begin(true).unwrap();
+    s.rename(b"k", b"x", false).unwrap();
+    drop(snap);
+    put(&db, "w", "new");
+    s.rename(b"w", b"k", false).unwrap();
+    drop(s);
+    assert_eq!(get(&db, "k").as_deref(), Some("new"));
+    assert_eq!(get(&db, "x").as_deref(), Some("old"));
+    assert_eq!(get(&db, "w"), None);
+    assert_eq!(db.stats().keys, 2);
+}
+
 /// Readers only: transactions taking shared locks on one key never conflict
 /// with each other, whether the key exists or not (reading a missing key
 /// locks a placeholder record, which its last reader removes). Contention on

@@ -325,6 +325,23 @@ fn a_snapshot_keeps_a_1mib_value_that_the_root_rewrites_and_deletes() {
 }
 
 #[test]
+fn mv_onto_a_name_whose_old_version_outlived_its_snapshot_makes_the_key() {
+    // Found by fs_model.rs (seed 1796440643202100953): `mv w k` succeeded, then `cat k` gave
+    // ENOENT and w's value was gone. k's only version (made by a rename, so the first of its
+    // record) ended while a snapshot needed it; once the snapshot was gone, the next rename onto
+    // k collected that version and put the new one in its place, then stamped the end of the
+    // version it had looked at before collecting: the new one.
+    let m = Mount::new();
+    m.ok("echo old > a && mv a k");
+    m.ok("mkdir .snap/s && mv k x && rmdir .snap/s");
+    m.ok("echo new > w && mv w k");
+    assert_eq!(m.ok("cat k x"), "new\nold\n");
+    m.fails("cat w", msg::ENOENT);
+    assert_eq!(m.ok("ls"), "k\nx\n");
+    assert_eq!(m.stat_keys(), 2);
+}
+
+#[test]
 fn an_idle_transaction_is_aborted_after_txn_timeout_and_a_busy_one_is_not() {
     let m = Mount::builder().arg("--txn-timeout").arg("1").start();
     m.ok("echo 1 > k && echo 1 > busy");

@@ -114,6 +114,10 @@ DB_STAGE_PROG(stage_rename)
 		err = -EEXIST;
 	} else {
 		gc_record(dst);
+		/* GC may have reclaimed d (ended, seen by no snapshot now) and
+		 * freed its index for n: stamp what is newest after it, or the
+		 * commit would end the new version as the replaced one. */
+		d = latest_version(dst);
 		n = free_version_index(dst);
 		if (n < 0) {
 			err = -EBUSY;
