@@ -529,7 +529,7 @@ impl Engine {
                     // The arrays of maps hold only pointers: count their segments.
                     "small_pool" => self.small.usage()?.bytes,
                     "page_pool" => self.pages.usage()?.bytes,
-                    _ => map.query_fdinfo()?.memlock.unwrap_or(0),
+                    _ => pools::memlock(map.as_fd())?,
                 };
                 Ok((name.to_string(), bytes))
             })

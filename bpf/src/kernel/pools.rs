@@ -9,7 +9,7 @@
 //! reused; segments are never taken away (a reader may still be copying
 //! out of any of them).
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Mutex;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
@@ -159,14 +159,14 @@ impl Pool {
     pub fn usage(&self) -> Result<PoolUse> {
         let ready = self.ready();
         let segments = ready.div_ceil(self.seg as u64);
-        let mut bytes = self.outer.query_fdinfo()?.memlock.unwrap_or(0);
+        let mut bytes = memlock(self.outer.as_fd())?;
         for index in 0..segments as u32 {
             let Some(id) = self.outer.lookup(&index.to_ne_bytes(), MapFlags::ANY)? else {
                 continue;
             };
             let id = u32::from_ne_bytes(id[..4].try_into().unwrap_or_default());
             let segment = MapHandle::from_map_id(id)?;
-            bytes += segment.query_fdinfo()?.memlock.unwrap_or(0);
+            bytes += memlock(segment.as_fd())?;
         }
         Ok(PoolUse {
             ready,
@@ -176,6 +176,17 @@ impl Pool {
             bytes,
         })
     }
+}
+
+/// Kernel memory charged to a map, from its fdinfo `memlock` line (as
+/// bpftool reads it). libbpf-rs 0.27's `query_fdinfo` parses it as a u32,
+/// which fails for any map over 4 GiB (the records of 10M keys).
+pub fn memlock(fd: BorrowedFd<'_>) -> Result<u64> {
+    let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, &e))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("memlock:")?.trim().parse().ok())
+        .ok_or_else(|| Error::new(libc::EIO, format!("{path}: no memlock line")))
 }
 
 /// Segments a pool of `cap` ids needs at most: the entries of its array of

@@ -51,7 +51,8 @@ fn bpfdb_bytes(n: usize) -> (u64, u64, u64) {
 }
 
 fn redis_bytes(n: usize) -> u64 {
-    let server = Server::start(&[]).unwrap_or_else(|e| die("redis-server", e));
+    let server = Server::start(&["--enable-debug-command", "local"])
+        .unwrap_or_else(|e| die("redis-server", e));
     let reply = server
         .command_text(
             &format!("DEBUG POPULATE {n} key {VALUE_BYTES}"),
@@ -130,7 +131,9 @@ pub fn run() -> Vec<crate::plot::Figure> {
     commands(
         "memory",
         &[
-            format!("redis-server; DEBUG POPULATE N key {VALUE_BYTES}"),
+            format!(
+                "redis-server --enable-debug-command local; DEBUG POPULATE N key {VALUE_BYTES}"
+            ),
             "INFO memory".into(),
         ],
     );
