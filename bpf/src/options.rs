@@ -39,6 +39,11 @@ pub struct Options {
     /// op is retried from user space; 0: the engine's default
     /// (DB_LOCK_CAS_TRIES). Tests lower it to make contention common.
     pub lock_cas_tries: u32,
+    /// Test hook: iterations of an empty loop a lock-free GET runs between
+    /// its first and second look at the clock and the record, so that tests
+    /// can make writers and GC run inside that window on purpose. 0, the
+    /// default, in any real use.
+    pub read_pause_loops: u32,
     /// Test hook: faults for the log writer to hit (see `LogFaults`).
     /// None, the default, in any real use.
     pub log_faults: Option<std::sync::Arc<LogFaults>>,
@@ -73,6 +78,7 @@ impl Default for Options {
             allow_corrupt_log: false,
             pin_dir: None,
             lock_cas_tries: 0,
+            read_pause_loops: 0,
             log_faults: None,
         }
     }

@@ -325,3 +325,71 @@ fn concurrent_writers_and_readers_never_see_torn_values() {
     });
     assert_eq!(db.stats().keys as usize, 1 + WRITERS * ROUNDS);
 }
+
+/// A lock-free GET of a key that exists the whole time finds it, even when
+/// writers replace it and GC reclaims the version the reader's clock
+/// pointed at, all between the reader's first two loads. The engine's test
+/// pause (`read_pause_loops`) holds the reader in that window; the writer
+/// waits until the engine has counted the reader's GET (it is inside, its
+/// clock read), replaces the key three times (GC reclaims the versions
+/// ended behind it), then stands still until the GET returns, so nothing
+/// changes after the window.
+#[test]
+fn a_key_that_always_exists_is_never_missing_to_a_reader_that_gc_overtakes() {
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    let db = Db::open(&Options {
+        max_keys: 1024,
+        value_mem_bytes: 8 << 20,
+        slots: 4,
+        read_pause_loops: 2_000_000,
+        ..Options::default()
+    })
+    .unwrap_or_else(|e| panic!("open engine: {e}"));
+    const ROUNDS: u64 = 20;
+    const OVERWRITES: u64 = 3;
+    let gets = || db.stats().ops[bpfdb::abi::Op::Get as usize];
+    let mut s = db.session();
+    s.set(b"k", b"first", meta(), SetFlags::default()).unwrap();
+    // The round the reader is in, and the GET count it was at before it.
+    let round = AtomicU64::new(0);
+    let gets_before = AtomicU64::new(0);
+    let missing = std::thread::scope(|sc| {
+        let (db, round, gets_before, gets) = (&db, &round, &gets_before, &gets);
+        sc.spawn(move || {
+            let mut w = db.session();
+            for r in 1..=ROUNDS {
+                while round.load(SeqCst) < r {
+                    std::hint::spin_loop();
+                }
+                while gets() <= gets_before.load(SeqCst) {
+                    std::hint::spin_loop();
+                }
+                for n in 0..OVERWRITES {
+                    w.set(
+                        b"k",
+                        &(r * 10 + n).to_le_bytes(),
+                        meta(),
+                        SetFlags::default(),
+                    )
+                    .unwrap();
+                }
+            }
+        });
+        let mut out = Vec::new();
+        let mut missing = Vec::new();
+        for r in 1..=ROUNDS {
+            gets_before.store(gets(), SeqCst);
+            round.store(r, SeqCst);
+            match s.get(b"k", &mut out) {
+                Ok(_) => {}
+                Err(e) if e.errno == libc::ENOENT => missing.push(r),
+                Err(e) => panic!("round {r}: {e}"),
+            }
+        }
+        missing
+    });
+    assert!(
+        missing.is_empty(),
+        "rounds {missing:?} of {ROUNDS} found an existing key missing"
+    );
+}

@@ -60,6 +60,7 @@
 #define DB_TXN_MAX_LOCKS 128         /* keys one transaction may lock (reads + writes) */
 #define DB_LOCK_CAS_TRIES 8          /* CAS attempts on a contended lock word before EBUSY */
 #define DB_SNAP_TRIES 8              /* attempts to register a snapshot while commits race */
+#define DB_READ_PAUSE_MAX (1u << 22) /* test hook: iterations of a GET's pause (bpf_loop's cap is 1 << 23) */
 
 /* ---- timestamps ---- */
 

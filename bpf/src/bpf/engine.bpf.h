@@ -18,6 +18,10 @@ const volatile __u32 max_value = DB_VALUE_LIMIT;
 /* CAS attempts on a lock word other readers keep changing, at most
  * DB_LOCK_CAS_TRIES (tests lower it to make contention common). */
 const volatile __u32 lock_cas_tries = DB_LOCK_CAS_TRIES;
+/* Test hook (Options::read_pause_loops): a lock-free GET idles this many
+ * iterations between its two first loads, so that tests can run writers
+ * and GC inside that window. 0 in real use. */
+const volatile __u32 read_pause_loops = 0;
 /* Slot index of the first client slot (the user's slots come first). */
 const volatile __u32 kernel_slot_base = 0;
 

@@ -27,6 +27,18 @@ static __always_inline int respond_version(struct pt_regs *ctx, struct db_slot *
 
 /* ---- GET without locks: autocommit reads and snapshots ---- */
 
+static long idle_one(__u64 i, void *unused)
+{
+	return 0;
+}
+
+/* The test pause (read_pause_loops); nothing when it is 0. */
+static __always_inline void read_pause(void)
+{
+	if (read_pause_loops)
+		bpf_loop(read_pause_loops & (DB_READ_PAUSE_MAX - 1), idle_one, NULL, 0);
+}
+
 DB_STAGE_PROG(stage_get)
 {
 	struct db_slot *slot = slot_of(ctx);
@@ -46,14 +58,19 @@ DB_STAGE_PROG(stage_get)
 	}
 	for (int attempt = 0; attempt < DB_READ_RETRIES; attempt++) {
 		struct db_record *rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
-		/* An unregistered reader takes a fresh timestamp each attempt:
-		 * GC may have reclaimed what an older one saw. */
-		__u64 at = snapshot ? snap : db_snapshot_ts();
 
 		if (!rec)
 			return fail(slot, -ENOENT, DB_D_NONE);
+		/* The record's GC count before the clock: GC that reclaims the
+		 * version visible at `at` then moves it before the check below.
+		 * (Clock first, GC could reclaim that version between the two
+		 * loads, and a key that exists would read as missing.) */
 		__u64 seq = READ_ONCE(rec->gc_seq);
 		__u64 shared_seq = db_shared_free_seq();
+		read_pause();
+		/* An unregistered reader takes a fresh timestamp each attempt:
+		 * GC may have reclaimed what an older one saw. */
+		__u64 at = snapshot ? snap : db_snapshot_ts();
 		if (!name_matches(rec, &slot->req.hkey, &slot->req.key, slot->req.key_len)) {
 			if (READ_ONCE(rec->gc_seq) == seq)
 				return fail(slot, -ENOENT, DB_D_NONE); /* another name's hash */

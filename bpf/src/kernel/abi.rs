@@ -56,6 +56,8 @@ pub const CLIENT_COOKIE: u64 = h::DB_CLIENT_COOKIE;
 /// Entries of the continuation prog array kernel callers fill.
 pub const MAX_CONTS: u32 = u32_of(h::DB_MAX_CONTS);
 pub const TXN_MAX_LOCKS: usize = usize_of(h::DB_TXN_MAX_LOCKS);
+/// Most iterations of the test pause in a lock-free GET (DB_READ_PAUSE_MAX).
+pub const READ_PAUSE_MAX: u32 = u32_of(h::DB_READ_PAUSE_MAX);
 /// CAS attempts on a contended lock word (DB_LOCK_CAS_TRIES).
 pub const LOCK_CAS_TRIES: u32 = u32_of(h::DB_LOCK_CAS_TRIES);
 

@@ -238,6 +238,7 @@ impl Engine {
             .as_deref_mut()
             .ok_or_else(|| Error::new(libc::EIO, "engine has no .rodata"))?;
         rodata.max_value = opts.max_value_bytes;
+        rodata.read_pause_loops = opts.read_pause_loops.min(abi::READ_PAUSE_MAX - 1);
         if opts.lock_cas_tries > 0 {
             rodata.lock_cas_tries = opts.lock_cas_tries.min(abi::LOCK_CAS_TRIES);
         }
