@@ -326,7 +326,17 @@ fn a_damaged_checkpoint_is_refused_before_any_entry_is_applied() {
         b[len / 2] ^= 0x10;
         b
     };
-    let cases: [(&str, Vec<u8>, &str); 5] = [
+    // n_keys one more than the entries, the crc made to match: only a
+    // writer's bug makes one, and its entries must not be applied either.
+    let one_more = {
+        let mut b = good[..len - 4].to_vec();
+        let n = u64::from_le_bytes(b[32..40].try_into().unwrap());
+        b[32..40].copy_from_slice(&(n + 1).to_le_bytes());
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    };
+    let cases: [(&str, Vec<u8>, &str); 6] = [
         ("a byte flipped in the middle", mid, "checksum mismatch"),
         (
             "half the crc cut off",
@@ -344,6 +354,11 @@ fn a_damaged_checkpoint_is_refused_before_any_entry_is_applied() {
             "checksum mismatch",
         ),
         ("cut inside the head", good[..30].to_vec(), "truncated"),
+        (
+            "n_keys past its entries",
+            one_more,
+            "malformed entry 3000 of 3001: cut short",
+        ),
     ];
     for (i, (what, bytes, why)) in cases.into_iter().enumerate() {
         restore(dir.path(), &saved);
