@@ -122,10 +122,10 @@ fn checkpoint_and_recovery_timing() {
     let mut load = Vec::new();
     for run in 0..runs {
         let t = Instant::now();
-        let db = Db::open(&opts(nkeys, empty.path())).unwrap();
+        let (db, grown) = peak_growth(|| Db::open(&opts(nkeys, empty.path())).unwrap());
         let s = t.elapsed().as_secs_f64();
         drop(db);
-        println!("engine load run {run}: {s:.3} s");
+        println!("engine load run {run}: {s:.3} s, peak RSS +{grown:.1} MiB");
         load.push(s);
     }
     let mut recover = Vec::new();
