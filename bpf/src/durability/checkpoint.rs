@@ -82,8 +82,9 @@ pub(crate) type Get<'a> = &'a mut dyn FnMut(&[u8], &mut Vec<u8>) -> Result<NewMe
 /// Writes a checkpoint of the keys of one snapshot, walked batch by batch
 /// through `next_batch` and read through `get`, in at most
 /// `wal::CHECKPOINT_MEMORY_BOUND` bytes of user memory, atomically (temp
-/// file, fsync, rename, fsync of the directory). Replay then starts at `next_segment`, whose first record
-/// has seq `first_seq`. Returns the number of keys written.
+/// file, fsync, rename, fsync of the directory). Replay then starts at
+/// `next_segment`, whose first record has seq `first_seq`. Returns the
+/// number of keys written.
 pub(crate) fn write_checkpoint(
     next_batch: NextBatch<'_>,
     get: Get<'_>,
