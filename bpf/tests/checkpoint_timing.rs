@@ -14,6 +14,7 @@
 //! floor of any start). It prints each run, the medians, and how much the
 //! process's peak RSS (VmHWM) grew during each (reset before each through
 //! /proc/self/clear_refs). Data go under BPFDB_BENCH_DIR, else the temp dir.
+//! BPFDB_CKPT_HEADROOM sets max_keys in percent of the keys (120).
 
 use std::path::Path;
 use std::time::Instant;
@@ -30,8 +31,11 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 fn opts(nkeys: usize, dir: &Path) -> Options {
+    // max_keys over the keys, in percent (BPFDB_CKPT_HEADROOM, 120 as the
+    // bench's scale section sizes it; lower it to fit 10M keys in RAM).
+    let headroom = env_usize("BPFDB_CKPT_HEADROOM", 120);
     Options {
-        max_keys: (nkeys * 12 / 10).max(1024) as u32,
+        max_keys: (nkeys * headroom / 100).max(1024) as u32,
         value_mem_bytes: 8 << 20,
         slots: 4,
         data_dir: Some(dir.to_path_buf()),
