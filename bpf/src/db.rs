@@ -188,7 +188,7 @@ impl Db {
         let pause = t.elapsed();
         // Streamed: each batch of names the walk finds is read and written
         // before the next is walked, so memory stays within
-        // checkpoint::MEMORY_BOUND whatever the number of keys.
+        // wal::CHECKPOINT_MEMORY_BOUND whatever the number of keys.
         let mut cursor = ScanCursor::new();
         let mut next_batch =
             |names: &mut checkpoint::Names| snap.scan_batch(&mut cursor, |n| names.push(n));
