@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::clients::exec_trace::ExecTracer;
 use crate::clients::memcached::MemcachedXdp;
+use crate::durability::checkpoint;
 use crate::durability::format::{self as wal, LogOp};
 use crate::durability::recovery;
 use crate::durability::writer::{Log, LogCounters, Start};
@@ -18,7 +19,7 @@ use crate::kernel::engine::Engine;
 use crate::kernel::layout::Layout;
 use crate::kernel::pools::PoolUse;
 use crate::kv::room::Reservation;
-use crate::kv::session::Session;
+use crate::kv::session::{ScanCursor, Session};
 use crate::kv::txn::Txn;
 use crate::options::Options;
 use crate::shared::Inner;
@@ -201,12 +202,17 @@ impl Db {
             (snap, segment, first_seq)
         };
         let pause = t.elapsed();
-        let mut names = Vec::new();
-        snap.scan(|n| names.push(n.to_vec()))?;
+        // Streamed: each batch of names the walk finds is read and written
+        // before the next is walked, so memory stays within
+        // wal::CHECKPOINT_MEMORY_BOUND whatever the number of keys.
+        let mut cursor = ScanCursor::new();
+        let mut next_batch =
+            |names: &mut checkpoint::Names| snap.scan_batch(&mut cursor, |n| names.push(n));
         let mut get = |name: &[u8], value: &mut Vec<u8>| -> Result<NewMeta> {
             Ok(NewMeta::of(&snap.get(name, value)?.meta))
         };
-        let keys = recovery::write_checkpoint(&names, &mut get, dir, segment, first_seq)?;
+        let keys =
+            checkpoint::write_checkpoint(&mut next_batch, &mut get, dir, segment, first_seq)?;
         drop(snap);
         for old in wal::segments(dir)?.into_iter().filter(|&n| n < segment) {
             let p = wal::segment_path(dir, old);

@@ -74,7 +74,7 @@ pub fn checkpoint_path(data_dir: &Path) -> std::path::PathBuf {
 }
 
 /// The key names a checkpoint holds, in file order. It mirrors `write_checkpoint` of
-/// bpf/src/recovery.rs and `put_op` of bpf/src/wal.rs: after the 16-byte header come
+/// bpf/src/durability/checkpoint.rs and `put_op` of bpf/src/durability/format.rs: after the 16-byte header come
 /// `next_segment u64 | first_seq u64 | count u64` (checkpoint format 3), then `count` entries
 /// `4u8 | key_len u8 | key | mode u32 | uid u32 | gid u32 | mtime_ns u64 | ctime_ns u64 |
 /// value_len u32 | value`, then a crc32c u32 of all before

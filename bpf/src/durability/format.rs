@@ -25,6 +25,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::kernel::abi;
 use crate::types::NewMeta;
 
 pub const WAL_MAGIC: &[u8; 8] = b"BPFDBWAL";
@@ -37,6 +38,20 @@ pub const FORMAT_VERSIONS: [u32; 2] = [1, FORMAT_VERSION];
 /// 2 (PUT_V1 ops) are still read.
 pub const CHECKPOINT_VERSION: u32 = 3;
 pub const CHECKPOINT_V1: u32 = 1;
+/// Bytes buffered between a checkpoint and its file, each way.
+pub const CHECKPOINT_IO_BUFFER: usize = 1 << 20;
+/// Most user memory a checkpoint takes to write, at any number of keys
+/// (`checkpoint.rs` streams it): one scan batch (the cursor's buffers of
+/// `abi::SCAN_BATCH` keys and records, and as many names of up to 255
+/// bytes with their ends), one value and the write buffer; 3.6 MiB.
+/// Reading one takes less: the read buffer, one key and one value.
+pub const CHECKPOINT_MEMORY_BOUND: usize = abi::SCAN_BATCH
+    * (std::mem::size_of::<abi::HKey>()
+        + abi::RECORD_SIZE
+        + abi::KEY_MAX
+        + std::mem::size_of::<usize>())
+    + abi::VALUE_LIMIT
+    + CHECKPOINT_IO_BUFFER;
 pub const HEADER_BYTES: usize = 16;
 pub const RECORD_HEADER_BYTES: usize = 16;
 /// Largest payload a reader accepts: what one transaction can log.
@@ -117,6 +132,12 @@ pub fn check_header(bytes: &[u8], magic: &[u8; 8], versions: &[u32], what: &str)
 }
 
 pub fn put_op(out: &mut Vec<u8>, key: &[u8], meta: &NewMeta, value: &[u8]) {
+    put_op_head(out, key, meta, value.len());
+    out.extend_from_slice(value);
+}
+
+/// A PUT op up to its value, which is `len` bytes and goes right after.
+pub fn put_op_head(out: &mut Vec<u8>, key: &[u8], meta: &NewMeta, len: usize) {
     out.push(OP_PUT);
     out.push(key.len() as u8);
     out.extend_from_slice(key);
@@ -125,8 +146,7 @@ pub fn put_op(out: &mut Vec<u8>, key: &[u8], meta: &NewMeta, value: &[u8]) {
     out.extend_from_slice(&meta.gid.to_le_bytes());
     out.extend_from_slice(&meta.mtime_ns.to_le_bytes());
     out.extend_from_slice(&meta.ctime_ns.to_le_bytes());
-    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    out.extend_from_slice(value);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
 }
 
 pub fn del_op(out: &mut Vec<u8>, key: &[u8]) {

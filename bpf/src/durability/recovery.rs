@@ -1,22 +1,20 @@
-//! Recovery and checkpoints.
+//! Recovery.
 //!
-//! Start-up loads the checkpoint (if any), then replays every log segment
+//! Start-up loads the checkpoint (if any; `checkpoint` streams it), then replays every log segment
 //! from the one it names, into the kernel maps, before anything is served.
 //! A torn or corrupt tail of the last segment ends replay at the last good
 //! record and is cut off; corruption followed by valid records refuses to
 //! start unless `allow_corrupt_log` is set.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
 use log::{info, warn};
 
+use crate::durability::checkpoint;
 use crate::durability::format::{self as wal, LogOp};
-use crate::durability::writer::{read_file, sync_dir};
+use crate::durability::writer::read_file;
 use crate::error::{Error, Result};
-use crate::types::NewMeta;
 
 /// Applies one replayed op to the keys (the `Db` passes its sessions).
 pub(crate) type Apply<'a> = &'a mut dyn FnMut(&LogOp) -> Result<()>;
@@ -56,76 +54,24 @@ const LOG_BEGINS: LogStart = LogStart {
     first_seq: Some(1),
 };
 
-/// A checkpoint read and checked: where the log goes on from it, and its
-/// `n` entries at `buf[entries]`.
-struct Checkpoint {
-    start: LogStart,
-    buf: Vec<u8>,
-    entries: std::ops::Range<usize>,
-    n: u64,
-}
-
-fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
-    let path = wal::checkpoint_path(dir);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let buf = read_file(&path)?;
-    let what = path.display().to_string();
-    let versions = [wal::CHECKPOINT_V1, 2, wal::CHECKPOINT_VERSION];
-    let version = wal::check_header(&buf, wal::CKPT_MAGIC, &versions, &what)?;
-    let corrupt = |why: &str| Error::new(libc::EIO, format!("{what}: {why}; refusing to start"));
-    if buf.len() < wal::HEADER_BYTES + 20 {
-        return Err(corrupt("truncated"));
-    }
-    let (body, tail) = buf.split_at(buf.len() - 4);
-    if crc32c::crc32c(body) != u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) {
-        return Err(corrupt("checksum mismatch"));
-    }
-    let mut r = wal::Reader::new(&body[wal::HEADER_BYTES..]);
-    let segment = r.u64().ok_or_else(|| corrupt("truncated header"))?;
-    let first_seq = if version == wal::CHECKPOINT_V1 {
-        None
-    } else {
-        Some(r.u64().ok_or_else(|| corrupt("truncated header"))?)
-    };
-    let n = r.u64().ok_or_else(|| corrupt("truncated header"))?;
-    let entries = body.len() - r.rest().len()..body.len();
-    Ok(Some(Checkpoint {
-        start: LogStart { segment, first_seq },
-        buf,
-        entries,
-        n,
-    }))
-}
-
+/// Applies the checkpoint of `dir`, if any, streamed (see `checkpoint`):
+/// its crc is checked over the whole file before the first entry is
+/// applied. Returns where the log goes on, and whether there was one.
 fn load_checkpoint(apply: Apply<'_>, dir: &Path) -> Result<(LogStart, bool)> {
     let t = Instant::now();
-    let Some(Checkpoint {
-        start,
-        buf,
-        entries,
-        n,
-    }) = read_checkpoint(dir)?
-    else {
+    let Some(ckpt) = checkpoint::open(dir)? else {
         return Ok((LOG_BEGINS, false));
     };
-    let what = wal::checkpoint_path(dir).display().to_string();
-    let mut r = wal::Reader::new(&buf[entries]);
-    for _ in 0..n {
-        let op = r.op().ok_or_else(|| {
-            Error::new(
-                libc::EIO,
-                format!("{what}: malformed entry; refusing to start"),
-            )
-        })?;
-        apply(&op)?;
-    }
+    let n = ckpt.apply(apply)?;
     info!(
         "recovery: checkpoint of {n} keys loaded in {:?}; replaying from segment {}",
         t.elapsed(),
-        start.segment
+        ckpt.segment
     );
+    let start = LogStart {
+        segment: ckpt.segment,
+        first_seq: ckpt.first_seq,
+    };
     Ok((start, true))
 }
 
@@ -298,7 +244,7 @@ pub(crate) fn recover(apply: Apply<'_>, dir: &Path, allow_corrupt: bool) -> Resu
 /// kernel state is current): after the last record of the newest segment
 /// that has one, else at the seq the checkpoint gives. A torn tail is cut.
 pub(crate) fn resume(dir: &Path) -> Result<Recovered> {
-    let ckpt = read_checkpoint(dir)?.map(|c| c.start);
+    let ckpt = checkpoint::open(dir)?;
     let start = ckpt.as_ref().map_or(1, |c| c.segment);
     let segments = wal::segments(dir)?;
     let segment = segments.last().copied().unwrap_or(start);
@@ -329,46 +275,4 @@ pub(crate) fn resume(dir: &Path) -> Result<Recovered> {
     }
     let next_seq = ckpt.and_then(|c| c.first_seq).unwrap_or(1);
     Ok(Recovered { segment, next_seq })
-}
-
-/// Reads one key of the snapshot a checkpoint writes: its value into the
-/// buffer, and its metadata.
-pub(crate) type Get<'a> = &'a mut dyn FnMut(&[u8], &mut Vec<u8>) -> Result<NewMeta>;
-
-/// Writes a checkpoint of the keys `names` (read through `get`, from one
-/// snapshot) atomically: temp file, fsync, rename, fsync of the directory.
-/// Replay then starts at `next_segment`, whose first record has seq
-/// `first_seq`.
-pub(crate) fn write_checkpoint(
-    names: &[Vec<u8>],
-    get: Get<'_>,
-    dir: &Path,
-    next_segment: u64,
-    first_seq: u64,
-) -> Result<u64> {
-    let mut body = Vec::with_capacity(1 << 20);
-    body.extend_from_slice(&wal::file_header(wal::CKPT_MAGIC, wal::CHECKPOINT_VERSION));
-    body.extend_from_slice(&next_segment.to_le_bytes());
-    body.extend_from_slice(&first_seq.to_le_bytes());
-    body.extend_from_slice(&(names.len() as u64).to_le_bytes());
-    let mut value = Vec::new();
-    for name in names {
-        let meta = get(name, &mut value)?;
-        wal::put_op(&mut body, name, &meta, &value);
-    }
-    let crc = crc32c::crc32c(&body);
-    body.extend_from_slice(&crc.to_le_bytes());
-    let tmp = dir.join("checkpoint.tmp");
-    let what = tmp.display().to_string();
-    let written =
-        File::create(&tmp).and_then(|mut f| f.write_all(&body).and_then(|_| f.sync_all()));
-    if let Err(e) = written {
-        // A partial temp file would only hold space a full disk needs.
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(&what, &e));
-    }
-    std::fs::rename(&tmp, wal::checkpoint_path(dir))
-        .map_err(|e| Error::io("rename checkpoint", &e))?;
-    sync_dir(dir)?;
-    Ok(names.len() as u64)
 }

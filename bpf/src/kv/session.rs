@@ -353,53 +353,93 @@ impl Session<'_> {
     /// not be. The walk goes by hash bucket (`Engine::records_batch`) and
     /// the engine says which keys of each batch are visible.
     pub fn scan(&mut self, mut f: impl FnMut(&[u8])) -> Result<()> {
-        let key_size = std::mem::size_of::<HKey>();
-        let mut keys = vec![0u8; abi::SCAN_BATCH * key_size];
-        let mut values = vec![0u8; abi::SCAN_BATCH * abi::RECORD_SIZE];
-        let mut cursor = None;
+        let mut cursor = ScanCursor::new();
+        while self.scan_batch(&mut cursor, &mut f)? {}
+        Ok(())
+    }
+
+    /// One batch of `scan`: calls `f` with the visible names among the next
+    /// `abi::SCAN_BATCH` records at most, and says whether the walk goes on
+    /// (false: every bucket was walked). Between batches the caller may run
+    /// other ops; the rule of `scan` holds over the whole walk.
+    pub(crate) fn scan_batch(
+        &mut self,
+        cursor: &mut ScanCursor,
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<bool> {
+        if cursor.done {
+            return Ok(false);
+        }
         // Each call walks at least one bucket; a hash map has at most
         // twice max_keys buckets (a power of two).
         let max_calls = 2 * self.db.engine.layout.max_keys as usize + 2;
-        for _ in 0..max_calls {
-            let batch = self
-                .db
-                .engine
-                .records_batch(cursor, &mut keys, &mut values)?;
-            if batch.count > 0 {
-                let n = batch.count;
-                self.prepare_keyless(Op::Scan, 0);
-                let slot = self.slot();
-                slot.req.count = n as u32;
-                slot.data[..n * key_size].copy_from_slice(&keys[..n * key_size]);
-                self.run("scan")?;
-                for i in 0..n {
-                    if self.slot().data[abi::SCAN_FLAGS + i] == 0 {
-                        continue;
-                    }
-                    let rec = &values[i * abi::RECORD_SIZE..(i + 1) * abi::RECORD_SIZE];
-                    let at = abi::RECORD_KEY_LEN_OFF;
-                    let len = u32::from_ne_bytes([rec[at], rec[at + 1], rec[at + 2], rec[at + 3]]);
-                    let len = (len as usize).min(abi::KEY_MAX);
-                    if len <= abi::NAME_INLINE {
-                        f(&rec[abi::RECORD_NAME_OFF..abi::RECORD_NAME_OFF + len]);
-                    } else if let Some(name) = self
-                        .db
-                        .engine
-                        .long_name(&keys[i * key_size..(i + 1) * key_size])?
-                    {
-                        // Gone meanwhile: the key was removed during the walk.
-                        f(&name[..len]);
-                    }
+        if cursor.calls >= max_calls {
+            return Err(Error::new(
+                libc::EIO,
+                "scan did not reach the end of the records map",
+            ));
+        }
+        cursor.calls += 1;
+        let key_size = std::mem::size_of::<HKey>();
+        let ScanCursor { keys, values, .. } = cursor;
+        let batch = self.db.engine.records_batch(cursor.next, keys, values)?;
+        if batch.count > 0 {
+            let n = batch.count;
+            self.prepare_keyless(Op::Scan, 0);
+            let slot = self.slot();
+            slot.req.count = n as u32;
+            slot.data[..n * key_size].copy_from_slice(&keys[..n * key_size]);
+            self.run("scan")?;
+            for i in 0..n {
+                if self.slot().data[abi::SCAN_FLAGS + i] == 0 {
+                    continue;
+                }
+                let rec = &values[i * abi::RECORD_SIZE..(i + 1) * abi::RECORD_SIZE];
+                let at = abi::RECORD_KEY_LEN_OFF;
+                let len = u32::from_ne_bytes([rec[at], rec[at + 1], rec[at + 2], rec[at + 3]]);
+                let len = (len as usize).min(abi::KEY_MAX);
+                if len <= abi::NAME_INLINE {
+                    f(&rec[abi::RECORD_NAME_OFF..abi::RECORD_NAME_OFF + len]);
+                } else if let Some(name) = self
+                    .db
+                    .engine
+                    .long_name(&keys[i * key_size..(i + 1) * key_size])?
+                {
+                    // Gone meanwhile: the key was removed during the walk.
+                    f(&name[..len]);
                 }
             }
-            if batch.done {
-                return Ok(());
-            }
-            cursor = Some(batch.next);
         }
-        Err(Error::new(
-            libc::EIO,
-            "scan did not reach the end of the records map",
-        ))
+        cursor.done = batch.done;
+        cursor.next = Some(batch.next);
+        Ok(!batch.done)
+    }
+}
+
+/// Where a scan is: the buffers one batch of records is read into
+/// (`abi::SCAN_BATCH` keys and records, about 1.1 MiB) and the bucket the
+/// next batch starts at.
+pub(crate) struct ScanCursor {
+    keys: Vec<u8>,
+    values: Vec<u8>,
+    next: Option<u32>,
+    calls: usize,
+    done: bool,
+}
+
+impl ScanCursor {
+    pub(crate) fn new() -> ScanCursor {
+        ScanCursor {
+            keys: vec![0u8; abi::SCAN_BATCH * std::mem::size_of::<HKey>()],
+            values: vec![0u8; abi::SCAN_BATCH * abi::RECORD_SIZE],
+            next: None,
+            calls: 0,
+            done: false,
+        }
+    }
+
+    /// Every bucket was walked.
+    pub(crate) fn done(&self) -> bool {
+        self.done
     }
 }

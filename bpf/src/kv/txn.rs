@@ -16,7 +16,7 @@ use crate::kernel::abi::{self, Detail, Op};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::kv::session::Session;
+use crate::kv::session::{ScanCursor, Session};
 use crate::shared::Inner as Shared;
 use crate::types::{NewMeta, SetFlags, Stat, check_key};
 
@@ -249,6 +249,36 @@ impl Txn {
                 f(name);
             }
             Ok(())
+        })
+    }
+
+    /// One batch of `scan` (see `Session::scan_batch`): the transaction is
+    /// free between batches, so a caller can read the values of one batch
+    /// before it walks the next (a checkpoint streams a snapshot this way).
+    /// Its own writes come with the last batch; for a snapshot, that has
+    /// none, a batch holds at most `abi::SCAN_BATCH` names. False once the
+    /// walk is done.
+    pub(crate) fn scan_batch(
+        &self,
+        cursor: &mut ScanCursor,
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<bool> {
+        if cursor.done() {
+            return Ok(false);
+        }
+        self.with("scan", |s, inner| {
+            let writes = &inner.writes;
+            let more = s.scan_batch(cursor, |name| {
+                if !writes.contains_key(name) {
+                    f(name);
+                }
+            })?;
+            if !more {
+                for (name, _) in writes.iter().filter(|(_, live)| **live) {
+                    f(name);
+                }
+            }
+            Ok(more)
         })
     }
 
