@@ -142,8 +142,7 @@ impl Db {
         let rec = if reused {
             recovery::resume(dir)?
         } else {
-            let mut s = self.inner.session();
-            let mut apply = |op: &LogOp| match op {
+            let apply_one = |s: &mut Session<'_>, op: &LogOp| match op {
                 LogOp::Put { key, meta, value } => {
                     s.set(key, value, *meta, SetFlags::default()).map(drop)
                 }
@@ -152,7 +151,22 @@ impl Db {
                     _ => Ok(()),
                 },
             };
-            recovery::recover(&mut apply, dir, self.inner.opts.allow_corrupt_log)?
+            let apply_batch = |ops: &[LogOp]| -> Result<()> {
+                let mut s = self.inner.session();
+                ops.iter().try_for_each(|op| apply_one(&mut s, op))
+            };
+            // The log's session is taken at its first op, after the
+            // checkpoint's threads gave theirs back: with one slot, a
+            // session held across them would leave them none.
+            let mut s = None;
+            let mut apply =
+                |op: &LogOp| apply_one(s.get_or_insert_with(|| self.inner.session()), op);
+            recovery::recover(
+                &mut apply,
+                &apply_batch,
+                dir,
+                self.inner.opts.allow_corrupt_log,
+            )?
         };
         let engine = &self.inner.engine;
         let start = Start {

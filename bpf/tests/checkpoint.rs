@@ -464,3 +464,45 @@ fn checkpoints_of_versions_3_2_and_1_are_still_read() {
         assert!(dump(&db) == want, "version {version}: after rewriting");
     }
 }
+
+/// The checkpoint's entries are applied by several threads at once, with
+/// one session each, also when the database has a single slot; when the
+/// engine refuses an entry (here: more keys than the reopened database's
+/// max_keys), the start fails with that error instead of hanging or going
+/// on with part of the keys.
+#[test]
+fn a_checkpoint_applied_by_several_threads_restores_every_key_or_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = 20_000u64;
+    let mut want = Dump::new();
+    {
+        let db = Db::open(&Options {
+            max_keys: 32_768,
+            ..opts(dir.path())
+        })
+        .unwrap();
+        let mut s = db.session();
+        for i in 0..keys {
+            let (k, v) = (format!("key-{i}").into_bytes(), i.to_le_bytes().to_vec());
+            s.set(&k, &v, meta(i), SetFlags::default()).unwrap();
+            want.insert(k, (v, meta(i)));
+        }
+        db.checkpoint().unwrap();
+    }
+    let one_slot = Options {
+        max_keys: 32_768,
+        slots: 1,
+        ..opts(dir.path())
+    };
+    let db = Db::open(&one_slot).unwrap();
+    assert_eq!(dump(&db), want);
+    drop(db);
+    let err = match Db::open(&Options {
+        max_keys: 8_192,
+        ..opts(dir.path())
+    }) {
+        Ok(_) => panic!("{keys} keys restored into a database of 8192"),
+        Err(e) => e,
+    };
+    assert_eq!(err.errno, libc::ENOSPC, "{err}");
+}

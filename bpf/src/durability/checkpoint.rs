@@ -25,7 +25,10 @@
 //! cursor's buffers, 1.1 MiB, and at most `abi::SCAN_BATCH` names of up to
 //! 255 bytes, 0.5 MiB), one value (at most 1 MiB) and the 1 MiB write
 //! buffer; reading holds one 1 MiB read buffer, one key and one value (at
-//! most 1 MiB).
+//! most 1 MiB), and, while the entries are applied by several threads
+//! (`apply_parallel`), at most 3 x threads + 1 batches of 256 KiB of
+//! entries (each may overshoot by one entry): 3.6 MiB with 2 threads of
+//! 100-byte values.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -471,6 +474,78 @@ impl Checkpoint {
             t.elapsed()
         );
         Ok(n)
+    }
+}
+
+impl Checkpoint {
+    /// `apply`, with the entries handed in batches to `threads` threads
+    /// that each apply theirs with `apply_batch` (a checkpoint's keys are
+    /// distinct, so the order does not matter): replay is the engine's SET
+    /// per key, and this uses every CPU for it. Batches are bounded by
+    /// `CHECKPOINT_APPLY_BATCH_KEYS` / `_BYTES`, and two per thread wait at
+    /// most. On an error the reader stops, the threads drain what is queued
+    /// without applying it, and the first error is returned.
+    pub(crate) fn apply_parallel(
+        &self,
+        apply_batch: &(dyn Fn(&[LogOp]) -> Result<()> + Sync),
+        threads: usize,
+    ) -> Result<u64> {
+        let threads = threads.max(1);
+        let failed = std::sync::Mutex::new(None::<Error>);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<LogOp>>(2 * threads);
+        let rx = std::sync::Mutex::new(rx);
+        let applied = std::thread::scope(|sc| {
+            for _ in 0..threads {
+                sc.spawn(|| {
+                    loop {
+                        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok(batch) = next else { return };
+                        let mut first = failed.lock().unwrap_or_else(|p| p.into_inner());
+                        if first.is_some() {
+                            continue; // drained, not applied
+                        }
+                        drop(first);
+                        if let Err(e) = apply_batch(&batch) {
+                            first = failed.lock().unwrap_or_else(|p| p.into_inner());
+                            first.get_or_insert(e);
+                        }
+                    }
+                });
+            }
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            let stopped = || Error::new(libc::ECANCELED, "checkpoint apply stopped");
+            let read = self.apply(&mut |op| {
+                if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                    return Err(stopped());
+                }
+                if let LogOp::Put { key, value, .. } = op {
+                    bytes += key.len() + value.len();
+                }
+                batch.push(op.clone());
+                if batch.len() >= wal::CHECKPOINT_APPLY_BATCH_KEYS
+                    || bytes >= wal::CHECKPOINT_APPLY_BATCH_BYTES
+                {
+                    bytes = 0;
+                    tx.send(std::mem::take(&mut batch)).map_err(|_| stopped())?;
+                }
+                Ok(())
+            });
+            let read = read.and_then(|n| {
+                if !batch.is_empty() {
+                    tx.send(std::mem::take(&mut batch)).map_err(|_| stopped())?;
+                }
+                Ok(n)
+            });
+            drop(tx);
+            read
+        });
+        // The threads have joined: a failure of theirs is the cause of any
+        // stop the reader saw.
+        match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e),
+            None => applied,
+        }
     }
 }
 

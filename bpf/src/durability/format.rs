@@ -52,6 +52,16 @@ pub const CHECKPOINT_MEMORY_BOUND: usize = abi::SCAN_BATCH
         + std::mem::size_of::<usize>())
     + abi::VALUE_LIMIT
     + CHECKPOINT_IO_BUFFER;
+/// A checkpoint's entries are applied by up to this many threads at once
+/// (its keys are distinct, so their order does not matter), each with its
+/// own engine session.
+pub const RECOVERY_THREADS: usize = 4;
+/// Entries handed to an applying thread at a time: at most this many, and
+/// no more once their values reach CHECKPOINT_APPLY_BATCH_BYTES. Two such
+/// batches per thread wait in the queue, so reading holds at most
+/// (3 x threads + 1) batches besides the read buffer.
+pub const CHECKPOINT_APPLY_BATCH_KEYS: usize = 1024;
+pub const CHECKPOINT_APPLY_BATCH_BYTES: usize = 256 << 10;
 pub const HEADER_BYTES: usize = 16;
 pub const RECORD_HEADER_BYTES: usize = 16;
 /// Largest payload a reader accepts: what one transaction can log.

@@ -18,6 +18,9 @@ use crate::error::{Error, Result};
 
 /// Applies one replayed op to the keys (the `Db` passes its sessions).
 pub(crate) type Apply<'a> = &'a mut dyn FnMut(&LogOp) -> Result<()>;
+/// Applies a batch of a checkpoint's entries with a session of its own:
+/// called from several threads at once.
+pub(crate) type ApplyBatch<'a> = &'a (dyn Fn(&[LogOp]) -> Result<()> + Sync);
 
 /// Progress is logged every this many bytes of log replayed.
 const PROGRESS_BYTES: usize = 64 << 20;
@@ -57,12 +60,15 @@ const LOG_BEGINS: LogStart = LogStart {
 /// Applies the checkpoint of `dir`, if any, streamed (see `checkpoint`):
 /// its crc is checked over the whole file before the first entry is
 /// applied. Returns where the log goes on, and whether there was one.
-fn load_checkpoint(apply: Apply<'_>, dir: &Path) -> Result<(LogStart, bool)> {
+fn load_checkpoint(apply: ApplyBatch<'_>, dir: &Path) -> Result<(LogStart, bool)> {
     let t = Instant::now();
     let Some(ckpt) = checkpoint::open(dir)? else {
         return Ok((LOG_BEGINS, false));
     };
-    let n = ckpt.apply(apply)?;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(wal::RECOVERY_THREADS);
+    let n = ckpt.apply_parallel(apply, threads)?;
     info!(
         "recovery: checkpoint of {n} keys loaded in {:?}; replaying from segment {}",
         t.elapsed(),
@@ -129,9 +135,15 @@ fn replayed_segments(dir: &Path, start: u64, ckpt: bool, allow_corrupt: bool) ->
     Ok(segments)
 }
 
-/// Replays the checkpoint and the log through `apply` (log emission off).
-pub(crate) fn recover(apply: Apply<'_>, dir: &Path, allow_corrupt: bool) -> Result<Recovered> {
-    let (start, ckpt) = load_checkpoint(&mut *apply, dir)?;
+/// Replays the checkpoint through `apply_batch` (from several threads) and
+/// then the log, in order, through `apply` (log emission off).
+pub(crate) fn recover(
+    apply: Apply<'_>,
+    apply_batch: ApplyBatch<'_>,
+    dir: &Path,
+    allow_corrupt: bool,
+) -> Result<Recovered> {
+    let (start, ckpt) = load_checkpoint(apply_batch, dir)?;
     let segments = replayed_segments(dir, start.segment, ckpt, allow_corrupt)?;
     let total: u64 = segments
         .iter()

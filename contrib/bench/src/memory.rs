@@ -24,15 +24,19 @@ struct Row {
     records: u64,
     small: u64,
     redis: u64,
+    slowest: Duration,
+    over_1ms: usize,
 }
 
 fn name(i: usize) -> String {
     format!("key:{i}")
 }
 
-/// Kernel memory of every engine map once `n` keys are stored. No data dir:
-/// the log ring is one page, so the figure is the data's.
-fn bpfdb_bytes(n: usize) -> (u64, u64, u64) {
+/// Kernel memory of every engine map once `n` keys are stored (no data
+/// dir: the log ring is one page, so the figure is the data's), and the
+/// slowest single SET of the fill with how many took over 1 ms: the pools
+/// and the records grow under those SETs.
+fn bpfdb_bytes(n: usize) -> (u64, u64, u64, Duration, usize) {
     let db = Db::open(&Options {
         max_keys: n as u32,
         value_mem_bytes: 8 << 20,
@@ -42,12 +46,17 @@ fn bpfdb_bytes(n: usize) -> (u64, u64, u64) {
     .unwrap_or_else(|e| die("open engine", e));
     let mut s = db.session();
     let value = [b'x'; VALUE_BYTES];
+    let (mut slowest, mut over_1ms) = (Duration::ZERO, 0);
     for i in 0..n {
+        let t = std::time::Instant::now();
         s.set(name(i).as_bytes(), &value, meta(), SetFlags::default())
             .unwrap_or_else(|e| die(&format!("set {}", name(i)), e));
+        let took = t.elapsed();
+        slowest = slowest.max(took);
+        over_1ms += usize::from(took > Duration::from_millis(1));
     }
     let m = db.memory().unwrap_or_else(|e| die("memory", e));
-    (m.total, m.records, m.small.bytes)
+    (m.total, m.records, m.small.bytes, slowest, over_1ms)
 }
 
 fn redis_bytes(n: usize) -> u64 {
@@ -91,7 +100,7 @@ pub fn run() -> Vec<crate::plot::Figure> {
             let raw = (0..keys)
                 .map(|i| (name(i).len() + VALUE_BYTES) as u64)
                 .sum();
-            let (bpfdb, records, small) = bpfdb_bytes(keys);
+            let (bpfdb, records, small, slowest, over_1ms) = bpfdb_bytes(keys);
             let redis = redis_bytes(keys);
             Row {
                 keys,
@@ -100,6 +109,8 @@ pub fn run() -> Vec<crate::plot::Figure> {
                 records,
                 small,
                 redis,
+                slowest,
+                over_1ms,
             }
         })
         .collect();
@@ -120,6 +131,17 @@ pub fn run() -> Vec<crate::plot::Figure> {
             r.redis as f64 / MIB,
             r.redis as f64 / k,
             r.bpfdb as f64 / r.redis as f64,
+        );
+    }
+    println!(
+        "\nThe slowest single SET while bpfdb filled up (its records and value pools grow under the SETs):"
+    );
+    for r in &rows {
+        println!(
+            "- {} keys: {:.2} ms; {} SETs over 1 ms",
+            r.keys,
+            r.slowest.as_secs_f64() * 1e3,
+            r.over_1ms
         );
     }
     let (total, wal) = empty_bytes();
