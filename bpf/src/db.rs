@@ -17,12 +17,12 @@ use crate::error::{Error, Result};
 use crate::kernel::abi::{self, Op, Stats};
 use crate::kernel::engine::Engine;
 use crate::kernel::layout::Layout;
-use crate::kernel::pools::PoolUse;
+use crate::kernel::pools::{AHEAD_SEGMENTS, PoolUse};
 use crate::kv::room::Reservation;
 use crate::kv::session::{ScanCursor, Session};
 use crate::kv::txn::Txn;
 use crate::options::Options;
-use crate::shared::Inner;
+use crate::shared::{Inner, Keeper};
 use crate::types::{NewMeta, SetFlags};
 
 static NEXT_INSTANCE: AtomicU32 = AtomicU32::new(1);
@@ -102,6 +102,7 @@ impl Db {
             log: OnceLock::new(),
             checkpointing: Mutex::new(()),
             room: Arc::default(),
+            keeper: Arc::default(),
         };
         let db = Db {
             inner: Arc::new(inner),
@@ -109,14 +110,22 @@ impl Db {
         if reused {
             db.abort_orphaned_txns()?;
         }
+        // Room for the first writers (recovery's and eBPF clients' among
+        // them), which would otherwise each wait for a segment: one per
+        // pool, all an empty database holds; the housekeeping thread keeps
+        // the pools AHEAD_SEGMENTS ahead of the writers from here on.
+        for pool in [&db.inner.engine.small, &db.inner.engine.pages] {
+            pool.top_up(1)?;
+        }
+        let weak = Arc::downgrade(&db.inner);
+        let keeper = db.inner.keeper.clone();
+        std::thread::Builder::new()
+            .name("bpfdb-keeper".into())
+            .spawn(move || housekeeping(weak, &keeper))
+            .map_err(|e| Error::io("spawn housekeeping thread", &e))?;
         if let Some(dir) = db.inner.opts.data_dir.clone() {
             db.start_durability(&dir, reused)?;
         }
-        let weak = Arc::downgrade(&db.inner);
-        std::thread::Builder::new()
-            .name("bpfdb-keeper".into())
-            .spawn(move || housekeeping(weak))
-            .map_err(|e| Error::io("spawn housekeeping thread", &e))?;
         Ok(db)
     }
 
@@ -354,15 +363,16 @@ impl Db {
     }
 }
 
-/// Keeps the value pools ahead of writers that cannot grow them (eBPF
-/// clients), and checkpoints once the log is large.
-fn housekeeping(weak: Weak<Inner>) {
+/// Keeps the value pools ahead of the writers (woken by one that saw a
+/// pool low, so that no write waits for a segment; and for eBPF clients,
+/// which cannot grow a pool), and checkpoints once the log is large.
+fn housekeeping(weak: Weak<Inner>, keeper: &Keeper) {
     loop {
-        std::thread::sleep(HOUSEKEEPING_POLL);
+        keeper.wait(HOUSEKEEPING_POLL);
         let Some(inner) = weak.upgrade() else { return };
         let db = Db { inner };
         for pool in [&db.inner.engine.small, &db.inner.engine.pages] {
-            if let Err(e) = pool.top_up() {
+            if let Err(e) = pool.top_up(AHEAD_SEGMENTS) {
                 log::warn!("{}: {e}", pool.name);
             }
         }

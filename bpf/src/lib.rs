@@ -33,7 +33,7 @@ pub use error::{Error, Result};
 pub use kernel::abi::{self, Meta, Stats};
 pub use kernel::layout::Layout;
 pub use kernel::pin::unpin;
-pub use kernel::pools::PoolUse;
+pub use kernel::pools::{AHEAD_SEGMENTS, PoolUse};
 pub use kernel::trigger;
 pub use kv::room::{Need, Reservation};
 pub use kv::session::{Session, TRANSIENT_RETRIES};

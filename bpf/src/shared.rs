@@ -33,6 +33,37 @@ pub(crate) struct Inner {
     pub(crate) checkpointing: Mutex<()>,
     /// Value memory promised to open writers (see `room`).
     pub(crate) room: Arc<Room>,
+    /// Wakes the housekeeping thread early: a writer saw a value pool
+    /// running low, so it grows it before a write has to wait for that.
+    pub(crate) keeper: Arc<Keeper>,
+}
+
+/// The housekeeping thread's wake-up call. Shared apart from `Inner`, so
+/// the thread can wait on it without keeping the database alive.
+#[derive(Default)]
+pub(crate) struct Keeper {
+    wanted: Mutex<bool>,
+    woken: Condvar,
+}
+
+impl Keeper {
+    pub(crate) fn wake(&self) {
+        *self.wanted.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.woken.notify_one();
+    }
+
+    /// Waits for `wake` or the timeout, whichever comes first.
+    pub(crate) fn wait(&self, timeout: std::time::Duration) {
+        let mut wanted = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
+        if !*wanted {
+            wanted = self
+                .woken
+                .wait_timeout(wanted, timeout)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *wanted = false;
+    }
 }
 
 thread_local! {

@@ -38,18 +38,18 @@ fn an_empty_database_with_default_options_holds_at_most_32_mib_besides_its_log_r
         "{} MiB besides the log ring: {maps:?}",
         (m.total - m.wal) >> 20
     );
+    // One segment per pool, ready for the first writers; no more.
     assert_eq!(
         (m.small.segments, m.pages.segments),
-        (0, 0),
-        "pools allocated before any value: {m:?}"
+        (1, 1),
+        "pools before any value: {m:?}"
     );
 }
 
 /// Segments a pool may hold after `ids` were handed out: what they need,
-/// plus the one the housekeeping thread adds when a segment is within a
-/// quarter of full.
+/// plus the ones the housekeeping thread keeps ready ahead of the writers.
 fn most_segments(ids: u64, seg: u32) -> u64 {
-    (ids + seg as u64 / 4).div_ceil(seg as u64)
+    ids.div_ceil(seg as u64) + bpfdb::AHEAD_SEGMENTS
 }
 
 #[test]

@@ -115,9 +115,6 @@ fn realtime_offset_ns() -> Result<u64> {
 
 impl ExecTracer {
     pub(crate) fn attach(engine: &Engine) -> Result<ExecTracer> {
-        // It cannot grow a pool itself: start with room (the housekeeping
-        // thread keeps it).
-        engine.small.top_up()?;
         let (object, object_ref) = object_storage();
         let mut open = ExecTraceSkelBuilder::default().open(object_ref)?;
         reuse_engine_maps(engine, &mut kernel_api_maps!(open.maps))?;

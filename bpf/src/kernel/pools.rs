@@ -17,6 +17,13 @@ use log::info;
 
 use crate::error::{Error, Result};
 
+/// Segments kept ready ahead of the writers. Publishing one waits for an
+/// RCU grace period (the kernel's `maybe_wait_bpf_programs` on any update
+/// of an array of maps: 5-8 ms measured here, under a writer), and a writer
+/// filling a pool as fast as it can must not use up the spare meanwhile:
+/// with one segment ahead, one write in about 30 still ran out and waited.
+pub const AHEAD_SEGMENTS: u64 = 2;
+
 /// One pool: its array of segments and its counters in the engine's .bss.
 pub struct Pool {
     pub name: &'static str,
@@ -99,6 +106,12 @@ impl Pool {
         if self.next() < ready {
             return Ok(true);
         }
+        self.add_segment(ready)
+    }
+
+    /// Adds the segment that starts at id `ready` (the ready count, read
+    /// under the `grow` lock the caller holds). Ok(false) at the cap.
+    fn add_segment(&self, ready: u64) -> Result<bool> {
         if ready >= self.cap {
             return Ok(false);
         }
@@ -142,17 +155,33 @@ impl Pool {
         Ok(true)
     }
 
-    /// Adds a segment ahead of need when fewer than a quarter of one is
-    /// left never used, for writers that cannot grow a pool themselves
-    /// (eBPF clients). Returns whether it added one.
-    pub fn top_up(&self) -> Result<bool> {
-        let left = self.ready().saturating_sub(self.next());
-        if left >= (self.seg / 4) as u64 || self.ready() >= self.cap {
-            return Ok(false);
+    /// Less than AHEAD_SEGMENTS segments are left never used (one, while
+    /// nothing was ever used: an empty database holds one per pool), and
+    /// the cap allows more: two loads, cheap enough to ask before every
+    /// write.
+    pub fn low(&self) -> bool {
+        let (ready, next) = (self.ready(), self.next());
+        let ahead = if next == 0 { 1 } else { AHEAD_SEGMENTS };
+        ready < self.cap && ready.saturating_sub(next) < ahead * self.seg as u64
+    }
+
+    /// Adds up to `most` segments ahead of need while the pool is `low`, so
+    /// that writers seldom wait for one and eBPF clients, which cannot grow
+    /// a pool, find room. Returns whether it added any.
+    pub fn top_up(&self, most: u64) -> Result<bool> {
+        let mut added = false;
+        for _ in 0..most.min(AHEAD_SEGMENTS) {
+            if !self.low() {
+                break;
+            }
+            let _one = self.grow.lock().unwrap_or_else(|p| p.into_inner());
+            // A writer that ran out may have grown it meanwhile.
+            if !self.low() || !self.add_segment(self.ready())? {
+                break;
+            }
+            added = true;
         }
-        let before = self.ready();
-        self.grow()?;
-        Ok(self.ready() > before)
+        Ok(added)
     }
 
     /// What the pool holds now.

@@ -155,6 +155,10 @@ impl Session<'_> {
     /// Runs a write. Autocommit: inside the checkpoint gate, and returns
     /// once the commit is durable. In a transaction it only stages.
     pub(crate) fn run_write(&mut self, what: &str) -> Result<abi::Resp> {
+        let engine = &self.db.engine;
+        if engine.small.low() || engine.pages.low() {
+            self.db.keeper.wake();
+        }
         if self.txn != 0 {
             return self.run(what);
         }
