@@ -2,12 +2,15 @@
 //! (`small_pool`, `page_pool` in bpfdb_kernel.h) whose entries are
 //! segments: array maps of `DB_SMALL_SEG` chunks or `DB_PAGE_SEG` pages,
 //! 2 MiB either way. The engine hands out ids only below the pool's ready
-//! count (in its .bss); when it has none it fails the op with ENOSPC and
-//! the pool's detail, and the session that got it calls `Pool::grow` and
-//! runs the op again. Growth stops at the cap the options set, where the
-//! ENOSPC stands. Freed ids go back on the engine's free stack and are
-//! reused; segments are never taken away (a reader may still be copying
-//! out of any of them).
+//! count (in its .bss). Segments are normally added ahead of need: one per
+//! pool at open, then the housekeeping thread keeps `AHEAD_SEGMENTS` ready
+//! beyond what writers used (`top_up`), woken by a writer that sees the
+//! pool `low`. If writers still run out, the engine fails the op with
+//! ENOSPC and the pool's detail, and the session that got it calls
+//! `Pool::grow` and runs the op again. Growth stops at the cap the options
+//! set, where the ENOSPC stands. Freed ids go back on the engine's free
+//! stack and are reused; segments are never taken away (a reader may still
+//! be copying out of any of them).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Mutex;
@@ -21,7 +24,7 @@ use crate::error::{Error, Result};
 /// RCU grace period (the kernel's `maybe_wait_bpf_programs` on any update
 /// of an array of maps: 5-8 ms measured here, under a writer), and a writer
 /// filling a pool as fast as it can must not use up the spare meanwhile:
-/// with one segment ahead, one write in about 30 still ran out and waited.
+/// with one segment ahead, it still ran out about once in six segments.
 pub const AHEAD_SEGMENTS: u64 = 2;
 
 /// One pool: its array of segments and its counters in the engine's .bss.
