@@ -516,9 +516,6 @@ impl Checkpoint {
             let mut bytes = 0;
             let stopped = || Error::new(libc::ECANCELED, "checkpoint apply stopped");
             let read = self.apply(&mut |op| {
-                if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
-                    return Err(stopped());
-                }
                 if let LogOp::Put { key, value, .. } = op {
                     bytes += key.len() + value.len();
                 }
@@ -526,6 +523,10 @@ impl Checkpoint {
                 if batch.len() >= wal::CHECKPOINT_APPLY_BATCH_KEYS
                     || bytes >= wal::CHECKPOINT_APPLY_BATCH_BYTES
                 {
+                    // A thread failed: stop reading (checked once a batch).
+                    if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                        return Err(stopped());
+                    }
                     bytes = 0;
                     tx.send(std::mem::take(&mut batch)).map_err(|_| stopped())?;
                 }
