@@ -244,7 +244,7 @@ impl Engine {
         }
         rodata.kernel_slot_base = layout.kernel_slot_base();
         info!(
-            "engine {instance}: sizing maps: {} keys, {} small chunks of {} B, {} pages of {} B, {} slots, ~{} MiB",
+            "engine {instance}: sizing maps: at most {} keys, {} small chunks of {} B, {} pages of {} B; {} slots; up to ~{} MiB at those caps",
             layout.max_keys,
             layout.small_chunks,
             abi::SMALL_CHUNK,

@@ -5,6 +5,12 @@ use crate::error::{Error, Result};
 use crate::kernel::abi::{self, Slot};
 use crate::options::Options;
 
+/// Kernel memory of one record: the 440-byte value with the hash map's
+/// element header (48), its 16-byte key and the allocator's 8-byte header.
+const RECORD_ALLOC: u64 = 512;
+const _: () =
+    assert!(48 + std::mem::size_of::<abi::HKey>() + abi::RECORD_SIZE + 8 == RECORD_ALLOC as usize);
+
 /// Sizes of the kernel maps, derived from the options.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
@@ -71,10 +77,11 @@ impl Layout {
         self.slots
     }
 
-    /// Bytes of map memory this layout preallocates (approximate: without
-    /// the hash map's per-element header).
+    /// Bytes of map memory this layout can grow to, every cap reached (the
+    /// log ring and the slots are allocated at load, the rest as data
+    /// comes; a record is one 512-byte allocation, see RECORD_ALLOC).
     pub fn map_bytes(&self) -> u64 {
-        let record = (std::mem::size_of::<abi::HKey>() + abi::RECORD_SIZE) as u64;
+        let record = RECORD_ALLOC;
         self.max_keys as u64 * record
             + self.small_chunks as u64 * (abi::SMALL_CHUNK as u64 + 4)
             + self.pages as u64 * (abi::PAGE_SIZE as u64 + 4)
