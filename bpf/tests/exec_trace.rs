@@ -27,11 +27,26 @@ fn tracer(db: &Db) -> ExecTracer {
 }
 
 /// A program of a name no other test execs, so parallel tests and the
-/// machine's own execs do not count in it.
+/// machine's own execs do not count in it. A symlink, not a copy: a copy's
+/// write fd leaks into a child another test thread forks meanwhile, and
+/// exec then fails with ETXTBSY (it did in CI). The tracer counts the
+/// basename of the path given to execve, which is the link's.
 fn program(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     let p = dir.join(name);
-    std::fs::copy("/bin/true", &p).expect("copy /bin/true");
+    std::os::unix::fs::symlink("/bin/true", &p).expect("link /bin/true");
     p
+}
+
+/// Held by each test for its whole run. Every tracer sees every exec on the
+/// machine, so another test's execs would be counted (under their own
+/// names) in this test's database at the same moment as its own: two
+/// commits racing for the commit lock, where the loser's count is deferred
+/// to the next exec of its name, by design. These tests state exact counts
+/// for uncontended execs; `every_exec_counts_under_concurrent_execs` is the
+/// one about contention.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn run(p: &std::path::Path, times: u64) {
@@ -56,6 +71,7 @@ fn count(db: &Db, key: &str) -> Option<u64> {
 
 #[test]
 fn every_exec_is_one_committed_transaction() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(&opts(None)).unwrap();
     let t = tracer(&db);
@@ -83,6 +99,7 @@ fn every_exec_is_one_committed_transaction() {
 
 #[test]
 fn a_count_a_transaction_blocks_waits_and_is_not_lost() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(&opts(None)).unwrap();
     let t = tracer(&db);
@@ -109,6 +126,7 @@ fn a_count_a_transaction_blocks_waits_and_is_not_lost() {
 
 #[test]
 fn counts_are_logged_and_recovered() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let p = program(dir.path(), "bpfdb-trace-c");
@@ -127,4 +145,31 @@ fn counts_are_logged_and_recovered() {
     }
     let db = Db::open(&opts(Some(data))).unwrap();
     assert_eq!(count(&db, "exec.bpfdb-trace-c"), Some(EXECS));
+}
+
+#[test]
+fn every_exec_counts_under_concurrent_execs() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&opts(None)).unwrap();
+    let t = tracer(&db);
+    let names = ["bpfdb-trace-d", "bpfdb-trace-e"];
+    let programs: Vec<_> = names.iter().map(|n| program(dir.path(), n)).collect();
+    // Both names at once from two threads: their commits race for the
+    // commit lock, and a loser's count waits in `pending`.
+    std::thread::scope(|s| {
+        for p in &programs {
+            s.spawn(|| run(p, EXECS));
+        }
+    });
+    // One more exec of each, alone, carries whatever waited.
+    for p in &programs {
+        run(p, 1);
+    }
+    let c = t.counters().unwrap();
+    for n in names {
+        assert_eq!(count(&db, &format!("exec.{n}")), Some(EXECS + 1), "{c:?}");
+    }
+    assert_eq!(c.lost, 0, "{c:?}");
+    assert_eq!(c.events, 2 * (EXECS + 1), "{c:?}");
 }

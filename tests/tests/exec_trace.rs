@@ -12,11 +12,13 @@ use bpfdb_tests::Mount;
 /// Execs of the traced program.
 const EXECS: u64 = 30;
 
-/// A copy of /bin/true under a name no other process execs (the tracer counts by basename).
+/// /bin/true under a name no other process execs (the tracer counts the basename of the path
+/// given to execve). A symlink, not a copy: a copy's write fd leaks into any child another
+/// test thread forks meanwhile, and exec then fails with ETXTBSY.
 fn unique_program(dir: &Path) -> (PathBuf, String) {
     let name = format!("bpfdb-t{}-true", std::process::id());
     let path = dir.join(&name);
-    std::fs::copy("/bin/true", &path).expect("copy /bin/true");
+    std::os::unix::fs::symlink("/bin/true", &path).expect("link /bin/true");
     (path, name)
 }
 
