@@ -106,23 +106,25 @@ static __always_inline struct trace_state *state(void)
 }
 
 /* The event's own count goes to pending for the next transaction (the
- * pending counts it carried are still there), and the slot is given back. */
+ * pending counts it carried are still there), then the slot is given back:
+ * not before, since st is the slot's and the next task to claim the slot
+ * rewrites st->name. */
 static __always_inline int defer(struct trace_state *st)
 {
-	db_kslot_release();
 	__u64 *p = bpf_map_lookup_elem(&pending, &st->name);
 	__u64 d = 1;
 
 	count(TRACE_DEFERRED);
 	if (!p && bpf_map_update_elem(&pending, &st->name, &d, BPF_NOEXIST) == 0)
-		return 0;
+		goto out;
 	if (!p) /* another CPU inserted it meanwhile, or the map is full */
 		p = bpf_map_lookup_elem(&pending, &st->name);
-	if (!p) {
+	if (p)
+		__sync_fetch_and_add(p, d);
+	else
 		count(TRACE_LOST);
-		return 0;
-	}
-	__sync_fetch_and_add(p, d);
+out:
+	db_kslot_release();
 	return 0;
 }
 
