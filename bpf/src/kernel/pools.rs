@@ -55,6 +55,9 @@ unsafe impl Sync for Pool {}
 pub struct PoolUse {
     /// Ids backed by a segment.
     pub ready: u64,
+    /// Ids ever handed out (the bump counter): a freed id is reused before
+    /// a new one is taken, so this only grows with the most ever in use.
+    pub handed_out: u64,
     pub segments: u64,
     /// Kernel memory of the pool: its segments and its array of maps.
     pub bytes: u64,
@@ -199,6 +202,7 @@ impl Pool {
         }
         Ok(PoolUse {
             ready,
+            handed_out: self.next(),
             segments,
             bytes,
         })
