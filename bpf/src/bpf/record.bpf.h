@@ -307,7 +307,7 @@ static long snapshot_between(__u64 i, struct snap_search *ss)
 }
 
 /* Whether a registered snapshot reads at a timestamp in [begin, end). */
-static __noinline bool seen_by_snapshot(__u64 begin, __u64 end)
+__noinline bool seen_by_snapshot(__u64 begin, __u64 end)
 {
 	struct snap_search ss = { .begin = begin, .end = end };
 
@@ -321,10 +321,10 @@ static __noinline bool seen_by_snapshot(__u64 begin, __u64 end)
  * A snapshot registering concurrently ends up at or after the last_ts read
  * here (see stage_begin), so it cannot see what is reclaimed. Lock-free
  * readers of the newest version are protected by gc_seq instead. */
-static __noinline void gc_record(struct db_record *rec)
+__noinline int gc_record(struct db_record *rec)
 {
 	if (!rec)
-		return;
+		return 0;
 	__u64 horizon = db_snapshot_ts();
 	bool snaps = READ_ONCE(snapshots) != 0;
 
@@ -351,6 +351,7 @@ static __noinline void gc_record(struct db_record *rec)
 		}
 		stat_add(&stats.versions_reclaimed, 1);
 	}
+	return 0;
 }
 
 static __always_inline int free_version_index(struct db_record *rec)
@@ -406,12 +407,12 @@ static long match_lock(__u64 i, struct lock_search *ls)
 }
 
 /* Index of hkey in the txn's lock set, or -1. */
-static __noinline int find_lock(__u32 txn, struct db_hkey *hkey)
+__noinline int find_lock(__u32 txn, struct db_hkey *hkey)
 {
 	struct db_txn *t = bpf_map_lookup_elem(&txns, &txn);
 	struct lock_search ls = { .txn = txn, .found = -1 };
 
-	if (!t)
+	if (!t || !hkey)
 		return -1;
 	ls.hkey = *hkey;
 	bpf_loop(t->n_locks, match_lock, &ls, 0);

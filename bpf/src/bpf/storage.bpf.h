@@ -143,7 +143,7 @@ static long copy_one_page(__u64 i, struct page_loop *pl)
 }
 
 /* Frees the storage of a value. */
-static __noinline int free_storage(__u32 loc, __u32 len)
+__noinline int free_storage(__u32 loc, __u32 len)
 {
 	if (len == 0)
 		return 0;
@@ -163,10 +163,12 @@ static __noinline int free_storage(__u32 loc, __u32 len)
 /* Allocates storage for a value of len bytes into *loc. On failure nothing
  * stays allocated and the error is -ENOSPC with *detail saying which pool,
  * or -EAGAIN (DB_D_RACE) when allocators kept racing on the bump counter. */
-static __noinline int alloc_storage(__u32 len, __u32 *loc, __u32 *detail)
+__noinline int alloc_storage(__u32 len, __u32 *loc, __u32 *detail)
 {
 	int err;
 
+	if (!loc || !detail)
+		return -EINVAL;
 	if (len == 0) {
 		*loc = 0;
 		return 0;
@@ -197,7 +199,7 @@ static __noinline int alloc_storage(__u32 len, __u32 *loc, __u32 *detail)
 /* Copies a value between its storage at loc and the data area of slot
  * slot_idx: into the slot (a read) or out of it (a write into storage that
  * alloc_storage returned). */
-static __noinline int copy_storage(__u32 slot_idx, __u32 loc, __u32 len, bool to_slot)
+__noinline int copy_storage(__u32 slot_idx, __u32 loc, __u32 len, bool to_slot)
 {
 	struct db_slot *slot = bpf_map_lookup_elem(&slots, &slot_idx);
 

@@ -98,7 +98,7 @@ static long wal_one_page(__u64 i, struct page_loop *pl)
 }
 
 /* The data fragments of a value stored at loc. */
-static __noinline int wal_value(__u32 loc, __u32 len)
+__noinline int wal_value(__u32 loc, __u32 len)
 {
 	if (!READ_ONCE(wal_on) || len == 0)
 		return 0;
@@ -119,9 +119,9 @@ static __noinline int wal_value(__u32 loc, __u32 len)
 }
 
 /* PUT of version v of rec (map key hkey) under its own name. */
-static __noinline int wal_put(__u64 ts, struct db_record *rec, const struct db_hkey *hkey, __u32 v)
+__noinline int wal_put(__u64 ts, struct db_record *rec, const struct db_hkey *hkey, __u32 v)
 {
-	if (!rec)
+	if (!rec || !hkey)
 		return -EIO;
 	v &= DB_MAX_VERSIONS - 1;
 	if (wal_frag(DB_WAL_PUT, ts, &rec->meta[v], rec, hkey))
