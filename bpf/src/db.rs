@@ -69,7 +69,7 @@ impl Db {
     /// Counts execve calls per program name in the keys `exec.<name>`, one
     /// transaction per event from the kernel; detached when dropped.
     pub fn exec_tracer(&self) -> Result<ExecTracer> {
-        ExecTracer::attach(&self.inner.engine)
+        ExecTracer::attach(&self.inner.engine, self.inner.opts.trace_defer_pause_loops)
     }
 
     pub fn open(opts: &Options) -> Result<Db> {

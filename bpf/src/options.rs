@@ -44,6 +44,11 @@ pub struct Options {
     /// can make writers and GC run inside that window on purpose. 0, the
     /// default, in any real use.
     pub read_pause_loops: u32,
+    /// Test hook: iterations of an empty loop the exec tracer runs right
+    /// after a deferred event gave its client slot back, so that tests can
+    /// have other events take the slot inside that window. 0, the default,
+    /// in any real use.
+    pub trace_defer_pause_loops: u32,
     /// Test hook: faults for the log writer to hit (see `LogFaults`).
     /// None, the default, in any real use.
     pub log_faults: Option<std::sync::Arc<LogFaults>>,
@@ -79,6 +84,7 @@ impl Default for Options {
             pin_dir: None,
             lock_cas_tries: 0,
             read_pause_loops: 0,
+            trace_defer_pause_loops: 0,
             log_faults: None,
         }
     }

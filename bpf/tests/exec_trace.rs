@@ -173,3 +173,56 @@ fn every_exec_counts_under_concurrent_execs() {
     assert_eq!(c.lost, 0, "{c:?}");
     assert_eq!(c.events, 2 * (EXECS + 1), "{c:?}");
 }
+
+/// A deferred event gives its client slot back. The slot's state holds the
+/// event's name, so the count must go into `pending` under that name before
+/// the slot is given back: a task that claims the slot next rewrites it.
+/// The tracer idles after giving the slot back (a test hook) while another
+/// name is exec'd over and over, so other events take the slot inside that
+/// window on purpose.
+#[test]
+fn a_deferred_count_stays_with_its_name_when_its_slot_is_taken_at_once() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&Options {
+        // About 10-30 ms here: dozens of execs of the other name.
+        trace_defer_pause_loops: 1 << 22,
+        ..opts(None)
+    })
+    .unwrap();
+    let t = tracer(&db);
+    let mine = program(dir.path(), "bpfdb-trace-f");
+    let other = program(dir.path(), "bpfdb-trace-g");
+    run(&mine, 1);
+    // A reader's shared lock makes the next count of `mine` conflict.
+    let txn = db.begin(false).unwrap();
+    txn.get(b"exec.bpfdb-trace-f", &mut Vec::new()).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let others = std::thread::scope(|s| {
+        let execs = s.spawn(|| {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                run(&other, 1);
+                n += 1;
+            }
+            n
+        });
+        // Let the other name's execs get going, then defer one of mine.
+        while t.counters().unwrap().events < 4 {
+            std::thread::yield_now();
+        }
+        let before = t.counters().unwrap().deferred;
+        run(&mine, 1);
+        assert_eq!(t.counters().unwrap().deferred, before + 1);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        execs.join().unwrap()
+    });
+    txn.commit().unwrap();
+    // The next exec of each name carries what waited under it.
+    run(&mine, 1);
+    run(&other, 1);
+    let c = t.counters().unwrap();
+    assert_eq!(count(&db, "exec.bpfdb-trace-f"), Some(3), "{c:?}");
+    assert_eq!(count(&db, "exec.bpfdb-trace-g"), Some(others + 1), "{c:?}");
+    assert_eq!(c.lost, 0, "{c:?}");
+}

@@ -44,6 +44,10 @@ enum {
 const volatile __u32 cont_base = 0;
 const volatile __u64 realtime_offset_ns = 0; /* wall clock minus boot clock at load */
 const volatile __u32 own_tgid = 0;           /* the daemon: its execs are not counted */
+/* Test hook (Options::trace_defer_pause_loops): iterations of an empty loop
+ * a deferred event idles right after it gave its client slot back, so that
+ * a test can have other events claim the slot meanwhile. 0 in real use. */
+const volatile __u32 defer_pause_loops = 0;
 
 enum trace_counter {
 	TRACE_EVENTS = 0,    /* execve calls seen */
@@ -105,6 +109,19 @@ static __always_inline struct trace_state *state(void)
 	return n < 0 ? NULL : bpf_map_lookup_elem(&trace_state, &idx);
 }
 
+static long idle_one(__u64 i, void *unused)
+{
+	return 0;
+}
+
+/* Gives the slot back, then the test pause (nothing when it is 0). */
+static __always_inline void release(void)
+{
+	db_kslot_release();
+	if (defer_pause_loops)
+		bpf_loop(defer_pause_loops & (DB_READ_PAUSE_MAX - 1), idle_one, NULL, 0);
+}
+
 /* The event's own count goes to pending for the next transaction (the
  * pending counts it carried are still there), then the slot is given back:
  * not before, since st is the slot's and the next task to claim the slot
@@ -124,7 +141,7 @@ static __always_inline int defer(struct trace_state *st)
 	else
 		count(TRACE_LOST);
 out:
-	db_kslot_release();
+	release();
 	return 0;
 }
 

@@ -114,7 +114,9 @@ fn realtime_offset_ns() -> Result<u64> {
 }
 
 impl ExecTracer {
-    pub(crate) fn attach(engine: &Engine) -> Result<ExecTracer> {
+    /// Attaches to `engine`; `defer_pause_loops` is the test hook of
+    /// `Options::trace_defer_pause_loops`.
+    pub(crate) fn attach(engine: &Engine, defer_pause_loops: u32) -> Result<ExecTracer> {
         let (object, object_ref) = object_storage();
         let mut open = ExecTraceSkelBuilder::default().open(object_ref)?;
         reuse_engine_maps(engine, &mut kernel_api_maps!(open.maps))?;
@@ -126,6 +128,7 @@ impl ExecTracer {
         rodata.cont_base = CONT_BASE;
         rodata.realtime_offset_ns = realtime_offset_ns()?;
         rodata.own_tgid = std::process::id();
+        rodata.defer_pause_loops = defer_pause_loops.min(abi::READ_PAUSE_MAX - 1);
         let skel = open.load()?;
         let conts = [
             &skel.progs.begun,
