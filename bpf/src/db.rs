@@ -126,6 +126,7 @@ impl Db {
         if let Some(dir) = db.inner.opts.data_dir.clone() {
             db.start_durability(&dir, reused)?;
         }
+        db.inner.engine.finish_recovery()?;
         Ok(db)
     }
 

@@ -106,3 +106,47 @@ fn pin_directory_another_user_controls_is_refused() {
     let meta = std::fs::metadata(&fresh.0).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o700));
 }
+
+/// A first start with --pin-dir pins fresh maps, then recovers into them. A start that fails (or
+/// is killed) partway through that recovery leaves pinned maps holding part of the data; the next
+/// start must not take them for a hot restart's complete state (it would serve without the rest
+/// of the committed keys) but discard them and recover from DATA_DIR again.
+#[test]
+fn pinned_maps_of_a_start_that_did_not_finish_recovering_are_not_reused() {
+    let pin = PinDir::new("partial");
+    // No pins yet: 1500 keys in DATA_DIR.
+    let mut m = Mount::builder().max_keys(20_000).start();
+    m.ok("for i in $(seq 1 1500); do env echo $i > k$i; done");
+    m.umount_expect_clean_exit();
+    // Room for 1000 keys only: the recovery into the fresh pinned maps fails partway.
+    let small = ["-o", "max_keys=1000"];
+    let (_, log) = m.start_expect_failure(&[&pin.arg(), small[0], small[1]]);
+    assert!(log.contains("No space left"), "{log}");
+    assert!(pin.0.join("records").exists(), "the maps were pinned");
+    // The same sizes again: the partial maps are no hot-restart state. This start must recover
+    // from DATA_DIR, and fail as the first did, not serve part of the keys.
+    let (_, log) = m.start_expect_failure(&[&pin.arg(), small[0], small[1]]);
+    assert!(
+        log.contains("did not finish recovering"),
+        "{}",
+        m.log_tail()
+    );
+    // Room enough, other sizes: every key, from DATA_DIR.
+    m.start_again_with(&[&pin.arg()]);
+    assert!(
+        !m.log().contains("reusing the maps pinned"),
+        "{}",
+        m.log_tail()
+    );
+    assert_eq!(m.ok("ls | grep -c '^k'"), "1500\n");
+    assert_eq!(m.ok("cat k1 k1500"), "1\n1500\n");
+    // Now complete: a kill -9 and a start with the same pins is a hot restart.
+    m.kill9();
+    m.start_again_with(&[&pin.arg()]);
+    assert!(
+        m.log().contains("reusing the maps pinned"),
+        "{}",
+        m.log_tail()
+    );
+    assert_eq!(m.ok("ls | grep -c '^k'"), "1500\n");
+}

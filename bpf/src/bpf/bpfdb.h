@@ -236,6 +236,10 @@ enum db_detail {
 /* ---- pinned state: what a restarted daemon checks before reusing maps ---- */
 
 #define DB_LAYOUT_MAGIC 0x5344504644504221ULL /* "!BPFDPDS" */
+/* The layout of freshly pinned maps a start is still recovering into: they
+ * hold part of the data, so the next start discards them rather than reuse
+ * them, and kernel clients, which check for DB_LAYOUT_MAGIC, refuse them. */
+#define DB_LAYOUT_MAGIC_RECOVERING 0x474e495245564f43ULL /* "COVERING" */
 #define DB_LAYOUT_VERSION 4 /* bump on any change to a pinned map's layout (3: SipHash keys, clock map; 4: pools in segments, records not preallocated, 160-byte inline names) */
 #define DB_HASH_K1_XOR 0x9e3779b97f4a7c15ULL /* second SipHash key word from the seed */
 

@@ -243,6 +243,7 @@ pub struct Stats {
 }
 
 pub const LAYOUT_MAGIC: u64 = h::DB_LAYOUT_MAGIC;
+pub const LAYOUT_MAGIC_RECOVERING: u64 = h::DB_LAYOUT_MAGIC_RECOVERING;
 pub const LAYOUT_VERSION: u32 = u32_of(h::DB_LAYOUT_VERSION);
 
 /// struct db_layout: the sizes pinned maps were created with.

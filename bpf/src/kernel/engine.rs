@@ -281,8 +281,15 @@ impl Engine {
             None => opts.hash_seed,
         };
         // Always written, pinned or not: kernel clients read the seed and
-        // the slot numbering (which a restart may change) from it.
-        pin::write_layout(&skel.maps.layout, &pin::describe(&layout, hash_seed))?;
+        // the slot numbering (which a restart may change) from it. Fresh
+        // pinned maps are marked as being recovered into until
+        // `finish_recovery`, so that a start that dies before then leaves
+        // nothing the next one would take for complete state.
+        let fresh_pins = pinned.is_none() && opts.pin_dir.is_some();
+        pin::write_layout(
+            &skel.maps.layout,
+            &pin::describe(&layout, hash_seed, !fresh_pins),
+        )?;
         if let (None, Some(dir)) = (&pinned, &opts.pin_dir) {
             for (name, map) in pin::data_maps!(paired_mut(skel.maps)) {
                 map.pin(dir.join(name))?;
@@ -349,6 +356,15 @@ impl Engine {
             reused: pinned.is_some(),
             hash_seed,
         })
+    }
+
+    /// Marks the engine's state complete: pinned maps a start recovered into
+    /// are from now on reused by the next start (a hot restart).
+    pub fn finish_recovery(&self) -> Result<()> {
+        pin::write_layout(
+            &self.skel.maps.layout,
+            &pin::describe(&self.layout, self.hash_seed, true),
+        )
     }
 
     /// Raw pointer to user slot `idx`; the caller owns that slot exclusively.

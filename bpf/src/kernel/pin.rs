@@ -7,7 +7,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::Path;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
-use log::info;
+use log::{info, warn};
 
 use crate::error::{Error, Result};
 use crate::kernel::abi::{self, PinnedLayout};
@@ -96,8 +96,26 @@ fn check_owner(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The layout pinned in `dir`, or None if nothing is pinned there.
+/// The layout pinned in `dir`, or None if nothing is pinned there. Pinned
+/// maps that a start did not finish recovering into hold part of the data:
+/// they are unpinned and None returned, so that this start recovers from
+/// the data dir instead.
 pub fn read_layout(dir: &Path) -> Result<Option<PinnedLayout>> {
+    let found = read_layout_record(dir)?;
+    if found.is_some_and(|l| l.magic == abi::LAYOUT_MAGIC_RECOVERING) {
+        warn!(
+            "the maps pinned in {} are from a start that did not finish recovering into them: \
+             discarding them and recovering from the data dir",
+            dir.display()
+        );
+        unpin(dir)?;
+        prepare_dir(dir)?;
+        return Ok(None);
+    }
+    Ok(found)
+}
+
+fn read_layout_record(dir: &Path) -> Result<Option<PinnedLayout>> {
     let path = dir.join("layout");
     if !path.exists() {
         return Ok(None);
@@ -120,7 +138,7 @@ pub fn read_layout(dir: &Path) -> Result<Option<PinnedLayout>> {
 
 /// Refuses pinned state of another layout version or other sizes.
 pub fn check(found: &PinnedLayout, want: &Layout, dir: &Path) -> Result<()> {
-    let mine = describe(want, 0);
+    let mine = describe(want, 0, true);
     // The seed and the slot numbering may differ: neither is in the data.
     let theirs = PinnedLayout {
         hash_seed: 0,
@@ -140,9 +158,15 @@ pub fn check(found: &PinnedLayout, want: &Layout, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn describe(l: &Layout, hash_seed: u64) -> PinnedLayout {
+/// The layout record of maps of layout `l`; `complete` is false while a
+/// start is still recovering into freshly pinned maps.
+pub fn describe(l: &Layout, hash_seed: u64, complete: bool) -> PinnedLayout {
     PinnedLayout {
-        magic: abi::LAYOUT_MAGIC,
+        magic: if complete {
+            abi::LAYOUT_MAGIC
+        } else {
+            abi::LAYOUT_MAGIC_RECOVERING
+        },
         version: abi::LAYOUT_VERSION,
         max_keys: l.max_keys,
         small_chunks: l.small_chunks,
