@@ -111,3 +111,38 @@ fn a_write_by_another_user_clears_setuid_and_chmod_by_a_non_member_drops_setgid(
     m.ok("chmod 6755 nobodys && echo r >> nobodys");
     assert_eq!(m.ok("stat -c %a nobodys"), "6755\n");
 }
+
+/// The set-ID bits go at the write itself, as on Linux, not at close: the writer's fstat and
+/// every other process's stat show them gone while the file is still open (pjdfstest
+/// chmod/12.t found them still set until close).
+#[test]
+fn a_write_by_another_user_clears_set_id_bits_before_close() {
+    let m = Mount::builder().arg("--allow-other").start();
+    let top = m.path().parent().unwrap();
+    std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o755)).unwrap();
+    m.ok("echo v > both && chmod 6777 both && echo v > uid-only && chmod 6767 uid-only");
+    let nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups";
+    // Written through O_WRONLY (no append, no truncation) and still open: the writer's fstat,
+    // then another process's stat of the path.
+    let open_view = |f: &str| {
+        m.ok(&format!(
+            "{nobody} perl -MFcntl -e 'sysopen(F, $ARGV[0], O_WRONLY) or die \"$!\"; \
+             syswrite(F, \"w\") == 1 or die \"$!\"; printf(\"%o\\n\", (stat(F))[2] & 07777); \
+             system(\"stat\", \"-c\", \"%a\", $ARGV[0]) == 0 or die' {f}"
+        ))
+    };
+    assert_eq!(open_view("both"), "777\n777\n");
+    assert_eq!(open_view("uid-only"), "2767\n2767\n");
+    assert_eq!(m.ok("cat both uid-only"), "w\nw\n");
+    // A chmod while the file is open for writing with a write not yet committed (perl's own
+    // chmod: no child process, whose exec would close the file and commit): the writer's fstat
+    // shows it at once too, and the writer's commit keeps it.
+    assert_eq!(
+        m.ok(
+            "perl -MFcntl -e 'sysopen(F, $ARGV[0], O_WRONLY) or die \"$!\"; \
+              syswrite(F, \"x\") == 1 or die \"$!\"; chmod(0640, $ARGV[0]) == 1 or die \"$!\"; \
+              printf(\"%o\\n\", (stat(F))[2] & 07777)' both && stat -c %a both"
+        ),
+        "640\n640\n"
+    );
+}

@@ -64,6 +64,13 @@ impl<T> Handles<T> {
         open.iter().find_map(|h| f(&lock(h)))
     }
 
+    /// Calls `f` on every open handle, locked one at a time, after the
+    /// table lock is released.
+    pub fn for_each(&self, mut f: impl FnMut(&mut T)) {
+        let open: Vec<Arc<Mutex<T>>> = lock(&self.table).open.values().cloned().collect();
+        open.iter().for_each(|h| f(&mut lock(h)));
+    }
+
     pub fn remove(&self, fh: u64) -> Option<Arc<Mutex<T>>> {
         lock(&self.table).open.remove(&fh)
     }

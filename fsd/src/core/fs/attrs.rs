@@ -177,12 +177,13 @@ impl Fs {
                 .meta;
             let mtime = change.mtime_ns.unwrap_or(cur.mtime_ns);
             let _quiet = matches!(space, Space::Root).then(|| self.root_commit(&[&key]));
-            space
+            let st = space
                 .set_meta(&self.db, &key, change.apply(&cur, mtime))
                 .map_err(|e| space.restate(e, "setattr", &key))?;
             if let Space::Root = space {
                 self.root_changed(&key);
             }
+            self.writers_take_meta(ino, &st.meta);
         }
         self.getattr(ino, fh, change.by)
     }

@@ -8,6 +8,7 @@
 
 use bpfdb::{Error, Meta, NewMeta, Result, Stat};
 
+use super::writer::without_set_id;
 use super::{Fs, MUST_EXIST, NO_REPLACE, now_ns, restate, show, valid_key};
 
 /// Permission bits of a key a `store_key` creates.
@@ -107,12 +108,8 @@ impl Fs {
 /// The metadata of an existing key rewritten at `now` by a writer that is
 /// not root.
 fn rewritten(m: &Meta, now: u64) -> NewMeta {
-    let mut mode = m.mode & !libc::S_ISUID;
-    if mode & libc::S_IXGRP != 0 {
-        mode &= !libc::S_ISGID;
-    }
     NewMeta {
-        mode,
+        mode: without_set_id(m.mode),
         uid: m.uid,
         gid: m.gid,
         mtime_ns: now,

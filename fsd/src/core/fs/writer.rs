@@ -137,6 +137,64 @@ impl Fs {
         Ok(true)
     }
 
+    /// A write by anyone but root takes the set-ID bits off at once, as
+    /// Linux does at the write itself, so that the writer's fstat and other
+    /// processes' stat show them gone before the buffer commits (its commit
+    /// clears them too). Inside a transaction only the writer's view
+    /// changes: the staged commit carries the mode.
+    fn drop_set_id(&self, w: &mut Writer) -> Result<()> {
+        if without_set_id(w.meta.mode) == w.meta.mode {
+            return Ok(());
+        }
+        w.meta.mode = without_set_id(w.meta.mode);
+        let Resolved::Live(Place::Key { scope, name }) = self.inodes.resolve(w.ino) else {
+            return Ok(()); // removed while open: the writes go nowhere
+        };
+        let space = self.space("write", scope)?;
+        let Space::Root = space else { return Ok(()) };
+        let cur = match space.stat(&self.db, &name) {
+            Ok(st) => st.meta,
+            Err(e) if e.errno == libc::ENOENT => return Ok(()),
+            Err(e) => return Err(space.restate(e, "write", &name)),
+        };
+        if without_set_id(cur.mode) == cur.mode {
+            return Ok(());
+        }
+        let meta = NewMeta {
+            mode: without_set_id(cur.mode),
+            uid: cur.uid,
+            gid: cur.gid,
+            mtime_ns: cur.mtime_ns,
+            ctime_ns: now_ns().max(cur.ctime_ns),
+        };
+        let _quiet = self.root_commit(&[&name]);
+        let st = space
+            .set_meta(&self.db, &name, meta)
+            .map_err(|e| space.restate(e, "write", &name))?;
+        self.root_changed(&name);
+        w.meta.mode = st.meta.mode;
+        w.meta.ctime_ns = st.meta.ctime_ns;
+        Ok(())
+    }
+
+    /// A chmod, chown or set-ID removal committed while `ino` is open for
+    /// writing: its writers show the new mode and owners from now on (their
+    /// fstat), as the commit of their buffer will keep them. This is also
+    /// how the kernel's removal of set-ID bits at a write by another user,
+    /// which comes as a setattr, reaches the writer's own view.
+    pub(super) fn writers_take_meta(&self, ino: u64, meta: &Meta) {
+        self.handles.for_each(|h| {
+            if let Handle::Writer(w) = h
+                && w.ino == ino
+            {
+                w.meta.mode = meta.mode;
+                w.meta.uid = meta.uid;
+                w.meta.gid = meta.gid;
+                w.meta.ctime_ns = w.meta.ctime_ns.max(meta.ctime_ns);
+            }
+        });
+    }
+
     /// A write or truncation changed the buffer: it is to be committed
     /// (the application's latest change, so an earlier failed commit no
     /// longer stands), and counted as pending.
@@ -226,6 +284,9 @@ impl Fs {
         }
         w.buf[start..end].copy_from_slice(data);
         self.edited(w);
+        if !w.by.is_root() {
+            self.drop_set_id(w)?;
+        }
         // A single write is at most max_write (1 MiB), so it fits.
         Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
     }
@@ -422,15 +483,11 @@ impl Fs {
         // The value changed at the last write. An mtime set since then
         // (futimens through the open file: `cp -p`) is later, so it wins.
         let set_since = base.mtime_ns != w.meta.mtime_ns && base.ctime_ns > w.written_ns;
-        let mut mode = base.mode;
-        // A write by anyone but root clears set-user-ID, and set-group-ID
-        // where group-execute is set (as Linux does without CAP_FSETID).
-        if !w.by.is_root() {
-            mode &= !libc::S_ISUID;
-            if mode & libc::S_IXGRP != 0 {
-                mode &= !libc::S_ISGID;
-            }
-        }
+        let mode = if w.by.is_root() {
+            base.mode
+        } else {
+            without_set_id(base.mode)
+        };
         let meta = NewMeta {
             mode,
             uid: base.uid,
@@ -451,4 +508,15 @@ impl Fs {
         }
         Ok(())
     }
+}
+
+/// `mode` after a write by anyone but root: without set-user-ID, and
+/// without set-group-ID where group-execute is set (as Linux does without
+/// CAP_FSETID).
+pub(super) fn without_set_id(mode: u32) -> u32 {
+    let mut mode = mode & !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 {
+        mode &= !libc::S_ISGID;
+    }
+    mode
 }
