@@ -221,7 +221,9 @@ impl Fs {
     ///
     /// So may a write through a root writer that a FLUSH left uncounted
     /// (dash's `>>` dups the descriptor and closes the original before it
-    /// writes): counting it again waits for the key's cached readers.
+    /// writes): counting it again waits for the key's cached readers. So
+    /// may a non-root writer's first write to a set-ID key, which commits
+    /// the mode without those bits.
     pub fn write_may_wait(&self, ino: u64, fh: u64) -> bool {
         let ctl = self.inodes.is_txn_ctl(ino);
         if !ctl && !self.uses.has_cached(ino) {
@@ -231,7 +233,13 @@ impl Fs {
             return false;
         };
         let scope = match &*lock(&h) {
-            Handle::Writer(w) => return w.root && !w.registered,
+            // Counted again, or about to commit the removal of set-ID bits
+            // (`drop_set_id`): either waits for the key's cached readers.
+            Handle::Writer(w) => {
+                return w.root
+                    && (!w.registered
+                        || (!w.by.is_root() && without_set_id(w.meta.mode) != w.meta.mode));
+            }
             Handle::Ctl(c) if ctl && c.scope != ROOT_SCOPE => c.scope,
             _ => return false,
         };
