@@ -99,6 +99,11 @@ impl Writer {
     }
 
     /// Attributes as this buffer has the file.
+    /// Its next write, by anyone but root, takes set-ID bits off the mode.
+    fn drops_set_id(&self) -> bool {
+        !self.by.is_root() && without_set_id(self.meta.mode) != self.meta.mode
+    }
+
     pub(super) fn attr(&self) -> Attr {
         file_attr(self.ino, &self.meta, self.buf.len())
     }
@@ -143,9 +148,6 @@ impl Fs {
     /// clears them too). Inside a transaction only the writer's view
     /// changes: the staged commit carries the mode.
     fn drop_set_id(&self, w: &mut Writer) -> Result<()> {
-        if without_set_id(w.meta.mode) == w.meta.mode {
-            return Ok(());
-        }
         w.meta.mode = without_set_id(w.meta.mode);
         let Resolved::Live(Place::Key { scope, name }) = self.inodes.resolve(w.ino) else {
             return Ok(()); // removed while open: the writes go nowhere
@@ -236,9 +238,7 @@ impl Fs {
             // Counted again, or about to commit the removal of set-ID bits
             // (`drop_set_id`): either waits for the key's cached readers.
             Handle::Writer(w) => {
-                return w.root
-                    && (!w.registered
-                        || (!w.by.is_root() && without_set_id(w.meta.mode) != w.meta.mode));
+                return w.root && (!w.registered || w.drops_set_id());
             }
             Handle::Ctl(c) if ctl && c.scope != ROOT_SCOPE => c.scope,
             _ => return false,
@@ -287,14 +287,15 @@ impl Fs {
         if let Err(e) = self.admit(w, end.max(w.buf.len())) {
             return Err(self.refuse(w, e, "write"));
         }
+        // Before the buffer changes: a write that fails leaves it as it was.
+        if w.drops_set_id() {
+            self.drop_set_id(w)?;
+        }
         if w.buf.len() < end {
             w.buf.resize(end, 0);
         }
         w.buf[start..end].copy_from_slice(data);
         self.edited(w);
-        if !w.by.is_root() {
-            self.drop_set_id(w)?;
-        }
         // A single write is at most max_write (1 MiB), so it fits.
         Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
     }
