@@ -49,6 +49,14 @@ pub struct Options {
     /// have other events take the slot inside that window. 0, the default,
     /// in any real use.
     pub trace_defer_pause_loops: u32,
+    /// Test hook: iterations of an empty loop the allocation of a value of
+    /// exactly `alloc_pause_len` bytes runs between reading its size
+    /// class's free list and taking the run off it (counted in
+    /// `Stats::alloc_pauses`), so that tests can have other writers take
+    /// and give back runs inside that window. 0, the default, in any real
+    /// use.
+    pub alloc_pause_loops: u32,
+    pub alloc_pause_len: u32,
     /// Test hook: faults for the log writer to hit (see `LogFaults`).
     /// None, the default, in any real use.
     pub log_faults: Option<std::sync::Arc<LogFaults>>,
@@ -85,6 +93,8 @@ impl Default for Options {
             lock_cas_tries: 0,
             read_pause_loops: 0,
             trace_defer_pause_loops: 0,
+            alloc_pause_loops: 0,
+            alloc_pause_len: 0,
             log_faults: None,
         }
     }

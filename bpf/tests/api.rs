@@ -1,6 +1,6 @@
 //! Engine API tests: the real eBPF engine through the Db API, no filesystem.
 
-use bpfdb::{Db, NewMeta, Options, SetFlags};
+use bpfdb::{Db, NewMeta, Options, SetFlags, abi};
 
 fn db_with(max_keys: u32, value_mem_bytes: u64) -> Db {
     let opts = Options {
@@ -59,17 +59,47 @@ fn every_storage_class_roundtrips() {
     let db = small_db();
     let mut s = db.session();
     let mut out = Vec::new();
-    for len in [0, 1, 127, 128, 129, 4095, 4096, 4097, 65536, 1 << 20] {
+    let lens = [
+        0,
+        1,
+        8,
+        9,
+        24,
+        25,
+        64,
+        65,
+        100,
+        127,
+        128,
+        129,
+        4095,
+        4096,
+        4097,
+        8192,
+        3 * 4096 + 1,
+        65536,
+        (1 << 20) - 1,
+        1 << 20,
+    ];
+    for len in lens {
         let v = pattern(len, len as u8);
         s.set(b"k", &v, meta(), SetFlags::default()).unwrap();
         s.get(b"k", &mut out).unwrap();
         assert_eq!(out.len(), len);
         assert!(out == v, "value of {len} bytes differs");
+        // Overwrites freed every old value: only this one is in use, and it
+        // takes what its size class says.
+        let st = db.stats();
+        let (small, pages) = abi::value_storage(len);
+        assert_eq!(
+            (
+                st.small_used * abi::GRANULE as u64,
+                st.pages_used * abi::PAGE_SIZE as u64
+            ),
+            (small as u64, pages as u64),
+            "storage of a value of {len} bytes"
+        );
     }
-    // Overwrites freed every old value: only the last one remains in use.
-    let st = db.stats();
-    assert_eq!(st.pages_used, 1 + 256, "index page + 256 data pages");
-    assert_eq!(st.small_used, 0);
     s.delete(b"k").unwrap();
     let st = db.stats();
     assert_eq!(
@@ -160,18 +190,20 @@ fn key_table_full_is_enospc_and_keeps_data() {
 
 #[test]
 fn value_memory_full_is_enospc_and_keeps_data() {
-    // 2 MiB of pages: one 1 MiB value (257 pages) fits, a second does not.
+    // 2 MiB of pages: two 1 MiB values (256 pages each) fit, a third does not.
     let db = db_with(64, 2 << 20);
     let mut s = db.session();
     let v1 = pattern(1 << 20, 1);
     s.set(b"one", &v1, meta(), SetFlags::default()).unwrap();
+    s.set(b"two", &pattern(1 << 20, 2), meta(), SetFlags::default())
+        .unwrap();
     let err = s
-        .set(b"two", &pattern(1 << 20, 2), meta(), SetFlags::default())
+        .set(b"three", &pattern(1 << 20, 3), meta(), SetFlags::default())
         .unwrap_err();
     assert_eq!(err.errno, libc::ENOSPC, "{err}");
     // Overwriting needs room for both versions at once: refused, old kept.
     assert_eq!(
-        s.set(b"one", &pattern(1 << 20, 3), meta(), SetFlags::default())
+        s.set(b"one", &pattern(1 << 20, 4), meta(), SetFlags::default())
             .unwrap_err()
             .errno,
         libc::ENOSPC
@@ -179,9 +211,9 @@ fn value_memory_full_is_enospc_and_keeps_data() {
     let mut out = Vec::new();
     s.get(b"one", &mut out).unwrap();
     assert!(out == v1);
-    assert_eq!(s.get(b"two", &mut out).unwrap_err().errno, libc::ENOENT);
+    assert_eq!(s.get(b"three", &mut out).unwrap_err().errno, libc::ENOENT);
     s.delete(b"one").unwrap();
-    s.set(b"two", &pattern(1 << 20, 2), meta(), SetFlags::default())
+    s.set(b"three", &pattern(1 << 20, 3), meta(), SetFlags::default())
         .unwrap();
 }
 

@@ -83,17 +83,24 @@ fn records_and_pools_grow_with_the_keys_and_deleted_keys_memory_is_reused() {
         .unwrap();
     }
     let full = db.memory().unwrap();
-    // One small chunk per 100-byte value; two pages per 5000-byte value.
+    // A 112-byte run per 100-byte value; a page, an index run and a tail
+    // run per 5000-byte value.
+    let granules = |len| (abi::value_storage(len).0 / abi::GRANULE) as u64;
+    let small = n * granules(100) + 64 * granules(5000);
     assert!(
-        full.small.segments >= n.div_ceil(abi::SMALL_SEG as u64),
+        full.small.handed_out >= small,
+        "{small} granules needed: {full:?}"
+    );
+    assert!(
+        full.small.segments >= small.div_ceil(abi::SMALL_SEG as u64),
         "{full:?}"
     );
     assert!(
-        full.small.segments <= most_segments(n, abi::SMALL_SEG),
+        full.small.segments <= most_segments(small, abi::SMALL_SEG),
         "{full:?}"
     );
     assert!(
-        full.pages.segments <= most_segments(128, abi::PAGE_SEG),
+        full.pages.segments <= most_segments(64, abi::PAGE_SEG),
         "{full:?}"
     );
     assert!(full.pages.segments >= 1, "{full:?}");
@@ -124,7 +131,7 @@ fn records_and_pools_grow_with_the_keys_and_deleted_keys_memory_is_reused() {
     let again = db.memory().unwrap();
     assert_eq!(
         again.small.handed_out, full.small.handed_out,
-        "freed chunks were not reused: {full:?} then {again:?}"
+        "freed runs were not reused: {full:?} then {again:?}"
     );
     // The housekeeping thread may still have been adding its segments
     // ahead when `full` was read, but never more than that.
@@ -239,4 +246,67 @@ fn names_longer_than_a_record_holds_work_in_every_op_and_survive_recovery() {
     let mut left = 0;
     s.scan(|_| left += 1).unwrap();
     assert_eq!(left, 0);
+}
+
+/// A run popped off a size class's free list is never handed out twice,
+/// even when, between the pop's read of the list and its CAS, other
+/// writers take the top run and the one below it and give the top one
+/// back: the list's head then names the same run as before, and only the
+/// count of changes in the head tells the pop that the run below is no
+/// longer free. The test hook `alloc_pause_loops` holds the allocation of
+/// a value of `alloc_pause_len` bytes in that window; the other writer
+/// starts once the engine counted the pause (`Stats::alloc_pauses`).
+#[test]
+fn a_run_taken_and_given_back_during_a_pop_is_not_handed_out_twice() {
+    const PAUSED: usize = 4000; // the paused write: class 4096, like the others
+    const ROUNDS: u64 = 8;
+    let db = open(&Options {
+        max_keys: 1024,
+        value_mem_bytes: 8 * MIB,
+        slots: 4,
+        alloc_pause_loops: 3_000_000,
+        alloc_pause_len: PAUSED as u32,
+        ..Options::default()
+    });
+    let page = |b: u8| vec![b; abi::PAGE_SIZE];
+    let set = |s: &mut bpfdb::Session, k: &str, v: &[u8]| {
+        s.set(k.as_bytes(), v, meta(), SetFlags::default()).unwrap()
+    };
+    let mut s = db.session();
+    let mut out = Vec::new();
+    for round in 0..ROUNDS {
+        // The class's free list: the run of "x" on top of the run of "y".
+        set(&mut s, "x", &page(1));
+        set(&mut s, "y", &page(2));
+        s.delete(b"y").unwrap();
+        s.delete(b"x").unwrap();
+        let pauses = db.stats().alloc_pauses;
+        std::thread::scope(|sc| {
+            let db = &db;
+            sc.spawn(move || {
+                let mut w = db.session();
+                while db.stats().alloc_pauses == pauses {
+                    std::hint::spin_loop();
+                }
+                // The pop holds (x's run, below it y's): take both, give x's back.
+                set(&mut w, "q", &page(3));
+                set(&mut w, "r", &page(4));
+                w.delete(b"q").unwrap();
+            });
+            set(&mut s, "p", &[5u8; PAUSED]);
+        });
+        // Whatever run "p" got, the next write of the class must get another.
+        set(&mut s, "z", &page(6));
+        for (k, v) in [("p", vec![5u8; PAUSED]), ("r", page(4)), ("z", page(6))] {
+            s.get(k.as_bytes(), &mut out).unwrap();
+            assert!(
+                out == v,
+                "round {round}: {k} was overwritten by another key's value"
+            );
+        }
+        for k in ["p", "r", "z"] {
+            s.delete(k.as_bytes()).unwrap();
+        }
+        assert_eq!(db.stats().small_used, 0, "round {round}: runs leaked");
+    }
 }

@@ -26,19 +26,33 @@
  * allocator's 8) is one 512-byte allocation. */
 #define DB_NAME_INLINE 160
 #define DB_VALUE_LIMIT (1u << 20)    /* hard cap on max_value (1 MiB) */
-#define DB_SMALL_CHUNK 128           /* values up to this live in one small chunk */
-#define DB_PAGE_SIZE 4096            /* larger values live in pages */
-#define DB_PAGE_IDS (DB_PAGE_SIZE / 4)                      /* ids per index page */
+#define DB_PAGE_SIZE 4096            /* values over this live in pages, see storage.bpf.h */
 #define DB_VALUE_PAGES (DB_VALUE_LIMIT / DB_PAGE_SIZE)      /* 256 data pages max */
-/* The value pools grow in segments: arrays user space creates when the
+#define DB_WAL_SMALL_FRAG 128        /* the data fragment of a value of up to 128 bytes */
+/* Values up to a page live in the small pool: one run of granules of the
+ * value's size class. The classes go from 8 to 64 bytes in steps of 8, then
+ * four per doubling up to a page (80, 96, 112, 128, 160, ... 3584, 4096),
+ * so a value of 25 bytes or more wastes under 25% of its run. */
+#define DB_GRANULE_SHIFT 3
+#define DB_GRANULE (1u << DB_GRANULE_SHIFT)   /* bytes of a small-pool unit */
+#define DB_SMALL_MAX DB_PAGE_SIZE             /* largest run: one class per value up to this */
+#define DB_CLASSES 32                         /* size classes: 8 of 8..64, 4 per doubling to 4096 */
+/* The value pools grow in segments: maps user space creates when the
  * engine runs out of ready storage (ENOSPC, DB_D_NO_SMALL / DB_D_NO_PAGES)
  * and publishes in an array of maps, up to the caps the options set. A
  * segment is 2 MiB either way: small enough that a pool holds at most one
- * segment it does not use, large enough that growth is rare. */
-#define DB_SMALL_SEG_SHIFT 14
-#define DB_SMALL_SEG (1u << DB_SMALL_SEG_SHIFT) /* small chunks per segment */
+ * segment it does not use, large enough that growth is rare. A small-pool
+ * segment is one array element of 2 MiB of granules plus a page of slack,
+ * so that the verifier can bound a copy of up to a page that starts at any
+ * granule of it; no run crosses the end of a segment. */
+#define DB_SMALL_SEG_SHIFT 18
+#define DB_SMALL_SEG (1u << DB_SMALL_SEG_SHIFT) /* granules per segment */
+#define DB_SMALL_SEG_BYTES (DB_SMALL_SEG * DB_GRANULE + DB_SMALL_MAX) /* value size of a segment */
 #define DB_PAGE_SEG_SHIFT 9
 #define DB_PAGE_SEG (1u << DB_PAGE_SEG_SHIFT)   /* pages per segment */
+/* A value over a page is an index run (DB_INDEX_IDS ids: its full pages,
+ * then the small-pool run of its tail, if any) and the pages. */
+#define DB_INDEX_IDS (DB_VALUE_PAGES + 1)
 #define DB_MAX_VERSIONS 4            /* versions kept per key (MVCC) */
 #define DB_MAX_SLOTS 64              /* request slots (worker threads + API users) */
 #define DB_SLOT_HEADER 2048          /* bytes of a slot before its data area */
@@ -157,7 +171,7 @@ struct db_record {
 	 * and rename hand storage on): the storage lives over [born, end). */
 	__u64 born_ts[DB_MAX_VERSIONS];
 	struct db_meta meta[DB_MAX_VERSIONS];
-	__u32 loc[DB_MAX_VERSIONS];        /* chunk, page or index page id, by meta.len */
+	__u32 loc[DB_MAX_VERSIONS];        /* first granule of the value's run (or index run), by meta.len */
 	__u32 vflags[DB_MAX_VERSIONS];     /* DB_VF_* */
 	__u32 key_len;
 	__u32 pad;
@@ -167,10 +181,6 @@ struct db_record {
 };
 
 #define DB_VF_NOFREE (1u << 0) /* value storage was handed to a newer version */
-
-struct db_small_chunk {
-	__u8 bytes[DB_SMALL_CHUNK];
-};
 
 struct db_page {
 	__u8 bytes[DB_PAGE_SIZE];
@@ -218,7 +228,7 @@ enum db_detail {
 	DB_D_LOCKED_TXN = 1,        /* EBUSY: a transaction holds the key */
 	DB_D_LOCKED_AUTOCOMMIT = 2, /* EBUSY: a short autocommit op holds the key; retry */
 	DB_D_NO_KEYS = 3,           /* ENOSPC: records map full */
-	DB_D_NO_SMALL = 4,          /* ENOSPC: no ready small chunk (user space adds a segment or fails) */
+	DB_D_NO_SMALL = 4,          /* ENOSPC: no ready run of granules (user space adds a segment or fails) */
 	DB_D_NO_PAGES = 5,          /* ENOSPC: no ready page (user space adds a segment or fails) */
 	DB_D_VERSIONS_FULL = 6,     /* EBUSY: every version still needed by a snapshot */
 	DB_D_TOO_BIG = 7,           /* EFBIG */
@@ -240,14 +250,14 @@ enum db_detail {
  * hold part of the data, so the next start discards them rather than reuse
  * them, and kernel clients, which check for DB_LAYOUT_MAGIC, refuse them. */
 #define DB_LAYOUT_MAGIC_RECOVERING 0x474e495245564f43ULL /* "COVERING" */
-#define DB_LAYOUT_VERSION 4 /* bump on any change to a pinned map's layout (3: SipHash keys, clock map; 4: pools in segments, records not preallocated, 160-byte inline names) */
+#define DB_LAYOUT_VERSION 5 /* bump on any change to a pinned map's layout (3: SipHash keys, clock map; 4: pools in segments, records not preallocated, 160-byte inline names; 5: size classes in a pool of granules) */
 #define DB_HASH_K1_XOR 0x9e3779b97f4a7c15ULL /* second SipHash key word from the seed */
 
 struct db_layout {
 	__u64 magic;
 	__u32 version;
 	__u32 max_keys;
-	__u32 small_chunks;
+	__u32 small_granules;
 	__u32 pages;
 	__u32 wal_buffer;
 	__u32 kernel_slot_base; /* first client slot (not compared at a restart) */
@@ -273,9 +283,10 @@ struct db_clock {
  * A commit is emitted under the commit lock, so its fragments are contiguous
  * and commits appear in timestamp order:
  *   BEGIN(ts)  { PUT(key, meta) data... | DEL(key) }*  COMMIT(ts)
- * A PUT of meta.len bytes is followed by its data fragments: one small chunk
- * (128 bytes) for len <= 128, else pages_of(len) pages of 4096 bytes; the
- * last fragment is cut to the length by the reader. A BEGIN with no COMMIT
+ * A PUT of meta.len bytes is followed by its data fragments, whatever its
+ * storage: one of DB_WAL_SMALL_FRAG bytes for len <= 128, else
+ * pages_of(len) of 4096 bytes; the last fragment is cut to the length by
+ * the reader (its bytes past the length are unspecified). A BEGIN with no COMMIT
  * (emission failed) is discarded by the reader at the next BEGIN. */
 enum db_wal_kind {
 	DB_WAL_BEGIN = 1,
@@ -345,7 +356,7 @@ struct db_stats {
 	__u64 keys;            /* live keys */
 	__u64 records;         /* records in the map, live or holding old versions */
 	__u64 value_bytes;     /* bytes of current values */
-	__u64 small_used;      /* small chunks in use */
+	__u64 small_used;      /* granules in use (runs of size classes) */
 	__u64 pages_used;      /* pages in use */
 	__u64 commits;
 	__u64 conflicts;       /* EBUSY returned */
@@ -356,6 +367,7 @@ struct db_stats {
 	__u64 txn_aborts;
 	__u64 txn_aborts_conflict;
 	__u64 txn_active;      /* transactions and snapshots open now */
+	__u64 alloc_pauses;    /* test hook: allocations that paused (Options::alloc_pause_loops) */
 };
 
 /* Layout checks; src/kernel/abi.rs asserts the same numbers on the Rust side. */
@@ -383,6 +395,8 @@ _Static_assert(__builtin_offsetof(struct db_wal_frag, meta) == 16, "db_wal_frag.
 _Static_assert(__builtin_offsetof(struct db_wal_frag, key) == 48, "db_wal_frag.key");
 _Static_assert(sizeof(struct db_layout) == 40, "db_layout");
 _Static_assert(__builtin_offsetof(struct db_txn, state) == 24, "db_txn.state");
-_Static_assert(sizeof(struct db_stats) == 23 * 8, "db_stats");
+_Static_assert(sizeof(struct db_stats) == 24 * 8, "db_stats");
+_Static_assert(DB_INDEX_IDS * 4 <= DB_SMALL_MAX, "an index fits one run");
+_Static_assert(DB_SMALL_SEG_BYTES % 8 == 0, "segment of whole words");
 
 #endif /* BPFDB_H */

@@ -82,23 +82,25 @@ struct {
 	__type(value, struct db_key);
 } long_names SEC(".maps");
 
-/* The value pools: arrays of segments (DB_SMALL_SEG chunks or DB_PAGE_SEG
- * pages each) that user space creates as the data grows. Storage id n is
- * entry n % SEG of segment n / SEG; a segment not yet created is a NULL
- * lookup, which no engine path reaches (ids are handed out only below the
- * ready count) and a lock-free reader treats as a race. */
+/* The value pools: arrays of segments that user space creates as the data
+ * grows (bpfdb.h). Small-pool storage is addressed by granule: granule g
+ * is byte (g % DB_SMALL_SEG) * DB_GRANULE of the one element of segment
+ * g / DB_SMALL_SEG; page n is entry n % DB_PAGE_SEG of page segment
+ * n / DB_PAGE_SEG. A segment not yet created is a NULL lookup, which no
+ * engine path reaches (storage is handed out only below the ready count)
+ * and a lock-free reader treats as a race. */
 struct db_small_seg {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, DB_SMALL_SEG);
+	__uint(max_entries, 1);
 	__uint(key_size, sizeof(__u32));
-	__uint(value_size, sizeof(struct db_small_chunk)); /* a size: BTF may hold only a forward */
+	__uint(value_size, DB_SMALL_SEG_BYTES);
 };
 
 struct db_page_seg {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, DB_PAGE_SEG);
 	__uint(key_size, sizeof(__u32));
-	__uint(value_size, sizeof(struct db_page));
+	__uint(value_size, sizeof(struct db_page)); /* a size: BTF may hold only a forward */
 };
 
 struct {
@@ -150,12 +152,15 @@ struct {
 
 /* ---- value storage ---- */
 
-static __always_inline struct db_small_chunk *db_small_at(__u32 id)
+/* The run that starts at granule g, or NULL. The verifier knows it as a
+ * pointer into a segment with at least DB_SMALL_MAX bytes after it. */
+static __always_inline __u8 *db_small_at(__u32 g)
 {
-	__u32 seg = id >> DB_SMALL_SEG_SHIFT, at = id & (DB_SMALL_SEG - 1);
+	__u32 seg = g >> DB_SMALL_SEG_SHIFT, zero = 0;
 	void *inner = bpf_map_lookup_elem(&small_pool, &seg);
+	__u8 *base = inner ? bpf_map_lookup_elem(inner, &zero) : NULL;
 
-	return inner ? bpf_map_lookup_elem(inner, &at) : NULL;
+	return base ? base + ((__u64)(g & (DB_SMALL_SEG - 1)) << DB_GRANULE_SHIFT) : NULL;
 }
 
 static __always_inline struct db_page *db_page_at(__u32 id)
@@ -321,8 +326,8 @@ static __always_inline bool name_matches(struct db_record *rec, const struct db_
  *   __u64 at = db_snapshot_ts();
  *   struct db_view v;
  *   for each key:  db_view_open(&v, &key, len, &hkey, at) -> 0: v.meta and
- *                  the value in v.small (len <= DB_SMALL_CHUNK) or v.page
- *                  copy v.meta.len bytes out
+ *                  the value at v.value (len <= DB_SMALL_MAX)
+ *                  copy v.meta.len bytes out (bpf_probe_read_kernel)
  *                  db_view_valid(&v)  -> false: reclaimed meanwhile, read again
  * Keys read at one `at` are one snapshot: a commit is seen whole or not at
  * all. Without a lock GC may reclaim a version while it is copied, which
@@ -337,8 +342,7 @@ struct db_view {
 	struct db_record *rec;
 	__u64 seq;        /* rec->gc_seq when opened */
 	__u64 shared_seq; /* clock->shared_free_seq when opened */
-	const struct db_small_chunk *small; /* the value, when 0 < len <= DB_SMALL_CHUNK */
-	const struct db_page *page;         /* the value, when DB_SMALL_CHUNK < len <= DB_PAGE_SIZE */
+	const __u8 *value; /* the value's bytes, when 0 < len <= DB_SMALL_MAX */
 	struct db_meta meta;
 	__u64 ts;         /* commit timestamp of the version read */
 };
@@ -352,8 +356,7 @@ static __always_inline int db_view_open(struct db_view *v, const struct db_key *
 {
 	struct db_record *rec = bpf_map_lookup_elem(&records, hkey);
 
-	v->small = NULL;
-	v->page = NULL;
+	v->value = NULL;
 	if (!rec)
 		return -ENOENT;
 	v->rec = rec;
@@ -369,15 +372,11 @@ static __always_inline int db_view_open(struct db_view *v, const struct db_key *
 	__u32 loc = rec->loc[V(i)];
 	__u32 len = v->meta.len;
 
-	if (len > DB_PAGE_SIZE)
+	if (len > DB_SMALL_MAX)
 		return -E2BIG;
-	if (len > DB_SMALL_CHUNK) {
-		v->page = db_page_at(loc);
-		return v->page ? 0 : -EAGAIN;
-	}
 	if (len > 0) {
-		v->small = db_small_at(loc);
-		return v->small ? 0 : -EAGAIN;
+		v->value = db_small_at(loc);
+		return v->value ? 0 : -EAGAIN;
 	}
 	return 0;
 }

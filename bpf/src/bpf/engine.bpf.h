@@ -28,6 +28,11 @@ const volatile __u32 lock_cas_tries = DB_LOCK_CAS_TRIES;
  * iterations between its two first loads, so that tests can run writers
  * and GC inside that window. 0 in real use. */
 const volatile __u32 read_pause_loops = 0;
+/* Test hook (Options::alloc_pause_loops): the allocation of a value of
+ * alloc_pause_len bytes idles this many iterations between reading its
+ * class's free list and its CAS on it. 0 in real use. */
+const volatile __u32 alloc_pause_loops = 0;
+const volatile __u32 alloc_pause_len = 0;
 /* Slot index of the first client slot (the user's slots come first). */
 const volatile __u32 kernel_slot_base = 0;
 
@@ -41,21 +46,22 @@ __u64 snapshots;     /* registered snapshots; GC scans the txn table only if > 0
  * are already in it and must not be emitted twice. */
 __u32 wal_on;
 __u64 record_gen;    /* source of fresh gc_seq values for new records */
-__u64 small_next;    /* bump allocator: never-used small chunks start here */
+__u64 small_next;    /* bump allocator: never-used granules start here */
 __u64 page_next;     /* bump allocator: never-used pages start here */
 /* Ids below these are backed by a segment (written by user space, after
  * it published the segment; only ever raised, up to the capacities). */
 __u64 small_ready;
 __u64 page_ready;
 
-/* Free lists of recycled ids; push and pop are atomic. */
-struct {
-	__uint(type, BPF_MAP_TYPE_STACK);
-	__uint(max_entries, 1);
-	__uint(key_size, 0);
-	__uint(value_size, sizeof(__u32));
-} small_free SEC(".maps");
+/* Free runs of each size class: a list threaded through the runs
+ * themselves (the first 4 bytes of a free run hold the next run's granule
+ * + 1), so it costs nothing while empty. The head is the top run's granule
+ * + 1 in the low 32 bits and a count of changes in the high 32, which
+ * makes a pop whose top was popped and pushed back meanwhile fail its CAS
+ * (storage.bpf.h). */
+__u64 small_free[DB_CLASSES];
 
+/* Free pages; push and pop are atomic. */
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK);
 	__uint(max_entries, 1);
@@ -77,6 +83,19 @@ struct {
 } wal SEC(".maps");
 
 /* ---- helpers ---- */
+
+static long idle_one(__u64 i, void *unused)
+{
+	return 0;
+}
+
+/* A test hook's pause: loops iterations of nothing (bpf_loop's cap is above
+ * DB_READ_PAUSE_MAX). */
+static __always_inline void test_pause(__u32 loops)
+{
+	if (loops)
+		bpf_loop(loops & (DB_READ_PAUSE_MAX - 1), idle_one, NULL, 0);
+}
 
 static __always_inline void stat_add(__u64 *counter, __s64 delta)
 {

@@ -218,10 +218,8 @@ __attribute__((noinline)) int mc_reply_key(struct mc_scratch *s, __u32 idx, __u3
 	put_byte(s, o++, '\r');
 	put_byte(s, o++, '\n');
 	o &= DB_PAGE_SIZE - 1;
-	if (v.small && len > 0 && len <= DB_SMALL_CHUNK)
-		err = bpf_probe_read_kernel(&s->out[o], len, v.small->bytes);
-	else if (v.page && len > 0 && len <= DB_PAGE_SIZE)
-		err = bpf_probe_read_kernel(&s->out[o], len, v.page->bytes);
+	if (v.value && len > 0 && len <= DB_SMALL_MAX)
+		err = bpf_probe_read_kernel(&s->out[o], len, v.value);
 	else if (len != 0)
 		err = -EIO;
 	/* Checked after the copy: GC may have reclaimed the storage under it. */

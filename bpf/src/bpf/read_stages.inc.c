@@ -27,16 +27,10 @@ static __always_inline int respond_version(struct pt_regs *ctx, struct db_slot *
 
 /* ---- GET without locks: autocommit reads and snapshots ---- */
 
-static long idle_one(__u64 i, void *unused)
-{
-	return 0;
-}
-
 /* The test pause (read_pause_loops); nothing when it is 0. */
 static __always_inline void read_pause(void)
 {
-	if (read_pause_loops)
-		bpf_loop(read_pause_loops & (DB_READ_PAUSE_MAX - 1), idle_one, NULL, 0);
+	test_pause(read_pause_loops);
 }
 
 DB_STAGE_PROG(stage_get)

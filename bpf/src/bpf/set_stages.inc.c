@@ -91,7 +91,7 @@ DB_STAGE_PROG(stage_set_prepare)
 		rec->end_ts[V(idx)] = DB_TS_INF;
 		WRITE_ONCE(rec->begin_ts[V(idx)], DB_TS_PENDING | owner);
 	}
-	if ((flags & DB_F_META_ONLY) || len <= DB_SMALL_CHUNK) {
+	if ((flags & DB_F_META_ONLY) || len <= DB_SMALL_MAX) {
 		if (!(flags & DB_F_META_ONLY) && write_storage(slot_index(ctx), slot->cont.loc, len))
 			slot->resp.err = -EIO; /* commit stage undoes */
 		bpf_tail_call(ctx, &stages, DB_STAGE_SET_COMMIT);

@@ -1,71 +1,179 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * storage.bpf.h - value memory: two pools, grown in segments by user space
- * (bpfdb_kernel.h), with free lists.
+ * storage.bpf.h - value memory: a pool of granules cut into runs of size
+ * classes, and a pool of pages, both grown in segments by user space
+ * (bpfdb_kernel.h).
  *
  * A value of len bytes lives in
- *   len == 0                      nothing (loc unused)
- *   len <= DB_SMALL_CHUNK         one small chunk          (loc = chunk id)
- *   len <= DB_PAGE_SIZE           one page                 (loc = page id)
- *   len >  DB_PAGE_SIZE           an index page of ids     (loc = index page id)
- *                                 + pages_of(len) data pages
- * so a 100-byte value costs 128 bytes, not a page, and a 1 MiB value costs
- * 257 pages. Ids come from the free stack, else from a bump counter below
- * the ready count; both are atomic, so allocation never takes a lock. When
- * neither has an id the op fails with ENOSPC and the pool's detail, and
- * user space adds a segment (up to the pool's cap) and runs it again.
+ *   len == 0               nothing (loc unused)
+ *   len <= DB_SMALL_MAX    one run of its size class      (loc = first granule)
+ *   len >  DB_SMALL_MAX    an index run listing its full pages and the run
+ *                          of its tail (loc = the index run's granule)
+ * The classes (bpfdb.h) step by at most a quarter from 64 bytes up, so a
+ * 100-byte value takes 112 bytes, a 4097-byte value a page, an 8-byte run
+ * and a 16-byte index, and no value of 25 bytes or more wastes a quarter
+ * of what it takes. Runs come from their class's free list, else from the
+ * bump counter below the ready count; pages from the page free stack, else
+ * their bump counter. All of it is lock-free (CAS), so allocation never
+ * takes a lock. When neither has room the op fails with ENOSPC and the
+ * pool's detail, and user space adds a segment (up to the pool's cap) and
+ * runs it again.
  */
 #ifndef STORAGE_BPF_H
 #define STORAGE_BPF_H
 
 #include "engine.bpf.h"
 
-struct db_index {
-	__u32 ids[DB_PAGE_IDS];
-};
+/* CAS attempts to push a freed run on its class's list before it is left
+ * off (counted as used, never handed out again): far more than two CPUs
+ * can contend for. */
+#define DB_FREE_CAS_TRIES 32
 
-/* A recycled id, else the next never-used one below the ready count. The
- * bump is a CAS, not a fetch-add, so that a failed attempt does not move
- * the counter past ids a segment added later will back. */
-static __always_inline int alloc_id(void *free_stack, __u64 *next, __u64 *ready, __u32 *id)
+/* Size class of a run for len bytes (1..DB_SMALL_MAX): its index, and its
+ * size in granules in *granules. 8..64 bytes in steps of 8, then four
+ * classes per doubling: 80, 96, 112, 128, 160, ..., 3584, 4096. */
+static __always_inline __u32 class_of(__u32 len, __u32 *granules)
 {
-	if (bpf_map_pop_elem(free_stack, id) == 0)
-		return 0;
-	for (int i = 0; i < DB_LOCK_CAS_TRIES; i++) {
-		__u64 n = READ_ONCE(*next);
+	if (len <= 64) {
+		__u32 g = (len + DB_GRANULE - 1) >> DB_GRANULE_SHIFT;
 
-		if (n >= READ_ONCE(*ready))
-			return -ENOSPC;
-		if (__sync_val_compare_and_swap(next, n, n + 1) == n) {
-			*id = (__u32)n;
+		*granules = g ? g : 1;
+		return g ? g - 1 : 0;
+	}
+	__u32 x = len - 1, e = 6; /* 2^e <= x < 2^(e+1) */
+
+	if (x >> 11)
+		e = 11;
+	else if (x >> 10)
+		e = 10;
+	else if (x >> 9)
+		e = 9;
+	else if (x >> 8)
+		e = 8;
+	else if (x >> 7)
+		e = 7;
+	__u32 shift = e - 2, q = (len + (1u << shift) - 1) >> shift; /* 5..8 quarters */
+
+	*granules = (q << shift) >> DB_GRANULE_SHIFT;
+	return 8 + (e - 6) * 4 + q - 5;
+}
+
+/* The head of class c's free list. The mask is for the verifier (see
+ * index_entry). */
+static __always_inline __u64 *free_head(__u32 c)
+{
+	barrier_var(c);
+	return &small_free[c & (DB_CLASSES - 1)];
+}
+
+static __always_inline __u64 free_head_next(__u64 h, __u32 top)
+{
+	return (((h >> 32) + 1) << 32) | top;
+}
+
+/* A run from class c's free list (pause: the test hook's pause). */
+static __always_inline int pop_run(__u32 c, __u32 *g, bool pause)
+{
+	__u64 *head = free_head(c);
+
+	for (int i = 0; i < DB_LOCK_CAS_TRIES; i++) {
+		__u64 h = READ_ONCE(*head);
+		__u32 top = (__u32)h;
+
+		if (!top)
+			return -ENOENT;
+		__u32 *run = (__u32 *)db_small_at(top - 1);
+
+		if (!run)
+			return -EIO;
+		/* If another CPU took this run meanwhile, the count in the head
+		 * changed and the CAS fails, whatever it now holds. */
+		__u32 next = READ_ONCE(*run);
+
+		if (pause) {
+			stat_add(&stats.alloc_pauses, 1);
+			test_pause(alloc_pause_loops);
+			pause = false;
+		}
+		if (__sync_val_compare_and_swap(head, h, free_head_next(h, next)) == h) {
+			*g = top - 1;
 			return 0;
 		}
 	}
 	return -EAGAIN;
 }
 
-static __always_inline int alloc_small(__u32 *id)
+/* k never-used granules that do not cross a segment's end. The bump is a
+ * CAS, not a fetch-add, so that a failed attempt does not move the counter
+ * past granules a segment added later will back. The few granules skipped
+ * at a segment's end stay unused. */
+static __always_inline int bump_run(__u32 k, __u32 *g)
 {
-	int err = alloc_id(&small_free, &small_next, &small_ready, id);
+	for (int i = 0; i < DB_LOCK_CAS_TRIES; i++) {
+		__u64 n = READ_ONCE(small_next), at = n;
 
+		if ((n & (DB_SMALL_SEG - 1)) + k > DB_SMALL_SEG)
+			at = (n | (DB_SMALL_SEG - 1)) + 1;
+		if (at + k > READ_ONCE(small_ready))
+			return -ENOSPC;
+		if (__sync_val_compare_and_swap(&small_next, n, at + k) == n) {
+			*g = (__u32)at;
+			return 0;
+		}
+	}
+	return -EAGAIN;
+}
+
+static __always_inline int alloc_run(__u32 len, __u32 *g, bool pause)
+{
+	__u32 k, c = class_of(len, &k);
+	int err = pop_run(c, g, pause);
+
+	if (err == -ENOENT)
+		err = bump_run(k, g);
 	if (!err)
-		stat_add(&stats.small_used, 1);
+		stat_add(&stats.small_used, k);
 	return err;
 }
 
+static __always_inline void free_run(__u32 len, __u32 g)
+{
+	__u32 k, c = class_of(len, &k);
+	__u64 *head = free_head(c);
+	__u32 *run = (__u32 *)db_small_at(g);
+
+	if (!run)
+		return;
+	for (int i = 0; i < DB_FREE_CAS_TRIES; i++) {
+		__u64 h = READ_ONCE(*head);
+
+		WRITE_ONCE(*run, (__u32)h);
+		if (__sync_val_compare_and_swap(head, h, free_head_next(h, g + 1)) == h) {
+			stat_add(&stats.small_used, -(__s64)k);
+			return;
+		}
+	}
+}
+
+/* A recycled page, else the next never-used one below the ready count. */
 static __always_inline int alloc_page(__u32 *id)
 {
-	int err = alloc_id(&page_free, &page_next, &page_ready, id);
+	if (bpf_map_pop_elem(&page_free, id) == 0)
+		goto got;
+	for (int i = 0; i < DB_LOCK_CAS_TRIES; i++) {
+		__u64 n = READ_ONCE(page_next);
 
-	if (!err)
-		stat_add(&stats.pages_used, 1);
-	return err;
-}
-
-static __always_inline void free_small(__u32 id)
-{
-	bpf_map_push_elem(&small_free, &id, 0);
-	stat_add(&stats.small_used, -1);
+		if (n >= READ_ONCE(page_ready))
+			return -ENOSPC;
+		if (__sync_val_compare_and_swap(&page_next, n, n + 1) == n) {
+			*id = (__u32)n;
+			goto got;
+		}
+	}
+	return -EAGAIN;
+got:
+	stat_add(&stats.pages_used, 1);
+	return 0;
 }
 
 static __always_inline void free_page(__u32 id)
@@ -74,40 +182,66 @@ static __always_inline void free_page(__u32 id)
 	stat_add(&stats.pages_used, -1);
 }
 
-/* Loops over the data pages of a large value run through bpf_loop, so the
+/* The shape of a value over a page: full pages, then a tail (0: none). */
+static __always_inline __u32 full_pages(__u32 len)
+{
+	return len / DB_PAGE_SIZE;
+}
+
+static __always_inline __u32 tail_of(__u32 len)
+{
+	return len % DB_PAGE_SIZE;
+}
+
+/* Bytes of the index run of a value over a page. */
+static __always_inline __u32 index_bytes(__u32 len)
+{
+	return (full_pages(len) + (tail_of(len) ? 1 : 0)) * 4;
+}
+
+/* Loops over the pages of a large value run through bpf_loop, so the
  * verifier checks each body once instead of once per page. */
 struct page_loop {
-	__u32 index_id; /* index page listing the data pages */
+	__u32 index_id; /* granule of the index run */
 	__u32 slot_idx; /* read/write: slot whose data area is copied */
 	__u32 got;      /* alloc: pages allocated so far */
 	__s32 err;
 	bool to_slot;   /* copy: pool -> slot (a read), else slot -> pool */
 };
 
-static __always_inline struct db_index *index_page(__u32 id)
+/* Entry i (< DB_INDEX_IDS) of the index run at granule index_id. */
+static __always_inline __u32 *index_entry(__u32 index_id, __u64 i)
 {
-	return (struct db_index *)db_page_at(id);
+	__u32 *ids = (__u32 *)db_small_at(index_id);
+
+	if (!ids || i >= DB_INDEX_IDS)
+		return NULL;
+	/* The mask, a no-op here, bounds the offset for the verifier, which
+	 * may not see the check above on the register it is given (the
+	 * barrier keeps the compiler from dropping it). */
+	barrier_var(i);
+	return &ids[i & (DB_SMALL_MAX / 4 - 1)];
 }
 
 static long free_one_page(__u64 i, struct page_loop *pl)
 {
-	struct db_index *index = index_page(pl->index_id);
+	__u32 *id = index_entry(pl->index_id, i);
 
-	if (!index || i >= DB_PAGE_IDS)
+	if (!id)
 		return 1;
-	free_page(index->ids[i]);
+	free_page(*id);
 	return 0;
 }
 
 static long alloc_one_page(__u64 i, struct page_loop *pl)
 {
-	struct db_index *index = index_page(pl->index_id);
+	__u32 *id = index_entry(pl->index_id, i);
 
-	if (!index || i >= DB_PAGE_IDS) {
+	if (!id) {
 		pl->err = -EIO;
 		return 1;
 	}
-	pl->err = alloc_page(&index->ids[i]);
+	pl->err = alloc_page(id);
 	if (pl->err)
 		return 1;
 	pl->got++;
@@ -116,14 +250,14 @@ static long alloc_one_page(__u64 i, struct page_loop *pl)
 
 static __always_inline struct db_page *data_page(struct page_loop *pl, __u64 i)
 {
-	struct db_index *index = index_page(pl->index_id);
+	__u32 *id = index_entry(pl->index_id, i);
 
-	if (!index || i >= DB_VALUE_PAGES)
+	if (!id || i >= DB_VALUE_PAGES)
 		return NULL;
-	return db_page_at(index->ids[i]);
+	return db_page_at(*id);
 }
 
-/* Copies one data page between the pool and the slot's data area. */
+/* Copies one full page between the pool and the slot's data area. */
 static long copy_one_page(__u64 i, struct page_loop *pl)
 {
 	struct db_page *p = data_page(pl, i);
@@ -147,53 +281,77 @@ __noinline int free_storage(__u32 loc, __u32 len)
 {
 	if (len == 0)
 		return 0;
-	if (len <= DB_SMALL_CHUNK) {
-		free_small(loc);
+	if (len <= DB_SMALL_MAX) {
+		free_run(len, loc);
 		return 0;
 	}
-	if (len > DB_PAGE_SIZE) {
-		struct page_loop pl = { .index_id = loc };
+	struct page_loop pl = { .index_id = loc };
+	__u32 full = full_pages(len), tail = tail_of(len);
 
-		bpf_loop(pages_of(len), free_one_page, &pl, 0);
+	bpf_loop(full, free_one_page, &pl, 0);
+	if (tail) {
+		__u32 *t = index_entry(loc, full);
+
+		if (t)
+			free_run(tail, *t);
 	}
-	free_page(loc);
+	free_run(index_bytes(len), loc);
 	return 0;
 }
 
 /* Allocates storage for a value of len bytes into *loc. On failure nothing
  * stays allocated and the error is -ENOSPC with *detail saying which pool,
- * or -EAGAIN (DB_D_RACE) when allocators kept racing on the bump counter. */
+ * or -EAGAIN (DB_D_RACE) when allocators kept racing on a CAS. */
 __noinline int alloc_storage(__u32 len, __u32 *loc, __u32 *detail)
 {
 	int err;
 
 	if (!loc || !detail)
 		return -EINVAL;
+	*detail = DB_D_NONE;
 	if (len == 0) {
 		*loc = 0;
 		return 0;
 	}
-	if (len <= DB_SMALL_CHUNK) {
-		err = alloc_small(loc);
+	if (len > DB_VALUE_LIMIT)
+		return -EFBIG;
+	err = alloc_run(len <= DB_SMALL_MAX ? len : index_bytes(len), loc,
+			alloc_pause_loops && len == alloc_pause_len);
+	if (err || len <= DB_SMALL_MAX) {
 		*detail = err == -EAGAIN ? DB_D_RACE : DB_D_NO_SMALL;
-		return err;
-	}
-	err = alloc_page(loc);
-	if (err || len <= DB_PAGE_SIZE) {
-		*detail = err == -EAGAIN ? DB_D_RACE : DB_D_NO_PAGES;
 		return err;
 	}
 
 	struct page_loop pl = { .index_id = *loc };
-	__u32 n = pages_of(len);
+	__u32 full = full_pages(len), tail = tail_of(len);
 
-	bpf_loop(n, alloc_one_page, &pl, 0);
-	if (pl.got == n)
+	bpf_loop(full, alloc_one_page, &pl, 0);
+	err = pl.got == full ? 0 : pl.err ? pl.err : -ENOSPC;
+	*detail = err == -EAGAIN ? DB_D_RACE : DB_D_NO_PAGES;
+	if (!err && tail) {
+		__u32 *t = index_entry(pl.index_id, full);
+
+		err = t ? alloc_run(tail, t, false) : -EIO;
+		*detail = err == -EAGAIN ? DB_D_RACE : DB_D_NO_SMALL;
+	}
+	if (!err)
 		return 0;
 	bpf_loop(pl.got, free_one_page, &pl, 0);
-	free_page(pl.index_id);
-	*detail = pl.err == -EAGAIN ? DB_D_RACE : DB_D_NO_PAGES;
-	return pl.err ? pl.err : -ENOSPC;
+	free_run(index_bytes(len), pl.index_id);
+	return err;
+}
+
+/* Copies n (<= DB_SMALL_MAX) bytes between the run at granule g and the
+ * slot's data area at offset off (< DB_VALUE_LIMIT, with n bytes after it). */
+static __always_inline int copy_run(struct db_slot *slot, __u32 off, __u32 g, __u32 n,
+				    bool to_slot)
+{
+	__u8 *run = db_small_at(g);
+
+	if (!run || n > DB_SMALL_MAX || off > DB_VALUE_LIMIT - DB_SMALL_MAX)
+		return -EIO;
+	void *data = slot->data + off;
+	return to_slot ? bpf_probe_read_kernel(data, n, run) : bpf_probe_read_kernel(run, n, data);
 }
 
 /* Copies a value between its storage at loc and the data area of slot
@@ -207,26 +365,19 @@ __noinline int copy_storage(__u32 slot_idx, __u32 loc, __u32 len, bool to_slot)
 		return -EIO;
 	if (len == 0)
 		return 0;
-	if (len <= DB_SMALL_CHUNK) {
-		struct db_small_chunk *c = db_small_at(loc);
-
-		if (!c)
-			return -EIO;
-		return to_slot ? bpf_probe_read_kernel(slot->data, DB_SMALL_CHUNK, c)
-			       : bpf_probe_read_kernel(c, DB_SMALL_CHUNK, slot->data);
-	}
-	if (len <= DB_PAGE_SIZE) {
-		struct db_page *p = db_page_at(loc);
-
-		if (!p)
-			return -EIO;
-		return to_slot ? bpf_probe_read_kernel(slot->data, DB_PAGE_SIZE, p)
-			       : bpf_probe_read_kernel(p, DB_PAGE_SIZE, slot->data);
-	}
+	if (len <= DB_SMALL_MAX)
+		return copy_run(slot, 0, loc, len, to_slot);
 	struct page_loop pl = { .index_id = loc, .slot_idx = slot_idx, .to_slot = to_slot };
+	__u32 full = full_pages(len), tail = tail_of(len);
 
-	bpf_loop(pages_of(len), copy_one_page, &pl, 0);
-	return pl.err;
+	bpf_loop(full, copy_one_page, &pl, 0);
+	if (pl.err || !tail)
+		return pl.err;
+	/* A tail means fewer than DB_VALUE_PAGES full pages before it. */
+	__u32 *t = index_entry(loc, full);
+
+	return t ? copy_run(slot, (full & (DB_VALUE_PAGES - 1)) * DB_PAGE_SIZE, *t, tail, to_slot)
+		 : -EIO;
 }
 
 static __always_inline int read_storage(__u32 slot_idx, __u32 loc, __u32 len)

@@ -19,8 +19,8 @@ static __always_inline __u64 wal_put_bytes(__u32 len)
 {
 	if (len == 0)
 		return WAL_FRAG_BYTES;
-	if (len <= DB_SMALL_CHUNK)
-		return WAL_FRAG_BYTES + DB_SMALL_CHUNK + DB_RINGBUF_HDR;
+	if (len <= DB_WAL_SMALL_FRAG)
+		return WAL_FRAG_BYTES + DB_WAL_SMALL_FRAG + DB_RINGBUF_HDR;
 	return WAL_FRAG_BYTES + (__u64)pages_of(len) * (DB_PAGE_SIZE + DB_RINGBUF_HDR);
 }
 
@@ -97,25 +97,42 @@ static long wal_one_page(__u64 i, struct page_loop *pl)
 	return 0;
 }
 
+/* One data fragment of frag bytes (DB_WAL_SMALL_FRAG or a page) holding the
+ * n bytes of the run at granule g; the rest of it is left as the ring had it
+ * (the reader cuts a value to its length). */
+static __always_inline int wal_run(__u32 g, __u32 n, bool small)
+{
+	__u8 *run = db_small_at(g);
+	void *f = small ? bpf_ringbuf_reserve(&wal, DB_WAL_SMALL_FRAG, 0)
+			: bpf_ringbuf_reserve(&wal, DB_PAGE_SIZE, 0);
+
+	if (!f)
+		return -EAGAIN;
+	if (!run || n > (small ? DB_WAL_SMALL_FRAG : DB_PAGE_SIZE) ||
+	    bpf_probe_read_kernel(f, n, run)) {
+		bpf_ringbuf_discard(f, 0);
+		return -EIO;
+	}
+	bpf_ringbuf_submit(f, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
 /* The data fragments of a value stored at loc. */
 __noinline int wal_value(__u32 loc, __u32 len)
 {
 	if (!READ_ONCE(wal_on) || len == 0)
 		return 0;
-	if (len <= DB_SMALL_CHUNK) {
-		struct db_small_chunk *c = db_small_at(loc);
-
-		return c ? bpf_ringbuf_output(&wal, c, DB_SMALL_CHUNK, BPF_RB_NO_WAKEUP) : -EIO;
-	}
-	if (len <= DB_PAGE_SIZE) {
-		struct db_page *p = db_page_at(loc);
-
-		return p ? bpf_ringbuf_output(&wal, p, DB_PAGE_SIZE, BPF_RB_NO_WAKEUP) : -EIO;
-	}
+	if (len <= DB_SMALL_MAX)
+		return wal_run(loc, len, len <= DB_WAL_SMALL_FRAG);
 	struct page_loop pl = { .index_id = loc };
+	__u32 full = full_pages(len), tail = tail_of(len);
 
-	bpf_loop(pages_of(len), wal_one_page, &pl, 0);
-	return pl.err;
+	bpf_loop(full, wal_one_page, &pl, 0);
+	if (pl.err || !tail)
+		return pl.err;
+	__u32 *t = index_entry(loc, full);
+
+	return t ? wal_run(*t, tail, false) : -EIO;
 }
 
 /* PUT of version v of rec (map key hkey) under its own name. */

@@ -8,12 +8,12 @@ use log::{error, warn};
 
 use crate::durability::format::{self as wal, Reader};
 use crate::kernel::abi::{
-    KEY_MAX, Meta, PAGE_SIZE, SMALL_CHUNK, VALUE_LIMIT, WAL_BEGIN, WAL_COMMIT, WAL_DEL, WAL_NUDGE,
-    WAL_PUT, WalFrag,
+    KEY_MAX, Meta, PAGE_SIZE, VALUE_LIMIT, WAL_BEGIN, WAL_COMMIT, WAL_DEL, WAL_NUDGE, WAL_PUT,
+    WAL_SMALL_FRAG, WalFrag,
 };
 use crate::types::NewMeta;
 
-/// Bytes of a header fragment; data fragments are SMALL_CHUNK or PAGE_SIZE.
+/// Bytes of a header fragment; data fragments are WAL_SMALL_FRAG or PAGE_SIZE.
 const FRAG_BYTES: usize = size_of::<WalFrag>();
 
 /// A commit being rebuilt from its fragments.
@@ -39,7 +39,7 @@ struct PendingPut {
 }
 
 /// Rebuilds commits from ringbuf fragments (format in bpfdb.h). Header
-/// fragments are FRAG_BYTES long and data fragments SMALL_CHUNK or
+/// fragments are FRAG_BYTES long and data fragments WAL_SMALL_FRAG or
 /// PAGE_SIZE, so the kind of a fragment is known from its length before it
 /// is parsed: a commit whose emission failed part-way (the engine cancels
 /// it; it is never acknowledged) cannot make the next commit's header be
@@ -96,7 +96,7 @@ impl Header {
 fn data_fragments(len: usize) -> (usize, usize) {
     match len {
         0 => (0, 0),
-        l if l <= SMALL_CHUNK => (1, SMALL_CHUNK),
+        l if l <= WAL_SMALL_FRAG => (1, WAL_SMALL_FRAG),
         l => (l.div_ceil(PAGE_SIZE), PAGE_SIZE),
     }
 }
@@ -307,11 +307,12 @@ mod tests {
         (0..len).map(|i| (i % 251) as u8 ^ salt).collect()
     }
 
-    /// The data fragments wal_value() emits for `v`: one zero-padded small
-    /// chunk up to SMALL_CHUNK bytes, else whole pages.
+    /// The data fragments wal_value() emits for `v`: one fragment of
+    /// WAL_SMALL_FRAG bytes up to that length, else whole pages (padded
+    /// with zeros here; the engine leaves the padding unspecified).
     fn data(v: &[u8]) -> Vec<Vec<u8>> {
-        let chunk = if v.len() <= SMALL_CHUNK {
-            SMALL_CHUNK
+        let chunk = if v.len() <= WAL_SMALL_FRAG {
+            WAL_SMALL_FRAG
         } else {
             PAGE_SIZE
         };
@@ -481,7 +482,7 @@ mod tests {
             }),
             ("wrong data size", {
                 let mut p = vec![header(WAL_PUT, 5, b"a", 5000)];
-                p.push(vec![0u8; SMALL_CHUNK]);
+                p.push(vec![0u8; WAL_SMALL_FRAG]);
                 p
             }),
             ("op of another commit", vec![header(WAL_DEL, 4, b"a", 0)]),

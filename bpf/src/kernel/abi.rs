@@ -31,11 +31,50 @@ const fn u32_of(v: u64) -> u32 {
 pub const KEY_MAX: usize = usize_of(h::DB_KEY_MAX);
 pub const KEY_SIZE: usize = usize_of(h::DB_KEY_SIZE);
 pub const VALUE_LIMIT: usize = usize_of(h::DB_VALUE_LIMIT);
-pub const SMALL_CHUNK: usize = usize_of(h::DB_SMALL_CHUNK);
 pub const PAGE_SIZE: usize = usize_of(h::DB_PAGE_SIZE);
-/// Small chunks and pages per segment of the value pools (`kernel::pools`).
+/// Bytes of a small-pool unit; a value of up to SMALL_MAX bytes is one run
+/// of granules of its size class (`run_bytes`).
+pub const GRANULE: usize = usize_of(h::DB_GRANULE);
+pub const SMALL_MAX: usize = usize_of(h::DB_SMALL_MAX);
+/// The data fragment the log carries for a value of up to this many bytes.
+pub const WAL_SMALL_FRAG: usize = usize_of(h::DB_WAL_SMALL_FRAG);
+/// Granules and pages per segment of the value pools (`kernel::pools`), and
+/// the bytes of a small-pool segment's one element.
 pub const SMALL_SEG: u32 = u32_of(h::DB_SMALL_SEG);
+pub const SMALL_SEG_BYTES: u32 = u32_of(h::DB_SMALL_SEG_BYTES);
 pub const PAGE_SEG: u32 = u32_of(h::DB_PAGE_SEG);
+
+/// Bytes of the run that holds `len` (1..=SMALL_MAX) bytes: its size class,
+/// as `class_of` in storage.bpf.h computes it (8 to 64 bytes in steps of 8,
+/// then four classes per doubling up to a page).
+pub const fn run_bytes(len: usize) -> usize {
+    if len <= 64 {
+        return if len == 0 {
+            GRANULE
+        } else {
+            len.div_ceil(GRANULE) * GRANULE
+        };
+    }
+    let e = (usize::BITS - 1 - (len - 1).leading_zeros()) as usize; // 2^e <= len-1
+    let step = 1 << (e - 2);
+    len.div_ceil(step) * step
+}
+
+/// Small-pool and page-pool bytes a value of `len` bytes takes
+/// (`alloc_storage`): one run, or over a page an index run (4 bytes per
+/// full page, and 4 for the tail), the full pages and the tail's run.
+pub const fn value_storage(len: usize) -> (usize, usize) {
+    if len == 0 {
+        return (0, 0);
+    }
+    if len <= SMALL_MAX {
+        return (run_bytes(len), 0);
+    }
+    let (full, tail) = (len / PAGE_SIZE, len % PAGE_SIZE);
+    let index = run_bytes(4 * (full + if tail > 0 { 1 } else { 0 }));
+    let tail = if tail > 0 { run_bytes(tail) } else { 0 };
+    (index + tail, full * PAGE_SIZE)
+}
 pub const MAX_VERSIONS: usize = usize_of(h::DB_MAX_VERSIONS);
 pub const MAX_SLOTS: u32 = u32_of(h::DB_MAX_SLOTS);
 pub const SLOT_HEADER: usize = usize_of(h::DB_SLOT_HEADER);
@@ -229,6 +268,7 @@ pub struct Stats {
     pub keys: u64,
     pub records: u64,
     pub value_bytes: u64,
+    /// Granules in use (GRANULE bytes each).
     pub small_used: u64,
     pub pages_used: u64,
     pub commits: u64,
@@ -240,6 +280,8 @@ pub struct Stats {
     pub txn_aborts: u64,
     pub txn_aborts_conflict: u64,
     pub txn_active: u64,
+    /// Test hook: allocations that paused (`Options::alloc_pause_loops`).
+    pub alloc_pauses: u64,
 }
 
 pub const LAYOUT_MAGIC: u64 = h::DB_LAYOUT_MAGIC;
@@ -253,7 +295,7 @@ pub struct PinnedLayout {
     pub magic: u64,
     pub version: u32,
     pub max_keys: u32,
-    pub small_chunks: u32,
+    pub small_granules: u32,
     pub pages: u32,
     pub wal_buffer: u32,
     /// First client slot; rewritten at every start.
@@ -326,7 +368,7 @@ const _: () = {
     assert!(offset_of!(Slot, scratch) == 704);
     assert!(offset_of!(Slot, data) == SLOT_HEADER);
     assert!(size_of::<Slot>() == SLOT_HEADER + VALUE_LIMIT);
-    assert!(size_of::<Stats>() == 23 * 8);
+    assert!(size_of::<Stats>() == 24 * 8);
     assert!(size_of::<PinnedLayout>() == 40);
     assert!(size_of::<WalFrag>() == 304);
     assert!(offset_of!(WalFrag, key_len) == 4);

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::kernel::abi::{self, Slot, Stats};
 use crate::kernel::layout::Layout;
 use crate::kernel::pin;
-use crate::kernel::pools::{self, Pool};
+use crate::kernel::pools::{self, Pool, SegmentMap};
 use crate::kernel::trigger;
 use crate::options::Options;
 
@@ -191,8 +191,12 @@ fn make_pools(skel: &EngineSkel<'static>, layout: &Layout) -> Result<(Pool, Pool
             "small_pool",
             libbpf_rs::MapHandle::try_from(&skel.maps.small_pool)?,
             abi::SMALL_SEG,
-            abi::SMALL_CHUNK,
-            layout.small_chunks as u64,
+            SegmentMap {
+                value_size: abi::SMALL_SEG_BYTES,
+                entries: 1,
+            },
+            (abi::SMALL_MAX / abi::GRANULE) as u64,
+            layout.small_granules as u64,
             std::ptr::addr_of_mut!((*bss).small_ready),
             std::ptr::addr_of!((*bss).small_next),
         )?;
@@ -200,7 +204,11 @@ fn make_pools(skel: &EngineSkel<'static>, layout: &Layout) -> Result<(Pool, Pool
             "page_pool",
             libbpf_rs::MapHandle::try_from(&skel.maps.page_pool)?,
             abi::PAGE_SEG,
-            abi::PAGE_SIZE,
+            SegmentMap {
+                value_size: abi::PAGE_SIZE as u32,
+                entries: abi::PAGE_SEG,
+            },
+            1,
             layout.pages as u64,
             std::ptr::addr_of_mut!((*bss).page_ready),
             std::ptr::addr_of!((*bss).page_next),
@@ -223,10 +231,9 @@ impl Engine {
         open.maps.records.set_max_entries(layout.max_keys)?;
         open.maps.long_names.set_max_entries(layout.max_keys)?;
         open.maps.small_pool.set_max_entries(pools::segments_for(
-            layout.small_chunks as u64,
+            layout.small_granules as u64,
             abi::SMALL_SEG,
         )?)?;
-        open.maps.small_free.set_max_entries(layout.small_chunks)?;
         open.maps
             .page_pool
             .set_max_entries(pools::segments_for(layout.pages as u64, abi::PAGE_SEG)?)?;
@@ -239,15 +246,17 @@ impl Engine {
             .ok_or_else(|| Error::new(libc::EIO, "engine has no .rodata"))?;
         rodata.max_value = opts.max_value_bytes;
         rodata.read_pause_loops = opts.read_pause_loops.min(abi::READ_PAUSE_MAX - 1);
+        rodata.alloc_pause_loops = opts.alloc_pause_loops.min(abi::READ_PAUSE_MAX - 1);
+        rodata.alloc_pause_len = opts.alloc_pause_len;
         if opts.lock_cas_tries > 0 {
             rodata.lock_cas_tries = opts.lock_cas_tries.min(abi::LOCK_CAS_TRIES);
         }
         rodata.kernel_slot_base = layout.kernel_slot_base();
         info!(
-            "engine {instance}: sizing maps: at most {} keys, {} small chunks of {} B, {} pages of {} B; {} slots; up to ~{} MiB at those caps",
+            "engine {instance}: sizing maps: at most {} keys, {} granules of {} B, {} pages of {} B; {} slots; up to ~{} MiB at those caps",
             layout.max_keys,
-            layout.small_chunks,
-            abi::SMALL_CHUNK,
+            layout.small_granules,
+            abi::GRANULE,
             layout.pages,
             abi::PAGE_SIZE,
             layout.slot_entries(),

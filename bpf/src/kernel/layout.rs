@@ -11,11 +11,17 @@ const RECORD_ALLOC: u64 = 512;
 const _: () =
     assert!(48 + std::mem::size_of::<abi::HKey>() + abi::RECORD_SIZE + 8 == RECORD_ALLOC as usize);
 
+/// Small-pool bytes the cap allows per key (--max-keys) besides value_mem:
+/// what a value of up to 128 bytes takes.
+const SMALL_PER_KEY: u64 = 128;
+
 /// Sizes of the kernel maps, derived from the options.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
     pub max_keys: u32,
-    pub small_chunks: u32,
+    /// Caps of the value pools: granules (runs of values up to a page, and
+    /// the index and tail of larger ones) and pages.
+    pub small_granules: u32,
     pub pages: u32,
     /// Request slots of user space (threads of the daemon).
     pub slots: u32,
@@ -31,15 +37,23 @@ impl Layout {
                 format!("max_keys must be > 0 and slots 1..={}", abi::MAX_SLOTS),
             ));
         }
-        // One small chunk per key, plus a quarter for versions kept for
-        // readers and writes in flight.
-        let small_chunks = o
-            .max_keys
-            .saturating_add(o.max_keys / 4)
-            .saturating_add(1024);
+        // 128 bytes per key, plus a quarter for versions kept for readers
+        // and writes in flight, for values of up to 128 bytes; and value_mem
+        // for larger ones (which took pages before values up to a page had
+        // size classes). A cap, not an allocation.
+        let small_bytes = (u64::from(o.max_keys) + u64::from(o.max_keys / 4) + 1024)
+            * SMALL_PER_KEY
+            + o.value_mem_bytes;
+        // Whole segments: a run never crosses a segment's end, so a pool
+        // whose last segment were cut short could refuse a run it shows room
+        // for (Pool::grow).
+        let small_granules = u32::try_from(
+            (small_bytes / abi::GRANULE as u64).next_multiple_of(abi::SMALL_SEG as u64),
+        )
+        .map_err(|_| Error::new(libc::EINVAL, "max_keys and value_mem too large"))?;
         let pages = u32::try_from(o.value_mem_bytes / abi::PAGE_SIZE as u64)
             .map_err(|_| Error::new(libc::EINVAL, "value_mem too large"))?;
-        if pages < 1 + abi::VALUE_LIMIT as u32 / abi::PAGE_SIZE as u32 {
+        if pages < abi::VALUE_LIMIT as u32 / abi::PAGE_SIZE as u32 {
             return Err(Error::new(
                 libc::EINVAL,
                 "value_mem must hold at least one 1 MiB value",
@@ -59,7 +73,7 @@ impl Layout {
         }
         Ok(Layout {
             max_keys: o.max_keys,
-            small_chunks,
+            small_granules,
             pages,
             slots: o.slots,
             wal_buffer: wal_buffer as u32,
@@ -83,7 +97,7 @@ impl Layout {
     pub fn map_bytes(&self) -> u64 {
         let record = RECORD_ALLOC;
         self.max_keys as u64 * record
-            + self.small_chunks as u64 * (abi::SMALL_CHUNK as u64 + 4)
+            + self.small_granules as u64 * abi::GRANULE as u64
             + self.pages as u64 * (abi::PAGE_SIZE as u64 + 4)
             + self.slot_entries() as u64 * std::mem::size_of::<Slot>() as u64
             + self.wal_buffer as u64

@@ -1,8 +1,8 @@
 //! The value pools grow with the data. Each is an array of maps
 //! (`small_pool`, `page_pool` in bpfdb_kernel.h) whose entries are
-//! segments: array maps of `DB_SMALL_SEG` chunks or `DB_PAGE_SEG` pages,
-//! 2 MiB either way. The engine hands out ids only below the pool's ready
-//! count (in its .bss). Segments are normally added ahead of need: one per
+//! segments of 2 MiB: one array element of `DB_SMALL_SEG` granules (and a
+//! page of slack), or an array of `DB_PAGE_SEG` pages. The engine hands out
+//! ids (granules, pages) only below the pool's ready count (in its .bss). Segments are normally added ahead of need: one per
 //! pool at open, then the housekeeping thread keeps `AHEAD_SEGMENTS` ready
 //! beyond what writers used (`top_up`), woken by a writer that sees the
 //! pool `low`. If writers still run out, the engine fails the op with
@@ -31,9 +31,13 @@ pub const AHEAD_SEGMENTS: u64 = 2;
 pub struct Pool {
     pub name: &'static str,
     outer: MapHandle,
-    /// Ids per segment, and bytes per id.
+    /// Ids per segment, and the shape of a segment's map.
     seg: u32,
-    value_size: u32,
+    shape: SegmentMap,
+    /// Most ids one allocation takes at once (a run of granules): while
+    /// fewer are ready past the bump counter, a failed allocation may
+    /// still not fit.
+    max_run: u64,
     /// Most ids the options allow.
     cap: u64,
     ready: *mut u64,
@@ -49,6 +53,13 @@ pub struct Pool {
 // `ready` only user space writes, under `grow`).
 unsafe impl Send for Pool {}
 unsafe impl Sync for Pool {}
+
+/// The array map a segment is: its value size and entries.
+#[derive(Clone, Copy, Debug)]
+pub struct SegmentMap {
+    pub value_size: u32,
+    pub entries: u32,
+}
 
 /// What a pool holds now, for `.stats` and the bench.
 #[derive(Clone, Copy, Debug, Default)]
@@ -69,11 +80,13 @@ impl Pool {
     /// # Safety
     /// `ready` and `next` must point at the pool's two u64 counters in the
     /// engine's mmap'ed .bss and stay valid as long as the pool.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn new(
         name: &'static str,
         outer: MapHandle,
         seg: u32,
-        value_size: usize,
+        shape: SegmentMap,
+        max_run: u64,
         cap: u64,
         ready: *mut u64,
         next: *const u64,
@@ -82,7 +95,8 @@ impl Pool {
             name,
             outer,
             seg,
-            value_size: value_size as u32,
+            shape,
+            max_run,
             cap,
             ready,
             next,
@@ -106,7 +120,7 @@ impl Pool {
     pub fn grow(&self) -> Result<bool> {
         let _one = self.grow.lock().unwrap_or_else(|p| p.into_inner());
         let ready = self.ready();
-        if self.next() < ready {
+        if ready.saturating_sub(self.next()) >= self.max_run {
             return Ok(true);
         }
         self.add_segment(ready)
@@ -128,8 +142,8 @@ impl Pool {
             MapType::Array,
             Some(format!("{}{index}", &self.name[..self.name.len().min(6)])),
             4,
-            self.value_size,
-            self.seg,
+            self.shape.value_size,
+            self.shape.entries,
             &opts,
         )
         .map_err(|e| {

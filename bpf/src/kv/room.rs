@@ -18,7 +18,7 @@ use crate::kernel::abi::{self, Stats};
 use crate::kernel::layout::Layout;
 
 /// Pool entries a value of some length takes (as `alloc_storage` in
-/// storage.bpf.h allocates them).
+/// storage.bpf.h allocates them): granules and pages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Need {
     pub small: u64,
@@ -27,15 +27,10 @@ pub struct Need {
 
 impl Need {
     pub fn of(len: usize) -> Need {
-        match len {
-            0 => Need::default(),
-            l if l <= abi::SMALL_CHUNK => Need { small: 1, pages: 0 },
-            l if l <= abi::PAGE_SIZE => Need { small: 0, pages: 1 },
-            // An index page listing the data pages, and the data pages.
-            l => Need {
-                small: 0,
-                pages: 1 + l.div_ceil(abi::PAGE_SIZE) as u64,
-            },
+        let (small, pages) = abi::value_storage(len);
+        Need {
+            small: (small / abi::GRANULE) as u64,
+            pages: (pages / abi::PAGE_SIZE) as u64,
         }
     }
 }
@@ -74,7 +69,7 @@ impl Room {
             pages: promised.pages.saturating_sub(r.held.pages),
         };
         let used = stats();
-        let free_small = u64::from(layout.small_chunks)
+        let free_small = u64::from(layout.small_granules)
             .saturating_sub(used.small_used)
             .saturating_sub(others.small);
         let free_pages = u64::from(layout.pages)
@@ -84,7 +79,7 @@ impl Room {
             let (what, want, free, other) = if need.pages > free_pages {
                 ("pages", need.pages, free_pages, others.pages)
             } else {
-                ("small chunks", need.small, free_small, others.small)
+                ("granules", need.small, free_small, others.small)
             };
             return Err(Error::new(
                 libc::ENOSPC,
@@ -133,7 +128,7 @@ mod tests {
     fn layout(small: u32, pages: u32) -> Layout {
         Layout {
             max_keys: 8,
-            small_chunks: small,
+            small_granules: small,
             pages,
             slots: 1,
             wal_buffer: 4096,
@@ -142,47 +137,51 @@ mod tests {
 
     #[test]
     fn need_matches_the_engine_pools() {
-        assert_eq!(Need::of(0), Need::default());
-        assert_eq!(Need::of(128), Need { small: 1, pages: 0 });
-        assert_eq!(Need::of(129), Need { small: 0, pages: 1 });
-        assert_eq!(Need::of(4096), Need { small: 0, pages: 1 });
-        assert_eq!(Need::of(4097), Need { small: 0, pages: 3 });
-        assert_eq!(
-            Need::of(1 << 20),
-            Need {
-                small: 0,
-                pages: 257
-            }
-        );
+        // (length, small-pool bytes, pages)
+        let cases = [
+            (0, 0, 0),
+            (1, 8, 0),
+            (100, 112, 0),
+            (129, 160, 0),
+            (4096, 4096, 0),
+            // A page, the 1-byte tail's run and the index of two ids.
+            (4097, 8 + 8, 1),
+            // 256 pages and an index of 256 ids.
+            (1 << 20, 1024, 256),
+        ];
+        for (len, small, pages) in cases {
+            let small = (small / abi::GRANULE) as u64;
+            assert_eq!(Need::of(len), Need { small, pages }, "{len} bytes");
+        }
     }
 
     #[test]
     fn promises_subtract_from_what_is_free_and_come_back_on_drop() {
         let room = Arc::new(Room::default());
-        let l = layout(4, 10);
+        let l = layout(64, 10);
         let none = Stats::default;
         let mut a = Reservation::default();
         let mut b = Reservation::default();
-        room.reserve(&mut a, 5 * 4096, &l, none).unwrap(); // 6 pages
-        let e = room.reserve(&mut b, 4 * 4096, &l, none).unwrap_err(); // 5 > 4 left
+        room.reserve(&mut a, 6 * 4096, &l, none).unwrap(); // 6 pages
+        let e = room.reserve(&mut b, 5 * 4096, &l, none).unwrap_err(); // 5 > 4 left
         assert_eq!(e.errno, libc::ENOSPC);
         assert_eq!(
             b.held(),
             Need::default(),
             "a refused reservation holds nothing"
         );
-        room.reserve(&mut b, 2 * 4096, &l, none).unwrap(); // 3 pages
+        room.reserve(&mut b, 3 * 4096, &l, none).unwrap(); // 3 pages
         // Growing a's own promise counts only the others against it.
-        room.reserve(&mut a, 6 * 4096, &l, none).unwrap(); // 7 pages: 7 + 3 = 10
-        assert!(room.reserve(&mut a, 7 * 4096, &l, none).is_err());
+        room.reserve(&mut a, 7 * 4096, &l, none).unwrap(); // 7 pages: 7 + 3 = 10
+        assert!(room.reserve(&mut a, 8 * 4096, &l, none).is_err());
         // Used pages count as well as promises.
         let used = || Stats {
             pages_used: 1,
             ..Stats::default()
         };
-        assert!(room.reserve(&mut a, 6 * 4096, &l, used).is_err());
+        assert!(room.reserve(&mut a, 7 * 4096, &l, used).is_err());
         drop(b);
-        room.reserve(&mut a, 7 * 4096, &l, used).unwrap(); // 8 + 1 used <= 10
+        room.reserve(&mut a, 8 * 4096, &l, used).unwrap(); // 8 + 1 used <= 10
         a.release();
         assert_eq!(*room.lock(), Need::default());
     }

@@ -57,10 +57,8 @@ int peek(struct peek_args *a)
 	if (!err) {
 		__u32 n = v.meta.len;
 
-		if (v.small && n > 0 && n <= DB_SMALL_CHUNK)
-			err = bpf_probe_read_kernel(out->bytes, n, v.small->bytes);
-		else if (v.page && n > 0 && n <= DB_PAGE_SIZE)
-			err = bpf_probe_read_kernel(out->bytes, n, v.page->bytes);
+		if (v.value && n > 0 && n <= DB_SMALL_MAX)
+			err = bpf_probe_read_kernel(out->bytes, n, v.value);
 		/* Valid only if GC reclaimed nothing while we copied. */
 		if (!err && !db_view_valid(&v))
 			err = -EAGAIN;

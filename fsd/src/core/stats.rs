@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use bpfdb::Layout;
 use bpfdb::Stats;
-use bpfdb::abi::{Op, PAGE_SIZE, SMALL_CHUNK};
+use bpfdb::abi::{GRANULE, Op, PAGE_SIZE};
 
 /// Figures `.stats` takes from the daemon rather than the engine's maps.
 #[derive(Clone, Copy, Debug, Default)]
@@ -54,8 +54,8 @@ pub fn render(
         ("keys", stats.keys),
         ("records", stats.records),
         ("value_bytes", stats.value_bytes),
-        ("small_chunks_used", stats.small_used),
-        ("small_chunks_total", layout.small_chunks.into()),
+        ("small_granules_used", stats.small_used),
+        ("small_granules_total", layout.small_granules.into()),
         ("pages_used", stats.pages_used),
         ("pages_total", layout.pages.into()),
         ("max_keys", layout.max_keys.into()),
@@ -65,7 +65,7 @@ pub fn render(
         ("memory_slots_bytes", mem.slots),
         ("memory_small_bytes", mem.small.bytes),
         ("memory_pages_bytes", mem.pages.bytes),
-        ("small_chunks_ready", mem.small.ready),
+        ("small_granules_ready", mem.small.ready),
         ("pages_ready", mem.pages.ready),
         ("memory_segments", mem.small.segments + mem.pages.segments),
         ("ops_get", op(Op::Get)),
@@ -115,11 +115,11 @@ pub struct FsStat {
 pub const BLOCK_SIZE: u32 = PAGE_SIZE as u32;
 pub const NAME_MAX: u32 = bpfdb::abi::KEY_MAX as u32;
 
-/// Capacity is the value memory (pages plus small chunks); files are keys.
+/// Capacity is the value memory (pages plus granules); files are keys.
 pub fn statfs(stats: &Stats, layout: &Layout) -> FsStat {
     let page = PAGE_SIZE as u64;
-    let small = SMALL_CHUNK as u64;
-    let total = u64::from(layout.pages) * page + u64::from(layout.small_chunks) * small;
+    let small = GRANULE as u64;
+    let total = u64::from(layout.pages) * page + u64::from(layout.small_granules) * small;
     let used = stats.pages_used.saturating_mul(page) + stats.small_used.saturating_mul(small);
     let free = total.saturating_sub(used) / u64::from(BLOCK_SIZE);
     let files = u64::from(layout.max_keys);
