@@ -28,6 +28,75 @@ struct Row {
     over_1ms: usize,
 }
 
+/// Every value length up to this is stored and measured; above it, one in
+/// WASTE_STRIDE lengths up to the 1 MiB limit.
+const WASTE_ALL_UP_TO: usize = 16 << 10;
+const WASTE_STRIDE: usize = 997;
+
+/// The worst share of a value's storage that its bytes do not use, over
+/// the lengths in `lens`: (waste, length), of lengths from `from` on.
+fn worst_waste(storage: &[(usize, u64)], from: usize) -> (f64, usize) {
+    storage
+        .iter()
+        .filter(|&&(len, _)| len >= from)
+        .map(|&(len, bytes)| (1.0 - len as f64 / bytes as f64, len))
+        .fold((0.0, 0), |a, b| if b.0 > a.0 { b } else { a })
+}
+
+/// Value waste, measured: each length is stored in the engine and its
+/// storage read from the pools' counters (the one value of the database,
+/// so the counters hold exactly its storage). Also checks that
+/// `abi::value_storage`, which reservations use, says the same.
+fn value_waste() {
+    let db = Db::open(&Options {
+        max_keys: 64,
+        value_mem_bytes: 8 << 20,
+        slots: 2,
+        ..Options::default()
+    })
+    .unwrap_or_else(|e| die("open engine", e));
+    let mut s = db.session();
+    let lens: Vec<usize> = (1..=WASTE_ALL_UP_TO)
+        .chain((WASTE_ALL_UP_TO..=bpfdb::abi::VALUE_LIMIT).step_by(WASTE_STRIDE))
+        .chain([bpfdb::abi::VALUE_LIMIT])
+        .collect();
+    let value = vec![b'v'; bpfdb::abi::VALUE_LIMIT];
+    let storage: Vec<(usize, u64)> = lens
+        .iter()
+        .map(|&len| {
+            s.set(b"v", &value[..len], meta(), SetFlags::default())
+                .unwrap_or_else(|e| die(&format!("set {len} bytes"), e));
+            let st = db.stats();
+            let small = st.small_used * bpfdb::abi::GRANULE as u64;
+            let pages = st.pages_used * bpfdb::abi::PAGE_SIZE as u64;
+            let (es, ep) = bpfdb::abi::value_storage(len);
+            if (small, pages) != (es as u64, ep as u64) {
+                die(
+                    "value storage",
+                    format!(
+                        "{len} bytes took {small} + {pages}, abi::value_storage says {es} + {ep}"
+                    ),
+                );
+            }
+            (len, small + pages)
+        })
+        .collect();
+    println!(
+        "
+Value waste (storage a value takes that its bytes do not fill, runs of size classes, index and tail included), measured on {} lengths from 1 byte to 1 MiB (all up to {} KiB):
+",
+        lens.len(),
+        WASTE_ALL_UP_TO >> 10
+    );
+    for from in [1, 25, 65, bpfdb::abi::PAGE_SIZE + 1] {
+        let (w, at) = worst_waste(&storage, from);
+        println!(
+            "- values of {from} bytes or more: worst {:.1}%, at {at} bytes",
+            w * 100.0
+        );
+    }
+}
+
 fn name(i: usize) -> String {
     format!("key:{i}")
 }
@@ -144,6 +213,7 @@ pub fn run() -> Vec<crate::plot::Figure> {
             r.over_1ms
         );
     }
+    value_waste();
     let (total, wal) = empty_bytes();
     println!(
         "\nA new, empty database with default options: {:.1} MiB of kernel memory besides its {:.0} MiB log ring (target: at most 32 MiB).\n",
