@@ -170,3 +170,35 @@ fn a_writer_waits_for_the_cached_readers_to_close() {
         fs.release(w.fh);
     });
 }
+
+/// A non-root writer's first write to a set-ID key commits the mode
+/// without those bits (`drop_set_id`), and that commit waits for the key's
+/// cached readers like any commit at the root: the adapter must serve that
+/// write on the waiter pool, not on a FUSE worker, or the readers' closes
+/// could find no worker free. `write_may_wait` is how it tells.
+#[test]
+fn a_non_root_first_write_to_a_set_id_key_is_one_that_may_wait() {
+    let fs = fs();
+    for (mode, may_wait) in [(0o6755, true), (0o755, false)] {
+        let ino = put(&fs, "k", b"old");
+        let change = SetAttr {
+            mode: Some(mode),
+            ..SetAttr::default()
+        };
+        fs.setattr(ino, None, change).unwrap();
+        let r = fs.open(ino, libc::O_RDONLY, WHO).unwrap();
+        assert!(!r.direct_io, "a cached reader");
+        let w = fs.open(ino, libc::O_WRONLY, WHO).unwrap();
+        assert_eq!(
+            fs.write_may_wait(ino, w.fh),
+            may_wait,
+            "first write by uid {} to a key of mode {mode:o}",
+            WHO.uid
+        );
+        fs.release(r.fh);
+        fs.write(w.fh, 0, b"new").unwrap();
+        fs.release(w.fh);
+        let attr = fs.lookup(ROOT_INO, b"k").unwrap();
+        assert_eq!(attr.mode & 0o7777, 0o755, "set-ID bits gone at the write");
+    }
+}
