@@ -14,6 +14,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 use log::info;
@@ -45,6 +46,9 @@ pub struct Pool {
     /// One grower at a time: two sessions that ran out together add one
     /// segment, not two.
     grow: Mutex<()>,
+    /// Segments added by a writer that ran out (`grow`), each a write that
+    /// waited for one; the housekeeping thread's (`top_up`) are the rest.
+    added_by_writers: AtomicU64,
 }
 
 // SAFETY: `ready` and `next` point into the engine's mmap'ed .bss, which
@@ -70,6 +74,9 @@ pub struct PoolUse {
     /// a new one is taken, so this only grows with the most ever in use.
     pub handed_out: u64,
     pub segments: u64,
+    /// Of them, added by a writer that found no room (and waited for it)
+    /// rather than ahead of need by the housekeeping thread.
+    pub added_by_writers: u64,
     /// Kernel memory of the pool: its segments and its array of maps.
     pub bytes: u64,
 }
@@ -101,6 +108,7 @@ impl Pool {
             ready,
             next,
             grow: Mutex::new(()),
+            added_by_writers: AtomicU64::new(0),
         })
     }
 
@@ -123,7 +131,10 @@ impl Pool {
         if ready.saturating_sub(self.next()) >= self.max_run {
             return Ok(true);
         }
-        self.add_segment(ready)
+        let added = self.add_segment(ready)?;
+        self.added_by_writers
+            .fetch_add(u64::from(added), Ordering::Relaxed);
+        Ok(added)
     }
 
     /// Adds the segment that starts at id `ready` (the ready count, read
@@ -217,6 +228,7 @@ impl Pool {
         Ok(PoolUse {
             ready,
             handed_out: self.next(),
+            added_by_writers: self.added_by_writers.load(Ordering::Relaxed),
             segments,
             bytes,
         })
