@@ -368,6 +368,7 @@ struct db_stats {
 	__u64 txn_aborts_conflict;
 	__u64 txn_active;      /* transactions and snapshots open now */
 	__u64 alloc_pauses;    /* test hook: allocations that paused (Options::alloc_pause_loops) */
+	__u64 runs_lost;       /* freed runs left off their free list (CAS contention): never reused */
 };
 
 /* Layout checks; src/kernel/abi.rs asserts the same numbers on the Rust side. */
@@ -395,7 +396,7 @@ _Static_assert(__builtin_offsetof(struct db_wal_frag, meta) == 16, "db_wal_frag.
 _Static_assert(__builtin_offsetof(struct db_wal_frag, key) == 48, "db_wal_frag.key");
 _Static_assert(sizeof(struct db_layout) == 40, "db_layout");
 _Static_assert(__builtin_offsetof(struct db_txn, state) == 24, "db_txn.state");
-_Static_assert(sizeof(struct db_stats) == 24 * 8, "db_stats");
+_Static_assert(sizeof(struct db_stats) == 25 * 8, "db_stats");
 _Static_assert(DB_INDEX_IDS * 4 <= DB_SMALL_MAX, "an index fits one run");
 _Static_assert(DB_SMALL_SEG_BYTES % 8 == 0, "segment of whole words");
 

@@ -25,8 +25,8 @@
 #include "engine.bpf.h"
 
 /* CAS attempts to push a freed run on its class's list before it is left
- * off (counted as used, never handed out again): far more than two CPUs
- * can contend for. */
+ * off (still counted as used, never handed out again; stats.runs_lost
+ * counts them): far more than two CPUs can contend for. */
 #define DB_FREE_CAS_TRIES 32
 
 /* Size class of a run for len bytes (1..DB_SMALL_MAX): its index, and its
@@ -153,6 +153,7 @@ static __always_inline void free_run(__u32 len, __u32 g)
 			return;
 		}
 	}
+	stat_add(&stats.runs_lost, 1);
 }
 
 /* A recycled page, else the next never-used one below the ready count. */

@@ -282,6 +282,9 @@ pub struct Stats {
     pub txn_active: u64,
     /// Test hook: allocations that paused (`Options::alloc_pause_loops`).
     pub alloc_pauses: u64,
+    /// Freed runs that lost their free list's CAS DB_FREE_CAS_TRIES times
+    /// and were left off it: still counted as used, never handed out again.
+    pub runs_lost: u64,
 }
 
 pub const LAYOUT_MAGIC: u64 = h::DB_LAYOUT_MAGIC;
@@ -368,7 +371,7 @@ const _: () = {
     assert!(offset_of!(Slot, scratch) == 704);
     assert!(offset_of!(Slot, data) == SLOT_HEADER);
     assert!(size_of::<Slot>() == SLOT_HEADER + VALUE_LIMIT);
-    assert!(size_of::<Stats>() == 24 * 8);
+    assert!(size_of::<Stats>() == 25 * 8);
     assert!(size_of::<PinnedLayout>() == 40);
     assert!(size_of::<WalFrag>() == 304);
     assert!(offset_of!(WalFrag, key_len) == 4);

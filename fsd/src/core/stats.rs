@@ -50,11 +50,12 @@ pub fn render(
 ) -> String {
     let op = |o: Op| stats.ops.get(o as usize).copied().unwrap_or(0);
     let mem = &daemon.memory;
-    let lines: [(&str, u64); 41] = [
+    let lines: [(&str, u64); 42] = [
         ("keys", stats.keys),
         ("records", stats.records),
         ("value_bytes", stats.value_bytes),
         ("small_granules_used", stats.small_used),
+        ("small_runs_lost", stats.runs_lost),
         ("small_granules_total", layout.small_granules.into()),
         ("pages_used", stats.pages_used),
         ("pages_total", layout.pages.into()),

@@ -564,6 +564,7 @@ fn stats_file_content() {
     for name in [
         "records",
         "small_granules_total",
+        "small_runs_lost",
         "ops_get",
         "ops_delete",
         "ops_rename",
@@ -590,7 +591,7 @@ fn stats_file_content() {
     ] {
         field(name);
     }
-    assert_eq!(text.lines().count(), 41);
+    assert_eq!(text.lines().count(), 42);
     // Memory only: no log.
     assert_eq!(field("log_bytes"), 0);
     // The size a stat shows is the length of the text at that moment.
