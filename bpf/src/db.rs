@@ -18,7 +18,7 @@ use crate::kernel::abi::{self, Op, Stats};
 use crate::kernel::engine::Engine;
 use crate::kernel::layout::Layout;
 use crate::kernel::pools::{AHEAD_SEGMENTS, PoolUse};
-use crate::kv::room::Reservation;
+use crate::kv::room::{Need, Reservation};
 use crate::kv::session::{ScanCursor, Session};
 use crate::kv::txn::Txn;
 use crate::options::Options;
@@ -144,6 +144,28 @@ impl Db {
         Ok(())
     }
 
+    /// Whether the records and value memory of every PUT in `ops`, on top of
+    /// what is used now, fit the caps: then the ops can be replayed in any
+    /// order across keys (recovery::AnyOrder). A run never crosses a
+    /// segment's end, so up to one largest run per segment is counted as
+    /// lost to that.
+    fn room_for_any_order(&self, ops: &[LogOp]) -> bool {
+        let engine = &self.inner.engine;
+        let (st, l) = (engine.stats(), &engine.layout);
+        let (mut keys, mut small, mut pages) = (0u64, 0u64, 0u64);
+        for op in ops {
+            if let LogOp::Put { value, .. } = op {
+                let need = Need::of(value.len());
+                (keys, small, pages) = (keys + 1, small + need.small, pages + need.pages);
+            }
+        }
+        let seg_ends = (u64::from(l.small_granules) / u64::from(abi::SMALL_SEG) + 1)
+            * (abi::SMALL_MAX / abi::GRANULE) as u64;
+        st.records + keys <= u64::from(l.max_keys)
+            && st.small_used + small + seg_ends <= u64::from(l.small_granules)
+            && st.pages_used + pages <= u64::from(l.pages)
+    }
+
     /// Recovers from `dir` (or, on a hot restart, finds where the log goes
     /// on), then turns on the log and its writer.
     fn start_durability(&self, dir: &std::path::Path, reused: bool) -> Result<()> {
@@ -161,19 +183,16 @@ impl Db {
                     _ => Ok(()),
                 },
             };
+            // A session per batch, given back after it: with fewer slots
+            // than applying threads, a thread waits for another's.
             let apply_batch = |ops: &[LogOp]| -> Result<()> {
                 let mut s = self.inner.session();
                 ops.iter().try_for_each(|op| apply_one(&mut s, op))
             };
-            // The log's session is taken at its first op, after the
-            // checkpoint's threads gave theirs back: with one slot, a
-            // session held across them would leave them none.
-            let mut s = None;
-            let mut apply =
-                |op: &LogOp| apply_one(s.get_or_insert_with(|| self.inner.session()), op);
+            let any_order = |ops: &[LogOp]| self.room_for_any_order(ops);
             recovery::recover(
-                &mut apply,
                 &apply_batch,
+                &any_order,
                 dir,
                 self.inner.opts.allow_corrupt_log,
             )?

@@ -618,3 +618,80 @@ mod deferred {
         );
     }
 }
+
+/// The log is replayed in windows whose keys are applied by several
+/// threads, each key's ops in log order: overwrites, deletes, renames and
+/// transactions over a few hundred keys, across several windows, replay to
+/// the state they were written in.
+#[test]
+fn a_log_replayed_by_several_threads_ends_in_the_state_it_was_written_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = 3 * bpfdb::wal::REPLAY_WINDOW_OPS as u32;
+    let before = {
+        let db = Db::open(&opts(dir.path())).unwrap();
+        let mut s = db.session();
+        for i in 0..ops {
+            let k = format!("k{}", (i * 7919) % 300);
+            match i % 10 {
+                0 => drop(s.delete(k.as_bytes())),
+                1 => drop(s.rename(k.as_bytes(), format!("r{}", i % 50).as_bytes(), false)),
+                2 => s
+                    .set_meta(k.as_bytes(), meta(0o100600, i as u64))
+                    .map_or((), drop),
+                _ => {
+                    let v = format!("{i}:{}", "v".repeat((i % 200) as usize));
+                    s.set(
+                        k.as_bytes(),
+                        v.as_bytes(),
+                        meta(0o100644, i as u64),
+                        SetFlags::default(),
+                    )
+                    .unwrap();
+                }
+            }
+        }
+        drop(s);
+        dump(&db)
+    };
+    let db = Db::open(&opts(dir.path())).unwrap();
+    assert!(dump(&db) == before, "state after log replay differs");
+}
+
+/// A key table kept full, each new key made after an old one was deleted,
+/// replays: a window whose PUTs could not all fit on top of what is stored
+/// is applied in log order by one thread, where each delete makes room for
+/// the next key before it is made.
+#[test]
+fn a_full_key_table_is_replayed_in_log_order() {
+    let dir = tempfile::tempdir().unwrap();
+    const KEYS: u32 = 64;
+    let small = |dir: &Path| Options {
+        max_keys: KEYS,
+        ..opts(dir)
+    };
+    let before = {
+        let db = Db::open(&small(dir.path())).unwrap();
+        let mut s = db.session();
+        let put = |s: &mut bpfdb::Session, i: u32| {
+            s.set(
+                format!("a{i}").as_bytes(),
+                b"v",
+                meta(0o100644, 1),
+                SetFlags::default(),
+            )
+            .unwrap()
+        };
+        for i in 0..KEYS {
+            put(&mut s, i);
+        }
+        for i in 0..4 * bpfdb::wal::REPLAY_WINDOW_OPS as u32 {
+            s.delete(format!("a{i}").as_bytes()).unwrap();
+            put(&mut s, i + KEYS);
+        }
+        drop(s);
+        dump(&db)
+    };
+    assert_eq!(before.len(), KEYS as usize);
+    let db = Db::open(&small(dir.path())).unwrap_or_else(|e| panic!("replay: {e}"));
+    assert!(dump(&db) == before, "state after log replay differs");
+}

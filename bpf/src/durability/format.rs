@@ -62,6 +62,12 @@ pub const RECOVERY_THREADS: usize = 4;
 /// (3 x threads + 1) batches besides the read buffer.
 pub const CHECKPOINT_APPLY_BATCH_KEYS: usize = 1024;
 pub const CHECKPOINT_APPLY_BATCH_BYTES: usize = 256 << 10;
+/// The log is replayed in windows of whole commits: at most this many ops,
+/// and no more once their values reach REPLAY_WINDOW_BYTES (a commit larger
+/// than that is a window of its own). A window's keys are applied by up to
+/// RECOVERY_THREADS threads, the ops of each key in log order by one.
+pub const REPLAY_WINDOW_OPS: usize = 8192;
+pub const REPLAY_WINDOW_BYTES: usize = 8 << 20;
 pub const HEADER_BYTES: usize = 16;
 pub const RECORD_HEADER_BYTES: usize = 16;
 /// Largest payload a reader accepts: what one transaction can log.

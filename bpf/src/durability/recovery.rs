@@ -16,11 +16,14 @@ use crate::durability::format::{self as wal, LogOp};
 use crate::durability::writer::read_file;
 use crate::error::{Error, Result};
 
-/// Applies one replayed op to the keys (the `Db` passes its sessions).
-pub(crate) type Apply<'a> = &'a mut dyn FnMut(&LogOp) -> Result<()>;
-/// Applies a batch of a checkpoint's entries with a session of its own:
-/// called from several threads at once.
+/// Applies a batch of ops, in order, with a session of its own: called
+/// from several threads at once (each with ops of other keys).
 pub(crate) type ApplyBatch<'a> = &'a (dyn Fn(&[LogOp]) -> Result<()> + Sync);
+/// Whether the engine has room for a window of ops applied in any order
+/// across keys: the records and the value memory of every PUT in it on top
+/// of what is used now. Applied in log order, a DELETE frees room before a
+/// later PUT of another key takes it; across threads it may not have yet.
+pub(crate) type AnyOrder<'a> = &'a (dyn Fn(&[LogOp]) -> bool + Sync);
 
 /// Progress is logged every this many bytes of log replayed.
 const PROGRESS_BYTES: usize = 64 << 20;
@@ -57,6 +60,67 @@ const LOG_BEGINS: LogStart = LogStart {
     first_seq: Some(1),
 };
 
+/// The ops of whole commits waiting to be applied, in log order.
+#[derive(Default)]
+struct Window {
+    ops: Vec<LogOp>,
+    bytes: usize,
+}
+
+impl Window {
+    fn push(&mut self, commit: wal::Commit) {
+        for op in commit.ops {
+            if let LogOp::Put { key, value, .. } = &op {
+                self.bytes += key.len() + value.len();
+            }
+            self.ops.push(op);
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.ops.len() >= wal::REPLAY_WINDOW_OPS || self.bytes >= wal::REPLAY_WINDOW_BYTES
+    }
+
+    /// Applies and empties the window: split by key over `threads`
+    /// threads, each key's ops in log order, when `any_order` says the
+    /// engine has room for them in any order; else in log order by one.
+    fn apply(
+        &mut self,
+        apply: ApplyBatch<'_>,
+        any_order: AnyOrder<'_>,
+        threads: usize,
+    ) -> Result<()> {
+        let ops = std::mem::take(&mut self.ops);
+        self.bytes = 0;
+        if threads < 2 || ops.len() < 2 || !any_order(&ops) {
+            return apply(&ops);
+        }
+        let mut parts: Vec<Vec<LogOp>> = (0..threads).map(|_| Vec::new()).collect();
+        for op in ops {
+            let key = match &op {
+                LogOp::Put { key, .. } | LogOp::Del { key } => key,
+            };
+            let mut h = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(key, &mut h);
+            parts[(std::hash::Hasher::finish(&h) % threads as u64) as usize].push(op);
+        }
+        std::thread::scope(|sc| {
+            let others: Vec<_> = parts[1..]
+                .iter()
+                .map(|part| sc.spawn(move || apply(part)))
+                .collect();
+            let mine = apply(&parts[0]);
+            others
+                .into_iter()
+                .map(|t| {
+                    t.join()
+                        .unwrap_or_else(|_| Err(Error::new(libc::EIO, "replay thread panicked")))
+                })
+                .fold(mine, |first, r| first.and(r))
+        })
+    }
+}
+
 /// Applies the checkpoint of `dir`, if any, streamed (see `checkpoint`):
 /// its crc is checked over the whole file before the first entry is
 /// applied. Returns where the log goes on, and whether there was one.
@@ -65,10 +129,7 @@ fn load_checkpoint(apply: ApplyBatch<'_>, dir: &Path) -> Result<(LogStart, bool)
     let Some(ckpt) = checkpoint::open(dir)? else {
         return Ok((LOG_BEGINS, false));
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(wal::RECOVERY_THREADS);
-    let n = ckpt.apply_parallel(apply, threads)?;
+    let n = ckpt.apply_parallel(apply, recovery_threads())?;
     info!(
         "recovery: checkpoint of {n} keys loaded in {:?}; replaying from segment {}",
         t.elapsed(),
@@ -135,11 +196,20 @@ fn replayed_segments(dir: &Path, start: u64, ckpt: bool, allow_corrupt: bool) ->
     Ok(segments)
 }
 
-/// Replays the checkpoint through `apply_batch` (from several threads) and
-/// then the log, in order, through `apply` (log emission off).
+/// Threads that apply a checkpoint's entries or a window of the log.
+fn recovery_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(wal::RECOVERY_THREADS)
+}
+
+/// Replays the checkpoint and then the log through `apply_batch`, from
+/// several threads (log emission off): each key's ops in log order, and
+/// every op of the log in log order where `any_order` says a window of it
+/// would not fit otherwise.
 pub(crate) fn recover(
-    apply: Apply<'_>,
     apply_batch: ApplyBatch<'_>,
+    any_order: AnyOrder<'_>,
     dir: &Path,
     allow_corrupt: bool,
 ) -> Result<Recovered> {
@@ -159,6 +229,8 @@ pub(crate) fn recover(
     let mut next_seq = start.first_seq;
     let (mut done, mut commits) = (0usize, 0u64);
     let mut next_report = PROGRESS_BYTES;
+    let threads = recovery_threads();
+    let mut window = Window::default();
     for (i, &n) in segments.iter().enumerate() {
         let path = wal::segment_path(dir, n);
         let buf = read_file(&path)?;
@@ -184,8 +256,9 @@ pub(crate) fn recover(
         wal::check_header(&buf, wal::WAL_MAGIC, &wal::FORMAT_VERSIONS, &what)?;
         let expected = next_seq.or_else(|| wal::first_seq(&buf)).unwrap_or(1);
         let scan = wal::scan_segment(&buf, expected, |commit, end| {
-            for op in &commit.ops {
-                apply(op)?;
+            window.push(commit);
+            if window.full() {
+                window.apply(apply_batch, any_order, threads)?;
             }
             if done + end >= next_report {
                 next_report += PROGRESS_BYTES;
@@ -198,6 +271,8 @@ pub(crate) fn recover(
             }
             Ok(())
         })?;
+        // What a segment holds is applied before it is judged or cut.
+        window.apply(apply_batch, any_order, threads)?;
         next_seq = Some(scan.next_seq);
         commits += scan.commits;
         if let Some((offset, why, more)) = scan.bad {
