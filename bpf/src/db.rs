@@ -324,7 +324,7 @@ impl Db {
         let engine = &self.inner.engine;
         self.inner
             .room
-            .reserve(r, len, &engine.layout, || engine.stats())
+            .reserve(r, len, &engine.layout, || engine.pool_state())
     }
 
     /// Fails while the log cannot be written (a full disk, an I/O error),

@@ -275,9 +275,13 @@ fn a_run_taken_and_given_back_during_a_pop_is_not_handed_out_twice() {
     let mut s = db.session();
     let mut out = Vec::new();
     for round in 0..ROUNDS {
-        // The class's free list: the run of "x" on top of the run of "y".
+        // The class's free list: the runs of "x", "y", "w", top down (a
+        // pop claims a run in the list's count first, so the other writer
+        // can take two of three while the paused pop holds its claim).
         set(&mut s, "x", &page(1));
         set(&mut s, "y", &page(2));
+        set(&mut s, "w", &page(7));
+        s.delete(b"w").unwrap();
         s.delete(b"y").unwrap();
         s.delete(b"x").unwrap();
         let pauses = db.stats().alloc_pauses;
@@ -350,5 +354,62 @@ fn the_housekeeping_thread_adds_the_segments_a_fill_needs_ahead_of_the_writers()
         "writers added {} of {} segments: {small:?}",
         small.added_by_writers,
         small.segments
+    );
+}
+
+/// A value a reservation admits is one the engine then stores (the
+/// daemon reserves at `write(2)` what a commit at `close(2)` will take, and
+/// a shell never checks close). Near the small pool's cap, with only runs
+/// freed by 4000-byte values left, the engine stores smaller values in
+/// pieces of those runs; a reservation counts free runs only where the
+/// engine can use them.
+#[test]
+fn near_the_cap_a_reserved_value_is_one_the_engine_stores() {
+    let db = open(&Options {
+        max_keys: 2048,
+        value_mem_bytes: MIB,
+        slots: 2,
+        ..Options::default()
+    });
+    let mut s = db.session();
+    let set = |s: &mut bpfdb::Session, k: &str, len: usize| {
+        s.set(k.as_bytes(), &vec![3u8; len], meta(), SetFlags::default())
+    };
+    // Fill the small pool with 4000-byte values (runs of 4096), then free them.
+    let mut big = 0;
+    while big < 2048 {
+        match set(&mut s, &format!("b{big}"), 4000) {
+            Ok(_) => big += 1,
+            Err(e) if e.errno == libc::ENOSPC => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!((100..2048).contains(&big), "{big} values of 4000 bytes");
+    for i in 0..big {
+        s.delete(format!("b{i}").as_bytes()).unwrap();
+    }
+    let (mut stored, mut refused) = (0, 0);
+    for (i, len) in [100usize, 3000, 1, 600, 4000, 20, 129, 2048]
+        .iter()
+        .cycle()
+        .take(3000)
+        .enumerate()
+    {
+        let mut r = bpfdb::Reservation::default();
+        match db.reserve(&mut r, *len) {
+            Ok(()) => {
+                set(&mut s, &format!("v{}", i % 1500), *len).unwrap_or_else(|e| {
+                    panic!("a value of {len} bytes was reserved, then not stored: {e}")
+                });
+                stored += 1;
+            }
+            Err(e) if e.errno == libc::ENOSPC => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        stored >= big,
+        "stored {stored}, refused {refused}: {:?}",
+        db.stats()
     );
 }

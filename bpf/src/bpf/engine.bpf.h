@@ -60,6 +60,10 @@ __u64 page_ready;
  * makes a pop whose top was popped and pushed back meanwhile fail its CAS
  * (storage.bpf.h). */
 __u64 small_free[DB_CLASSES];
+/* Runs on each list, never more than there are: a pop claims one here
+ * before it takes one, a push counts its run after (user space reads
+ * these to promise only memory the engine can hand out, room.rs). */
+__s64 small_free_runs[DB_CLASSES];
 
 /* Free pages; push and pop are atomic. */
 struct {

@@ -28,6 +28,25 @@
  * off (still counted as used, never handed out again; stats.runs_lost
  * counts them): far more than two CPUs can contend for. */
 #define DB_FREE_CAS_TRIES 32
+/* Runs a split run's remainder is given back as at most: the largest class
+ * that fits takes at least four fifths of what is left above 64 bytes, and
+ * 64 bytes or less is one class: at most three runs, for every pair of
+ * classes. */
+#define DB_SPLIT_PIECES 8
+
+/* e such that 2^e <= x < 2^(e+1), for 64 <= x < DB_SMALL_MAX. */
+static __always_inline __u32 top_bit(__u32 x)
+{
+	if (x >> 11)
+		return 11;
+	if (x >> 10)
+		return 10;
+	if (x >> 9)
+		return 9;
+	if (x >> 8)
+		return 8;
+	return x >> 7 ? 7 : 6;
+}
 
 /* Size class of a run for len bytes (1..DB_SMALL_MAX): its index, and its
  * size in granules in *granules. 8..64 bytes in steps of 8, then four
@@ -40,30 +59,49 @@ static __always_inline __u32 class_of(__u32 len, __u32 *granules)
 		*granules = g ? g : 1;
 		return g ? g - 1 : 0;
 	}
-	__u32 x = len - 1, e = 6; /* 2^e <= x < 2^(e+1) */
-
-	if (x >> 11)
-		e = 11;
-	else if (x >> 10)
-		e = 10;
-	else if (x >> 9)
-		e = 9;
-	else if (x >> 8)
-		e = 8;
-	else if (x >> 7)
-		e = 7;
-	__u32 shift = e - 2, q = (len + (1u << shift) - 1) >> shift; /* 5..8 quarters */
+	__u32 e = top_bit(len - 1), shift = e - 2;
+	__u32 q = (len + (1u << shift) - 1) >> shift; /* 5..8 quarters */
 
 	*granules = (q << shift) >> DB_GRANULE_SHIFT;
 	return 8 + (e - 6) * 4 + q - 5;
 }
 
-/* The head of class c's free list. The mask is for the verifier (see
- * index_entry). */
+/* Granules of a run of class c: the inverse of class_of. */
+static __always_inline __u32 class_granules(__u32 c)
+{
+	if (c < 8)
+		return c + 1;
+	__u32 e = 6 + (c - 8) / 4, q = 5 + (c - 8) % 4;
+
+	return (q << (e - 2)) >> DB_GRANULE_SHIFT;
+}
+
+/* The largest class whose runs take at most r (>= 1) granules. */
+static __always_inline __u32 class_floor(__u32 r)
+{
+	__u32 bytes = r << DB_GRANULE_SHIFT, k;
+
+	if (bytes <= 64)
+		return r - 1;
+	if (bytes >= DB_SMALL_MAX)
+		return DB_CLASSES - 1;
+	__u32 e = top_bit(bytes), q = bytes >> (e - 2); /* 4..7 quarters of 2^e */
+
+	return class_of(q >= 5 ? q << (e - 2) : 1u << e, &k);
+}
+
+/* The head of class c's free list, and its count of runs. The mask is for
+ * the verifier (see index_entry). */
 static __always_inline __u64 *free_head(__u32 c)
 {
 	barrier_var(c);
 	return &small_free[c & (DB_CLASSES - 1)];
+}
+
+static __always_inline __s64 *free_runs(__u32 c)
+{
+	barrier_var(c);
+	return &small_free_runs[c & (DB_CLASSES - 1)];
 }
 
 static __always_inline __u64 free_head_next(__u64 h, __u32 top)
@@ -75,17 +113,26 @@ static __always_inline __u64 free_head_next(__u64 h, __u32 top)
 static __always_inline int pop_run(__u32 c, __u32 *g, bool pause)
 {
 	__u64 *head = free_head(c);
+	__s64 *runs = free_runs(c);
 
+	/* Claim a run before taking one, so that the count never exceeds the
+	 * list: then every claim finds a run. */
+	if (READ_ONCE(*runs) <= 0)
+		return -ENOENT;
+	if (__sync_fetch_and_add(runs, -1) <= 0) {
+		__sync_fetch_and_add(runs, 1);
+		return -ENOENT;
+	}
 	for (int i = 0; i < DB_LOCK_CAS_TRIES; i++) {
 		__u64 h = READ_ONCE(*head);
 		__u32 top = (__u32)h;
 
 		if (!top)
-			return -ENOENT;
+			break;
 		__u32 *run = (__u32 *)db_small_at(top - 1);
 
 		if (!run)
-			return -EIO;
+			break;
 		/* If another CPU took this run meanwhile, the count in the head
 		 * changed and the CAS fails, whatever it now holds. */
 		__u32 next = READ_ONCE(*run);
@@ -100,7 +147,92 @@ static __always_inline int pop_run(__u32 c, __u32 *g, bool pause)
 			return 0;
 		}
 	}
+	__sync_fetch_and_add(runs, 1);
 	return -EAGAIN;
+}
+
+/* Puts the run at granule g on class c's list; false if it kept losing
+ * the CAS and was left off (counted in stats.runs_lost). */
+static __always_inline bool push_run(__u32 c, __u32 g)
+{
+	__u64 *head = free_head(c);
+	__u32 *run = (__u32 *)db_small_at(g);
+
+	if (!run)
+		return false;
+	for (int i = 0; i < DB_FREE_CAS_TRIES; i++) {
+		__u64 h = READ_ONCE(*head);
+
+		WRITE_ONCE(*run, (__u32)h);
+		if (__sync_val_compare_and_swap(head, h, free_head_next(h, g + 1)) == h) {
+			__sync_fetch_and_add(free_runs(c), 1);
+			return true;
+		}
+	}
+	stat_add(&stats.runs_lost, 1);
+	return false;
+}
+
+/* Splitting a free run of a larger class when a class has none left. */
+struct split_loop {
+	__u32 c;    /* the class wanted */
+	__u32 k;    /* its granules */
+	__u32 g;    /* out: the run taken */
+	__u32 left; /* out: granules of it after the first k */
+	__s32 err;
+};
+
+static long split_one(__u64 i, struct split_loop *sl)
+{
+	__u32 c = sl->c + 1 + (__u32)i, g;
+
+	if (c >= DB_CLASSES)
+		return 1;
+	if (pop_run(c, &g, false))
+		return 0;
+	sl->g = g;
+	sl->left = class_granules(c) - sl->k;
+	sl->err = 0;
+	return 1;
+}
+
+/* Gives back the granules of a split run after the part taken, as runs of
+ * the largest classes that fit. */
+struct piece_loop {
+	__u32 at;
+	__u32 left;
+};
+
+static long give_back_one(__u64 i, struct piece_loop *pl)
+{
+	if (!pl->left)
+		return 1;
+	__u32 c = class_floor(pl->left), n = class_granules(c);
+
+	if (n > pl->left)
+		return 1;
+	push_run(c, pl->at);
+	pl->at += n;
+	pl->left -= n;
+	return 0;
+}
+
+/* The first k granules of a free run of a class above c, the rest given
+ * back as smaller runs: so memory freed by large values serves smaller
+ * ones once the pool is at its cap (never the other way: runs are not
+ * merged). */
+static __always_inline int take_from_larger(__u32 c, __u32 k, __u32 *g)
+{
+	struct split_loop sl = { .c = c, .k = k, .err = -ENOSPC };
+
+	bpf_loop(DB_CLASSES, split_one, &sl, 0);
+	if (sl.err)
+		return sl.err;
+	*g = sl.g;
+	struct piece_loop pl = { .at = sl.g + k, .left = sl.left };
+
+	bpf_loop(DB_SPLIT_PIECES, give_back_one, &pl, 0);
+	return 0;
 }
 
 /* k never-used granules that do not cross a segment's end. The bump is a
@@ -131,6 +263,8 @@ static __always_inline int alloc_run(__u32 len, __u32 *g, bool pause)
 
 	if (err == -ENOENT)
 		err = bump_run(k, g);
+	if (err == -ENOSPC && !take_from_larger(c, k, g))
+		err = 0;
 	if (!err)
 		stat_add(&stats.small_used, k);
 	return err;
@@ -139,21 +273,9 @@ static __always_inline int alloc_run(__u32 len, __u32 *g, bool pause)
 static __always_inline void free_run(__u32 len, __u32 g)
 {
 	__u32 k, c = class_of(len, &k);
-	__u64 *head = free_head(c);
-	__u32 *run = (__u32 *)db_small_at(g);
 
-	if (!run)
-		return;
-	for (int i = 0; i < DB_FREE_CAS_TRIES; i++) {
-		__u64 h = READ_ONCE(*head);
-
-		WRITE_ONCE(*run, (__u32)h);
-		if (__sync_val_compare_and_swap(head, h, free_head_next(h, g + 1)) == h) {
-			stat_add(&stats.small_used, -(__s64)k);
-			return;
-		}
-	}
-	stat_add(&stats.runs_lost, 1);
+	if (push_run(c, g))
+		stat_add(&stats.small_used, -(__s64)k);
 }
 
 /* A recycled page, else the next never-used one below the ready count. */

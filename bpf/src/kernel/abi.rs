@@ -44,20 +44,35 @@ pub const SMALL_SEG: u32 = u32_of(h::DB_SMALL_SEG);
 pub const SMALL_SEG_BYTES: u32 = u32_of(h::DB_SMALL_SEG_BYTES);
 pub const PAGE_SEG: u32 = u32_of(h::DB_PAGE_SEG);
 
-/// Bytes of the run that holds `len` (1..=SMALL_MAX) bytes: its size class,
-/// as `class_of` in storage.bpf.h computes it (8 to 64 bytes in steps of 8,
-/// then four classes per doubling up to a page).
-pub const fn run_bytes(len: usize) -> usize {
+/// Size classes of the small pool's runs.
+pub const CLASSES: usize = usize_of(h::DB_CLASSES);
+
+/// The size class of a run for `len` (1..=SMALL_MAX) bytes, as `class_of`
+/// in storage.bpf.h computes it: 8 to 64 bytes in steps of 8, then four
+/// classes per doubling up to a page.
+pub const fn class_of(len: usize) -> usize {
     if len <= 64 {
         return if len == 0 {
-            GRANULE
+            0
         } else {
-            len.div_ceil(GRANULE) * GRANULE
+            len.div_ceil(GRANULE) - 1
         };
     }
     let e = (usize::BITS - 1 - (len - 1).leading_zeros()) as usize; // 2^e <= len-1
-    let step = 1 << (e - 2);
-    len.div_ceil(step) * step
+    8 + (e - 6) * 4 + len.div_ceil(1 << (e - 2)) - 5
+}
+
+/// Bytes of a run of class `c`.
+pub const fn class_bytes(c: usize) -> usize {
+    if c < 8 {
+        return (c + 1) * GRANULE;
+    }
+    (5 + (c - 8) % 4) << (6 + (c - 8) / 4 - 2)
+}
+
+/// Bytes of the run that holds `len` (1..=SMALL_MAX) bytes.
+pub const fn run_bytes(len: usize) -> usize {
+    class_bytes(class_of(len))
 }
 
 /// Small-pool and page-pool bytes a value of `len` bytes takes
@@ -379,3 +394,21 @@ const _: () = {
     assert!(offset_of!(WalFrag, meta) == 16);
     assert!(offset_of!(WalFrag, key) == 48);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_length_up_to_a_page_has_the_smallest_class_that_holds_it() {
+        assert_eq!(class_bytes(CLASSES - 1), SMALL_MAX);
+        for len in 1..=SMALL_MAX {
+            let c = class_of(len);
+            assert!(c < CLASSES && class_bytes(c) >= len, "{len}");
+            assert!(
+                c == 0 || class_bytes(c - 1) < len,
+                "{len}: class {c} is not the smallest"
+            );
+        }
+    }
+}

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::kernel::abi::{self, Slot, Stats};
 use crate::kernel::layout::Layout;
 use crate::kernel::pin;
-use crate::kernel::pools::{self, Pool, SegmentMap};
+use crate::kernel::pools::{self, Pool, PoolState, SegmentMap};
 use crate::kernel::trigger;
 use crate::options::Options;
 
@@ -560,6 +560,24 @@ impl Engine {
                 Ok((name.to_string(), bytes))
             })
             .collect()
+    }
+
+    /// What a reservation needs to know of the pools (kv::room): the
+    /// counters, the small pool's bump counter and its free runs by class.
+    pub fn pool_state(&self) -> PoolState {
+        let mut state = PoolState {
+            stats: self.stats(),
+            small_handed_out: self.small.handed_out(),
+            free_runs: [0; abi::CLASSES],
+        };
+        if let Some(bss) = self.skel.maps.bss_data.as_deref() {
+            for (out, count) in state.free_runs.iter_mut().zip(&bss.small_free_runs) {
+                // SAFETY: a plain i64 of the mmap'ed .bss; volatile because
+                // the kernel writes it.
+                *out = unsafe { std::ptr::read_volatile(count) }.max(0) as u64;
+            }
+        }
+        state
     }
 
     /// A copy of the engine counters (racy reads of independent counters).

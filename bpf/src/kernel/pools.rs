@@ -58,6 +58,16 @@ pub struct Pool {
 unsafe impl Send for Pool {}
 unsafe impl Sync for Pool {}
 
+/// The pools as a reservation sees them (`Engine::pool_state`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PoolState {
+    pub stats: crate::kernel::abi::Stats,
+    /// Granules the small pool's bump counter has handed out.
+    pub small_handed_out: u64,
+    /// Runs on each size class's free list (never more than there are).
+    pub free_runs: [u64; crate::kernel::abi::CLASSES],
+}
+
 /// The array map a segment is: its value size and entries.
 #[derive(Clone, Copy, Debug)]
 pub struct SegmentMap {
@@ -115,6 +125,11 @@ impl Pool {
     fn ready(&self) -> u64 {
         // SAFETY: see the type's Send/Sync note.
         unsafe { std::ptr::read_volatile(self.ready) }
+    }
+
+    /// Ids the bump counter has handed out.
+    pub fn handed_out(&self) -> u64 {
+        self.next()
     }
 
     fn next(&self) -> u64 {

@@ -179,7 +179,9 @@ impl Session<'_> {
         let why = match detail {
             Detail::LockedTxn => "key is locked by a transaction",
             Detail::NoKeys => "key table is full (max_keys)",
-            Detail::NoSmall => "small-value memory is full (max_keys)",
+            Detail::NoSmall => {
+                "value memory is full (runs of values up to a page: max_keys and value_mem)"
+            }
             Detail::NoPages => "value memory is full (value_mem)",
             Detail::VersionsFull => "all versions of the key are still needed by readers",
             Detail::TooBig => "value exceeds max_value",
