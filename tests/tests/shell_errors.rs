@@ -94,3 +94,45 @@ fn echo_into_full_value_memory_fails_at_write_and_leaves_no_trace() {
     m.ok("echo fits > small");
     assert_eq!(m.ok("cat small"), "fits\n");
 }
+
+/// With the runs of values up to a page near their cap, and the free runs
+/// of some sizes only (4000-byte values were stored, then removed, then
+/// smaller values split those runs), every shell `printf > key` either
+/// stores its value or fails at the write with ENOSPC: never exit 0 for a
+/// value whose commit at close then fails.
+#[test]
+fn printf_into_value_memory_full_of_freed_runs_stores_or_fails_at_write() {
+    // The small pool's cap: (1,100 keys + a quarter + 1,024) x 128 bytes
+    // + 1 MiB, in whole 2 MiB segments: one, 512 runs of 4 KiB.
+    let m = Mount::builder().max_keys(1100).value_mem("1M").start();
+    m.ok("head -c 4000 /dev/zero | tr '\\0' b > $T/b");
+    let out =
+        m.sh("i=0; while [ $i -lt 1100 ] && cp $T/b b$i 2>/dev/null; do i=$((i+1)); done; echo $i");
+    let big: usize = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("count");
+    assert!((400..=512).contains(&big), "{big} values of 4000 bytes");
+    m.ok("rm b*");
+    // Sizes in turn over 1,050 keys (more than the pool holds), each checked at once: BAD is a value
+    // told stored that is not; ENOSPC counts refusals at the write.
+    let script = r#"
+        i=0; refused=0
+        for round in $(seq 1 200); do for len in 100 4000 30 2000 600 4000 3000 3500 2500; do
+            k=v$((i % 1050)); i=$((i+1))
+            v=$(head -c $len /dev/zero | tr '\0' x)
+            if printf '%s' "$v" > $k 2>$T/err; then
+                [ "$(cat $k)" = "$v" ] || echo "BAD $k $len"
+            else
+                grep -q 'No space left' $T/err || echo "WEIRD $k $len: $(cat $T/err)"
+                refused=$((refused+1))
+            fi
+        done; done
+        echo "refused $refused of $i""#;
+    // bash, whose printf names the errno (dash's says "I/O error").
+    let out = m.ok(&format!(
+        "cat > $T/fill.sh <<'EOF'\n{script}\nEOF\nbash $T/fill.sh"
+    ));
+    assert!(!out.contains("BAD") && !out.contains("WEIRD"), "{out}");
+    assert!(!out.contains("refused 0 "), "never reached the cap: {out}");
+}
