@@ -1,16 +1,17 @@
 //! The value pools grow with the data. Each is an array of maps
 //! (`small_pool`, `page_pool` in bpfdb_kernel.h) whose entries are
 //! segments of 2 MiB: one array element of `DB_SMALL_SEG` granules (and a
-//! page of slack), or an array of `DB_PAGE_SEG` pages. The engine hands out
-//! ids (granules, pages) only below the pool's ready count (in its .bss). Segments are normally added ahead of need: one per
-//! pool at open, then the housekeeping thread keeps `AHEAD_SEGMENTS` ready
-//! beyond what writers used (`top_up`), woken by a writer that sees the
-//! pool `low`. If writers still run out, the engine fails the op with
-//! ENOSPC and the pool's detail, and the session that got it calls
-//! `Pool::grow` and runs the op again. Growth stops at the cap the options
-//! set, where the ENOSPC stands. Freed ids go back on the engine's free
-//! stack and are reused; segments are never taken away (a reader may still
-//! be copying out of any of them).
+//! page of slack), or an array of `DB_PAGE_SEG` pages. The engine hands
+//! out ids (granules, pages) only below the pool's ready count (in its
+//! .bss). Segments are normally added ahead of need: one per pool at open,
+//! then the housekeeping thread keeps `AHEAD_SEGMENTS` ready beyond what
+//! writers used (`top_up`), woken by a writer that sees the pool `low`. If
+//! writers still run out, the engine fails the op with ENOSPC and the
+//! pool's detail, and the session that got it calls `Pool::grow` and runs
+//! the op again. Growth stops at the cap the options set, where the ENOSPC
+//! stands. Freed runs and pages go back on the engine's free lists and are
+//! reused (storage.bpf.h); segments are never taken away (a reader may
+//! still be copying out of any of them).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Mutex;
