@@ -18,7 +18,7 @@ use crate::kernel::abi::{self, Op, Stats};
 use crate::kernel::engine::Engine;
 use crate::kernel::layout::Layout;
 use crate::kernel::pools::{AHEAD_SEGMENTS, PoolUse};
-use crate::kv::room::{Need, Reservation};
+use crate::kv::room::{self, Need, Reservation};
 use crate::kv::session::{ScanCursor, Session};
 use crate::kv::txn::Txn;
 use crate::options::Options;
@@ -146,12 +146,12 @@ impl Db {
 
     /// Whether the records and value memory of every PUT in `ops`, on top of
     /// what is used now, fit the caps: then the ops can be replayed in any
-    /// order across keys (recovery::AnyOrder). A run never crosses a
-    /// segment's end, so up to one largest run per segment is counted as
-    /// lost to that.
+    /// order across keys (recovery::AnyOrder). Runs are counted against the
+    /// bump counter's room only: a free run serves only its class or
+    /// smaller, so which ones a window can use depends on its order.
     fn room_for_any_order(&self, ops: &[LogOp]) -> bool {
         let engine = &self.inner.engine;
-        let (st, l) = (engine.stats(), &engine.layout);
+        let (pools, l) = (engine.pool_state(), &engine.layout);
         let (mut keys, mut small, mut pages) = (0u64, 0u64, 0u64);
         for op in ops {
             if let LogOp::Put { value, .. } = op {
@@ -159,11 +159,9 @@ impl Db {
                 (keys, small, pages) = (keys + 1, small + need.small, pages + need.pages);
             }
         }
-        let seg_ends = (u64::from(l.small_granules) / u64::from(abi::SMALL_SEG) + 1)
-            * (abi::SMALL_MAX / abi::GRANULE) as u64;
-        st.records + keys <= u64::from(l.max_keys)
-            && st.small_used + small + seg_ends <= u64::from(l.small_granules)
-            && st.pages_used + pages <= u64::from(l.pages)
+        pools.stats.records + keys <= u64::from(l.max_keys)
+            && small <= room::bump_room(&pools, l)
+            && pools.stats.pages_used + pages <= u64::from(l.pages)
     }
 
     /// Recovers from `dir` (or, on a hot restart, finds where the log goes

@@ -80,9 +80,18 @@ impl Promised {
     }
 }
 
+/// Granules the small pool's bump counter can still hand out, whatever
+/// the runs asked for: its room up to the cap, short of a largest run at
+/// every segment's end (no run crosses one).
+pub(crate) fn bump_room(pools: &PoolState, layout: &Layout) -> u64 {
+    let left = u64::from(layout.small_granules).saturating_sub(pools.small_handed_out);
+    let max_run = (abi::SMALL_MAX / abi::GRANULE) as u64;
+    left.saturating_sub((left / u64::from(abi::SMALL_SEG) + 1) * (max_run - 1))
+}
+
 /// Granules the engine can surely hand to `need`'s runs, less what
-/// `others` may take first. The bump counter's room, short of a largest run
-/// at every segment's end (no run crosses one); and each free run of the
+/// `others` may take first. The bump counter's room (`bump_room`); and
+/// each free run of the
 /// value's largest class or above, counted as its smallest run (the engine
 /// splits a larger run for a smaller class, never merges smaller ones). A
 /// run promised to another writer takes either its granules from the bump
@@ -95,9 +104,7 @@ fn small_room(need: &Need, pools: &PoolState, layout: &Layout, others: &Promised
     ) else {
         return u64::MAX;
     };
-    let left = u64::from(layout.small_granules).saturating_sub(pools.small_handed_out);
-    let max_run = (abi::SMALL_MAX / abi::GRANULE) as u64;
-    let bump = left.saturating_sub((left / u64::from(abi::SMALL_SEG) + 1) * (max_run - 1));
+    let bump = bump_room(pools, layout);
     let free: u64 = pools.free_runs[largest..].iter().sum();
     let charged = others.small.min(bump) + others.runs * smallest;
     (bump + free * smallest).saturating_sub(charged)
