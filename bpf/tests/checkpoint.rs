@@ -162,8 +162,8 @@ fn old_image(version: u32, next_segment: u64, first_seq: u64, entries: &[Entry])
 }
 
 /// Value sizes at every boundary the engine and the log have: empty, the
-/// small chunk (128) and one past it, a page (4096) and one past it, the
-/// 1 MiB limit.
+/// log's small fragment (128) and one past it, a page (4096, the largest
+/// run) and one past it, the 1 MiB limit.
 const EDGE_SIZES: [usize; 8] = [0, 1, 128, 129, 4096, 4097, (1 << 20) - 1, 1 << 20];
 
 /// Keys over many scan batches (10,000 keys, `abi::SCAN_BATCH` is 2048),

@@ -296,7 +296,7 @@ fn dump(db: &Db) -> Model {
 }
 
 fn random_value(rng: &mut Rng) -> Vec<u8> {
-    // Every storage class: empty, one small chunk, one page, several.
+    // Every shape of a value: empty, one small fragment, one page, several.
     let len = match rng.below(4) {
         0 => 0,
         1 => 1 + rng.below(128),

@@ -79,7 +79,7 @@ fn a_write_through_the_mount_is_what_the_next_get_returns() {
     let (mut m, mut c) = served(None, &[]);
     let (mut wrong, mut last_cas) = (Vec::new(), 0u64);
     for i in 0..ROUNDS {
-        // Across 128 bytes (one small chunk) into page-backed values.
+        // Across 128 bytes (the log's small fragment) up to a page.
         let v = text(i, 1 + (i * 37) % LO_REPLY_ROOM);
         let want = match i % 3 {
             0 => {

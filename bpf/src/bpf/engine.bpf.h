@@ -213,8 +213,7 @@ static __always_inline bool version_live(struct db_record *rec, int i)
 	return !ts_committed(READ_ONCE(rec->end_ts[i & (DB_MAX_VERSIONS - 1)]));
 }
 
-/* Storage class of a value: none, one small chunk, one page, or an index
- * page listing data pages. */
+/* Log fragments of a value over 128 bytes: one per page of it (wal.bpf.h). */
 static __always_inline __u32 pages_of(__u32 len)
 {
 	return (len + DB_PAGE_SIZE - 1) / DB_PAGE_SIZE;

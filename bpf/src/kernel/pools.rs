@@ -130,10 +130,6 @@ impl Pool {
 
     /// Ids the bump counter has handed out.
     pub fn handed_out(&self) -> u64 {
-        self.next()
-    }
-
-    fn next(&self) -> u64 {
         // SAFETY: as above.
         unsafe { std::ptr::read_volatile(self.next) }
     }
@@ -144,7 +140,7 @@ impl Pool {
     pub fn grow(&self) -> Result<bool> {
         let _one = self.grow.lock().unwrap_or_else(|p| p.into_inner());
         let ready = self.ready();
-        if ready.saturating_sub(self.next()) >= self.max_run {
+        if ready.saturating_sub(self.handed_out()) >= self.max_run {
             return Ok(true);
         }
         let added = self.add_segment(ready)?;
@@ -204,7 +200,7 @@ impl Pool {
     /// the cap allows more: two loads, cheap enough to ask before every
     /// write.
     pub fn low(&self) -> bool {
-        let (ready, next) = (self.ready(), self.next());
+        let (ready, next) = (self.ready(), self.handed_out());
         let ahead = if next == 0 { 1 } else { AHEAD_SEGMENTS };
         ready < self.cap && ready.saturating_sub(next) < ahead * self.seg as u64
     }
@@ -243,7 +239,7 @@ impl Pool {
         }
         Ok(PoolUse {
             ready,
-            handed_out: self.next(),
+            handed_out: self.handed_out(),
             added_by_writers: self.added_by_writers.load(Ordering::Relaxed),
             segments,
             bytes,
