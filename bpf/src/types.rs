@@ -6,12 +6,12 @@ use siphasher::sip128::{Hasher128, SipHasher13};
 use crate::error::{Error, Result};
 use crate::kernel::abi::{self, HKey, Meta};
 
-/// Checks a key and returns its bytes: 1..=255 bytes, no NUL, no '/'.
+/// Checks an engine key and returns its bytes: 1..=255 bytes, no NUL.
 pub fn check_key(name: &[u8]) -> Result<&[u8]> {
-    if name.is_empty() || name.contains(&0) || name.contains(&b'/') {
+    if name.is_empty() || name.contains(&0) {
         return Err(Error::new(
             libc::EINVAL,
-            "key must be a non-empty file name without '/' or NUL",
+            "key must be non-empty, without NUL",
         ));
     }
     if name.len() > abi::KEY_MAX {
@@ -21,6 +21,18 @@ pub fn check_key(name: &[u8]) -> Result<&[u8]> {
         ));
     }
     Ok(name)
+}
+
+/// A file name used as a key: `check_key`, and no '/' (keys with one are
+/// the daemon's directories, see fsd's `tree`).
+pub fn check_name(name: &[u8]) -> Result<&[u8]> {
+    if name.contains(&b'/') {
+        return Err(Error::new(
+            libc::EINVAL,
+            "key must be a non-empty file name without '/' or NUL",
+        ));
+    }
+    check_key(name)
 }
 
 /// Map key of a name: SipHash-1-3-128 keyed by the database's seed, so that

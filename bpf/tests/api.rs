@@ -121,8 +121,12 @@ fn limits_give_clear_errnos() {
     );
     s.set(&long[..255], b"x", meta(), SetFlags::default())
         .unwrap();
+    // '/' is allowed in engine keys (the daemon's directories use it);
+    // file names are checked by `check_name`.
+    s.set(b"a/b", b"x", meta(), SetFlags::default()).unwrap();
+    assert_eq!(bpfdb::check_name(b"a/b").unwrap_err().errno, libc::EINVAL);
     assert_eq!(
-        s.set(b"a/b", b"x", meta(), SetFlags::default())
+        s.set(b"a\0b", b"x", meta(), SetFlags::default())
             .unwrap_err()
             .errno,
         libc::EINVAL

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use bpfdb::{Error, Result, check_key};
+use bpfdb::{Error, Result, check_name};
 use log::{info, warn};
 
 use super::{Attr, Fs, Kind, restate, show};
@@ -36,7 +36,7 @@ impl Fs {
     pub(super) fn make_txn_dir(&self, kind: TxnKind, name: &[u8]) -> Result<Attr> {
         let path = [kind.dir().as_bytes(), b"/", name].concat();
         let what = || format!("mkdir {}", show(&path));
-        let name = check_key(name).map_err(|e| restate(e, what))?;
+        let name = check_name(name).map_err(|e| restate(e, what))?;
         let open = self
             .txns
             .begin(&self.db, kind, name)

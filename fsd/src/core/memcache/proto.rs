@@ -287,7 +287,7 @@ pub fn check_key(key: &[u8]) -> Result<(), Refusal> {
             "keys beginning with '.' are bpfdb's control names (.stats, .txn, ...), not served over memcached",
         ));
     }
-    bpfdb::check_key(key)
+    bpfdb::check_name(key)
         .map(drop)
         .map_err(|e| client(format!("key: {}", e.msg)))
 }
