@@ -217,10 +217,9 @@ fn full_value_memory_gives_enospc_and_keeps_existing_values() {
 }
 
 #[test]
-fn mkdir_links_and_device_nodes_give_eperm() {
+fn links_and_device_nodes_give_eperm() {
     let m = Mount::new();
     m.ok("echo v > k");
-    m.fails("mkdir d", msg::EPERM);
     m.fails("ln -s k sym", msg::EPERM);
     m.fails("ln -s /etc/passwd sym", msg::EPERM);
     m.fails("ln k hard", msg::EPERM);
@@ -281,12 +280,13 @@ fn txn_and_snap_hold_only_their_directories() {
     m.fails("env echo x > .txn/x", msg::EPERM);
     m.fails("touch .snap/x", msg::EPERM);
     m.fails("env echo x > .snap/x", msg::EPERM);
-    // Their directories can be neither renamed nor nested.
+    // Their directories cannot be renamed; inside, a transaction stages
+    // directories and a snapshot is read-only.
     m.ok("mkdir .txn/t .snap/s");
     m.fails("mv .txn/t .txn/u", msg::EPERM);
     m.fails("mv .snap/s .snap/u", msg::EPERM);
-    m.fails("mkdir .txn/t/d", msg::EPERM);
-    m.fails("mkdir .snap/s/d", msg::EPERM);
+    m.ok("mkdir .txn/t/d && rmdir .txn/t/d");
+    m.fails("mkdir .snap/s/d", msg::EROFS);
     // A name already open: EEXIST.
     m.fails("mkdir .txn/t", msg::EEXIST);
     m.fails("mkdir .snap/s", msg::EEXIST);
@@ -350,7 +350,7 @@ fn rename_exchange_gives_einval() {
 fn errors_are_written_to_the_daemon_log_with_the_key() {
     let m = Mount::builder().max_value("4K").start();
     m.fails("cat missing-probe", msg::ENOENT);
-    m.fails("mkdir dir-probe", msg::EPERM);
+    m.fails("mkdir dir-probe/sub", msg::ENOENT);
     m.fails("head -c 5000 /dev/zero > big-probe", msg::EFBIG);
     m.fails("echo x > .stats", msg::EACCES);
     let log = m.log();

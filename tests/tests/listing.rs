@@ -89,7 +89,7 @@ fn stats_counts_keys_through_every_kind_of_change() {
     m.ok("mv k7 k8");
     assert_eq!(m.stat_keys(), 31);
     // Failed operations change nothing.
-    let _ = m.sh("cat missing; mkdir d; rm missing");
+    let _ = m.sh("cat missing; mkdir missing/d; rm missing");
     assert_eq!(m.stat_keys(), 31);
     assert_eq!(m.ok("ls | wc -l"), "31\n");
 }

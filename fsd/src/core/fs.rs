@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bpfdb::{Db, Error, Result, SetFlags, check_key};
+use bpfdb::{Db, Error, Result, SetFlags, check_name};
 
 pub use crate::core::clock::now_ns;
 use crate::core::handles::Handles;
@@ -30,12 +30,16 @@ use crate::core::inodes::{
 use crate::core::keyuse::{CommitGuard, KeyUse};
 use crate::core::stats::{self, ClientCounters, DaemonStats, FsStat};
 use crate::core::txns::{self, Reaper, TxnKind, Txns};
+use tree::ROOT_DIR;
 
 mod attrs;
 #[cfg(test)]
 mod cache_tests;
 mod ctl;
 mod direct;
+mod dirs;
+#[cfg(test)]
+mod dirs_tests;
 mod durable;
 #[cfg(test)]
 mod durable_tests;
@@ -45,6 +49,7 @@ mod names;
 mod space;
 #[cfg(test)]
 mod tests;
+mod tree;
 mod txn_dirs;
 #[cfg(test)]
 mod txn_tests;
@@ -295,11 +300,12 @@ impl Fs {
                     b".txn" => Ok(self.fixed_attr(TXN_INO)),
                     b".snap" => Ok(self.fixed_attr(SNAP_INO)),
                     b".ctl" => Ok(self.fixed_attr(CTL_INO)),
-                    _ => self.lookup_key(&Space::Root, name),
+                    _ => self.lookup_entry(&Space::Root, ROOT_DIR, name),
                 };
             }
             Parent::List(kind) => return self.lookup_txn_dir(kind, name),
             Parent::Scope(open) => open,
+            Parent::Sub(space, dir) => return self.lookup_entry(&space, dir, name),
         };
         if name == b".ctl" && open.kind == TxnKind::ReadWrite {
             return self.lookup_txn_ctl(&open);
@@ -311,14 +317,33 @@ impl Fs {
                 format!("lookup {}: reserved name, never a key", space.show(name)),
             ));
         }
-        self.lookup_key(&space, name)
+        self.lookup_entry(&space, ROOT_DIR, name)
     }
 
-    fn lookup_key(&self, space: &Space, name: &[u8]) -> Result<Attr> {
-        let key = valid_key("lookup", name)?;
+    /// Looks `name` up in directory `dir` of `space`: a file's inode is
+    /// its key's, a subdirectory's its record's (see `tree`).
+    fn lookup_entry(&self, space: &Space, dir: u64, name: &[u8]) -> Result<Attr> {
+        if is_reserved(name) {
+            return Err(Error::new(
+                libc::ENOENT,
+                format!("lookup {}: reserved name, never a key", space.show(name)),
+            ));
+        }
+        let key = &self.entry_key("lookup", dir, name)?[..];
         let st = space
             .stat(&self.db, key)
             .map_err(|e| space.restate(e, "lookup", key))?;
+        if dirs::is_dir(&st.meta) {
+            let mut v = Vec::new();
+            space
+                .get(&self.db, key, &mut v)
+                .map_err(|e| space.restate(e, "lookup", key))?;
+            let record = tree::dir_key(tree::parse_id(&v)?);
+            let ino = self.inodes.remember(&Place::key(space.scope(), &record))?;
+            return self.dir_attr_of(space, ino, &record).inspect_err(|_| {
+                self.inodes.forget(ino, 1);
+            });
+        }
         let ino = self.inodes.remember(&Place::key(space.scope(), key))?;
         let attr = self.key_attr(key, space.attr(ino, &st.meta, st.meta.len as usize));
         // A writer's process sees its own size (`getattr`): not for caching.
@@ -376,7 +401,7 @@ fn valid_key<'a>(op: &str, name: &'a [u8]) -> Result<&'a [u8]> {
             format!("{op} {}: reserved name, never a key", show(name)),
         ));
     }
-    check_key(name).map_err(|e| Error::new(e.errno, format!("{op} {}: {}", show(name), e.msg)))
+    check_name(name).map_err(|e| Error::new(e.errno, format!("{op} {}: {}", show(name), e.msg)))
 }
 
 /// Restates an engine error as `what: reason`, so the log names the

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use bpfdb::{Error, Meta, NewMeta, Result};
 
 use super::space::Space;
+use super::tree;
 use super::{Attr, Fs, Kind, MUST_EXIST, ctl, now_ns};
 use crate::core::caller::Caller;
 use crate::core::handles::lock;
@@ -42,7 +43,7 @@ impl SetAttr {
         let mode = self.mode.map_or(meta.mode, |m| {
             let keep_sgid = self.by.is_root() || self.by.in_group(gid);
             let m = if keep_sgid { m } else { m & !libc::S_ISGID };
-            libc::S_IFREG | (m & 0o7777)
+            file_type(meta.mode) | (m & 0o7777)
         });
         NewMeta {
             mode,
@@ -109,6 +110,15 @@ impl Fs {
             }
         }
         let space = self.space("getattr", scope)?;
+        if tree::dir_of_record(&key).is_some() {
+            return self.dir_attr_of(&space, ino, &key).map_err(|e| {
+                if linked {
+                    space.gone_since_lookup(e, "getattr", &key)
+                } else {
+                    space.restate(e, "getattr", &key)
+                }
+            });
+        }
         let st = space.stat(&self.db, &key).map_err(|e| {
             if linked {
                 space.gone_since_lookup(e, "getattr", &key)
@@ -291,6 +301,14 @@ impl Fs {
             // others change with every transaction or read.
             cacheable: ino == ROOT_INO,
         }
+    }
+}
+
+/// The type bits of `mode`: a directory's, or a file's.
+fn file_type(mode: u32) -> u32 {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => libc::S_IFDIR,
+        _ => libc::S_IFREG,
     }
 }
 

@@ -8,6 +8,7 @@
 
 use bpfdb::{Error, Meta, NewMeta, Result, Stat};
 
+use super::dirs::is_dir;
 use super::writer::without_set_id;
 use super::{Fs, MUST_EXIST, NO_REPLACE, now_ns, restate, show, valid_key};
 
@@ -44,6 +45,8 @@ impl Fs {
                 None => self.db.session().get(key, &mut value),
             };
             match got {
+                // A directory is not a value.
+                Ok(st) if is_dir(&st.meta) => {}
                 Ok(st) if !found(key, &value, &st) => break,
                 Ok(_) => {}
                 Err(e) if e.errno == libc::ENOENT => {}
@@ -66,6 +69,9 @@ impl Fs {
         for _ in 0..STORE_ATTEMPTS {
             let now = now_ns();
             let (meta, flags) = match self.db.session().stat(key) {
+                Ok(st) if is_dir(&st.meta) => {
+                    return Err(Error::new(libc::EISDIR, format!("{}: a directory", what())));
+                }
                 Ok(st) => (rewritten(&st.meta, now), MUST_EXIST),
                 Err(e) if e.errno == libc::ENOENT => (self.new_key_meta(now), NO_REPLACE),
                 Err(e) => return Err(restate(e, what)),

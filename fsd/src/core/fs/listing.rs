@@ -1,6 +1,13 @@
 //! Directory handles: a listing taken at opendir (the root's keys and the
-//! daemon's own files, the transactions under `.txn` or `.snap`, or the keys
-//! one transaction sees), served by offset to readdir.
+//! daemon's own files, the transactions under `.txn` or `.snap`, the keys
+//! one transaction sees, or a subdirectory's entries), in name order,
+//! served by offset to readdir.
+//!
+//! A subdirectory's listing is its record's entry list: it costs what the
+//! directory holds, and inside a transaction reading it locks the record,
+//! so no create or removal in it can commit before the transaction ends.
+//! The root's listing walks every key (the root has no entry list: its
+//! keys are written by autocommit writers and eBPF clients alike).
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -9,6 +16,7 @@ use bpfdb::{Error, Result};
 
 use super::files::Handle;
 use super::space::Space;
+use super::tree::{self, Entries, EntryKind, ROOT_DIR};
 use super::{Fs, Kind, is_reserved};
 use crate::core::handles::lock;
 use crate::core::inodes::{CTL_INO, Place, ROOT_INO, Resolved, SNAP_INO, STATS_INO, TXN_INO};
@@ -22,8 +30,12 @@ pub(super) struct Listing {
 }
 
 enum Names {
-    /// Keys seen from `scope`.
-    Keys { scope: u64, names: Vec<Vec<u8>> },
+    /// Entries of directory `dir` as seen from `scope`.
+    Keys {
+        scope: u64,
+        dir: u64,
+        items: Vec<(Vec<u8>, EntryKind)>,
+    },
     /// Transaction or snapshot directories: (scope, name).
     Dirs(Vec<(u64, Vec<u8>)>),
 }
@@ -31,7 +43,7 @@ enum Names {
 impl Names {
     fn len(&self) -> usize {
         match self {
-            Names::Keys { names, .. } => names.len(),
+            Names::Keys { items, .. } => items.len(),
             Names::Dirs(dirs) => dirs.len(),
         }
     }
@@ -67,6 +79,29 @@ impl Fs {
                 }
             }
             _ => match self.inodes.resolve(ino) {
+                Resolved::Live(Place::Key { scope, name })
+                    if tree::dir_of_record(&name).is_some() =>
+                {
+                    let space = self.space("opendir", scope)?;
+                    let mut v = Vec::new();
+                    space
+                        .get(&self.db, &name, &mut v)
+                        .map_err(|e| space.gone_since_lookup(e, "opendir", &name))?;
+                    let e = Entries::decode(&v)?;
+                    let up = match (e.parent, &space) {
+                        (ROOT_DIR, Space::Root) => ROOT_INO,
+                        (ROOT_DIR, Space::Open(_)) => self.listing_ino(&Place::Dir { scope }),
+                        (p, _) => self.listing_ino(&Place::key(scope, &tree::dir_key(p))),
+                    };
+                    Listing {
+                        fixed: vec![dot(ino), dotdot(up)],
+                        names: Names::Keys {
+                            scope,
+                            dir: tree::dir_of_record(&name).unwrap_or(ROOT_DIR),
+                            items: e.iter().map(|(n, k)| (n.to_vec(), k)).collect(),
+                        },
+                    }
+                }
                 Resolved::Live(Place::Dir { scope }) => {
                     let space = self.space("opendir", scope)?;
                     let Space::Open(open) = &space else {
@@ -77,11 +112,7 @@ impl Fs {
                         TxnKind::Snapshot => vec![dot(ino), dotdot(SNAP_INO)],
                     };
                     if open.kind == TxnKind::ReadWrite {
-                        let ctl = Place::Ctl { scope };
-                        let ctl_ino = self
-                            .inodes
-                            .listing_ino(&ctl)
-                            .unwrap_or_else(|| listing_only_ino(&ctl));
+                        let ctl_ino = self.listing_ino(&Place::Ctl { scope });
                         fixed.push((ctl_ino, Kind::File, b".ctl"));
                     }
                     Listing {
@@ -106,22 +137,45 @@ impl Fs {
         self.handles.insert(Handle::Dir(listing))
     }
 
+    /// The keys at the top of `space` (the root, or a transaction's), in
+    /// name order; its subdirectories are those its list of them names.
     fn list_keys(&self, space: &Space) -> Result<Names> {
+        let what = || format!("readdir {}", space.dir_name());
+        let mut v = Vec::new();
+        let dirs = match space.get(&self.db, tree::ROOT_DIRS_KEY, &mut v) {
+            Ok(_) => Entries::decode_root(&v)?,
+            Err(e) if e.errno == libc::ENOENT => Entries::new(ROOT_DIR),
+            Err(e) => return Err(space.restate_as(e, what)),
+        };
         let mut seen = HashSet::new();
-        let mut names = Vec::new();
+        let mut items = Vec::new();
         let limit = self.max_keys;
         space
             .scan(&self.db, |name| {
                 // The walk may see a key twice when keys move during it.
-                if names.len() < limit && !is_reserved(name) && seen.insert(name.to_vec()) {
-                    names.push(name.to_vec());
+                if items.len() < limit
+                    && !is_reserved(name)
+                    && !tree::is_internal(name)
+                    && seen.insert(name.to_vec())
+                {
+                    let kind = dirs.get(name).unwrap_or(EntryKind::File);
+                    items.push((name.to_vec(), kind));
                 }
             })
-            .map_err(|e| space.restate_as(e, || format!("readdir {}", space.dir_name())))?;
+            .map_err(|e| space.restate_as(e, what))?;
+        items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(Names::Keys {
             scope: space.scope(),
-            names,
+            dir: ROOT_DIR,
+            items,
         })
+    }
+
+    /// The inode a listing shows for `place`.
+    fn listing_ino(&self, place: &Place) -> u64 {
+        self.inodes
+            .listing_ino(place)
+            .unwrap_or_else(|| listing_only_ino(place))
     }
 
     /// Calls `add(ino, next_offset, kind, name)` for each entry from
@@ -148,9 +202,18 @@ impl Fs {
                 Some(&(e_ino, kind, name)) => add(e_ino, next, kind, name),
                 None => {
                     let (place, kind, name) = match &listing.names {
-                        Names::Keys { scope, names } => {
-                            let name = &names[i - fixed.len()];
-                            (Place::key(*scope, name), Kind::File, &name[..])
+                        Names::Keys { scope, dir, items } => {
+                            let (name, kind) = &items[i - fixed.len()];
+                            match kind {
+                                EntryKind::File => {
+                                    let key = tree::entry_key(*dir, name);
+                                    (Place::key(*scope, &key), Kind::File, &name[..])
+                                }
+                                EntryKind::Dir(id) => {
+                                    let key = tree::dir_key(*id);
+                                    (Place::key(*scope, &key), Kind::Dir, &name[..])
+                                }
+                            }
                         }
                         Names::Dirs(dirs) => {
                             let (scope, name) = &dirs[i - fixed.len()];
@@ -160,11 +223,7 @@ impl Fs {
                     // When the table is full of inodes the kernel holds, a
                     // listing still needs a number; this one is never an
                     // inode the kernel can ask about.
-                    let e_ino = self
-                        .inodes
-                        .listing_ino(&place)
-                        .unwrap_or_else(|| listing_only_ino(&place));
-                    add(e_ino, next, kind, name)
+                    add(self.listing_ino(&place), next, kind, name)
                 }
             };
             if full {

@@ -1,14 +1,15 @@
-//! The namespace: creating, removing and renaming keys, and the refusals
-//! for what the flat key space has no room for (directories outside `.txn`
-//! and `.snap`, device nodes, symbolic and hard links).
+//! The namespace: creating, removing and renaming keys and directories
+//! (the changes of a subdirectory's entries are in `dirs`), and the
+//! refusals (device nodes, symbolic and hard links).
 
 use bpfdb::{Error, NewMeta, Result};
 
+use super::dirs::{dir_attr, is_dir};
 use super::space::{Parent, Space};
-use super::{Attr, Fs, NO_REPLACE, Opened, now_ns, show, valid_key};
+use super::tree::{self, Entries, ROOT_DIR};
+use super::{Attr, Fs, NO_REPLACE, Opened, now_ns, show};
 use crate::core::caller::Caller;
 use crate::core::inodes::Place;
-use crate::core::txns::Open;
 
 impl Fs {
     /// `open(O_CREAT)`: commits (in a transaction: stages) an empty value
@@ -22,8 +23,8 @@ impl Fs {
         flags: i32,
         who: Caller,
     ) -> Result<(Attr, Opened)> {
-        let space = self.key_space("create", parent, name)?;
-        let key = valid_key("create", name)?;
+        let (space, dir) = self.key_space("create", parent, name)?;
+        let key = &self.entry_key("create", dir, name)?[..];
         space.writable("create", key)?;
         let now = now_ns();
         let meta = NewMeta {
@@ -43,7 +44,9 @@ impl Fs {
         // A writer's create is durable by its close (`Writer::unsynced`):
         // its wait is left to that, so one `echo v > new` waits for one fsync.
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let (made, unsynced) = if writing && matches!(space, Space::Root) {
+        let (made, unsynced) = if dir != ROOT_DIR {
+            (self.create_in_dir(&space, dir, key, meta), None)
+        } else if writing && matches!(space, Space::Root) {
             self.db
                 .defer_durability(|| space.set(&self.db, key, &[], meta, NO_REPLACE))
         } else {
@@ -55,7 +58,7 @@ impl Fs {
             Err(e) if e.errno == libc::EEXIST && flags & libc::O_EXCL == 0 => None,
             Err(e) => return Err(space.restate(e, "create", key)),
         };
-        if created.is_some() && matches!(space, Space::Root) {
+        if created.is_some() && dir == ROOT_DIR && matches!(space, Space::Root) {
             self.root_dir_changed();
         }
         let ino = self.inodes.remember(&Place::key(space.scope(), key))?;
@@ -76,14 +79,25 @@ impl Fs {
     }
 
     pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
-        let space = self.key_space("unlink", parent, name)?;
-        let key = valid_key("unlink", name)?;
+        let (space, dir) = self.key_space("unlink", parent, name)?;
+        let key = &self.entry_key("unlink", dir, name)?[..];
         space.writable("unlink", key)?;
         let _quiet = matches!(space, Space::Root).then(|| self.root_commit(&[key]));
-        space
-            .delete(&self.db, key)
-            .map_err(|e| space.restate(e, "unlink", key))?;
-        if let Space::Root = space {
+        if dir != ROOT_DIR {
+            self.unlink_in_dir(&space, dir, key)?;
+        } else {
+            // The kernel never unlinks a directory; memcached's delete may.
+            if space.stat(&self.db, key).is_ok_and(|st| is_dir(&st.meta)) {
+                return Err(Error::new(
+                    libc::EISDIR,
+                    format!("unlink {}: a directory (rmdir removes it)", space.show(key)),
+                ));
+            }
+            space
+                .delete(&self.db, key)
+                .map_err(|e| space.restate(e, "unlink", key))?;
+        }
+        if let (Space::Root, ROOT_DIR) = (&space, dir) {
             self.root_changed(key);
             self.root_dir_changed();
         }
@@ -92,17 +106,22 @@ impl Fs {
     }
 
     pub fn rmdir(&self, parent: u64, name: &[u8]) -> Result<()> {
-        match self.parent("rmdir", parent, name)? {
-            Parent::List(kind) => self.remove_txn_dir(kind, name),
-            Parent::Scope(open) => Err(flat("rmdir", &open, name)),
-            Parent::Root => {
-                let (errno, why) = match name {
-                    b".txn" | b".snap" => (libc::EPERM, "reserved directory"),
-                    _ => (libc::ENOTDIR, "not a directory: keys are files"),
-                };
-                Err(Error::new(errno, format!("rmdir {}: {why}", show(name))))
+        let (space, dir) = match self.parent("rmdir", parent, name)? {
+            Parent::List(kind) => return self.remove_txn_dir(kind, name),
+            Parent::Root if matches!(name, b".txn" | b".snap") => {
+                return Err(Error::new(
+                    libc::EPERM,
+                    format!("rmdir {}: reserved directory", show(name)),
+                ));
             }
-        }
+            other => other.keys().unwrap_or((Space::Root, ROOT_DIR)),
+        };
+        let key = self.entry_key("rmdir", dir, name)?;
+        space.writable("rmdir", &key)?;
+        let id = self.remove_dir(&space, dir, name)?;
+        self.inodes
+            .unlinked(&Place::key(space.scope(), &tree::dir_key(id)));
+        Ok(())
     }
 
     /// `mv a b`: one engine commit at the root; inside a transaction, one
@@ -118,29 +137,28 @@ impl Fs {
         let from_dir = self.parent("rename", parent, name)?;
         let to_dir = self.parent("rename", new_parent, new_name)?;
         let what = || format!("rename {} -> {}", show(name), show(new_name));
-        let space = match (from_dir, to_dir) {
-            (Parent::List(_), _) | (_, Parent::List(_)) => {
-                return Err(Error::new(
-                    libc::EPERM,
-                    format!(
-                        "{}: transaction directories cannot be renamed, and keys cannot move into .txn or .snap",
-                        what()
-                    ),
-                ));
-            }
-            (Parent::Root, Parent::Root) => Space::Root,
-            (Parent::Scope(a), Parent::Scope(b)) if a.scope == b.scope => Space::Open(a),
-            _ => {
-                return Err(Error::new(
-                    libc::EXDEV,
-                    format!(
-                        "{}: keys move only within one directory (the root or one transaction)",
-                        what()
-                    ),
-                ));
-            }
+        let (Some((space, from_dir)), Some((to_space, to_dir))) = (from_dir.keys(), to_dir.keys())
+        else {
+            return Err(Error::new(
+                libc::EPERM,
+                format!(
+                    "{}: transaction directories cannot be renamed, and keys cannot move into .txn or .snap",
+                    what()
+                ),
+            ));
         };
-        let what = || format!("rename {} -> {}", space.show(name), space.show(new_name));
+        if space.scope() != to_space.scope() {
+            return Err(Error::new(
+                libc::EXDEV,
+                format!(
+                    "{}: keys move only within one tree (the root's or one transaction's)",
+                    what()
+                ),
+            ));
+        }
+        let from = self.entry_key("rename", from_dir, name)?;
+        let to = self.entry_key("rename onto", to_dir, new_name)?;
+        let what = || format!("rename {} -> {}", space.show(&from), space.show(&to));
         if flags & libc::RENAME_EXCHANGE != 0 {
             return Err(Error::new(
                 libc::EINVAL,
@@ -153,37 +171,62 @@ impl Fs {
                 format!("{}: unsupported rename flags {flags:#x}", what()),
             ));
         }
-        let from = valid_key("rename", name)?;
-        let to = valid_key("rename onto", new_name)?;
-        space.writable("rename", from)?;
+        space.writable("rename", &from)?;
         let no_replace = flags & libc::RENAME_NOREPLACE != 0;
-        let _quiet = matches!(space, Space::Root).then(|| self.root_commit(&[from, to]));
-        space
-            .rename(&self.db, from, to, no_replace)
-            .map_err(|e| space.restate_as(e, what))?;
-        if let Space::Root = space {
-            self.root_changed(from);
-            self.root_changed(to);
+        let _quiet = matches!(space, Space::Root).then(|| self.root_commit(&[&from, &to]));
+        // Files at the root move in one engine op, as before directories:
+        // no transaction, so no retries when a transaction holds a key.
+        let is_file = |k: &[u8]| space.stat(&self.db, k).map(|st| !is_dir(&st.meta));
+        let files_at_root = from_dir == ROOT_DIR
+            && to_dir == ROOT_DIR
+            && is_file(&from).unwrap_or(false)
+            && is_file(&to).unwrap_or(true);
+        let replaced_dir = if files_at_root {
+            space
+                .rename(&self.db, &from, &to, no_replace)
+                .map_err(|e| space.restate_as(e, what))?;
+            if let Space::Root = space {
+                self.root_changed(&from);
+                self.root_changed(&to);
+            }
+            None
+        } else {
+            self.move_entry(&space, (from_dir, &from), (to_dir, &to), no_replace)?
+        };
+        if let Space::Root = space
+            && (from_dir == ROOT_DIR || to_dir == ROOT_DIR)
+        {
             self.root_dir_changed();
         }
-        self.inodes.renamed(space.scope(), from, to);
+        self.inodes.renamed(space.scope(), &from, &to);
+        if let Some(id) = replaced_dir {
+            self.inodes
+                .unlinked(&Place::key(space.scope(), &tree::dir_key(id)));
+        }
         Ok(())
     }
 
     /// `mkdir .txn/NAME` begins a transaction, `mkdir .snap/NAME` a
-    /// snapshot; anywhere else directories do not exist.
-    pub fn mkdir(&self, parent: u64, name: &[u8]) -> Result<Attr> {
-        match self.parent("mkdir", parent, name)? {
-            Parent::List(kind) => self.make_txn_dir(kind, name),
-            Parent::Scope(open) => Err(flat("mkdir", &open, name)),
-            Parent::Root => Err(Error::new(
-                libc::EPERM,
-                format!(
-                    "mkdir {}: directories are not supported, keys are files",
-                    show(name)
-                ),
-            )),
-        }
+    /// snapshot; anywhere else it makes a directory (`dirs`).
+    pub fn mkdir(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        who: Caller,
+    ) -> Result<Attr> {
+        let (space, dir) = match self.parent("mkdir", parent, name)? {
+            Parent::List(kind) => return self.make_txn_dir(kind, name),
+            other => other.keys().unwrap_or((Space::Root, ROOT_DIR)),
+        };
+        let key = self.entry_key("mkdir", dir, name)?;
+        space.writable("mkdir", &key)?;
+        let (id, meta) = self.make_dir(&space, dir, name, mode & !umask, who)?;
+        let ino = self
+            .inodes
+            .remember(&Place::key(space.scope(), &tree::dir_key(id)))?;
+        Ok(dir_attr(ino, &meta, &Entries::new(dir)))
     }
 
     pub fn mknod(&self, parent: u64, name: &[u8]) -> Result<Attr> {
@@ -216,16 +259,4 @@ impl Fs {
             ),
         ))
     }
-}
-
-/// mkdir and rmdir inside a transaction directory: the namespace is flat.
-fn flat(op: &str, open: &Open, name: &[u8]) -> Error {
-    Error::new(
-        libc::EPERM,
-        format!(
-            "{op} {}/{}: a transaction directory holds keys only (flat namespace)",
-            open.path(),
-            show(name)
-        ),
-    )
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bpfdb::{Db, Error, Meta, NewMeta, Result, SetFlags, Stat};
 
 use super::attrs::file_attr;
+use super::tree::{self, ROOT_DIR};
 use super::{Attr, Fs, ino_name, restate, show};
 use crate::core::inodes::{
     CTL_INO, FIRST_KEY_INO, Place, ROOT_INO, ROOT_SCOPE, Resolved, SNAP_INO, STATS_INO, TXN_INO,
@@ -22,9 +23,26 @@ pub(super) enum Parent {
     List(TxnKind),
     /// `.txn/NAME` or `.snap/NAME`.
     Scope(Arc<Open>),
+    /// A subdirectory (its id, see `tree`) of the root or of a transaction
+    /// or snapshot.
+    Sub(Space, u64),
+}
+
+impl Parent {
+    /// Where its entries are keys, and the directory's id; None for
+    /// `.txn` and `.snap`.
+    pub fn keys(self) -> Option<(Space, u64)> {
+        match self {
+            Parent::Root => Some((Space::Root, ROOT_DIR)),
+            Parent::Scope(open) => Some((Space::Open(open), ROOT_DIR)),
+            Parent::Sub(space, dir) => Some((space, dir)),
+            Parent::List(_) => None,
+        }
+    }
 }
 
 /// Where key operations run.
+#[derive(Clone)]
 pub(crate) enum Space {
     /// Autocommit: each operation is its own commit.
     Root,
@@ -46,12 +64,17 @@ impl Space {
 
     /// The key as the user names it, quoted for logs: `"k"` at the root,
     /// `".txn/t1/k"` inside a transaction.
+    /// A key below the root reads `"name" in directory 0x2a`.
     pub fn show(&self, key: &[u8]) -> String {
+        let (name, dir) = match tree::split(key) {
+            Some((dir, name)) => (name, format!(" in directory {dir:#x}")),
+            None => (key, String::new()),
+        };
         match self {
-            Space::Root => show(key).to_string(),
+            Space::Root => format!("{}{dir}", show(name)),
             Space::Open(o) => {
-                let path = [o.path().as_bytes(), b"/", key].concat();
-                show(&path).to_string()
+                let path = [o.path().as_bytes(), b"/", name].concat();
+                format!("{}{dir}", show(&path))
             }
         }
     }
@@ -211,6 +234,20 @@ impl Fs {
             _ => {}
         }
         match self.inodes.resolve(parent) {
+            Resolved::Live(Place::Key { scope, name: key })
+                if tree::dir_of_record(&key).is_some() =>
+            {
+                let dir = tree::dir_of_record(&key).unwrap_or(ROOT_DIR);
+                Ok(Parent::Sub(self.space(op, scope)?, dir))
+            }
+            Resolved::Unlinked(Place::Key { name: key, .. })
+                if tree::dir_of_record(&key).is_some() =>
+            {
+                Err(Error::new(
+                    libc::ENOENT,
+                    format!("{op} {}: its directory was removed", show(name)),
+                ))
+            }
             Resolved::Live(Place::Dir { scope }) => match self.txns.get(scope) {
                 Some(open) => Ok(Parent::Scope(open)),
                 None => Err(removed_dir(op, name)),
@@ -231,12 +268,11 @@ impl Fs {
         }
     }
 
-    /// The space where `name` in `parent` is a key: the root or an open
-    /// transaction or snapshot. `.txn` and `.snap` hold no keys.
-    pub(super) fn key_space(&self, op: &str, parent: u64, name: &[u8]) -> Result<Space> {
+    /// The space where `name` in `parent` is a key (the root or an open
+    /// transaction or snapshot) and the id of the directory it is in.
+    /// `.txn` and `.snap` hold no keys.
+    pub(super) fn key_space(&self, op: &str, parent: u64, name: &[u8]) -> Result<(Space, u64)> {
         match self.parent(op, parent, name)? {
-            Parent::Root => Ok(Space::Root),
-            Parent::Scope(open) => Ok(Space::Open(open)),
             Parent::List(kind) => Err(Error::new(
                 libc::EPERM,
                 format!(
@@ -246,6 +282,7 @@ impl Fs {
                     kind.dir()
                 ),
             )),
+            other => Ok(other.keys().unwrap_or((Space::Root, ROOT_DIR))),
         }
     }
 

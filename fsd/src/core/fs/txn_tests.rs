@@ -12,7 +12,7 @@ use super::*;
 /// `mkdir .txn/NAME` (or `.snap/NAME`): the directory's inode.
 pub(super) fn mkdir(fs: &Fs, list_ino: u64, name: &str) -> u64 {
     let attr = fs
-        .mkdir(list_ino, name.as_bytes())
+        .mkdir(list_ino, name.as_bytes(), 0o755, 0, WHO)
         .unwrap_or_else(|e| panic!("mkdir {name}: {e}"));
     assert_eq!(attr.kind, Kind::Dir);
     attr.ino
@@ -96,7 +96,7 @@ fn mkdir_begins_ls_lists_and_rmdir_forgets() {
     assert_eq!(fs.lookup(TXN_INO, b"t1").unwrap().ino, t1);
     assert_eq!(fs.getattr(t1, None, WHO).unwrap().kind, Kind::Dir);
     assert_eq!(state(&fs, t1), "active\n");
-    assert_eq!(errno(fs.mkdir(TXN_INO, b"t1")), libc::EEXIST);
+    assert_eq!(errno(fs.mkdir(TXN_INO, b"t1", 0o755, 0, WHO)), libc::EEXIST);
     // .txn and .snap are separate namespaces.
     let s1 = mkdir(&fs, SNAP_INO, "t1");
     assert_ne!(s1, t1);
@@ -106,8 +106,14 @@ fn mkdir_begins_ls_lists_and_rmdir_forgets() {
     assert_eq!(fs.getattr(TXN_INO, None, WHO).unwrap().nlink, 4);
     assert_eq!(stat_field(&fs, "txn_active"), 3);
     // Names follow key-name rules.
-    assert_eq!(errno(fs.mkdir(TXN_INO, &[b'n'; 256])), libc::ENAMETOOLONG);
-    assert_eq!(errno(fs.mkdir(TXN_INO, b"a\0b")), libc::EINVAL);
+    assert_eq!(
+        errno(fs.mkdir(TXN_INO, &[b'n'; 256], 0o755, 0, WHO)),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno(fs.mkdir(TXN_INO, b"a\0b", 0o755, 0, WHO)),
+        libc::EINVAL
+    );
     // A transaction directory holds `.ctl`; a snapshot's holds none.
     assert_eq!(ls(&fs, t1), [".ctl"]);
     assert_eq!(ls(&fs, s1), Vec::<String>::new());
@@ -374,7 +380,7 @@ fn a_snapshot_sees_one_moment_takes_no_locks_and_is_read_only() {
     ] {
         assert_eq!(errno(fs.setattr(x.ino, None, change)), libc::EROFS);
     }
-    assert_eq!(errno(fs.mkdir(s1, b"d")), libc::EPERM);
+    assert_eq!(errno(fs.mkdir(s1, b"d", 0o755, 0, WHO)), libc::EROFS);
     assert_eq!(cat_in(&fs, s1, "x").unwrap(), b"1");
     // Ending it counts as a commit, never an abort.
     let aborts = stat_field(&fs, "txn_aborts");
@@ -390,10 +396,13 @@ fn namespace_rules_inside_transaction_directories() {
     let t1 = mkdir(&fs, TXN_INO, "t1");
     let t2 = mkdir(&fs, TXN_INO, "t2");
     let s1 = mkdir(&fs, SNAP_INO, "s1");
-    // Flat: no directories inside.
-    assert_eq!(errno(fs.mkdir(t1, b"d")), libc::EPERM);
-    assert_eq!(errno(fs.rmdir(t1, b"k")), libc::EPERM);
-    assert_eq!(errno(fs.rmdir(s1, b"k")), libc::EPERM);
+    // Directories inside are staged; snapshots are read-only.
+    let d = fs.mkdir(t1, b"d", 0o755, 0, WHO).unwrap();
+    assert_eq!(d.kind, Kind::Dir);
+    assert_eq!(errno(fs.lookup(ROOT_INO, b"d")), libc::ENOENT);
+    fs.rmdir(t1, b"d").unwrap();
+    assert_eq!(errno(fs.rmdir(t1, b"k")), libc::ENOTDIR);
+    assert_eq!(errno(fs.rmdir(s1, b"k")), libc::EROFS);
     assert_eq!(errno(fs.symlink(t1, b"l")), libc::EPERM);
     // .txn holds transactions only; they cannot be renamed.
     assert_eq!(
@@ -482,8 +491,11 @@ fn mkdir_gives_eagain_when_every_transaction_entry_is_in_use() {
     mkdir(&fs, TXN_INO, "t1");
     mkdir(&fs, SNAP_INO, "s1");
     mkdir(&fs, TXN_INO, "t2");
-    assert_eq!(errno(fs.mkdir(TXN_INO, b"t3")), libc::EAGAIN);
-    assert_eq!(errno(fs.mkdir(SNAP_INO, b"s2")), libc::EAGAIN);
+    assert_eq!(errno(fs.mkdir(TXN_INO, b"t3", 0o755, 0, WHO)), libc::EAGAIN);
+    assert_eq!(
+        errno(fs.mkdir(SNAP_INO, b"s2", 0o755, 0, WHO)),
+        libc::EAGAIN
+    );
     assert_eq!(ls(&fs, TXN_INO), ["t1", "t2"]);
     fs.rmdir(SNAP_INO, b"s1").unwrap();
     mkdir(&fs, TXN_INO, "t3");

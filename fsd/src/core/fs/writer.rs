@@ -11,7 +11,8 @@ use log::{debug, warn};
 use super::attrs::file_attr;
 use super::files::Handle;
 use super::space::Space;
-use super::{Attr, Fs, now_ns};
+use super::tree;
+use super::{Attr, Fs, MUST_EXIST, now_ns};
 use crate::core::caller::Caller;
 use crate::core::handles::lock;
 use crate::core::inodes::{Place, ROOT_SCOPE, Resolved};
@@ -431,6 +432,11 @@ impl Fs {
         let Resolved::Live(Place::Key { scope, name }) = self.inodes.resolve(ino) else {
             return Ok(());
         };
+        // In a subdirectory the key was made with its entry, in a
+        // transaction of its own: it stays, empty.
+        if tree::split(&name).is_some() {
+            return Ok(());
+        }
         let space = self.space("undo create", scope)?;
         match &space {
             Space::Root => {
@@ -508,9 +514,24 @@ impl Fs {
             },
             ctime_ns: w.written_ns.max(base.ctime_ns),
         };
-        let st = space
-            .set(&self.db, &key, &w.buf, meta, SetFlags::default())
-            .map_err(|e| space.restate(e, op, &key))?;
+        // A key in a subdirectory exists only with its entry: one removed
+        // meanwhile (with its directory, perhaps) is not made again.
+        let in_subdir = tree::split(&key).is_some();
+        let flags = if in_subdir {
+            MUST_EXIST
+        } else {
+            SetFlags::default()
+        };
+        let st = match space.set(&self.db, &key, &w.buf, meta, flags) {
+            Err(e) if in_subdir && e.errno == libc::ENOENT => {
+                debug!(
+                    "commit {}: removed while open; write dropped",
+                    space.show(&key)
+                );
+                return Ok(());
+            }
+            r => r.map_err(|e| space.restate(e, op, &key))?,
+        };
         w.meta = st.meta;
         if scope == ROOT_SCOPE {
             self.root_changed(&key);

@@ -1,0 +1,125 @@
+//! Directories through the core: entries, moves, limits, and phantom
+//! protection of listings inside transactions.
+
+use super::tests::{CREATE, WHO, errno, fs, list};
+use super::txn_tests::mkdir as txn_dir;
+use super::*;
+use crate::core::inodes::TXN_INO;
+
+fn mkdir(fs: &Fs, parent: u64, name: &str) -> u64 {
+    let a = fs
+        .mkdir(parent, name.as_bytes(), 0o755, 0, WHO)
+        .unwrap_or_else(|e| panic!("mkdir {name}: {e}"));
+    assert_eq!(a.kind, Kind::Dir);
+    a.ino
+}
+
+fn create(fs: &Fs, parent: u64, name: &str) -> Result<u64> {
+    let (a, o) = fs.create(parent, name.as_bytes(), 0o644, 0, CREATE, WHO)?;
+    fs.release(o.fh);
+    Ok(a.ino)
+}
+
+fn names(fs: &Fs, ino: u64) -> Vec<String> {
+    list(fs, ino)
+        .into_iter()
+        .map(|n| String::from_utf8(n).unwrap())
+        .collect()
+}
+
+#[test]
+fn entries_are_listed_in_order_and_follow_their_moves() {
+    let fs = fs();
+    let a = mkdir(&fs, ROOT_INO, "a");
+    let b = mkdir(&fs, a, "b");
+    for n in ["z", "m", "a"] {
+        create(&fs, b, n).unwrap();
+    }
+    assert_eq!(names(&fs, b), [".", "..", "a", "m", "z"]);
+    assert_eq!(fs.getattr(a, None, WHO).unwrap().nlink, 3);
+    // A directory moves with everything below it, its inode unchanged.
+    fs.rename(a, b"b", ROOT_INO, b"b2", 0).unwrap();
+    assert_eq!(fs.lookup(ROOT_INO, b"b2").unwrap().ino, b);
+    assert_eq!(names(&fs, b), [".", "..", "a", "m", "z"]);
+    assert_eq!(names(&fs, a), [".", ".."]);
+    // Not below itself (the kernel checks what it has looked up, the
+    // daemon every ancestor); not onto a file; not when not empty.
+    let c = mkdir(&fs, b, "c");
+    let e = mkdir(&fs, c, "e");
+    assert_eq!(errno(fs.rename(ROOT_INO, b"b2", e, b"x", 0)), libc::EINVAL);
+    assert_eq!(errno(fs.rename(ROOT_INO, b"b2", b, b"x", 0)), libc::EINVAL);
+    assert_eq!(errno(fs.rename(ROOT_INO, b"a", b, b"m", 0)), libc::ENOTDIR);
+    assert_eq!(errno(fs.rmdir(ROOT_INO, b"b2")), libc::ENOTEMPTY);
+    assert_eq!(
+        errno(fs.rename(ROOT_INO, b"a", b, b"c", 0)),
+        libc::ENOTEMPTY
+    );
+    fs.rmdir(c, b"e").unwrap();
+    // Onto an empty directory: replaces it.
+    fs.rename(ROOT_INO, b"a", b, b"c", 0).unwrap();
+    assert_eq!(fs.lookup(b, b"c").unwrap().ino, a);
+    assert_eq!(errno(fs.getattr(c, None, WHO)), libc::ENOENT);
+    for n in ["a", "m", "z"] {
+        fs.unlink(b, n.as_bytes()).unwrap();
+    }
+    fs.rmdir(b, b"c").unwrap();
+    fs.rmdir(ROOT_INO, b"b2").unwrap();
+    assert_eq!(errno(fs.lookup(ROOT_INO, b"b2")), libc::ENOENT);
+}
+
+#[test]
+fn names_below_the_root_have_their_own_limit() {
+    let fs = fs();
+    let d = mkdir(&fs, ROOT_INO, "d");
+    let longest = "n".repeat(tree::SUB_NAME_MAX);
+    create(&fs, d, &longest).unwrap();
+    let over = "n".repeat(tree::SUB_NAME_MAX + 1);
+    assert_eq!(errno(create(&fs, d, &over)), libc::ENAMETOOLONG);
+    assert_eq!(
+        errno(fs.mkdir(d, over.as_bytes(), 0o755, 0, WHO)),
+        libc::ENAMETOOLONG
+    );
+    create(&fs, ROOT_INO, &"r".repeat(bpfdb::abi::KEY_MAX)).unwrap();
+}
+
+/// The anomaly: t lists d and sees it empty; a create in d commits; t
+/// commits a verdict that d was empty. Serializable only if the create
+/// waits for t (here: EBUSY while t holds its listing).
+#[test]
+fn a_listing_in_a_transaction_holds_off_creates_and_removals_in_it() {
+    let fs = fs();
+    let d = mkdir(&fs, ROOT_INO, "d");
+    create(&fs, d, "old").unwrap();
+    let t = txn_dir(&fs, TXN_INO, "t");
+    let td = fs.lookup(t, b"d").unwrap().ino;
+    assert_eq!(names(&fs, td), [".", "..", "old"]);
+    assert_eq!(errno(create(&fs, d, "new")), libc::EBUSY);
+    assert_eq!(errno(fs.unlink(d, b"old")), libc::EBUSY);
+    assert_eq!(errno(fs.mkdir(d, b"sub", 0o755, 0, WHO)), libc::EBUSY);
+    // A name t found missing is held off too.
+    let t2 = txn_dir(&fs, TXN_INO, "t2");
+    let t2d = fs.lookup(t2, b"d").unwrap().ino;
+    assert_eq!(errno(fs.lookup(t2d, b"x")), libc::ENOENT);
+    super::txn_tests::control(&fs, t, "commit").unwrap();
+    assert_eq!(errno(create(&fs, d, "x")), libc::EBUSY);
+    super::txn_tests::control(&fs, t2, "commit").unwrap();
+    create(&fs, d, "x").unwrap();
+    create(&fs, d, "new").unwrap();
+    assert_eq!(names(&fs, d), [".", "..", "new", "old", "x"]);
+}
+
+#[test]
+fn a_transaction_stages_a_tree_and_commits_it_at_once() {
+    let fs = fs();
+    let t = txn_dir(&fs, TXN_INO, "t");
+    let a = mkdir(&fs, t, "a");
+    let b = mkdir(&fs, a, "b");
+    create(&fs, b, "k").unwrap();
+    fs.rename(t, b"a", t, b"a2", 0).unwrap();
+    assert_eq!(errno(fs.lookup(ROOT_INO, b"a2")), libc::ENOENT);
+    assert_eq!(names(&fs, t)[..], [".", "..", ".ctl", "a2"]);
+    super::txn_tests::control(&fs, t, "commit").unwrap();
+    let a2 = fs.lookup(ROOT_INO, b"a2").unwrap().ino;
+    let b2 = fs.lookup(a2, b"b").unwrap().ino;
+    assert_eq!(names(&fs, b2), [".", "..", "k"]);
+}
