@@ -126,8 +126,9 @@ fn parse(buf: &[u8]) -> Parsed {
 }
 
 /// The whole-image writer the streaming one replaced (`write_checkpoint`
-/// of bpf/src/durability/recovery.rs before it streamed), for versions 3,
-/// 2 (PUT_V1 ops, no ctime_ns) and 1 (also no first_seq).
+/// of bpf/src/durability/recovery.rs before it streamed), for versions 4
+/// and 3 (the same bytes), 2 (PUT_V1 ops, no ctime_ns) and 1 (also no
+/// first_seq).
 fn old_image(version: u32, next_segment: u64, first_seq: u64, entries: &[Entry]) -> Vec<u8> {
     let mut body = Vec::with_capacity(1 << 20);
     body.extend_from_slice(b"BPFDBCKP");
@@ -139,7 +140,7 @@ fn old_image(version: u32, next_segment: u64, first_seq: u64, entries: &[Entry])
     }
     body.extend_from_slice(&(entries.len() as u64).to_le_bytes());
     for (key, m, value) in entries {
-        body.push(if version == 3 {
+        body.push(if version >= 3 {
             wal::OP_PUT
         } else {
             wal::OP_PUT_V1
@@ -150,7 +151,7 @@ fn old_image(version: u32, next_segment: u64, first_seq: u64, entries: &[Entry])
         body.extend_from_slice(&m.uid.to_le_bytes());
         body.extend_from_slice(&m.gid.to_le_bytes());
         body.extend_from_slice(&m.mtime_ns.to_le_bytes());
-        if version == 3 {
+        if version >= 3 {
             body.extend_from_slice(&m.ctime_ns.to_le_bytes());
         }
         body.extend_from_slice(&(value.len() as u32).to_le_bytes());
@@ -239,20 +240,20 @@ fn a_streamed_checkpoint_round_trips_every_value_size_and_long_names_through_a_r
     assert!(!dir.path().join("checkpoint.tmp").exists());
     assert_log_is_empty(dir.path());
     // The file holds every key once, with its value and metadata, in the
-    // layout of version 3; and byte for byte what the whole-image writer
-    // made of the same entries in the same order: a bpfdb from before the
-    // streaming writer reads it.
+    // layout of version 3 (4 is 3's bytes, with keys that may hold '/');
+    // and byte for byte what the whole-image writer made of the same
+    // entries in the same order.
     let bytes = std::fs::read(ckpt(dir.path())).unwrap();
     let p = parse(&bytes);
     assert_eq!(p.version, wal::CHECKPOINT_VERSION);
-    assert_eq!(p.version, 3);
+    assert_eq!(p.version, 4);
     let in_file: Dump = as_dump(&p.entries);
     assert_eq!(in_file.len(), p.entries.len(), "a key written twice");
     assert!(
         in_file == want,
         "the checkpoint's entries differ from the keys"
     );
-    let old = old_image(3, p.next_segment, p.first_seq.unwrap(), &p.entries);
+    let old = old_image(4, p.next_segment, p.first_seq.unwrap(), &p.entries);
     assert!(
         old == bytes,
         "the streamed file differs from the whole image"
@@ -453,11 +454,11 @@ fn checkpoints_of_versions_3_2_and_1_are_still_read() {
         }
         want.insert(after.0.clone(), (after.2.clone(), after.1));
         assert!(dump(&db) == want, "version {version}: state differs");
-        // The next checkpoint is streamed in version 3, and holds the same.
+        // The next checkpoint is streamed in version 4, and holds the same.
         db.checkpoint().unwrap();
         drop(db);
         let p = parse(&std::fs::read(ckpt(dir.path())).unwrap());
-        assert_eq!(p.version, 3, "version {version}: rewritten as");
+        assert_eq!(p.version, 4, "version {version}: rewritten as");
         assert!(as_dump(&p.entries) == want, "version {version}: rewritten");
         let db = Db::open(&opts(dir.path())).unwrap();
         assert!(dump(&db) == want, "version {version}: after rewriting");

@@ -250,7 +250,7 @@ enum db_detail {
  * hold part of the data, so the next start discards them rather than reuse
  * them, and kernel clients, which check for DB_LAYOUT_MAGIC, refuse them. */
 #define DB_LAYOUT_MAGIC_RECOVERING 0x474e495245564f43ULL /* "COVERING" */
-#define DB_LAYOUT_VERSION 5 /* bump on any change to a pinned map's layout (3: SipHash keys, clock map; 4: pools in segments, records not preallocated, 160-byte inline names; 5: size classes in a pool of granules) */
+#define DB_LAYOUT_VERSION 6 /* bump on any change to a pinned map's layout (3: SipHash keys, clock map; 4: pools in segments, records not preallocated, 160-byte inline names; 5: size classes in a pool of granules; 6: keys may hold '/', the daemon's directories) */
 #define DB_HASH_K1_XOR 0x9e3779b97f4a7c15ULL /* second SipHash key word from the seed */
 
 struct db_layout {

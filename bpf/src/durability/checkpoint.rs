@@ -237,7 +237,7 @@ pub(crate) fn open(dir: &Path) -> Result<Option<Checkpoint>> {
     let mut head = [0u8; HEAD_BYTES];
     let got = (len as usize).min(HEAD_BYTES);
     file.read_exact_at(&mut head[..got], 0).map_err(read_err)?;
-    let versions = [wal::CHECKPOINT_V1, 2, wal::CHECKPOINT_VERSION];
+    let versions = [wal::CHECKPOINT_V1, 2, 3, wal::CHECKPOINT_VERSION];
     let version = wal::check_header(&head[..got], wal::CKPT_MAGIC, &versions, &what)?;
     let corrupt = |why: &str| Error::new(libc::EIO, format!("{what}: {why}; refusing to start"));
     let head_bytes = if version == wal::CHECKPOINT_V1 {

@@ -30,13 +30,17 @@ use crate::types::NewMeta;
 
 pub const WAL_MAGIC: &[u8; 8] = b"BPFDBWAL";
 pub const CKPT_MAGIC: &[u8; 8] = b"BPFDBCKP";
-/// Format version of log segments.
-pub const FORMAT_VERSION: u32 = 2;
+/// Format version of log segments. 3: keys may hold '/' (the daemon's
+/// directories), so a bpfdb from before them, which would refuse those
+/// keys halfway through a replay, refuses the file at its header instead.
+/// The bytes are those of version 2.
+pub const FORMAT_VERSION: u32 = 3;
 /// Segment versions read: 1 logged PUT_V1 ops (no ctime).
-pub const FORMAT_VERSIONS: [u32; 2] = [1, FORMAT_VERSION];
-/// Format version of checkpoints written; CHECKPOINT_V1 (no first_seq) and
-/// 2 (PUT_V1 ops) are still read.
-pub const CHECKPOINT_VERSION: u32 = 3;
+pub const FORMAT_VERSIONS: [u32; 3] = [1, 2, FORMAT_VERSION];
+/// Format version of checkpoints written (4: keys may hold '/', the bytes
+/// of version 3); CHECKPOINT_V1 (no first_seq), 2 (PUT_V1 ops) and 3 are
+/// still read.
+pub const CHECKPOINT_VERSION: u32 = 4;
 pub const CHECKPOINT_V1: u32 = 1;
 /// Bytes buffered between a checkpoint and its file, each way.
 pub const CHECKPOINT_IO_BUFFER: usize = 1 << 20;
