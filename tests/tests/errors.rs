@@ -217,18 +217,25 @@ fn full_value_memory_gives_enospc_and_keeps_existing_values() {
 }
 
 #[test]
-fn links_and_device_nodes_give_eperm() {
-    let m = Mount::new();
+fn hard_links_give_eperm_and_special_files_are_keys() {
+    let mut m = Mount::new();
     m.ok("echo v > k");
-    m.fails("ln -s k sym", msg::EPERM);
-    m.fails("ln -s /etc/passwd sym", msg::EPERM);
     m.fails("ln k hard", msg::EPERM);
-    m.fails("mkfifo fifo", msg::EPERM);
-    m.fails("mknod pipe p", msg::EPERM);
-    m.fails("mknod chr c 1 3", msg::EPERM);
-    // Nothing was created and k is unchanged.
+    m.ok("ln -s k sym && ln -s /etc/passwd abs && mkfifo fifo && mknod pipe p && mknod chr c 1 3");
+    assert_eq!(
+        m.ok("stat -c '%n %F' abs chr fifo pipe sym && readlink sym abs && cat sym && stat -c '%t,%T' chr"),
+        "abs symbolic link\nchr character special file\nfifo fifo\npipe fifo\nsym symbolic link\nk\n/etc/passwd\nv\n1,3\n"
+    );
+    // They survive a restart; removed, they leave k alone (and the root's
+    // list of its entries that are not regular files, one key).
+    m.restart();
+    assert_eq!(
+        m.ok("ls -A | tr '\\n' ' ' && readlink sym"),
+        ".ctl .snap .stats .txn abs chr fifo k pipe sym k\n"
+    );
+    m.ok("rm sym abs fifo pipe chr");
     assert_eq!(m.ok("ls -A && cat k"), ".ctl\n.snap\n.stats\n.txn\nk\nv\n");
-    assert_eq!(m.stat_keys(), 1);
+    assert_eq!(m.stat_keys(), 2);
 }
 
 #[test]

@@ -484,14 +484,13 @@ fn renames_between_the_root_transactions_and_snapshots_give_exdev() {
 }
 
 #[test]
-fn chmod_chown_and_links_in_a_transaction_give_eperm() {
+fn chmod_chown_in_a_transaction_give_eperm() {
     let m = Mount::new();
     m.ok("echo v > k && mkdir .txn/t1");
     let modes = m.ok("stat -c '%a %u %g' k");
     m.fails("chmod 600 .txn/t1/k", msg::EPERM);
     m.fails("chown 1234 .txn/t1/k", msg::EPERM);
-    m.fails("ln -s k .txn/t1/sym", msg::EPERM);
-    m.fails("mkfifo .txn/t1/fifo", msg::EPERM);
+    m.fails("ln .txn/t1/k .txn/t1/hard", msg::EPERM);
     assert_eq!(m.ok("stat -c '%a %u %g' k"), modes);
     m.ok("rmdir .txn/t1");
 }

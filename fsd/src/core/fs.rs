@@ -93,6 +93,40 @@ pub const DEFAULT_TXN_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum Kind {
     File,
     Dir,
+    Symlink,
+    Fifo,
+    CharDevice,
+    BlockDevice,
+    Socket,
+}
+
+impl Kind {
+    /// The kind the type bits of `mode` say; a key written before types
+    /// were kept (no type bits) is a file.
+    pub fn of_mode(mode: u32) -> Kind {
+        match mode & libc::S_IFMT {
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFCHR => Kind::CharDevice,
+            libc::S_IFBLK => Kind::BlockDevice,
+            libc::S_IFSOCK => Kind::Socket,
+            _ => Kind::File,
+        }
+    }
+
+    /// The type bits of a mode of this kind.
+    pub fn mode_type(self) -> u32 {
+        match self {
+            Kind::File => libc::S_IFREG,
+            Kind::Dir => libc::S_IFDIR,
+            Kind::Symlink => libc::S_IFLNK,
+            Kind::Fifo => libc::S_IFIFO,
+            Kind::CharDevice => libc::S_IFCHR,
+            Kind::BlockDevice => libc::S_IFBLK,
+            Kind::Socket => libc::S_IFSOCK,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,6 +142,8 @@ pub struct Attr {
     pub ctime_ns: u64,
     pub kind: Kind,
     pub nlink: u32,
+    /// Device number of a character or block device node.
+    pub rdev: u32,
     /// The kernel may keep these attributes (and the entry naming them)
     /// until told otherwise: true only for committed keys at the root,
     /// whose every change goes through `Fs::root_changed`.
@@ -345,7 +381,7 @@ impl Fs {
             });
         }
         let ino = self.inodes.remember(&Place::key(space.scope(), key))?;
-        let attr = self.key_attr(key, space.attr(ino, &st.meta, st.meta.len as usize));
+        let attr = self.node_attr(space, ino, key, &st);
         // A writer's process sees its own size (`getattr`): not for caching.
         let cacheable = attr.cacheable && !self.uses.has_writer(ino);
         Ok(Attr { cacheable, ..attr })

@@ -137,6 +137,18 @@ fn time(ns: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns)
 }
 
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
+        Kind::Socket => FileType::Socket,
+    }
+}
+
 fn file_attr(a: &Attr) -> FileAttr {
     let t = time(a.mtime_ns);
     FileAttr {
@@ -147,15 +159,12 @@ fn file_attr(a: &Attr) -> FileAttr {
         mtime: t,
         ctime: time(a.ctime_ns),
         crtime: t,
-        kind: match a.kind {
-            Kind::File => FileType::RegularFile,
-            Kind::Dir => FileType::Directory,
-        },
+        kind: file_type(a.kind),
         perm: (a.mode & 0o7777) as u16,
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: IO_BLOCK_BYTES,
         flags: 0,
     }
@@ -265,16 +274,17 @@ impl Filesystem for FuseFs {
 
     fn mknod(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _rdev: u32,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
+        let who = caller(req);
         self.fs.durably(
-            |fs| fs.mknod(parent.0, name.as_bytes()),
+            |fs| fs.mknod(parent.0, name.as_bytes(), mode, umask, rdev, who),
             move |r| reply_entry(reply, r),
         );
     }
@@ -310,13 +320,25 @@ impl Filesystem for FuseFs {
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
-        _target: &Path,
+        target: &Path,
         reply: ReplyEntry,
     ) {
-        reply_entry(reply, self.fs.symlink(parent.0, link_name.as_bytes()))
+        let who = caller(req);
+        let target = target.as_os_str().as_bytes();
+        reply_entry(
+            reply,
+            self.fs.symlink(parent.0, link_name.as_bytes(), target, who),
+        )
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(fail(&e)),
+        }
     }
 
     fn rename(
@@ -478,11 +500,7 @@ impl Filesystem for FuseFs {
         mut reply: ReplyDirectory,
     ) {
         let r = self.fs.readdir(fh.0, offset, |ino, next, kind, name| {
-            let kind = match kind {
-                Kind::File => FileType::RegularFile,
-                Kind::Dir => FileType::Directory,
-            };
-            reply.add(INodeNo(ino), next, kind, OsStr::from_bytes(name))
+            reply.add(INodeNo(ino), next, file_type(kind), OsStr::from_bytes(name))
         });
         match r {
             Ok(()) => reply.ok(),

@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
 
-use bpfdb::{Error, Meta, NewMeta, Result};
+use bpfdb::{Error, Meta, NewMeta, Result, Stat};
 
 use super::space::Space;
 use super::tree;
@@ -126,7 +126,7 @@ impl Fs {
                 space.restate(e, "getattr", &key)
             }
         })?;
-        Ok(self.key_attr(&key, space.attr(ino, &st.meta, st.meta.len as usize)))
+        Ok(self.node_attr(&space, ino, &key, &st))
     }
 
     pub fn setattr(&self, ino: u64, fh: Option<u64>, change: SetAttr) -> Result<Attr> {
@@ -233,6 +233,22 @@ impl Fs {
         }
     }
 
+    /// Attributes of key `key` (not a directory) from its `st`; a device
+    /// node's number is its value.
+    pub(super) fn node_attr(&self, space: &Space, ino: u64, key: &[u8], st: &Stat) -> Attr {
+        let mut attr = self.key_attr(key, space.attr(ino, &st.meta, st.meta.len as usize));
+        if matches!(attr.kind, Kind::CharDevice | Kind::BlockDevice) {
+            let mut v = Vec::new();
+            if space.get(&self.db, key, &mut v).is_ok()
+                && let Ok(b) = <[u8; 4]>::try_from(&v[..])
+            {
+                attr.rdev = u32::from_le_bytes(b);
+            }
+            attr.size = 0;
+        }
+        attr
+    }
+
     pub(super) fn reserved_attr(&self, op: &str, ino: u64) -> Result<Attr> {
         match ino {
             ROOT_INO | STATS_INO | TXN_INO | SNAP_INO | CTL_INO => Ok(self.fixed_attr(ino)),
@@ -295,6 +311,7 @@ impl Fs {
             ctime_ns: mtime_ns,
             kind,
             nlink,
+            rdev: 0,
             // The root's attributes change only through `root_dir_changed`,
             // which drops the kernel's copy: so it may keep them, and a path
             // walk's permission check on the root costs no round trip. The
@@ -304,11 +321,12 @@ impl Fs {
     }
 }
 
-/// The type bits of `mode`: a directory's, or a file's.
+/// The type bits of `mode` (a key written before types were kept is a
+/// regular file).
 fn file_type(mode: u32) -> u32 {
     match mode & libc::S_IFMT {
-        libc::S_IFDIR => libc::S_IFDIR,
-        _ => libc::S_IFREG,
+        0 => libc::S_IFREG,
+        t => t,
     }
 }
 
@@ -322,8 +340,9 @@ pub(super) fn file_attr(ino: u64, meta: &Meta, len: usize) -> Attr {
         gid: meta.gid,
         mtime_ns: meta.mtime_ns,
         ctime_ns: meta.ctime_ns.max(meta.mtime_ns),
-        kind: Kind::File,
+        kind: Kind::of_mode(meta.mode),
         nlink: 1,
+        rdev: 0,
         cacheable: false,
     }
 }

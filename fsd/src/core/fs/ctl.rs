@@ -143,6 +143,7 @@ impl Fs {
             ctime_ns: open.started_ns,
             kind: Kind::File,
             nlink: 1,
+            rdev: 0,
             cacheable: false,
         }
     }

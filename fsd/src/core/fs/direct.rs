@@ -8,7 +8,7 @@
 
 use bpfdb::{Error, Meta, NewMeta, Result, Stat};
 
-use super::dirs::is_dir;
+use super::dirs::is_regular;
 use super::writer::without_set_id;
 use super::{Fs, MUST_EXIST, NO_REPLACE, now_ns, restate, show, valid_key};
 
@@ -45,8 +45,8 @@ impl Fs {
                 None => self.db.session().get(key, &mut value),
             };
             match got {
-                // A directory is not a value.
-                Ok(st) if is_dir(&st.meta) => {}
+                // Only a regular file holds a value.
+                Ok(st) if !is_regular(&st.meta) => {}
                 Ok(st) if !found(key, &value, &st) => break,
                 Ok(_) => {}
                 Err(e) if e.errno == libc::ENOENT => {}
@@ -69,8 +69,11 @@ impl Fs {
         for _ in 0..STORE_ATTEMPTS {
             let now = now_ns();
             let (meta, flags) = match self.db.session().stat(key) {
-                Ok(st) if is_dir(&st.meta) => {
-                    return Err(Error::new(libc::EISDIR, format!("{}: a directory", what())));
+                Ok(st) if !is_regular(&st.meta) => {
+                    return Err(Error::new(
+                        libc::EPERM,
+                        format!("{}: not a regular file (a directory, a link, ...)", what()),
+                    ));
                 }
                 Ok(st) => (rewritten(&st.meta, now), MUST_EXIST),
                 Err(e) if e.errno == libc::ENOENT => (self.new_key_meta(now), NO_REPLACE),

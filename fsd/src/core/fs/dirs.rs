@@ -163,6 +163,16 @@ fn check_not_below(c: &Change<'_>, id: u64, to: u64) -> Result<()> {
     ))
 }
 
+/// The name of entry key `key`, in its directory.
+fn entry_name(key: &[u8]) -> &[u8] {
+    tree::split(key).map_or(key, |(_, n)| n)
+}
+
+/// A regular file's (a key written before types were kept has none).
+pub(super) fn is_regular(meta: &Meta) -> bool {
+    matches!(meta.mode & libc::S_IFMT, libc::S_IFREG | 0)
+}
+
 pub(super) fn is_dir(meta: &Meta) -> bool {
     meta.mode & libc::S_IFMT == libc::S_IFDIR
 }
@@ -179,6 +189,7 @@ pub(super) fn dir_attr(ino: u64, meta: &Meta, entries: &Entries) -> Attr {
         ctime_ns: meta.ctime_ns.max(meta.mtime_ns),
         kind: Kind::Dir,
         nlink: u32::try_from(entries.subdirs() + 2).unwrap_or(u32::MAX),
+        rdev: 0,
         cacheable: false,
     }
 }
@@ -320,20 +331,29 @@ impl Fs {
         Ok(id)
     }
 
-    /// Creates file `name` (an empty value) in subdirectory `dir`, with
-    /// its entry. EEXIST if the name is taken.
-    pub(super) fn create_in_dir(
+    /// Creates key `key` (value `value`, metadata `meta`: a regular file, a
+    /// symbolic link, a FIFO, a device node or a socket) with its entry in
+    /// directory `dir` (at the root, in its list if it is not a regular
+    /// file). EEXIST if the name is taken.
+    pub(super) fn create_entry(
         &self,
         space: &Space,
         dir: u64,
         key: &[u8],
+        value: &[u8],
         meta: NewMeta,
     ) -> Result<Stat> {
-        let (_, name) = tree::split(key).ok_or_else(|| Error::new(libc::EIO, "not an entry"))?;
+        let name = entry_name(key);
+        let kind = EntryKind::of_file(meta.mode);
         let what = || format!("create {}", space.show(key));
         let now = meta.mtime_ns;
         self.change(space, what, |c| {
-            let (mut parent, pmeta) = c.entries(dir)?;
+            let listed = dir != ROOT_DIR || kind.listed_at_root();
+            let (mut parent, pmeta) = if listed {
+                c.entries(dir)?
+            } else {
+                (Entries::new(ROOT_DIR), Meta::default())
+            };
             let gid = if pmeta.mode & libc::S_ISGID != 0 {
                 pmeta.gid
             } else {
@@ -342,29 +362,36 @@ impl Fs {
             if c.stat(key).is_ok() {
                 return Err(Error::new(libc::EEXIST, "the name exists"));
             }
-            parent.insert(name, EntryKind::File)?;
-            let st = c.set(key, &[], NewMeta { gid, ..meta }, NO_REPLACE)?;
-            c.put_entries(dir, &parent, &pmeta, now)?;
+            parent.insert(name, kind)?;
+            let st = c.set(key, value, NewMeta { gid, ..meta }, NO_REPLACE)?;
+            if listed {
+                c.put_entries(dir, &parent, &pmeta, now)?;
+            }
             Ok(st)
         })
     }
 
-    /// Removes file `key` (an entry of subdirectory `dir`).
-    pub(super) fn unlink_in_dir(&self, space: &Space, dir: u64, key: &[u8]) -> Result<()> {
-        let (_, name) = tree::split(key).ok_or_else(|| Error::new(libc::EIO, "not an entry"))?;
+    /// Removes the key `key` (not a directory) and its entry in `dir`.
+    pub(super) fn unlink_entry(&self, space: &Space, dir: u64, key: &[u8]) -> Result<()> {
+        let name = entry_name(key);
         let what = || format!("unlink {}", space.show(key));
         let now = now_ns();
         self.change(space, what, |c| {
-            let (mut parent, pmeta) = c.entries(dir)?;
-            if is_dir(&c.stat(key)?.meta) {
+            let st = c.stat(key)?;
+            if is_dir(&st.meta) {
                 return Err(Error::new(
                     libc::EISDIR,
                     "is a directory (rmdir removes it)",
                 ));
             }
-            parent.remove(name);
+            let listed = dir != ROOT_DIR || EntryKind::of_file(st.meta.mode).listed_at_root();
             c.delete(key)?;
-            c.put_entries(dir, &parent, &pmeta, now)
+            if listed {
+                let (mut parent, pmeta) = c.entries(dir)?;
+                parent.remove(name);
+                c.put_entries(dir, &parent, &pmeta, now)?;
+            }
+            Ok(())
         })
     }
 
@@ -379,8 +406,7 @@ impl Fs {
         (to_dir, to): (u64, &[u8]),
         no_replace: bool,
     ) -> Result<Option<u64>> {
-        let name_of = |key: &[u8]| tree::split(key).map_or(key.to_vec(), |(_, n)| n.to_vec());
-        let (name, new_name) = (name_of(from), name_of(to));
+        let (name, new_name) = (entry_name(from), entry_name(to));
         let what = || format!("rename {} -> {}", space.show(from), space.show(to));
         let now = now_ns();
         self.change(space, what, |c| {
@@ -393,7 +419,7 @@ impl Fs {
             } else {
                 None
             };
-            let replaced = match c.stat(to) {
+            let (replaced, replaced_kind) = match c.stat(to) {
                 Ok(_) if no_replace => return Err(Error::new(libc::EEXIST, "the target exists")),
                 Ok(t) => match (moved, is_dir(&t.meta)) {
                     (Some(_), false) => {
@@ -402,10 +428,13 @@ impl Fs {
                     (None, true) => {
                         return Err(Error::new(libc::EISDIR, "the target is a directory"));
                     }
-                    (Some(_), true) => Some(c.dir_id(to, &t)?),
-                    (None, false) => None,
+                    (Some(_), true) => {
+                        let id = c.dir_id(to, &t)?;
+                        (Some(id), Some(EntryKind::Dir(id)))
+                    }
+                    (None, false) => (None, Some(EntryKind::of_file(t.meta.mode))),
                 },
-                Err(e) if e.errno == libc::ENOENT => None,
+                Err(e) if e.errno == libc::ENOENT => (None, None),
                 Err(e) => return Err(e),
             };
             if let Some(t) = replaced
@@ -421,27 +450,35 @@ impl Fs {
             {
                 check_not_below(c, id, to_dir)?;
             }
-            let kind = moved.map_or(EntryKind::File, EntryKind::Dir);
-            // The root lists its subdirectories only.
-            let lists = |dir| dir != ROOT_DIR || moved.is_some();
-            let mut src = if lists(from_dir) {
+            let kind = moved.map_or_else(|| EntryKind::of_file(st.meta.mode), EntryKind::Dir);
+            // The root lists only what is not a regular file.
+            let src_listed = from_dir != ROOT_DIR || kind.listed_at_root();
+            let dst_listed = to_dir != ROOT_DIR
+                || kind.listed_at_root()
+                || replaced_kind.is_some_and(EntryKind::listed_at_root);
+            let mut src = if src_listed {
                 Some(c.entries(from_dir)?)
             } else {
                 None
             };
-            let mut dst = if lists(to_dir) && to_dir != from_dir {
+            let mut dst = if dst_listed && (to_dir != from_dir || src.is_none()) {
                 Some(c.entries(to_dir)?)
             } else {
                 None
             };
             if let Some((e, _)) = &mut src {
-                e.remove(&name);
+                e.remove(name);
             }
-            match (&mut dst, &mut src) {
-                (Some((e, _)), _) | (None, Some((e, _))) if lists(to_dir) => {
-                    e.insert(&new_name, kind)?
+            if dst_listed {
+                let e = match (&mut dst, &mut src) {
+                    (Some((e, _)), _) | (None, Some((e, _))) => e,
+                    (None, None) => return Err(Error::new(libc::EIO, "no entry list to update")),
+                };
+                if to_dir == ROOT_DIR && !kind.listed_at_root() {
+                    e.remove(new_name);
+                } else {
+                    e.insert(new_name, kind)?;
                 }
-                _ => {}
             }
             // Every check is done: the writes.
             if let Some(t) = replaced {

@@ -158,7 +158,7 @@ impl Fs {
                     && !tree::is_internal(name)
                     && seen.insert(name.to_vec())
                 {
-                    let kind = dirs.get(name).unwrap_or(EntryKind::File);
+                    let kind = dirs.get(name).unwrap_or(tree::REGULAR);
                     items.push((name.to_vec(), kind));
                 }
             })
@@ -205,9 +205,9 @@ impl Fs {
                         Names::Keys { scope, dir, items } => {
                             let (name, kind) = &items[i - fixed.len()];
                             match kind {
-                                EntryKind::File => {
+                                EntryKind::File(t) => {
                                     let key = tree::entry_key(*dir, name);
-                                    (Place::key(*scope, &key), Kind::File, &name[..])
+                                    (Place::key(*scope, &key), Kind::of_mode(*t), &name[..])
                                 }
                                 EntryKind::Dir(id) => {
                                     let key = tree::dir_key(*id);

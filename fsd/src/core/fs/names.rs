@@ -4,7 +4,7 @@
 
 use bpfdb::{Error, NewMeta, Result};
 
-use super::dirs::{dir_attr, is_dir};
+use super::dirs::dir_attr;
 use super::space::{Parent, Space};
 use super::tree::{self, Entries, ROOT_DIR};
 use super::{Attr, Fs, NO_REPLACE, Opened, now_ns, show};
@@ -45,7 +45,7 @@ impl Fs {
         // its wait is left to that, so one `echo v > new` waits for one fsync.
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let (made, unsynced) = if dir != ROOT_DIR {
-            (self.create_in_dir(&space, dir, key, meta), None)
+            (self.create_entry(&space, dir, key, &[], meta), None)
         } else if writing && matches!(space, Space::Root) {
             self.db
                 .defer_durability(|| space.set(&self.db, key, &[], meta, NO_REPLACE))
@@ -83,16 +83,13 @@ impl Fs {
         let key = &self.entry_key("unlink", dir, name)?[..];
         space.writable("unlink", key)?;
         let _quiet = matches!(space, Space::Root).then(|| self.root_commit(&[key]));
-        if dir != ROOT_DIR {
-            self.unlink_in_dir(&space, dir, key)?;
+        // A regular file at the root goes in one engine op; anything else
+        // has an entry to remove with it (the kernel never unlinks a
+        // directory, memcached's delete may try: EISDIR).
+        let regular = |st: bpfdb::Stat| st.meta.mode & libc::S_IFMT == libc::S_IFREG;
+        if dir != ROOT_DIR || !space.stat(&self.db, key).is_ok_and(regular) {
+            self.unlink_entry(&space, dir, key)?;
         } else {
-            // The kernel never unlinks a directory; memcached's delete may.
-            if space.stat(&self.db, key).is_ok_and(|st| is_dir(&st.meta)) {
-                return Err(Error::new(
-                    libc::EISDIR,
-                    format!("unlink {}: a directory (rmdir removes it)", space.show(key)),
-                ));
-            }
             space
                 .delete(&self.db, key)
                 .map_err(|e| space.restate(e, "unlink", key))?;
@@ -176,7 +173,11 @@ impl Fs {
         let _quiet = matches!(space, Space::Root).then(|| self.root_commit(&[&from, &to]));
         // Files at the root move in one engine op, as before directories:
         // no transaction, so no retries when a transaction holds a key.
-        let is_file = |k: &[u8]| space.stat(&self.db, k).map(|st| !is_dir(&st.meta));
+        let is_file = |k: &[u8]| {
+            space
+                .stat(&self.db, k)
+                .map(|st| st.meta.mode & libc::S_IFMT == libc::S_IFREG)
+        };
         let files_at_root = from_dir == ROOT_DIR
             && to_dir == ROOT_DIR
             && is_file(&from).unwrap_or(false)
@@ -229,23 +230,101 @@ impl Fs {
         Ok(dir_attr(ino, &meta, &Entries::new(dir)))
     }
 
-    pub fn mknod(&self, parent: u64, name: &[u8]) -> Result<Attr> {
-        self.parent("mknod", parent, name)?;
-        Err(Error::new(
-            libc::EPERM,
-            format!(
-                "mknod {}: device nodes and special files are not supported",
-                show(name)
-            ),
-        ))
+    /// mknod: a regular file, a FIFO, a character or block device node or
+    /// a socket, as a key of that type (a device's number is its value).
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        who: Caller,
+    ) -> Result<Attr> {
+        let value = match mode & libc::S_IFMT {
+            libc::S_IFCHR | libc::S_IFBLK => rdev.to_le_bytes().to_vec(),
+            libc::S_IFREG | libc::S_IFIFO | libc::S_IFSOCK => Vec::new(),
+            0 => return self.mknod(parent, name, mode | libc::S_IFREG, umask, rdev, who),
+            t => {
+                return Err(Error::new(
+                    libc::EINVAL,
+                    format!("mknod {}: file type {t:#o}", show(name)),
+                ));
+            }
+        };
+        let perm = mode & !umask & 0o7777;
+        self.make_node(
+            "mknod",
+            parent,
+            name,
+            (mode & libc::S_IFMT) | perm,
+            &value,
+            who,
+        )
     }
 
-    pub fn symlink(&self, parent: u64, name: &[u8]) -> Result<Attr> {
-        self.parent("symlink", parent, name)?;
-        Err(Error::new(
-            libc::EPERM,
-            format!("symlink {}: symbolic links are not supported", show(name)),
-        ))
+    /// A symbolic link: a key of type `S_IFLNK` whose value is the target.
+    pub fn symlink(&self, parent: u64, name: &[u8], target: &[u8], who: Caller) -> Result<Attr> {
+        if target.is_empty() || target.len() >= libc::PATH_MAX as usize {
+            return Err(Error::new(
+                if target.is_empty() {
+                    libc::ENOENT
+                } else {
+                    libc::ENAMETOOLONG
+                },
+                format!("symlink {}: a target of {} bytes", show(name), target.len()),
+            ));
+        }
+        self.make_node("symlink", parent, name, libc::S_IFLNK | 0o777, target, who)
+    }
+
+    /// Creates a key that is not a regular file's or a directory's.
+    fn make_node(
+        &self,
+        op: &str,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        value: &[u8],
+        who: Caller,
+    ) -> Result<Attr> {
+        let (space, dir) = self.key_space(op, parent, name)?;
+        let key = &self.entry_key(op, dir, name)?[..];
+        space.writable(op, key)?;
+        let now = now_ns();
+        let meta = NewMeta {
+            mode,
+            uid: who.uid,
+            gid: who.gid,
+            mtime_ns: now,
+            ctime_ns: now,
+        };
+        let st = self.create_entry(&space, dir, key, value, meta)?;
+        if dir == ROOT_DIR && matches!(space, Space::Root) {
+            self.root_dir_changed();
+        }
+        let ino = self.inodes.remember(&Place::key(space.scope(), key))?;
+        Ok(self.node_attr(&space, ino, key, &st))
+    }
+
+    /// The target of the symbolic link `ino`.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let (place, _) = self.place_of("readlink", ino)?;
+        let Place::Key { scope, name: key } = place else {
+            return Err(Error::new(libc::EINVAL, "readlink: not a symbolic link"));
+        };
+        let space = self.space("readlink", scope)?;
+        let mut v = Vec::new();
+        let st = space
+            .get(&self.db, &key, &mut v)
+            .map_err(|e| space.restate(e, "readlink", &key))?;
+        if st.meta.mode & libc::S_IFMT != libc::S_IFLNK {
+            return Err(Error::new(
+                libc::EINVAL,
+                format!("readlink {}: not a symbolic link", space.show(&key)),
+            ));
+        }
+        Ok(v)
     }
 
     pub fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr> {

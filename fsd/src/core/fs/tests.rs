@@ -325,8 +325,16 @@ fn reserved_names_and_unsupported_kinds_are_eperm() {
         errno(fs.create(TXN_INO, b"k", 0o644, 0, CREATE, WHO)),
         libc::EPERM
     );
-    assert_eq!(errno(fs.symlink(ROOT_INO, b"l")), libc::EPERM);
-    assert_eq!(errno(fs.mknod(ROOT_INO, b"n")), libc::EPERM);
+    let l = fs.symlink(ROOT_INO, b"l", b"x", WHO).unwrap();
+    assert_eq!(
+        (l.kind, fs.readlink(l.ino).unwrap()),
+        (Kind::Symlink, b"x".to_vec())
+    );
+    let n = fs
+        .mknod(ROOT_INO, b"n", libc::S_IFCHR | 0o644, 0, 0x0103, WHO)
+        .unwrap();
+    assert_eq!((n.kind, n.rdev), (Kind::CharDevice, 0x0103));
+    assert_eq!(errno(fs.readlink(n.ino)), libc::EINVAL);
     let x = fs.lookup(ROOT_INO, b"x").unwrap().ino;
     assert_eq!(errno(fs.link(x, ROOT_INO, b"h")), libc::EPERM);
     assert_eq!(errno(fs.rmdir(ROOT_INO, b".txn")), libc::EPERM);

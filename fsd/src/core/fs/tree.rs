@@ -42,15 +42,56 @@ pub const DIR_MAX_DEPTH: usize = 4096;
 /// the same transaction, so two never get the same id.
 pub const NEXT_ID_KEY: &[u8] = b"\x01ids/";
 
-/// The root's subdirectories (an entry list without a parent header).
+/// The root's entries that are not regular files: its subdirectories,
+/// symbolic links, FIFOs, device nodes and sockets (an entry list without
+/// a parent header), so a listing of the root needs no look at each key.
 pub const ROOT_DIRS_KEY: &[u8] = b"\x010/";
 
-/// What a listed entry is: a key holding a file, or a subdirectory and
-/// its id (so a listing gives the inode a lookup will).
+/// What a listed entry is: a key holding a file (its type bits: a
+/// regular file, a symbolic link, a FIFO, a device node or a socket), or a
+/// subdirectory and its id (so a listing gives the inode a lookup will).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntryKind {
-    File,
+    File(u32),
     Dir(u64),
+}
+
+/// A regular file's entry.
+pub const REGULAR: EntryKind = EntryKind::File(libc::S_IFREG);
+
+/// Type bits by their byte in an entry list (0: a directory's, 2).
+const TYPES: [u32; 8] = [
+    0,
+    libc::S_IFREG,
+    libc::S_IFDIR,
+    libc::S_IFLNK,
+    libc::S_IFIFO,
+    libc::S_IFCHR,
+    libc::S_IFBLK,
+    libc::S_IFSOCK,
+];
+
+impl EntryKind {
+    /// The entry for a key of `mode` (a directory's entry needs its id).
+    pub fn of_file(mode: u32) -> EntryKind {
+        match mode & libc::S_IFMT {
+            0 => REGULAR,
+            t => EntryKind::File(t),
+        }
+    }
+
+    /// Whether the root's list names it: every entry but a regular file.
+    pub fn listed_at_root(self) -> bool {
+        self != REGULAR
+    }
+
+    fn byte(self) -> u8 {
+        let t = match self {
+            EntryKind::File(t) => t,
+            EntryKind::Dir(_) => libc::S_IFDIR,
+        };
+        TYPES.iter().position(|&x| x == t).unwrap_or(1) as u8
+    }
 }
 
 /// The key of entry `name` in directory `dir`.
@@ -121,8 +162,10 @@ impl Entries {
     }
 
     /// A directory record's value: the parent (8 bytes), then per entry
-    /// its kind (1 byte: 1 a file, 2 a directory), name length (1 byte),
-    /// name, and for a directory its id (8 bytes).
+    /// its kind (1 byte: 1 a regular file, 2 a directory, 3 a symbolic
+    /// link, 4 a FIFO, 5 and 6 a character and a block device, 7 a
+    /// socket), name length (1 byte), name, and for a directory its id (8
+    /// bytes).
     pub fn decode(value: &[u8]) -> Result<Entries> {
         let bad = |why: &str| Error::new(libc::EIO, format!("directory record: {why}"));
         let (head, mut rest) = value.split_at_checked(8).ok_or_else(|| bad("no parent"))?;
@@ -137,7 +180,8 @@ impl Entries {
         v
     }
 
-    /// The root's list of subdirectories: entries without a parent.
+    /// The root's list of its entries that are not regular files (see
+    /// `ROOT_DIRS_KEY`): entries without a parent.
     pub fn decode_root(value: &[u8]) -> Result<Entries> {
         let mut rest = value;
         let items = decode_items(&mut rest)
@@ -207,10 +251,7 @@ impl Entries {
 
 fn encode_items(items: &[(Vec<u8>, EntryKind)], v: &mut Vec<u8>) {
     for (name, kind) in items {
-        v.push(match kind {
-            EntryKind::File => 1,
-            EntryKind::Dir(_) => 2,
-        });
+        v.push(kind.byte());
         // Names are at most abi::KEY_MAX (255) bytes.
         v.push(name.len() as u8);
         v.extend_from_slice(name);
@@ -228,14 +269,14 @@ fn decode_items(rest: &mut &[u8]) -> Option<Vec<(Vec<u8>, EntryKind)>> {
         }
         let (&[kind, len], tail) = rest.split_first_chunk::<2>()?;
         let (name, mut tail) = tail.split_at_checked(len as usize)?;
-        let kind = match kind {
-            1 => EntryKind::File,
-            2 => {
+        let kind = match TYPES.get(kind as usize) {
+            Some(&libc::S_IFDIR) => {
                 let (id, after) = tail.split_first_chunk::<8>()?;
                 tail = after;
                 EntryKind::Dir(u64::from_le_bytes(*id))
             }
-            _ => return None,
+            Some(&0) | None => return None,
+            Some(&t) => EntryKind::File(t),
         };
         items.push((name.to_vec(), kind));
         *rest = tail;
@@ -272,10 +313,12 @@ mod tests {
     fn entries_stay_sorted_and_round_trip() {
         let mut e = Entries::new(7);
         for n in [&b"b"[..], b"a", b"c", b"a"] {
-            e.insert(n, EntryKind::File).unwrap();
+            e.insert(n, REGULAR).unwrap();
         }
+        e.insert(b"l", EntryKind::File(libc::S_IFLNK)).unwrap();
+        assert_eq!(e.remove(b"l"), Some(EntryKind::File(libc::S_IFLNK)));
         e.insert(b"d", EntryKind::Dir(9)).unwrap();
-        assert_eq!(e.remove(b"c"), Some(EntryKind::File));
+        assert_eq!(e.remove(b"c"), Some(REGULAR));
         let names: Vec<&[u8]> = e.iter().map(|(n, _)| n).collect();
         assert_eq!(names, [&b"a"[..], b"b", b"d"]);
         assert_eq!(e.subdirs(), 1);
@@ -290,13 +333,9 @@ mod tests {
     fn a_full_directory_refuses_a_new_name_but_not_a_replacement() {
         let mut e = Entries::new(1);
         for i in 0..DIR_MAX_ENTRIES {
-            e.insert(format!("{i:05}").as_bytes(), EntryKind::File)
-                .unwrap();
+            e.insert(format!("{i:05}").as_bytes(), REGULAR).unwrap();
         }
-        assert_eq!(
-            e.insert(b"new", EntryKind::File).unwrap_err().errno,
-            libc::ENOSPC
-        );
+        assert_eq!(e.insert(b"new", REGULAR).unwrap_err().errno, libc::ENOSPC);
         e.insert(b"00000", EntryKind::Dir(3)).unwrap();
         assert_eq!(e.len(), DIR_MAX_ENTRIES);
     }

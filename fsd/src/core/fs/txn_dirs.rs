@@ -116,6 +116,7 @@ impl Fs {
             ctime_ns: open.started_ns,
             kind: Kind::Dir,
             nlink: 2,
+            rdev: 0,
             cacheable: false,
         }
     }
