@@ -9,7 +9,8 @@
 //!
 //! This file holds the types the FUSE adapter sees, `Fs` itself and lookup;
 //! the operations are in `fs/` by concern: `attrs` (getattr, setattr),
-//! `names` (create, unlink, rename and the refused mkdir/link/...), `files`
+//! `names` (create, unlink, rename, mkdir, symlink, mknod), `dirs` and `tree`
+//! (directories in the flat key space), `files`
 //! (open, read), `writer` (write buffers and their commits), `listing`
 //! (opendir, readdir), `txn_dirs` (`.txn/NAME`, `.snap/NAME`), `ctl`
 //! (`.ctl` files), `space` (where a key operation runs), `direct` (whole

@@ -12,9 +12,10 @@
 //!
 //! Every internal key holds a '/', which no file name has, so none can
 //! collide with a root key; each begins with `\x01`, which memcached keys
-//! never hold. The root has no record: its subdirectories are listed in
+//! never hold. The root has no record: its entries that are not regular
+//! files (subdirectories, symbolic links, ...) are listed in
 //! `ROOT_DIRS_KEY`, so a listing of the root (a scan of every key) can
-//! tell them from files without reading each key.
+//! tell each entry's type without reading each key.
 
 use bpfdb::{Error, Result, abi};
 
