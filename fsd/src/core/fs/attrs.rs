@@ -259,13 +259,24 @@ impl Fs {
         }
     }
 
+    /// Subdirectories of the root, as committed (0 if unreadable).
+    fn root_subdirs(&self) -> u32 {
+        let mut v = Vec::new();
+        match self.db.session().get(tree::ROOT_DIRS_KEY, &mut v) {
+            Ok(_) => tree::Entries::decode_root(&v)
+                .map_or(0, |e| u32::try_from(e.subdirs()).unwrap_or(u32::MAX)),
+            Err(_) => 0,
+        }
+    }
+
     pub(super) fn fixed_attr(&self, ino: u64) -> Attr {
         let (kind, mode, nlink, mtime_ns, size) = match ino {
-            // "." and ".." plus the ".." of each subdirectory.
+            // "." and ".." plus the ".." of each subdirectory (.txn, .snap
+            // and the root's own, which the root's list names).
             ROOT_INO => (
                 Kind::Dir,
                 self.root_mode,
-                4,
+                4 + self.root_subdirs(),
                 self.root_changed_ns.load(Ordering::Relaxed),
                 0,
             ),
