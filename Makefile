@@ -11,7 +11,7 @@ BIN := target/release/bpfdb
 # labelled with; then perf, for profiling the engine and daemon
 # (`perf record -e cpu-clock -g -p PID`; this VM has no hardware counters).
 DEB_PACKAGES := clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config fuse3 bpftool make binutils \
-	strace perl util-linux systemd iproute2 \
+	strace perl util-linux systemd iproute2 rsync \
 	redis-server redis-tools memcached fonts-dejavu-core \
 	linux-perf
 
