@@ -28,7 +28,8 @@ const CHANGE_ATTEMPTS: u32 = 48;
 const MAX_BACKOFF: Duration = Duration::from_millis(4);
 
 /// The key operations of one atomic change of the tree, in one
-/// transaction; remembers the keys it writes.
+/// transaction; remembers every key it has tried to write (in a user's
+/// transaction, a change that fails after one such try is aborted).
 pub(super) struct Change<'a> {
     txn: &'a Txn,
     touched: Vec<Vec<u8>>,
@@ -53,6 +54,8 @@ impl Change<'_> {
         self.txn.delete(key)
     }
 
+    /// A write of `to` and a delete of `from`: either may have been
+    /// staged when it fails.
     pub fn rename(&mut self, from: &[u8], to: &[u8]) -> Result<()> {
         self.touched.push(from.to_vec());
         self.touched.push(to.to_vec());
