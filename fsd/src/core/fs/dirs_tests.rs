@@ -123,3 +123,31 @@ fn a_transaction_stages_a_tree_and_commits_it_at_once() {
     let b2 = fs.lookup(a2, b"b").unwrap().ino;
     assert_eq!(names(&fs, b2), [".", "..", "k"]);
 }
+
+/// Two transactions each move one of two directories below the other:
+/// both staged, both committed, the tree would be a cycle cut off from the
+/// root. The second has to read what the first wrote (here the entry it
+/// moved; in general the records on the path to its target, which its
+/// lookups and its ancestor walk read), so it conflicts instead.
+#[test]
+fn two_crossing_moves_cannot_both_commit_a_cycle() {
+    let fs = fs();
+    mkdir(&fs, ROOT_INO, "a");
+    mkdir(&fs, ROOT_INO, "b");
+    let t1 = txn_dir(&fs, TXN_INO, "t1");
+    let t2 = txn_dir(&fs, TXN_INO, "t2");
+    let b1 = fs.lookup(t1, b"b").unwrap().ino;
+    fs.rename(t1, b"a", b1, b"x", 0).unwrap();
+    let a2 = fs.lookup(t2, b"a").map(|a| a.ino);
+    let moved = a2.and_then(|a2| fs.rename(t2, b"b", a2, b"y", 0));
+    assert_eq!(errno(moved), libc::EBUSY);
+    super::txn_tests::control(&fs, t1, "commit").unwrap();
+    assert_eq!(
+        errno(super::txn_tests::control(&fs, t2, "commit")),
+        libc::ECANCELED
+    );
+    let b = fs.lookup(ROOT_INO, b"b").unwrap().ino;
+    let x = fs.lookup(b, b"x").unwrap().ino;
+    assert_eq!(names(&fs, x), [".", ".."]);
+    assert_eq!(errno(fs.lookup(ROOT_INO, b"a")), libc::ENOENT);
+}
