@@ -9,8 +9,8 @@ pub const RECORD_HEADER_BYTES: u64 = 16;
 /// Offset of the format version in a segment or checkpoint header.
 pub const VERSION_OFFSET: u64 = 8;
 /// The format versions bpfdb writes (bpf/src/wal.rs).
-pub const SEGMENT_VERSION: u32 = 2;
-pub const CHECKPOINT_VERSION: u32 = 3;
+pub const SEGMENT_VERSION: u32 = 3;
+pub const CHECKPOINT_VERSION: u32 = 4;
 
 /// `(offset, total length)` of each record of a segment, walking the length fields only
 /// (no checksums); stops at the first record that runs past the end of the file.
@@ -75,7 +75,7 @@ pub fn checkpoint_path(data_dir: &Path) -> std::path::PathBuf {
 
 /// The key names a checkpoint holds, in file order. It mirrors `write_checkpoint` of
 /// bpf/src/durability/checkpoint.rs and `put_op` of bpf/src/durability/format.rs: after the 16-byte header come
-/// `next_segment u64 | first_seq u64 | count u64` (checkpoint format 3), then `count` entries
+/// `next_segment u64 | first_seq u64 | count u64` (checkpoint format 4, the bytes of 3), then `count` entries
 /// `4u8 | key_len u8 | key | mode u32 | uid u32 | gid u32 | mtime_ns u64 | ctime_ns u64 |
 /// value_len u32 | value`, then a crc32c u32 of all before
 /// it (not checked here: the daemon checks it at start). Panics on a file of another shape.
