@@ -3,7 +3,9 @@
 //! Sections: engine ops against the bare trigger; scale (op cost, memory,
 //! recovery and listing up to a million keys); transactions; durable
 //! commits and recovery; GET and SET through the mount against a FUSE
-//! floor; durable writes through the mount by writer processes against
+//! floor; directories through the mount (`ls` of a small directory in a
+//! large database, path lookups by depth) against tmpfs; durable writes
+//! through the mount by writer processes against
 //! ext4+fsync, Redis and SQLite; Redis and SQLite on the same machine;
 //! memcached UDP GETs served by bpfdb in XDP and in user space against
 //! memcached; the exec tracer's added cost per event. Figures are medians of
@@ -23,6 +25,7 @@ mod redis;
 mod scale;
 mod sqlite;
 mod trace_exec;
+mod tree;
 mod txn;
 
 use std::path::PathBuf;
@@ -36,13 +39,14 @@ pub const RUNS: usize = 5;
 type Section = fn() -> Vec<plot::Figure>;
 
 /// Each section by the name that selects it on the command line.
-const SECTIONS: [(&str, Section); 11] = [
+const SECTIONS: [(&str, Section); 12] = [
     ("engine", engine::run),
     ("scale", scale::run),
     ("memory", memory::run),
     ("txn", txn::run),
     ("durability", durability::run),
     ("fuse", fuse::run),
+    ("tree", tree::run),
     ("mount-durable", mount_durable::run),
     ("redis", redis::run),
     ("sqlite", sqlite::run),
