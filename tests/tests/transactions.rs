@@ -234,7 +234,7 @@ fn autocommit_writes_of_a_locked_key_give_ebusy_and_root_reads_never_block() {
 
 #[test]
 fn emptying_a_locked_key_by_redirection_gives_ebusy() {
-    // Found by fs_model.rs: `cat /dev/null > key` (O_TRUNC, nothing written, close) of a key a
+    // Found by fs_model: `cat /dev/null > key` (O_TRUNC, nothing written, close) of a key a
     // transaction holds exited 0 while the key kept its value: the daemon commits such a
     // truncation only at RELEASE, where the EBUSY reaches nobody (it logs "no caller is left to
     // report it to"). The open or cat's close must report it. (Not `: > key`: dash ignores the
@@ -301,7 +301,7 @@ fn a_snapshot_sees_one_moment_takes_no_locks_and_is_read_only() {
 
 #[test]
 fn a_snapshot_taken_before_the_first_commit_sees_no_later_commit() {
-    // Found by fs_model.rs: on a database that never committed, a snapshot listed nothing but
+    // Found by fs_model: on a database that never committed, a snapshot listed nothing but
     // read every key committed after it.
     let m = Mount::new();
     m.ok("mkdir .snap/s");
@@ -326,7 +326,7 @@ fn a_snapshot_keeps_a_1mib_value_that_the_root_rewrites_and_deletes() {
 
 #[test]
 fn mv_onto_a_name_whose_old_version_outlived_its_snapshot_makes_the_key() {
-    // Found by fs_model.rs (seed 1796440643202100953): `mv w k` succeeded, then `cat k` gave
+    // Found by fs_model (seed 1796440643202100953): `mv w k` succeeded, then `cat k` gave
     // ENOENT and w's value was gone. k's only version (made by a rename, so the first of its
     // record) ended while a snapshot needed it; once the snapshot was gone, the next rename onto
     // k collected that version and put the new one in its place, then stamped the end of the
