@@ -138,11 +138,12 @@ impl Fs {
     }
 
     /// The keys at the top of `space` (the root, or a transaction's), in
-    /// name order; its subdirectories are those its list of them names.
+    /// name order; what is not a regular file takes its type from the
+    /// root's list (`tree::ROOT_DIRS_KEY`).
     fn list_keys(&self, space: &Space) -> Result<Names> {
         let what = || format!("readdir {}", space.dir_name());
         let mut v = Vec::new();
-        let dirs = match space.get(&self.db, tree::ROOT_DIRS_KEY, &mut v) {
+        let typed = match space.get(&self.db, tree::ROOT_DIRS_KEY, &mut v) {
             Ok(_) => Entries::decode_root(&v)?,
             Err(e) if e.errno == libc::ENOENT => Entries::new(ROOT_DIR),
             Err(e) => return Err(space.restate_as(e, what)),
@@ -158,7 +159,7 @@ impl Fs {
                     && !tree::is_internal(name)
                     && seen.insert(name.to_vec())
                 {
-                    let kind = dirs.get(name).unwrap_or(tree::REGULAR);
+                    let kind = typed.get(name).unwrap_or(tree::REGULAR);
                     items.push((name.to_vec(), kind));
                 }
             })

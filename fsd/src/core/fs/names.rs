@@ -1,6 +1,6 @@
 //! The namespace: creating, removing and renaming keys and directories
-//! (the changes of a subdirectory's entries are in `dirs`), and the
-//! refusals (device nodes, symbolic and hard links).
+//! (the changes of a subdirectory's entries are in `dirs`), symbolic links
+//! and special files, and the refusal of hard links.
 
 use bpfdb::{Error, NewMeta, Result};
 
