@@ -85,7 +85,22 @@ impl Change<'_> {
 
     /// Writes the entries of `dir` back; a subdirectory's mtime and ctime
     /// become `now` (an entry was added or removed).
+    /// A list longer than `max_value` (long names, or a small
+    /// `max_value`) fills the directory before `DIR_MAX_ENTRIES`: ENOSPC.
     pub fn put_entries(&mut self, dir: u64, e: &Entries, meta: &Meta, now: u64) -> Result<()> {
+        let full = |err: Error| {
+            if err.errno == libc::EFBIG {
+                Error::new(
+                    libc::ENOSPC,
+                    format!(
+                        "the directory is full: its list of {} entries is over max_value",
+                        e.len()
+                    ),
+                )
+            } else {
+                err
+            }
+        };
         if dir == ROOT_DIR {
             let m = NewMeta {
                 mode: libc::S_IFREG,
@@ -96,7 +111,8 @@ impl Change<'_> {
                 &e.encode_root(),
                 m,
                 SetFlags::default(),
-            )?;
+            )
+            .map_err(full)?;
             return Ok(());
         }
         let m = NewMeta {
@@ -104,7 +120,8 @@ impl Change<'_> {
             ctime_ns: now,
             ..NewMeta::of(meta)
         };
-        self.set(&tree::dir_key(dir), &e.encode(), m, MUST_EXIST)?;
+        self.set(&tree::dir_key(dir), &e.encode(), m, MUST_EXIST)
+            .map_err(full)?;
         Ok(())
     }
 

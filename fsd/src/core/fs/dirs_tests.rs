@@ -151,3 +151,28 @@ fn two_crossing_moves_cannot_both_commit_a_cycle() {
     assert_eq!(names(&fs, x), [".", ".."]);
     assert_eq!(errno(fs.lookup(ROOT_INO, b"a")), libc::ENOENT);
 }
+
+/// A directory whose entry list outgrows `max_value` (here 4 KiB: long
+/// names fill it after a few dozen) is full: ENOSPC, not EFBIG, and
+/// nothing of the refused create stays.
+#[test]
+fn a_list_over_max_value_is_a_full_directory() {
+    let fs = super::tests::fs_on(
+        &super::tests::small_options(4096),
+        super::DEFAULT_TXN_TIMEOUT,
+    );
+    let d = mkdir(&fs, ROOT_INO, "d");
+    let mut made = 0;
+    let err = loop {
+        match create(&fs, d, &format!("{made:03}{}", "n".repeat(200))) {
+            Ok(_) => made += 1,
+            Err(e) => break e,
+        }
+        assert!(made < 100, "a 4 KiB list took 100 names of 203 bytes");
+    };
+    assert_eq!(err.errno, libc::ENOSPC, "{err}");
+    assert_eq!(made, 4096 / (2 + 203));
+    assert_eq!(names(&fs, d).len(), 2 + made);
+    // A short name still fits where a long one did not.
+    create(&fs, d, "s").unwrap();
+}

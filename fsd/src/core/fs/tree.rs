@@ -199,7 +199,6 @@ impl Entries {
         v
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.items.len()
     }
