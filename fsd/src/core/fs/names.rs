@@ -4,7 +4,7 @@
 
 use bpfdb::{Error, NewMeta, Result};
 
-use super::dirs::dir_attr;
+use super::dirs::{dir_attr, is_regular};
 use super::space::{Parent, Space};
 use super::tree::{self, Entries, ROOT_DIR};
 use super::{Attr, Fs, NO_REPLACE, Opened, now_ns, show};
@@ -86,7 +86,7 @@ impl Fs {
         // A regular file at the root goes in one engine op; anything else
         // has an entry to remove with it (the kernel never unlinks a
         // directory, memcached's delete may try: EISDIR).
-        let regular = |st: bpfdb::Stat| st.meta.mode & libc::S_IFMT == libc::S_IFREG;
+        let regular = |st: bpfdb::Stat| is_regular(&st.meta);
         if dir != ROOT_DIR || !space.stat(&self.db, key).is_ok_and(regular) {
             self.unlink_entry(&space, dir, key)?;
         } else {
@@ -173,11 +173,7 @@ impl Fs {
         let _quiet = matches!(space, Space::Root).then(|| self.root_commit(&[&from, &to]));
         // Files at the root move in one engine op, as before directories:
         // no transaction, so no retries when a transaction holds a key.
-        let is_file = |k: &[u8]| {
-            space
-                .stat(&self.db, k)
-                .map(|st| st.meta.mode & libc::S_IFMT == libc::S_IFREG)
-        };
+        let is_file = |k: &[u8]| space.stat(&self.db, k).map(|st| is_regular(&st.meta));
         let files_at_root = from_dir == ROOT_DIR
             && to_dir == ROOT_DIR
             && is_file(&from).unwrap_or(false)

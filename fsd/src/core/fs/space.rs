@@ -235,9 +235,8 @@ impl Fs {
         }
         match self.inodes.resolve(parent) {
             Resolved::Live(Place::Key { scope, name: key })
-                if tree::dir_of_record(&key).is_some() =>
+                if let Some(dir) = tree::dir_of_record(&key) =>
             {
-                let dir = tree::dir_of_record(&key).unwrap_or(ROOT_DIR);
                 Ok(Parent::Sub(self.space(op, scope)?, dir))
             }
             Resolved::Unlinked(Place::Key { name: key, .. })
