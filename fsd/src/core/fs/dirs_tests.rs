@@ -176,3 +176,29 @@ fn a_list_over_max_value_is_a_full_directory() {
     // A short name still fits where a long one did not.
     create(&fs, d, "s").unwrap();
 }
+
+/// memcached works on root keys and may name a directory or a link there:
+/// its `get` is a miss, its `set` refused, its `delete` (an unlink) EISDIR,
+/// and the directory stays whole.
+#[test]
+fn memcached_paths_leave_directories_and_links_alone() {
+    let fs = fs();
+    let d = mkdir(&fs, ROOT_INO, "d");
+    create(&fs, d, "k").unwrap();
+    fs.symlink(ROOT_INO, b"l", b"d/k", WHO).unwrap();
+    let mut hits = Vec::new();
+    fs.read_keys(&[b"d", b"l"], |k, _, _| {
+        hits.push(k.to_vec());
+        true
+    })
+    .unwrap();
+    assert!(hits.is_empty(), "{hits:?}");
+    assert_eq!(errno(fs.store_key(b"d", b"v")), libc::EPERM);
+    assert_eq!(errno(fs.store_key(b"l", b"v")), libc::EPERM);
+    assert_eq!(errno(fs.unlink(ROOT_INO, b"d")), libc::EISDIR);
+    assert_eq!(names(&fs, d), [".", "..", "k"]);
+    assert_eq!(
+        fs.readlink(fs.lookup(ROOT_INO, b"l").unwrap().ino).unwrap(),
+        b"d/k"
+    );
+}
