@@ -46,8 +46,11 @@ fn fill(db: &Db) {
     }
 }
 
-/// Threads creating `churn<w>-<i % CHURN_KEYS>` and deleting every other
-/// one, until dropped; `commits` counts what they did.
+/// Threads creating `churn<w>/<i % CHURN_KEYS>` and deleting every other
+/// one, until dropped; `commits` counts what they did. The names hold a
+/// '/': a read-write transaction's scan locks the top-level keys (no '/')
+/// against inserts and removals, which would hold this churn off during
+/// that scan, and keys below a '/' move the map's elements as much.
 struct Churn {
     stop: Arc<AtomicBool>,
     commits: Arc<AtomicU64>,
@@ -68,7 +71,7 @@ impl Churn {
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
-                        let name = format!("churn{w}-{}", i % CHURN_KEYS).into_bytes();
+                        let name = format!("churn{w}/{}", i % CHURN_KEYS).into_bytes();
                         let mut s = db.session();
                         s.set(&name, b"c", meta(), SetFlags::default())
                             .unwrap_or_else(|e| panic!("churn {w} set: {e}"));

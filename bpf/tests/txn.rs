@@ -3,6 +3,10 @@
 
 use bpfdb::{Db, NewMeta, Options, SetFlags, TxnState};
 
+/// Phantoms of a scan: the lock on the top-level keys.
+#[path = "txn/phantoms.rs"]
+mod phantoms;
+
 fn db() -> Db {
     let opts = Options {
         max_keys: 4096,

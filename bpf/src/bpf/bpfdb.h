@@ -130,6 +130,10 @@ enum db_stage {
 #define DB_F_READ_ONLY (1u << 3)  /* BEGIN: a read-only snapshot transaction */
 #define DB_F_NUDGE (1u << 4)      /* NOP: wake the log writer (a NUDGE fragment) */
 #define DB_F_CHECK_LOCK (1u << 5) /* GET: EBUSY if a transaction holds the key (a write would conflict) */
+/* SCAN in a read-write transaction: first lock the set of top-level keys
+ * (no '/') against inserts and removals by others until the transaction
+ * ends (top.bpf.h); user space sends it with 0 keys before its walk. */
+#define DB_F_LOCK_TOP (1u << 6)
 
 /* ---- shared structs ---- */
 
@@ -241,6 +245,7 @@ enum db_detail {
 	DB_D_COMMIT_BUSY = 14,      /* EBUSY: another commit is stamping; retry */
 	DB_D_WAL_FULL = 15,         /* EAGAIN: the log ringbuf lacks room; retry after it drains */
 	DB_D_WAL_TOO_BIG = 16,      /* EFBIG: the commit is larger than the log ringbuf */
+	DB_D_TOP_LOCKED = 17,       /* EBUSY: a transaction holds the set of top-level keys (top.bpf.h) */
 };
 
 /* ---- pinned state: what a restarted daemon checks before reusing maps ---- */
@@ -250,7 +255,7 @@ enum db_detail {
  * hold part of the data, so the next start discards them rather than reuse
  * them, and kernel clients, which check for DB_LAYOUT_MAGIC, refuse them. */
 #define DB_LAYOUT_MAGIC_RECOVERING 0x474e495245564f43ULL /* "COVERING" */
-#define DB_LAYOUT_VERSION 6 /* bump on any change to a pinned map's layout (3: SipHash keys, clock map; 4: pools in segments, records not preallocated, 160-byte inline names; 5: size classes in a pool of granules; 6: keys may hold '/', the daemon's directories) */
+#define DB_LAYOUT_VERSION 7 /* bump on any change to a pinned map's layout (3: SipHash keys, clock map; 4: pools in segments, records not preallocated, 160-byte inline names; 5: size classes in a pool of granules; 6: keys may hold '/', the daemon's directories; 7: the lock on the top-level keys, top_gate in .bss and db_txn.top) */
 #define DB_HASH_K1_XOR 0x9e3779b97f4a7c15ULL /* second SipHash key word from the seed */
 
 struct db_layout {
@@ -336,7 +341,7 @@ struct db_txn {
 	__u32 n_locks;
 	__u32 n_writes;     /* staged writes and deletes */
 	__u32 abort_detail; /* DB_D_* that aborted it */
-	__u32 pad;
+	__u32 top;          /* DB_TOP_*: its side of the top-level keys' lock (top.bpf.h) */
 	struct db_txn_lock locks[DB_TXN_MAX_LOCKS];
 };
 

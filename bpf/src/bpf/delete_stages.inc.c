@@ -27,6 +27,14 @@ static __always_inline int txn_delete(struct pt_regs *ctx, struct db_slot *slot)
 	struct db_txn_lock *l = &t->locks[L(li)];
 	bool committed = version_live(rec, latest_version(rec));
 
+	if (committed && !l->deleted && key_is_top(slot, 0)) {
+		/* A removal of a top-level key: no scan of another may hold the set. */
+		__u32 d = top_join_txn(t, DB_TOP_WRITING);
+		if (d) {
+			fail(slot, -EBUSY, d);
+			return txn_conflict(ctx, slot, t);
+		}
+	}
 	if (l->staged >= 0) {
 		/* Drop our own staged value. */
 		__s32 s = l->staged;
@@ -62,14 +70,22 @@ DB_STAGE_PROG(stage_delete)
 	}
 	__u64 ts = 0;
 	__u32 detail = DB_D_NONE;
-	int err = commit_log_one(owner, rec, &slot->req.hkey, NULL, NULL, 0, &ts, &detail);
+	bool top = key_is_top(slot, 0);
+	int err = top && (detail = top_enter_op()) ? -EBUSY : 0;
 
+	if (!err) {
+		err = commit_log_one(owner, rec, &slot->req.hkey, NULL, NULL, 0, &ts, &detail);
+		if (err && top)
+			top_leave_op();
+	}
 	if (err) {
 		unlock_record(rec, &slot->req.hkey);
 		return fail(slot, err, detail);
 	}
 	commit_stamp(rec, -1, cur, false, ts);
 	commit_end(ts);
+	if (top)
+		top_leave_op();
 	slot->resp.ts = ts;
 	gc_record(rec);
 	unlock_record(rec, &slot->req.hkey);
@@ -109,9 +125,15 @@ DB_STAGE_PROG(stage_rename)
 	int err = 0, n = -1;
 	__u32 detail = DB_D_NONE;
 	__u64 ts = 0;
+	/* Whether a top-level name goes or comes: then it holds the set's lock
+	 * while it commits. */
+	bool top = key_is_top(slot, 0) || (!version_live(dst, d) && key_is_top(slot, 1));
 
 	if (version_live(dst, d) && (slot->req.flags & DB_F_NOREPLACE)) {
 		err = -EEXIST;
+	} else if (top && (detail = top_enter_op())) {
+		err = -EBUSY;
+		top = false;
 	} else {
 		gc_record(dst);
 		/* GC may have reclaimed d (ended, seen by no snapshot now) and
@@ -135,6 +157,8 @@ DB_STAGE_PROG(stage_rename)
 		}
 	}
 	if (err) {
+		if (top)
+			top_leave_op();
 		unlock_record(dst, &slot->req.hkey2);
 		unlock_record(src, &slot->req.hkey);
 		return fail(slot, err, detail);
@@ -144,6 +168,8 @@ DB_STAGE_PROG(stage_rename)
 	dst->born_ts[V(n)] = src->born_ts[V(s)];
 	commit_stamp(src, -1, s, true, ts);
 	commit_end(ts);
+	if (top)
+		top_leave_op();
 	slot->resp.ts = ts;
 	slot->resp.meta = dst->meta[V(n)];
 	gc_record(dst);

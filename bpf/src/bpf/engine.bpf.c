@@ -25,6 +25,7 @@
 #include "record.bpf.h"
 #include "wal.bpf.h"
 #include "commit.bpf.h"
+#include "top.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 

@@ -42,6 +42,7 @@ struct db_stats stats;
 __u64 commit_lock;   /* 0, or owner + 1 while a commit stamps its versions */
 __u64 txn_gen;       /* source of transaction ids */
 __u64 snapshots;     /* registered snapshots; GC scans the txn table only if > 0 */
+__u64 top_gate;      /* the lock on the set of top-level keys (top.bpf.h) */
 /* Set by user space once recovery has replayed the log: replayed commits
  * are already in it and must not be emitted twice. */
 __u32 wal_on;

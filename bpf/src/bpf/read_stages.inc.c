@@ -183,6 +183,17 @@ DB_STAGE_PROG(stage_scan)
 			return 0;
 		sc.snapshot = t->read_only;
 		sc.snap = t->snap_ts;
+		/* A snapshot sees no change anyway: only a read-write
+		 * transaction locks what it lists. */
+		__u32 d = 0;
+		if (!t->read_only && (slot->req.flags & DB_F_LOCK_TOP))
+			d = top_join_txn(t, DB_TOP_LISTING);
+		if (d) {
+			fail(slot, -EBUSY, d);
+			return txn_conflict(ctx, slot, t);
+		}
+	} else if (slot->req.flags & DB_F_LOCK_TOP) {
+		return fail(slot, -EINVAL, DB_D_BAD_REQUEST); /* no transaction to hold it */
 	}
 	bpf_loop(n, scan_check, &sc, 0);
 	slot->resp.count = sc.visible;

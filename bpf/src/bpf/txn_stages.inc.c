@@ -16,6 +16,7 @@
 #include "record.bpf.h"
 #include "wal.bpf.h"
 #include "commit.bpf.h"
+#include "top.bpf.h"
 
 struct txn_walk {
 	__u32 txn;
@@ -251,6 +252,7 @@ DB_STAGE_PROG(stage_release)
 
 	bpf_loop(t->n_locks, release_one, &w, 0);
 	t->n_locks = 0;
+	top_leave_txn(t);
 	return 0;
 }
 

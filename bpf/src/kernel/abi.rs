@@ -142,6 +142,7 @@ pub const F_MUST_EXIST: u32 = u32_of(h::DB_F_MUST_EXIST);
 pub const F_READ_ONLY: u32 = u32_of(h::DB_F_READ_ONLY);
 pub const F_NUDGE: u32 = u32_of(h::DB_F_NUDGE);
 pub const F_CHECK_LOCK: u32 = u32_of(h::DB_F_CHECK_LOCK);
+pub const F_LOCK_TOP: u32 = u32_of(h::DB_F_LOCK_TOP);
 
 /// `enum db_detail`: why an op failed, for error messages and retry decisions.
 #[repr(u32)]
@@ -164,10 +165,11 @@ pub enum Detail {
     CommitBusy = u32_of(h::DB_D_COMMIT_BUSY),
     WalFull = u32_of(h::DB_D_WAL_FULL),
     WalTooBig = u32_of(h::DB_D_WAL_TOO_BIG),
+    TopLocked = u32_of(h::DB_D_TOP_LOCKED),
 }
 
 impl Detail {
-    const ALL: [Detail; 17] = [
+    const ALL: [Detail; 18] = [
         Detail::None,
         Detail::LockedTxn,
         Detail::LockedAutocommit,
@@ -185,6 +187,7 @@ impl Detail {
         Detail::CommitBusy,
         Detail::WalFull,
         Detail::WalTooBig,
+        Detail::TopLocked,
     ];
 
     /// The detail the engine wrote; None for a number it does not know.

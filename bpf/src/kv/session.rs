@@ -178,6 +178,9 @@ impl Session<'_> {
         };
         let why = match detail {
             Detail::LockedTxn => "key is locked by a transaction",
+            Detail::TopLocked => {
+                "a transaction holds the top-level keys (its listing, or its own creates and removals)"
+            }
             Detail::NoKeys => "key table is full (max_keys)",
             Detail::NoSmall => {
                 "value memory is full (runs of values up to a page: max_keys and value_mem)"
@@ -357,7 +360,10 @@ impl Session<'_> {
     /// whole walk is passed exactly once, whatever commits run beside it
     /// (POSIX readdir's rule); one created or removed meanwhile may or may
     /// not be. The walk goes by hash bucket (`Engine::records_batch`) and
-    /// the engine says which keys of each batch are visible.
+    /// the engine says which keys of each batch are visible. In a
+    /// read-write transaction the walk first locks the set of top-level
+    /// keys (names with no '/'): until the transaction ends nobody else
+    /// inserts or removes one, so its scans see no phantoms.
     pub fn scan(&mut self, mut f: impl FnMut(&[u8])) -> Result<()> {
         let mut cursor = ScanCursor::new();
         while self.scan_batch(&mut cursor, &mut f)? {}
@@ -384,6 +390,15 @@ impl Session<'_> {
                 libc::EIO,
                 "scan did not reach the end of the records map",
             ));
+        }
+        if cursor.calls == 0 && self.txn != 0 {
+            // Before the first batch is read: no insert or removal of a
+            // top-level key by others lands from here to the end of a
+            // read-write transaction (a snapshot's scan needs no lock, and
+            // the engine takes none for it).
+            self.prepare_keyless(Op::Scan, abi::F_LOCK_TOP);
+            self.slot().req.count = 0;
+            self.run("lock the top-level keys for a scan")?;
         }
         cursor.calls += 1;
         let key_size = std::mem::size_of::<HKey>();

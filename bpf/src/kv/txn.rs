@@ -339,5 +339,8 @@ impl Drop for Txn {
 /// Whether the engine aborted the transaction along with the failed op: on a
 /// lock conflict with another transaction and on an overgrown lock set.
 fn aborted_by(detail: Detail) -> bool {
-    matches!(detail, Detail::LockedTxn | Detail::TxnTooBig)
+    matches!(
+        detail,
+        Detail::LockedTxn | Detail::TopLocked | Detail::TxnTooBig
+    )
 }
