@@ -28,7 +28,9 @@ const BANK_TOTAL: i64 = 1000;
 /// `attempt_wW`/`ack_wW` (`KEY VALUE` before and after each write of key writer W),
 /// `attempt_txn`/`ack_txn` (each transaction id before BEGIN and after its commit returned 0).
 /// A transaction writes its id to the `TXN_KEYS` keys `t_J`, deletes the key `n_PREV` of the
-/// one before it and creates `n_ID`.
+/// one before it and creates `n_ID`. It finds `n_PREV` in a listing of the root outside the
+/// transaction (tw is the only writer of `n_*`): a listing inside it would lock the root's names
+/// against the key writers' creates until it commits.
 /// Each writer's stderr goes to a file of its own (`err_R-NAME`), so that the messages of
 /// several processes cannot interleave.
 const WRITERS: &str = r#"
@@ -49,7 +51,7 @@ tw() {
     mkdir $t || break
     j=0
     while [ $j -lt $TXN_KEYS ]; do env echo $id > $t/t_$j || break 2; j=$((j+1)); done
-    for f in $t/n_*; do if [ -e "$f" ]; then rm "$f" || break 2; fi; done
+    for f in n_*; do if [ -e "$f" ]; then rm "$t/$f" || break 2; fi; done
     env echo $id > $t/n_$id || break
     env echo commit > $t/.ctl || break
     echo $id >> $T/ack_txn

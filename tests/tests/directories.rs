@@ -3,7 +3,7 @@
 //! that walk trees (`find`, `du`, `cp -r`/`-a`, `tar`, `rsync`, `rm -r`), directory metadata
 //! across a restart and a `kill -9`, the limits (237-byte names and 8192 entries in a
 //! subdirectory), directories in transactions and snapshots, and phantom protection of a
-//! subdirectory a transaction listed or looked a name up in.
+//! directory (the root included) a transaction listed or looked a name up in.
 //!
 //! Writes whose exit status matters go through coreutils `echo` (`env echo`): dash's builtin
 //! `echo` never reports an error of the `close` that commits a value.
@@ -454,6 +454,33 @@ fn phantom_a_listed_subdirectory_gets_no_new_entry_until_the_lister_ends() {
     m.ok("env echo 1 > d/new");
     assert_eq!(m.ok("cat verdict && ls d"), "empty\nnew\n");
     m.ok("rmdir .txn/t .txn/t2");
+}
+
+// Phantoms at the root: once transaction T listed the top of the mount, no one else adds or
+// removes a name there until T ends; a new value of a listed file, or a name in a subdirectory,
+// changes none of the names T saw and goes through.
+#[test]
+fn phantom_the_listed_root_gets_no_new_or_removed_name_until_the_lister_ends() {
+    let m = Mount::new();
+    m.ok("echo o > old && mkdir d && mkdir .txn/t");
+    assert_eq!(m.ok("ls .txn/t"), "d\nold\n");
+    m.fails("env echo 1 > new", msg::EBUSY);
+    m.fails("rm old", msg::EBUSY);
+    m.fails("mv old old2", msg::EBUSY);
+    m.fails("mv d/../old d/old", msg::EBUSY);
+    m.fails("mkdir new", msg::EBUSY);
+    m.fails("ln -s old link", msg::EBUSY);
+    m.fails("mkfifo fifo", msg::EBUSY);
+    m.ok("env echo 2 > old && env echo 1 > d/below");
+    m.ok("mkdir .txn/t2");
+    m.fails("env echo 1 > .txn/t2/new", msg::EBUSY);
+    m.assert_aborted("t2");
+    // T's own names: it is the only lister, so it may add them (the shell creates `count`
+    // before `ls` runs, so T lists 3 names).
+    m.ok("ls .txn/t | wc -l > .txn/t/count && env echo commit > .txn/t/.ctl");
+    m.assert_committed("t");
+    m.ok("env echo 1 > new && mv old old2 && ln -s old2 link && rmdir .txn/t .txn/t2");
+    assert_eq!(m.ok("cat count && ls"), "3\ncount\nd\nlink\nnew\nold2\n");
 }
 
 // Phantoms: once transaction T read that d/x is missing, d/x cannot be created until T ends.

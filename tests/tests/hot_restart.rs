@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use bpfdb_tests::Mount;
+use bpfdb_tests::{Mount, msg};
 
 /// A bpffs directory for one test, removed (unpinned) when it ends.
 struct PinDir(PathBuf);
@@ -34,6 +34,9 @@ fn kill_9_then_restart_reuses_the_pinned_state_without_the_log() {
     let mut m = Mount::builder().arg(pin.arg()).start();
     m.ok("env echo hello > a && env echo world > b && chmod 600 b && mkdir .txn/t1 && env echo staged > .txn/t1/a");
     m.ok("head -c 300000 /dev/urandom > $T/big && cp $T/big big");
+    // t1 lists the root: from here no one else adds a name there until t1 ends.
+    m.ok("ls .txn/t1 >/dev/null");
+    m.fails("env echo new > fresh", msg::EBUSY);
     assert!(
         pin.0.join("records").exists(),
         "maps pinned in {}",
@@ -53,8 +56,9 @@ fn kill_9_then_restart_reuses_the_pinned_state_without_the_log() {
     assert_eq!(m.ok("cat a b"), "hello\nworld\n");
     assert_eq!(m.ok("stat -c %a b"), "600\n");
     m.ok("cmp big $T/big");
-    // The transaction open at the kill was aborted: its lock is gone.
-    m.ok("env echo free > a && cat a");
+    // The transaction open at the kill was aborted: its locks are gone,
+    // the one its listing took on the root's names too.
+    m.ok("env echo free > a && cat a && env echo new > fresh");
     // The restart wrote a checkpoint: once the pins are gone (a reboot),
     // the same state is recovered from DATA_DIR alone.
     m.umount_expect_clean_exit();

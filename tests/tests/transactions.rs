@@ -60,11 +60,15 @@ fn staged_writes_deletes_and_renames_are_invisible_until_commit() {
     m.fails("cat b", msg::ENOENT);
     m.ok("mkdir .snap/before");
     assert_eq!(m.ok("ls .snap/before"), "a\nalice\nbob\n");
-    // Another transaction's listing (plain `ls` looks no key up, so it takes no lock).
-    m.ok("mkdir .txn/t2");
-    assert_eq!(m.ok("ls .txn/t2"), "a\nalice\nbob\n");
+    // Another transaction can neither read a key t1 wrote nor list the root t1 changed the
+    // names of (either would see t1's work or miss it before t1 decides): both are conflicts,
+    // which abort it.
+    m.ok("mkdir .txn/t2 .txn/t3");
     m.fails("cat .txn/t2/fresh", msg::EBUSY);
-    m.ok("rmdir .txn/t2");
+    m.assert_aborted("t2");
+    m.fails("ls .txn/t3", msg::EBUSY);
+    m.assert_aborted("t3");
+    m.ok("rmdir .txn/t2 .txn/t3");
     assert_eq!(m.stat_keys(), 3);
     assert_eq!(m.txn_state("t1"), "active");
 

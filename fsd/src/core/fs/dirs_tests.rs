@@ -202,3 +202,33 @@ fn memcached_paths_leave_directories_and_links_alone() {
         b"d/k"
     );
 }
+
+/// The same anomaly at the root, whose files are plain engine keys that
+/// anyone (one-op creates, memcached, eBPF clients) may add or remove: t
+/// lists its root; until t ends, a change of the root's names waits for
+/// it. A new value of a listed file changes no name and goes through.
+#[test]
+fn a_listing_of_the_root_in_a_transaction_holds_off_creates_and_removals_there() {
+    let fs = fs();
+    create(&fs, ROOT_INO, "old").unwrap();
+    let t = txn_dir(&fs, TXN_INO, "t");
+    assert_eq!(names(&fs, t), [".", "..", ".ctl", "old"]);
+    assert_eq!(errno(create(&fs, ROOT_INO, "new")), libc::EBUSY);
+    assert_eq!(errno(fs.unlink(ROOT_INO, b"old")), libc::EBUSY);
+    let moved = fs.rename(ROOT_INO, b"old", ROOT_INO, b"old2", 0);
+    assert_eq!(errno(moved), libc::EBUSY);
+    let linked = fs.symlink(ROOT_INO, b"l", b"old", WHO);
+    assert_eq!(errno(linked), libc::EBUSY);
+    assert_eq!(errno(fs.mkdir(ROOT_INO, b"d", 0o755, 0, WHO)), libc::EBUSY);
+    assert_eq!(errno(fs.store_key(b"mc", b"v")), libc::EBUSY);
+    fs.store_key(b"old", b"new value").unwrap();
+    super::txn_tests::control(&fs, t, "commit").unwrap();
+    create(&fs, ROOT_INO, "new").unwrap();
+    fs.store_key(b"mc", b"v").unwrap();
+    fs.rename(ROOT_INO, b"old", ROOT_INO, b"old2", 0).unwrap();
+    let root: Vec<_> = names(&fs, ROOT_INO)
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(root, ["mc", "new", "old2"]);
+}
