@@ -57,6 +57,12 @@ pub struct Options {
     /// use.
     pub alloc_pause_loops: u32,
     pub alloc_pause_len: u32,
+    /// Test hook: iterations of an empty loop a one-op insert or removal
+    /// of a top-level key runs under the commit lock, between its check
+    /// that no transaction's scan holds the top-level keys and its stamp,
+    /// so that tests can have scans lock the set inside that window. 0,
+    /// the default, in any real use.
+    pub top_commit_pause_loops: u32,
     /// Test hook: faults for the log writer to hit (see `LogFaults`).
     /// None, the default, in any real use.
     pub log_faults: Option<std::sync::Arc<LogFaults>>,
@@ -95,6 +101,7 @@ impl Default for Options {
             trace_defer_pause_loops: 0,
             alloc_pause_loops: 0,
             alloc_pause_len: 0,
+            top_commit_pause_loops: 0,
             log_faults: None,
         }
     }

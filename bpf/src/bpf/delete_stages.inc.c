@@ -29,7 +29,7 @@ static __always_inline int txn_delete(struct pt_regs *ctx, struct db_slot *slot)
 
 	if (committed && !l->deleted && key_is_top(slot, 0)) {
 		/* A removal of a top-level key: no scan of another may hold the set. */
-		__u32 d = top_join_txn(t, DB_TOP_WRITING);
+		__u32 d = top_join_txn(t, txn_index(slot), DB_TOP_WRITING);
 		if (d) {
 			fail(slot, -EBUSY, d);
 			return txn_conflict(ctx, slot, t);
@@ -70,22 +70,16 @@ DB_STAGE_PROG(stage_delete)
 	}
 	__u64 ts = 0;
 	__u32 detail = DB_D_NONE;
-	bool top = key_is_top(slot, 0);
-	int err = top && (detail = top_enter_op()) ? -EBUSY : 0;
+	/* A removal of a top-level key: refused while a scan holds the set. */
+	int err = commit_log_one(owner, rec, &slot->req.hkey, NULL, NULL, 0, key_is_top(slot, 0),
+				 &ts, &detail);
 
-	if (!err) {
-		err = commit_log_one(owner, rec, &slot->req.hkey, NULL, NULL, 0, &ts, &detail);
-		if (err && top)
-			top_leave_op();
-	}
 	if (err) {
 		unlock_record(rec, &slot->req.hkey);
 		return fail(slot, err, detail);
 	}
 	commit_stamp(rec, -1, cur, false, ts);
 	commit_end(ts);
-	if (top)
-		top_leave_op();
 	slot->resp.ts = ts;
 	gc_record(rec);
 	unlock_record(rec, &slot->req.hkey);
@@ -125,15 +119,11 @@ DB_STAGE_PROG(stage_rename)
 	int err = 0, n = -1;
 	__u32 detail = DB_D_NONE;
 	__u64 ts = 0;
-	/* Whether a top-level name goes or comes: then it holds the set's lock
-	 * while it commits. */
+	/* A top-level name goes or comes: refused while a scan holds the set. */
 	bool top = key_is_top(slot, 0) || (!version_live(dst, d) && key_is_top(slot, 1));
 
 	if (version_live(dst, d) && (slot->req.flags & DB_F_NOREPLACE)) {
 		err = -EEXIST;
-	} else if (top && (detail = top_enter_op())) {
-		err = -EBUSY;
-		top = false;
 	} else {
 		gc_record(dst);
 		/* GC may have reclaimed d (ended, seen by no snapshot now) and
@@ -153,12 +143,10 @@ DB_STAGE_PROG(stage_rename)
 			dst->vflags[V(n)] = 0;
 			dst->end_ts[V(n)] = DB_TS_INF;
 			err = commit_log_one(owner, src, &slot->req.hkey, dst, &slot->req.hkey2, n,
-					     &ts, &detail);
+					     top, &ts, &detail);
 		}
 	}
 	if (err) {
-		if (top)
-			top_leave_op();
 		unlock_record(dst, &slot->req.hkey2);
 		unlock_record(src, &slot->req.hkey);
 		return fail(slot, err, detail);
@@ -168,8 +156,6 @@ DB_STAGE_PROG(stage_rename)
 	dst->born_ts[V(n)] = src->born_ts[V(s)];
 	commit_stamp(src, -1, s, true, ts);
 	commit_end(ts);
-	if (top)
-		top_leave_op();
 	slot->resp.ts = ts;
 	slot->resp.meta = dst->meta[V(n)];
 	gc_record(dst);

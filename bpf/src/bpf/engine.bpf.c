@@ -36,15 +36,17 @@ static __always_inline __u32 owner_of(struct pt_regs *ctx, struct db_slot *slot)
 }
 
 /* A lock conflict inside a read-write transaction aborts it (no-wait 2PL),
- * unless the holder is a short autocommit op: then the op is retried. So
- * does outgrowing the lock set. Other errors fail only the op. */
+ * unless the holder is a short autocommit op or a commit stamping (a
+ * scan's lock on the top-level keys is taken under the commit lock): then
+ * the op is retried. So does outgrowing the lock set. Other errors fail
+ * only the op. */
 static __always_inline int txn_conflict(struct pt_regs *ctx, struct db_slot *slot, struct db_txn *t)
 {
 	__u32 d = slot->resp.detail;
 
 	if (slot->resp.err != -EBUSY && d != DB_D_TXN_TOO_BIG)
 		return 0;
-	if (d == DB_D_LOCKED_AUTOCOMMIT || d == DB_D_RACE)
+	if (d == DB_D_LOCKED_AUTOCOMMIT || d == DB_D_RACE || d == DB_D_COMMIT_BUSY)
 		return 0;
 	t->abort_detail = slot->resp.detail;
 	stat_add(&stats.txn_aborts_conflict, 1);

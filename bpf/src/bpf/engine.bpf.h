@@ -16,6 +16,11 @@
 #include "bpfdb_kernel.h"
 #include <bpf/bpf_tracing.h>
 
+/* The two counts of top_gate (below). */
+#define DB_TOP_LISTER (1ULL << 0)
+#define DB_TOP_WRITER (1ULL << 32)
+#define DB_TOP_COUNT(word, unit) (((word) / (unit)) & 0xffffffffULL)
+
 /* Times the lock-free reader retries when GC reclaims under it. */
 #define DB_READ_RETRIES 4
 
@@ -33,6 +38,10 @@ const volatile __u32 read_pause_loops = 0;
  * class's free list and its CAS on it. 0 in real use. */
 const volatile __u32 alloc_pause_loops = 0;
 const volatile __u32 alloc_pause_len = 0;
+/* Test hook (Options::top_commit_pause_loops): a one-op insert or removal
+ * of a top-level key idles this many iterations under the commit lock,
+ * between its check for listers and its stamp. 0 in real use. */
+const volatile __u32 top_commit_pause_loops = 0;
 /* Slot index of the first client slot (the user's slots come first). */
 const volatile __u32 kernel_slot_base = 0;
 
@@ -42,7 +51,11 @@ struct db_stats stats;
 __u64 commit_lock;   /* 0, or owner + 1 while a commit stamps its versions */
 __u64 txn_gen;       /* source of transaction ids */
 __u64 snapshots;     /* registered snapshots; GC scans the txn table only if > 0 */
-__u64 top_gate;      /* the lock on the set of top-level keys (top.bpf.h) */
+/* The lock on the set of top-level keys (top.bpf.h): the count of listers
+ * (transactions whose scan locked the set) and of writers (transactions
+ * that staged an insert or a removal of a top-level key), DB_TOP_LISTER
+ * and DB_TOP_WRITER each. */
+__u64 top_gate;
 /* Set by user space once recovery has replayed the log: replayed commits
  * are already in it and must not be emitted twice. */
 __u32 wal_on;

@@ -248,6 +248,7 @@ impl Engine {
         rodata.read_pause_loops = opts.read_pause_loops.min(abi::READ_PAUSE_MAX - 1);
         rodata.alloc_pause_loops = opts.alloc_pause_loops.min(abi::READ_PAUSE_MAX - 1);
         rodata.alloc_pause_len = opts.alloc_pause_len;
+        rodata.top_commit_pause_loops = opts.top_commit_pause_loops.min(abi::READ_PAUSE_MAX - 1);
         if opts.lock_cas_tries > 0 {
             rodata.lock_cas_tries = opts.lock_cas_tries.min(abi::LOCK_CAS_TRIES);
         }
