@@ -1,8 +1,10 @@
 //! Directories through the mount: what `ls` of a small directory costs per
 //! entry, in an empty database and in one of a million keys (a
 //! subdirectory's listing reads its own entry list, so the second should
-//! cost what the first does), and what a path lookup costs by depth; each
-//! against tmpfs, the same calls without FUSE.
+//! cost what the first does), what `ls` of a small root costs when the
+//! million keys sit below it (the root's listing walks every key), and
+//! what a path lookup costs by depth; each against tmpfs, the same calls
+//! without FUSE.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,8 +15,15 @@ use crate::engine::{VALUE_BYTES, key, meta};
 use crate::mount::{Mount, sibling_exe};
 use crate::{bench_dir, commands, die, median_ns_per_op};
 
-/// Keys of the large database (at the root), written through the engine.
+/// Keys of the large database, written through the engine.
 const BIG: usize = 1_000_000;
+/// Where the large database's keys sit: at the root, or below it, under
+/// the prefix the daemon gives the files of a directory (`\x01<id>/`; no
+/// directory of this bench gets the id).
+const AT_ROOT: &str = "";
+const BELOW: &str = "\x01ffffffff/";
+/// Listings of the root per run (one walks every key of the database).
+const ROOT_LS_OPS: usize = 2;
 /// Keys per populating transaction (as many as one may lock).
 const TXN_KEYS: usize = bpfdb::abi::TXN_MAX_LOCKS;
 /// Entries of the directory listed.
@@ -25,8 +34,9 @@ const DEPTHS: [usize; 5] = [1, 2, 4, 8, 16];
 const LS_OPS: usize = 2_000;
 const STAT_OPS: usize = 5_000;
 
-/// Writes `n` root keys into a log in `dir` through the engine.
-fn populate(n: usize, dir: &Path) {
+/// Writes `n` keys named `prefix` + key(i) into a log in `dir` through
+/// the engine.
+fn populate(n: usize, prefix: &str, dir: &Path) {
     let opts = Options {
         max_keys: (n + n / 5 + 1000) as u32,
         data_dir: Some(dir.to_path_buf()),
@@ -39,7 +49,8 @@ fn populate(n: usize, dir: &Path) {
     for first in (0..n).step_by(TXN_KEYS) {
         let t = db.begin(false).unwrap_or_else(|e| die("begin", e));
         for i in first..(first + TXN_KEYS).min(n) {
-            t.set(&key(i), &value, meta(), SetFlags::default())
+            let name = [prefix.as_bytes(), &key(i)].concat();
+            t.set(&name, &value, meta(), SetFlags::default())
                 .unwrap_or_else(|e| die("populate", e));
         }
         t.commit().unwrap_or_else(|e| die("commit", e));
@@ -87,6 +98,19 @@ fn ls_ns(root: &Path) -> f64 {
     })
 }
 
+/// ns per `ls` of the root, which holds `entries` (`d`, `p`, and in the
+/// mount the four reserved entries).
+fn ls_root_ns(root: &Path, entries: usize) -> f64 {
+    median_ns_per_op(ROOT_LS_OPS, |_| {
+        let n = std::fs::read_dir(root)
+            .unwrap_or_else(|e| die("ls root", e))
+            .count();
+        if n != entries {
+            die("ls root", format!("{n} entries, not {entries}"));
+        }
+    })
+}
+
 /// ns per `stat` of the file at each depth.
 fn stat_ns(root: &Path) -> Vec<f64> {
     DEPTHS
@@ -102,24 +126,29 @@ fn stat_ns(root: &Path) -> Vec<f64> {
 
 struct Figures {
     ls: f64,
+    /// None where the root holds the million keys.
+    ls_root: Option<f64>,
     stat: Vec<f64>,
 }
 
-fn measure(root: &Path) -> Result<Figures, String> {
+/// Makes the tree in `root` and times it; the root is listed if it
+/// holds `root_entries`.
+fn measure(root: &Path, root_entries: Option<usize>) -> Result<Figures, String> {
     make_tree(root)?;
     Ok(Figures {
         ls: ls_ns(root),
+        ls_root: root_entries.map(|n| ls_root_ns(root, n)),
         stat: stat_ns(root),
     })
 }
 
-fn bpfdb_mount(keys: usize) -> Result<(Mount, tempfile::TempDir), String> {
+fn bpfdb_mount(keys: usize, prefix: &str) -> Result<(Mount, tempfile::TempDir), String> {
     let data = tempfile::Builder::new()
         .prefix("bpfdb-bench-tree")
         .tempdir_in(bench_dir())
         .map_err(|e| format!("data dir: {e}"))?;
     if keys > 0 {
-        populate(keys, data.path());
+        populate(keys, prefix, data.path());
     }
     let max = (keys + keys / 5 + 1000).to_string();
     let args = ["-f", "--sync", "none", "--max-keys", &max];
@@ -130,49 +159,60 @@ fn bpfdb_mount(keys: usize) -> Result<(Mount, tempfile::TempDir), String> {
 pub fn run() -> Vec<crate::plot::Figure> {
     let t = Instant::now();
     let tmpfs = Mount::tmpfs().unwrap_or_else(|e| die("tmpfs", e));
-    let base = measure(&tmpfs.path()).unwrap_or_else(|e| die("tmpfs tree", e));
+    let base = measure(&tmpfs.path(), Some(2)).unwrap_or_else(|e| die("tmpfs tree", e));
     drop(tmpfs);
     let mut rows = Vec::new();
-    for keys in [0, BIG] {
-        let (m, _data) = bpfdb_mount(keys).unwrap_or_else(|e| die("bpfdb mount", e));
-        let f = measure(&m.path()).unwrap_or_else(|e| die("bpfdb tree", e));
-        rows.push((keys, f));
+    for (keys, prefix) in [(0, AT_ROOT), (BIG, AT_ROOT), (BIG, BELOW)] {
+        let (m, _data) = bpfdb_mount(keys, prefix).unwrap_or_else(|e| die("bpfdb mount", e));
+        let small_root = keys == 0 || prefix == BELOW;
+        let f =
+            measure(&m.path(), small_root.then_some(6)).unwrap_or_else(|e| die("bpfdb tree", e));
+        let place = if prefix == BELOW { "below" } else { "at" };
+        rows.push((format!("bpfdb, {keys} keys {place} the root"), f));
     }
     println!(
-        "## Directories through the mount: `ls` of a {ENTRIES}-entry directory and `stat` by path depth (median of {} runs)\n",
+        "## Directories through the mount: `ls` of a {ENTRIES}-entry directory, `ls` of the root and `stat` by path depth (median of {} runs)\n",
         crate::RUNS
     );
     println!(
-        "`ls` is opendir + readdir to the end + closedir of `d`, {LS_OPS} per run; `stat` is of `p/.../p/f` below DEPTH directories, {STAT_OPS} per run. The million keys sit at the root, written through the engine before the daemon starts; the directory listed holds {ENTRIES} files either way. Section time {:.0} s.\n",
+        "`ls` is opendir + readdir to the end + closedir of `d`, {LS_OPS} per run; `ls /` the same of the root, which holds `d` and `p` (and in the mount `.stats`, `.txn`, `.snap`, `.ctl`), {ROOT_LS_OPS} per run; `stat` is of `p/.../p/f` below DEPTH directories, {STAT_OPS} per run. The million keys are written through the engine before the daemon starts, at the root or below it (named as the files of a directory are); the directory listed holds {ENTRIES} files either way. Section time {:.0} s.\n",
         t.elapsed().as_secs_f64()
     );
-    print!("| | `ls` µs | per entry µs |");
+    print!("| | `ls` µs | per entry µs | `ls /` µs |");
     for d in DEPTHS {
         print!(" stat depth {d} µs |");
     }
     println!();
-    println!("| --- | ---: | ---: |{}", " ---: |".repeat(DEPTHS.len()));
-    let line = |name: String, f: &Figures| {
+    println!(
+        "| --- | ---: | ---: | ---: |{}",
+        " ---: |".repeat(DEPTHS.len())
+    );
+    let line = |name: &str, f: &Figures| {
         print!(
             "| {name} | {:.1} | {:.2} |",
             f.ls / 1e3,
             f.ls / 1e3 / ENTRIES as f64
         );
+        match f.ls_root {
+            Some(ns) => print!(" {:.1} |", ns / 1e3),
+            None => print!(" (a million entries) |"),
+        }
         for s in &f.stat {
             print!(" {:.1} |", s / 1e3);
         }
         println!();
     };
-    line("tmpfs".into(), &base);
-    for (keys, f) in &rows {
-        line(format!("bpfdb, {keys} keys at the root"), f);
+    line("tmpfs", &base);
+    for (name, f) in &rows {
+        line(name, f);
     }
     println!();
-    if let [(_, small), (_, big)] = &rows[..] {
+    if let [(_, small), (_, big), (_, below)] = &rows[..] {
         println!(
-            "`ls` of the {ENTRIES}-entry directory with {BIG} keys in the database costs {:.2}x what it costs in an empty one; against tmpfs {:.1}x. A lookup per path component: stat at depth 16 costs {:.1}x depth 1 (tmpfs {:.1}x).\n",
+            "`ls` of the {ENTRIES}-entry directory with {BIG} keys in the database costs {:.2}x what it costs in an empty one; against tmpfs {:.1}x. `ls` of the root with {BIG} keys below it costs {:.0}x what it costs in an empty database: the root has no entry list, its listing walks every key. A lookup per path component: stat at depth 16 costs {:.1}x depth 1 (tmpfs {:.1}x).\n",
             big.ls / small.ls,
             big.ls / base.ls,
+            below.ls_root.unwrap_or(0.0) / small.ls_root.unwrap_or(1.0),
             big.stat[DEPTHS.len() - 1] / big.stat[0],
             base.stat[DEPTHS.len() - 1] / base.stat[0],
         );
