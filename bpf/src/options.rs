@@ -57,11 +57,11 @@ pub struct Options {
     /// use.
     pub alloc_pause_loops: u32,
     pub alloc_pause_len: u32,
-    /// Test hook: iterations of an empty loop a one-op insert or removal
-    /// of a top-level key runs under the commit lock, between its check
-    /// that no transaction's scan holds the top-level keys and its stamp,
-    /// so that tests can have scans lock the set inside that window. 0,
-    /// the default, in any real use.
+    /// Test hook: iterations of an empty loop a one-op commit runs under
+    /// the commit lock, between its check that no transaction's scan holds
+    /// the top-level keys and its log and stamp, so that tests can have
+    /// scans lock the set inside that window. 0, the default, in any real
+    /// use.
     pub top_commit_pause_loops: u32,
     /// Test hook: faults for the log writer to hit (see `LogFaults`).
     /// None, the default, in any real use.

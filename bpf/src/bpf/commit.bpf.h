@@ -71,18 +71,34 @@ static __always_inline int commit_open(__u32 owner, __u64 log_bytes, __u64 *ts, 
 	return err;
 }
 
-/* commit_open, then the log of a one-op commit: BEGIN, a DEL of del's name
- * when del is set, a PUT of version v of put when put is set (each record
- * with its map key), COMMIT. top: the commit inserts or removes a top-level
- * key, refused while a transaction's scan holds the set (top.bpf.h): a
- * scan joins under the commit lock, so under it the check and the stamp
- * that follows are one step to a scan. 0 with the lock held and the
- * timestamp in *ts, to stamp and commit_end; else the error and *detail
- * to report, the lock not held and nothing to stamp. */
-static __always_inline int commit_log_one(__u32 owner, struct db_record *del,
-					  const struct db_hkey *del_hkey, struct db_record *put,
-					  const struct db_hkey *put_hkey, __u32 v, bool top,
-					  __u64 *ts, __u32 *detail)
+/* Whether the one-op commit of slot's request inserts or removes a
+ * top-level key: del's name (the request's key) goes, or put's name (key,
+ * or key2 when put_second: a rename) comes where none was. A global
+ * function: verified once in each stage that commits. */
+__noinline int commit_changes_top(struct db_slot *slot, struct db_record *del,
+				  struct db_record *put, int put_second)
+{
+	if (!slot)
+		return 0;
+	if (del && key_is_top(slot, 0))
+		return 1;
+	return put && !version_live(put, latest_version(put)) && key_is_top(slot, put_second);
+}
+
+/* commit_open, then the log of a one-op commit of slot's request: BEGIN, a
+ * DEL of del's name when del is set, a PUT of version v of put when put is
+ * set (each record with its map key), COMMIT. A commit that inserts or
+ * removes a top-level key is refused while a transaction's scan holds the
+ * set (top.bpf.h): a scan joins under the commit lock, so under it the
+ * check and the stamp that follows are one step to a scan. Which keys the
+ * commit changes is looked at only when a scan holds the set: otherwise
+ * the check is one load. 0 with the lock held and the timestamp in
+ * *ts, to stamp and commit_end; else the error and *detail to report, the
+ * lock not held and nothing to stamp. */
+static __always_inline int commit_log_one(__u32 owner, struct db_slot *slot,
+					  struct db_record *del, const struct db_hkey *del_hkey,
+					  struct db_record *put, const struct db_hkey *put_hkey,
+					  __u32 v, __u64 *ts, __u32 *detail)
 {
 	__u64 bytes = 0;
 
@@ -94,13 +110,13 @@ static __always_inline int commit_log_one(__u32 owner, struct db_record *del,
 
 	if (err)
 		return err;
-	if (top && DB_TOP_COUNT(READ_ONCE(top_gate), DB_TOP_LISTER)) {
+	if (DB_TOP_COUNT(READ_ONCE(top_gate), DB_TOP_LISTER) &&
+	    commit_changes_top(slot, del, put, put_hkey == &slot->req.hkey2)) {
 		commit_cancel();
 		*detail = DB_D_TOP_LOCKED;
 		return -EBUSY;
 	}
-	if (top)
-		test_pause(top_commit_pause_loops);
+	test_pause(top_commit_pause_loops);
 	if (wal_frag(DB_WAL_BEGIN, *ts, NULL, NULL, NULL) ||
 	    (del && wal_frag(DB_WAL_DEL, *ts, NULL, del, del_hkey)) ||
 	    (put && wal_put(*ts, put, put_hkey, v)) ||

@@ -29,7 +29,7 @@ static __always_inline int txn_delete(struct pt_regs *ctx, struct db_slot *slot)
 
 	if (committed && !l->deleted && key_is_top(slot, 0)) {
 		/* A removal of a top-level key: no scan of another may hold the set. */
-		__u32 d = top_join_txn(t, txn_index(slot), DB_TOP_WRITING);
+		__u32 d = top_join_txn(txn_index(slot), DB_TOP_WRITING);
 		if (d) {
 			fail(slot, -EBUSY, d);
 			return txn_conflict(ctx, slot, t);
@@ -70,9 +70,7 @@ DB_STAGE_PROG(stage_delete)
 	}
 	__u64 ts = 0;
 	__u32 detail = DB_D_NONE;
-	/* A removal of a top-level key: refused while a scan holds the set. */
-	int err = commit_log_one(owner, rec, &slot->req.hkey, NULL, NULL, 0, key_is_top(slot, 0),
-				 &ts, &detail);
+	int err = commit_log_one(owner, slot, rec, &slot->req.hkey, NULL, NULL, 0, &ts, &detail);
 
 	if (err) {
 		unlock_record(rec, &slot->req.hkey);
@@ -119,9 +117,6 @@ DB_STAGE_PROG(stage_rename)
 	int err = 0, n = -1;
 	__u32 detail = DB_D_NONE;
 	__u64 ts = 0;
-	/* A top-level name goes or comes: refused while a scan holds the set. */
-	bool top = key_is_top(slot, 0) || (!version_live(dst, d) && key_is_top(slot, 1));
-
 	if (version_live(dst, d) && (slot->req.flags & DB_F_NOREPLACE)) {
 		err = -EEXIST;
 	} else {
@@ -142,8 +137,8 @@ DB_STAGE_PROG(stage_rename)
 			dst->loc[V(n)] = src->loc[V(s)];
 			dst->vflags[V(n)] = 0;
 			dst->end_ts[V(n)] = DB_TS_INF;
-			err = commit_log_one(owner, src, &slot->req.hkey, dst, &slot->req.hkey2, n,
-					     top, &ts, &detail);
+			err = commit_log_one(owner, slot, src, &slot->req.hkey, dst,
+					     &slot->req.hkey2, n, &ts, &detail);
 		}
 	}
 	if (err) {

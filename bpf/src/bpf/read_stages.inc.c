@@ -187,7 +187,7 @@ DB_STAGE_PROG(stage_scan)
 		 * transaction locks what it lists. */
 		__u32 d = 0;
 		if (!t->read_only && (slot->req.flags & DB_F_LOCK_TOP))
-			d = top_join_txn(t, txn_index(slot), DB_TOP_LISTING);
+			d = top_join_txn(txn_index(slot), DB_TOP_LISTING);
 		if (d) {
 			fail(slot, -EBUSY, d);
 			return txn_conflict(ctx, slot, t);

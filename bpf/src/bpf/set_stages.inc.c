@@ -52,7 +52,7 @@ DB_STAGE_PROG(stage_set_prepare)
 
 	if (t && !exists && !(flags & (DB_F_MUST_EXIST | DB_F_META_ONLY)) && key_is_top(slot, 0)) {
 		/* An insert of a top-level key: no scan of another may hold the set. */
-		__u32 d = top_join_txn(t, owner, DB_TOP_WRITING);
+		__u32 d = top_join_txn(owner, DB_TOP_WRITING);
 		if (d) {
 			fail(slot, -EBUSY, d);
 			return txn_conflict(ctx, slot, t);
@@ -175,16 +175,12 @@ static __always_inline int set_commit_now(struct db_slot *slot, struct db_record
 {
 	__u64 ts = 0;
 	__u32 detail = DB_D_NONE;
-	int cur = latest_version(rec);
-	/* An insert of a top-level key: refused while a scan holds the set. */
-	bool top = !version_live(rec, cur) && key_is_top(slot, 0);
-
 	install_version(slot, rec, v);
 	/* Log first: the version becomes visible only once its record is out. */
-	int err = commit_log_one(owner, NULL, NULL, rec, &slot->req.hkey, v, top, &ts, &detail);
+	int err = commit_log_one(owner, slot, NULL, NULL, rec, &slot->req.hkey, v, &ts, &detail);
 	if (err)
 		return set_undo(slot, rec, err, detail);
-	commit_stamp(rec, v, cur, slot->req.flags & DB_F_META_ONLY, ts);
+	commit_stamp(rec, v, latest_version(rec), slot->req.flags & DB_F_META_ONLY, ts);
 	commit_end(ts);
 	gc_record(rec);
 	unlock_record(rec, &slot->req.hkey);

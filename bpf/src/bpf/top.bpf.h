@@ -32,32 +32,6 @@ _Static_assert(DB_MAX_TXNS < (1ULL << 32), "a count of transactions fits");
 #define DB_TOP_LISTING (1u << 0)
 #define DB_TOP_WRITING (1u << 1)
 
-/* Whether the request's key (key2 when second) is a top-level key: no '/'
- * in its key_len bytes. Eight bytes at a time: a word holds a '/' iff the
- * word XOR "////////" holds a zero byte. */
-__noinline int key_is_top(struct db_slot *slot, int second)
-{
-	if (!slot)
-		return 0;
-	struct db_key *key = second ? &slot->req.key2 : &slot->req.key;
-	__u32 len = second ? slot->req.key2_len : slot->req.key_len;
-	__u64 *words = (__u64 *)key->name;
-
-	for (__u32 i = 0; i < DB_KEY_SIZE / 8; i++) {
-		if (i * 8 >= len)
-			break;
-		__u64 w = words[i];
-		if (len - i * 8 < 8) /* the last word: bytes past len are not the key's */
-			w &= (1ULL << ((len - i * 8) * 8)) - 1;
-		__u64 x = w ^ 0x2f2f2f2f2f2f2f2fULL;
-		if ((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL) {
-			/* A zero byte in x; a masked byte is 0x2f there, never zero. */
-			return 0;
-		}
-	}
-	return 1;
-}
-
 /* Adds unit to the gate unless the other side is held by another
  * transaction than the caller's (own_listers, own_writers: what it holds
  * already). 0, or the detail of the refusal. */
@@ -77,12 +51,18 @@ static __always_inline __u32 top_enter(__u64 unit, __u64 own_listers, __u64 own_
 	return DB_D_RACE; /* others kept changing the word: retry */
 }
 
-/* Transaction t (table index idx) takes `side` (DB_TOP_LISTING or
+/* The transaction at table index idx takes `side` (DB_TOP_LISTING or
  * DB_TOP_WRITING) until RELEASE; a side it holds already is kept. A lister
  * joins under the commit lock (see above); a commit holding it is a
- * transient DB_D_COMMIT_BUSY. 0, or the detail of the refusal. */
-static __always_inline __u32 top_join_txn(struct db_txn *t, __u32 idx, __u32 side)
+ * transient DB_D_COMMIT_BUSY. 0, or the detail of the refusal. A global
+ * function: its CAS loops are verified once, not on every path of the
+ * three stages that call it. */
+__noinline int top_join_txn(__u32 idx, __u32 side)
 {
+	struct db_txn *t = bpf_map_lookup_elem(&txns, &idx);
+
+	if (!t)
+		return DB_D_BAD_REQUEST;
 	__u32 held = t->top;
 	__u64 own_listers = !!(held & DB_TOP_LISTING), own_writers = !!(held & DB_TOP_WRITING);
 	__u32 d;
