@@ -117,6 +117,7 @@ DB_STAGE_PROG(stage_rename)
 	int err = 0, n = -1;
 	__u32 detail = DB_D_NONE;
 	__u64 ts = 0;
+
 	if (version_live(dst, d) && (slot->req.flags & DB_F_NOREPLACE)) {
 		err = -EEXIST;
 	} else {

@@ -175,6 +175,7 @@ static __always_inline int set_commit_now(struct db_slot *slot, struct db_record
 {
 	__u64 ts = 0;
 	__u32 detail = DB_D_NONE;
+
 	install_version(slot, rec, v);
 	/* Log first: the version becomes visible only once its record is out. */
 	int err = commit_log_one(owner, slot, NULL, NULL, rec, &slot->req.hkey, v, &ts, &detail);
