@@ -20,6 +20,9 @@ pub(crate) enum EKey {
     RootDirs,
     /// The directory id counter.
     NextId,
+    /// Not a key: the engine's lock on the set of root names (keys with no '/'), which a
+    /// transaction's listing of its top takes (bpf/src/bpf/top.bpf.h).
+    TopNames,
 }
 
 #[derive(Clone, Debug, PartialEq)]

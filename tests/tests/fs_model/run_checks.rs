@@ -159,11 +159,11 @@ impl Run {
             let mut walked = Effects::default();
             let _ = walk(view, path, &mut walked);
             fx.looked.extend(walked.looked);
-            fx.looked.push(if *dir == 0 {
-                EKey::RootDirs
+            if *dir == 0 {
+                fx.looked.extend([EKey::RootDirs, EKey::TopNames]);
             } else {
-                EKey::Rec(*dir)
-            });
+                fx.looked.push(EKey::Rec(*dir));
+            }
             let fixed = match (path.is_empty(), kind) {
                 (true, Top::Root) => ROOT_FIXED,
                 (true, Top::Txn) => TXN_FIXED,

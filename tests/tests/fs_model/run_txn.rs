@@ -74,6 +74,16 @@ impl Run {
             false,
         );
         let (want, kind) = match txn {
+            Some(t)
+                if want == Outcome::Ok && t.locked.contains(&EKey::TopNames) && {
+                    changes_root_names(&self.root, &staged)
+                } =>
+            {
+                (
+                    Outcome::Fails(msg::EBUSY),
+                    "root op changing a listed root's names",
+                )
+            }
             Some(t) => busy_rule(t, &fx, want),
             None => (want, "root op"),
         };
@@ -334,6 +344,13 @@ impl Run {
         );
         self.check_outcome(&out, &want, &format!("{script} in a snapshot"));
     }
+}
+
+/// Whether `staged` adds a name to the root of `root` or takes one away.
+fn changes_root_names(root: &Tree, staged: &Staged) -> bool {
+    staged
+        .iter()
+        .any(|(k, v)| matches!(k, EKey::Ent(0, _)) && v.is_some() != root.contains_key(k))
 }
 
 /// What a root operation must give while transaction `t` is open: `EBUSY` (and no change) if
