@@ -283,7 +283,7 @@ impl Db {
         Ok(Memory {
             total: maps.iter().map(|(_, b)| b).sum(),
             wal: of(&["wal"]),
-            records: of(&["records", "long_names"]),
+            records: of(&["records", "records_top", "records_below", "long_names"]),
             slots: of(&["slots"]),
             small: self.inner.engine.small.usage()?,
             pages: self.inner.engine.pages.usage()?,

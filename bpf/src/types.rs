@@ -44,9 +44,16 @@ pub fn key_hash(name: &[u8], seed: u64) -> HKey {
     let mut h = SipHasher13::new_with_keys(seed, seed ^ abi::h::DB_HASH_K1_XOR);
     h.write(name);
     let out = h.finish128();
+    // The top bit names the record's map (DB_HKEY_TOP): set for a
+    // top-level key, one with no '/'.
+    let top = if name.contains(&b'/') {
+        0
+    } else {
+        abi::HKEY_TOP
+    };
     HKey {
         lo: out.h1,
-        hi: out.h2,
+        hi: (out.h2 & !abi::HKEY_TOP) | top,
     }
 }
 

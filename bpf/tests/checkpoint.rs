@@ -388,11 +388,16 @@ fn a_damaged_checkpoint_is_refused_before_any_entry_is_applied() {
             pin.0.join("records").exists(),
             "{what}: the maps were not pinned"
         );
-        // The pinned records map holds what the refused start applied,
+        // The pinned records maps hold what the refused start applied,
         // which must be nothing. (A next start would discard these maps,
         // marked as not recovered into, and recover from the data dir.)
-        let records = MapHandle::from_pinned_path(pin.0.join("records")).unwrap();
-        let applied = records.keys().count();
+        let applied: usize = ["records_top", "records_below"]
+            .iter()
+            .map(|m| {
+                let records = MapHandle::from_pinned_path(pin.0.join(m)).unwrap();
+                records.keys().count()
+            })
+            .sum();
         assert_eq!(
             applied,
             0,

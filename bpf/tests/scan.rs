@@ -34,8 +34,11 @@ fn meta() -> NewMeta {
     }
 }
 
+/// The untouched keys sit below a '/', like the churn: records live in
+/// two maps by that (the top-level keys' and the others'), and the churn
+/// must move the elements of the map that holds the untouched keys.
 fn long_name(i: usize) -> Vec<u8> {
-    format!("{i:06}-{}", "x".repeat(188)).into_bytes()
+    format!("keep/{i:06}-{}", "x".repeat(183)).into_bytes()
 }
 
 fn fill(db: &Db) {
@@ -50,7 +53,7 @@ fn fill(db: &Db) {
 /// one, until dropped; `commits` counts what they did. The names hold a
 /// '/': a read-write transaction's scan locks the top-level keys (no '/')
 /// against inserts and removals, which would hold this churn off during
-/// that scan, and keys below a '/' move the map's elements as much.
+/// that scan, and keys below a '/' share the untouched keys' map.
 struct Churn {
     stop: Arc<AtomicBool>,
     commits: Arc<AtomicU64>,

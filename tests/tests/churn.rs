@@ -17,7 +17,8 @@
 //! - `BPFDB_CHURN_SECS` (default 4): seconds of churn and checkpoints (one every 0.3 s) per
 //!   round.
 //! - `BPFDB_CHURN_LISTINGS` (default 21): listings taken under churn, in turn of the root, a
-//!   `.snap/NAME` and a `.txn/NAME` view.
+//!   `.snap/NAME` view and a fresh `.txn/NAME` view (which holds off the churn's creates and
+//!   removals at the root until it commits, right after its listing).
 //! - `BPFDB_CHURN_SYNC` (default `none`): the daemon's `--sync` mode (`commit` is the daemon's
 //!   default).
 //!
@@ -159,19 +160,24 @@ fn summary(lines: &[String]) -> String {
 /// iteration I), creating each with the value `c` and deleting it again at once when I is even,
 /// so odd-numbered keys stay and even ones come and go; until `$T/stop` exists (or after
 /// [`CHURN_MAX_ITERATIONS`]). `$T/started_R_W` appears after the first iteration; the
-/// iterations done are printed at the end. Any failed operation ends the writer with an error.
-fn churn_writers(m: &Mount, round: u64, dir: &str) -> Vec<Background> {
+/// iterations done are printed at the end. Any failed operation ends the writer with an error,
+/// but for EBUSY from a create or a removal when `busy_ok`: a transaction's listing of the root
+/// holds those off until it ends (the writer tries the same step again a millisecond later).
+fn churn_writers(m: &Mount, round: u64, busy_ok: bool) -> Vec<Background> {
+    let busy_ok = u8::from(busy_ok);
     (1..=CHURN_WRITERS)
         .map(|w| {
             m.spawn_sh(&format!(
                 r#"perl -e '
                  my ($w, $r) = @ARGV; my $i = 0;
+                 sub busy {{ return 0 unless {busy_ok} && $!{{EBUSY}}; select(undef, undef, undef, 0.001); 1 }}
                  while (!-e "$ENV{{T}}/stop" && $i < {CHURN_MAX_ITERATIONS}) {{
-                   my $k = "{dir}churn$w-" . ($i % {CHURN_KEYS});
-                   open(my $f, ">", $k) or die "create $k: $!\n";
+                   my $k = "churn$w-" . ($i % {CHURN_KEYS});
+                   my $f;
+                   unless (open($f, ">", $k)) {{ next if busy(); die "create $k: $!\n" }}
                    print $f "c" or die "write $k: $!\n";
-                   close($f) or die "close $k: $!\n";
-                   if ($i % 2 == 0) {{ unlink($k) or die "rm $k: $!\n" }}
+                   unless (close($f)) {{ next if busy(); die "close $k: $!\n" }}
+                   if ($i % 2 == 0) {{ unless (unlink($k)) {{ next if busy(); die "rm $k: $!\n" }} }}
                    $i++;
                    if ($i == 1) {{ open(my $s, ">", "$ENV{{T}}/started_${{r}}_$w") or die; close($s) }}
                  }}
@@ -264,7 +270,7 @@ fn checkpoint_under_churn_loses_nothing() {
 
     for round in 1..=rounds {
         let started = Instant::now();
-        let writers = churn_writers(&m, round, "");
+        let writers = churn_writers(&m, round, false);
         wait_churn_started(&m, round);
         for c in 1..=checkpoints_per_round {
             m.ok("env echo checkpoint > .ctl");
@@ -364,22 +370,29 @@ fn listing_under_churn_misses_nothing() {
     let m = churn_mount();
     let names = stable_names();
     create_stable_keys(&m, &names);
-    // The churn runs in a subdirectory: its keys enter and leave the same records map that
-    // every listing of the root walks, but they are no names of the root, which the
-    // transaction's listing locks against creates and removals until it ends.
-    m.ok("mkdir churn");
-    let writers = churn_writers(&m, 1, "churn/");
+    // The churn runs at the root: its keys enter and leave the records map that a listing
+    // of the root walks (the top-level keys' own). A transaction's listing of the root holds
+    // off the churn's creates and removals until the transaction ends (EBUSY, tried again).
+    let writers = churn_writers(&m, 1, true);
     wait_churn_started(&m, 1);
-    // Both views open while the churn runs.
-    m.ok("mkdir .snap/view .txn/view");
+    // The snapshot opens while the churn runs.
+    m.ok("mkdir .snap/view");
     let views = [".", ".snap/view", ".txn/view"];
     let mut bad: Vec<String> = Vec::new();
     let started = Instant::now();
     for n in 0..listings {
         let dir = views[n as usize % views.len()];
+        let in_txn = dir.starts_with(".txn/");
+        if in_txn {
+            m.ok(&format!("mkdir {dir}"));
+        }
         let errors = stable_errors(&listing(&m, dir), &names);
         if !errors.is_empty() {
             bad.push(format!("listing {n} of {dir}: {}", summary(&errors)));
+        }
+        if in_txn {
+            // It only listed: it commits, having changed nothing, and the churn goes on.
+            m.ok(&format!("env echo commit > {dir}/.ctl && rmdir {dir}"));
         }
     }
     let elapsed = started.elapsed();
@@ -396,8 +409,7 @@ fn listing_under_churn_misses_nothing() {
         elapsed,
         bad.join("\n")
     );
-    // The transaction only listed: it commits, having changed nothing.
-    m.ok("env echo commit > .txn/view/.ctl && rmdir .txn/view .snap/view");
+    m.ok("rmdir .snap/view");
     let wrong = missing_or_wrong(&m);
     assert!(
         wrong.is_empty(),

@@ -255,8 +255,16 @@ enum db_detail {
  * hold part of the data, so the next start discards them rather than reuse
  * them, and kernel clients, which check for DB_LAYOUT_MAGIC, refuse them. */
 #define DB_LAYOUT_MAGIC_RECOVERING 0x474e495245564f43ULL /* "COVERING" */
-#define DB_LAYOUT_VERSION 7 /* bump on any change to a pinned map's layout (3: SipHash keys, clock map; 4: pools in segments, records not preallocated, 160-byte inline names; 5: size classes in a pool of granules; 6: keys may hold '/', the daemon's directories; 7: the lock on the top-level keys, top_gate in .bss and db_txn.top) */
+#define DB_LAYOUT_VERSION 8 /* bump on any change to a pinned map's layout (3: SipHash keys, clock map; 4: pools in segments, records not preallocated, 160-byte inline names; 5: size classes in a pool of granules; 6: keys may hold '/', the daemon's directories; 7: the lock on the top-level keys, top_gate in .bss and db_txn.top; 8: records in two inner maps of an array of maps, picked by the hkey's top bit) */
 #define DB_HASH_K1_XOR 0x9e3779b97f4a7c15ULL /* second SipHash key word from the seed */
+/* The top bit of a map key's hi word is not the hash's: it is set iff the
+ * name holds no '/' (a top-level key), and it is the index of the record's
+ * map in `records` (bpfdb_kernel.h). */
+#define DB_HKEY_TOP_SHIFT 63
+#define DB_HKEY_TOP (1ULL << DB_HKEY_TOP_SHIFT)
+#define DB_RECORDS_BELOW 0 /* index in `records` of the map of names with a '/' */
+#define DB_RECORDS_TOP 1   /* ... and of the top-level names */
+#define DB_RECORDS_MAPS 2
 
 struct db_layout {
 	__u64 magic;

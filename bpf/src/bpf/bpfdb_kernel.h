@@ -61,14 +61,53 @@ struct {
 } slots SEC(".maps");
 
 /* Records and long names are allocated as keys come and freed as they go:
- * max_entries is a cap (--max-keys), not an allocation. */
-struct {
+ * max_entries is a cap (--max-keys), not an allocation. A record lives in
+ * one of two hash maps, by the DB_HKEY_TOP bit of its map key: records_top
+ * holds the top-level keys (no '/' in the name), records_below the others,
+ * so that a walk of the top level (the daemon's root) visits only its own
+ * keys. They are the inner maps of `records`, so that the verifier knows
+ * one map type whichever a lookup reads (two maps named apart would be two
+ * verifier states after every lookup: RENAME then passes its limit).
+ * db_records_of and db_find_record pick the map. */
+struct db_records_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 1);
 	__type(key, struct db_hkey);
 	__type(value, struct db_record);
-} records SEC(".maps");
+};
+
+struct db_records_map records_top SEC(".maps");
+struct db_records_map records_below SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, DB_RECORDS_MAPS);
+	__type(key, __u32);
+	__array(values, struct db_records_map);
+} records SEC(".maps") = {
+	.values = {
+		[DB_RECORDS_BELOW] = &records_below,
+		[DB_RECORDS_TOP] = &records_top,
+	},
+};
+
+/* The map that holds (or would hold) the record under map key hkey; NULL
+ * only if the loader left `records` unfilled. */
+static __always_inline void *db_records_of(const struct db_hkey *hkey)
+{
+	__u32 i = hkey->hi >> DB_HKEY_TOP_SHIFT;
+
+	return bpf_map_lookup_elem(&records, &i);
+}
+
+/* The record under map key hkey, or NULL. */
+static __always_inline struct db_record *db_find_record(const struct db_hkey *hkey)
+{
+	void *map = db_records_of(hkey);
+
+	return map ? bpf_map_lookup_elem(map, hkey) : NULL;
+}
 
 /* The whole name of every record whose name is longer than DB_NAME_INLINE,
  * under the record's map key. Inserted before its record, deleted after
@@ -216,6 +255,26 @@ static __always_inline struct db_layout *db_layout(void)
 		v2 += v1; v1 = DB_ROTL(v1, 17); v1 ^= v2; v2 = DB_ROTL(v2, 32);        \
 	} while (0)
 
+/* Whether a name of len bytes is a top-level key: no '/' in it. Eight
+ * bytes at a time: a word holds a '/' iff the word XOR "////////" holds a
+ * zero byte; bytes past len are masked to zero (XOR gives 0x2f there). */
+static __always_inline bool db_key_is_top(const struct db_key *key, __u32 len)
+{
+	const __u64 *words = (const __u64 *)key->name;
+
+	for (__u32 i = 0; i < DB_KEY_SIZE / 8; i++) {
+		if (i * 8 >= len)
+			break;
+		__u64 w = words[i];
+		if (len - i * 8 < 8)
+			w &= (1ULL << ((len - i * 8) * 8)) - 1;
+		__u64 x = w ^ 0x2f2f2f2f2f2f2f2fULL;
+		if ((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL)
+			return false;
+	}
+	return true;
+}
+
 /* Hash of the first len bytes of key (len <= DB_KEY_MAX; bytes past len
  * are ignored) into *out. Little-endian words, as on every target bpfdb
  * builds for. A global function, so the verifier checks it once, not once
@@ -257,7 +316,9 @@ __attribute__((noinline)) int db_key_hash(const struct db_key *key, __u32 len, _
 	DB_SIPROUND(v0, v1, v2, v3);
 	DB_SIPROUND(v0, v1, v2, v3);
 	DB_SIPROUND(v0, v1, v2, v3);
-	out->hi = v0 ^ v1 ^ v2 ^ v3;
+	out->hi = (v0 ^ v1 ^ v2 ^ v3) & ~DB_HKEY_TOP;
+	if (db_key_is_top(key, len))
+		out->hi |= DB_HKEY_TOP;
 	return 0;
 }
 
@@ -354,7 +415,7 @@ struct db_view {
 static __always_inline int db_view_open(struct db_view *v, const struct db_key *key, __u32 key_len,
 					const struct db_hkey *hkey, __u64 at)
 {
-	struct db_record *rec = bpf_map_lookup_elem(&records, hkey);
+	struct db_record *rec = db_find_record(hkey);
 
 	v->value = NULL;
 	if (!rec)

@@ -233,14 +233,14 @@ static __always_inline __u32 pages_of(__u32 len)
 	return (len + DB_PAGE_SIZE - 1) / DB_PAGE_SIZE;
 }
 
-/* Whether the request's key (key2 when second) is a top-level key: no '/'
- * in its name. Eight bytes at a time: a word holds a '/' iff the word XOR
- * "////////" holds a zero byte. Keys are zero padded (every writer of a
- * request pads them, and the names compare so), and a name holds no NUL,
- * so the first zero word is past the name. No branch on key_len: the
- * verifier would follow each length range apart, about 25,000
- * instructions more in every stage that calls this. */
-__noinline int key_is_top(struct db_slot *slot, int second)
+/* Whether the request's name (key2 when second) holds no '/': the check
+ * of a new record's DB_HKEY_TOP bit. Eight bytes at a time: a word holds a
+ * '/' iff the word XOR "////////" holds a zero byte. Keys are zero padded
+ * (every writer of a request pads them, and the names compare so), and a
+ * name holds no NUL, so the first zero word is past the name. No branch on
+ * key_len: the verifier would follow each length range apart, about
+ * 25,000 instructions more in every stage that calls this. */
+__noinline int name_is_top(struct db_slot *slot, int second)
 {
 	if (!slot)
 		return 0;
@@ -255,6 +255,17 @@ __noinline int key_is_top(struct db_slot *slot, int second)
 			return 0;
 	}
 	return 1;
+}
+
+/* Whether the request's key (key2 when second) is a top-level key, by its
+ * map key's DB_HKEY_TOP bit. Callers hold its record, found or created
+ * under that map key with a matching name, and create_record checked the
+ * bit against the name (name_is_top), so the bit is the name's. */
+static __always_inline bool key_is_top(struct db_slot *slot, int second)
+{
+	struct db_hkey *hkey = second ? &slot->req.hkey2 : &slot->req.hkey;
+
+	return hkey->hi >> DB_HKEY_TOP_SHIFT;
 }
 
 #endif /* ENGINE_BPF_H */

@@ -51,7 +51,7 @@ DB_STAGE_PROG(stage_get)
 		snap = t->snap_ts;
 	}
 	for (int attempt = 0; attempt < DB_READ_RETRIES; attempt++) {
-		struct db_record *rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
+		struct db_record *rec = db_find_record(&slot->req.hkey);
 
 		if (!rec)
 			return fail(slot, -ENOENT, DB_D_NONE);
@@ -147,7 +147,7 @@ static long scan_check(__u64 i, struct scan_ctx *sc)
 
 	for (int attempt = 0; attempt < DB_READ_RETRIES; attempt++) {
 		struct db_hkey *hkey = (struct db_hkey *)&slot->data[k * sizeof(*hkey)];
-		struct db_record *rec = bpf_map_lookup_elem(&records, hkey);
+		struct db_record *rec = db_find_record(hkey);
 
 		if (!rec)
 			break; /* removed since user space found it: changed */

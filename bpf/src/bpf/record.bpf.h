@@ -107,9 +107,27 @@ static __always_inline struct db_record *create_record(struct db_slot *slot, boo
 		fail(slot, -EIO, DB_D_NONE);
 		return NULL;
 	}
+	/* The map key names the map (DB_HKEY_TOP): a key that misnamed it
+	 * would be missed by the walks of the top level and by its lock. */
+	if ((hkey->hi >> DB_HKEY_TOP_SHIFT) != (__u64)name_is_top(slot, second)) {
+		fail(slot, -EINVAL, DB_D_BAD_REQUEST);
+		return NULL;
+	}
+	/* Two maps of max_keys each: the cap is on both together (concurrent
+	 * creators may pass it by at most one record each). */
+	struct db_layout *layout = db_layout();
+	void *map = db_records_of(hkey);
+	if (!layout || !map) {
+		fail(slot, -EIO, DB_D_NONE);
+		return NULL;
+	}
+	if (READ_ONCE(stats.records) >= layout->max_keys) {
+		fail(slot, -ENOSPC, DB_D_NO_KEYS);
+		return NULL;
+	}
 	if (init->key_len > DB_NAME_INLINE && !add_long_name(slot, hkey, key))
 		return NULL;
-	long err = bpf_map_update_elem(&records, hkey, init, BPF_NOEXIST);
+	long err = bpf_map_update_elem(map, hkey, init, BPF_NOEXIST);
 	if (err == -EEXIST) {
 		fail(slot, -EBUSY, DB_D_LOCKED_AUTOCOMMIT);
 		return NULL;
@@ -123,14 +141,14 @@ static __always_inline struct db_record *create_record(struct db_slot *slot, boo
 	if (err) {
 		/* A long name left behind would only hold memory: drop it
 		 * unless a record under the hash appeared meanwhile. */
-		if (init->key_len > DB_NAME_INLINE && !bpf_map_lookup_elem(&records, hkey))
+		if (init->key_len > DB_NAME_INLINE && !bpf_map_lookup_elem(map, hkey))
 			bpf_map_delete_elem(&long_names, hkey);
 		fail(slot, -ENOSPC, DB_D_NO_KEYS);
 		return NULL;
 	}
 	/* Ours while its gc_seq is the fresh one (other readers may already
 	 * share a born-shared lock, so the lock word cannot tell). */
-	struct db_record *rec = bpf_map_lookup_elem(&records, hkey);
+	struct db_record *rec = bpf_map_lookup_elem(map, hkey);
 	if (!rec || READ_ONCE(rec->gc_seq) != gen) {
 		fail(slot, -EBUSY, DB_D_RACE);
 		return NULL;
@@ -149,7 +167,7 @@ static __always_inline struct db_record *lock_record(struct db_slot *slot, bool 
 	struct db_key *key = second ? &slot->req.key2 : &slot->req.key;
 	__u32 key_len = second ? slot->req.key2_len : slot->req.key_len;
 	__u64 mine = DB_LOCK_X | owner;
-	struct db_record *rec = bpf_map_lookup_elem(&records, hkey);
+	struct db_record *rec = db_find_record(hkey);
 
 	if (!rec) {
 		if (!create) {
@@ -166,7 +184,7 @@ static __always_inline struct db_record *lock_record(struct db_slot *slot, bool 
 	if (!name_matches(rec, hkey, key, key_len)) {
 		/* Still in the map under our hash: another name has it. Gone:
 		 * the element was reused between lookup and lock; retry. */
-		bool collision = bpf_map_lookup_elem(&records, hkey) == rec;
+		bool collision = db_find_record(hkey) == rec;
 
 		WRITE_ONCE(rec->lock, DB_LOCK_FREE);
 		if (collision)
@@ -193,7 +211,9 @@ static __always_inline void remove_record(struct db_record *rec, struct db_hkey 
 	__sync_fetch_and_add(&rec->gc_seq, 1);
 	if (rec->key_len > DB_NAME_INLINE)
 		bpf_map_delete_elem(&long_names, hkey);
-	bpf_map_delete_elem(&records, hkey);
+	void *map = db_records_of(hkey);
+	if (map)
+		bpf_map_delete_elem(map, hkey);
 	stat_add(&stats.records, -1);
 }
 
@@ -262,7 +282,7 @@ static __always_inline void unlock_shared(struct db_record *rec, struct db_hkey 
  * the slot; lost races with other readers are a transient DB_D_RACE. */
 static __always_inline struct db_record *lock_record_shared(struct db_slot *slot)
 {
-	struct db_record *rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
+	struct db_record *rec = db_find_record(&slot->req.hkey);
 
 	if (!rec)
 		return create_record(slot, false, DB_LOCK_S | 1);
@@ -437,7 +457,7 @@ static __always_inline struct db_record *txn_lock(struct db_slot *slot, struct d
 	if (found >= 0) {
 		struct db_txn_lock *l = &t->locks[L(found)];
 
-		rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
+		rec = db_find_record(&slot->req.hkey);
 		if (!rec) {
 			fail(slot, -EIO, DB_D_NONE);
 			return NULL;

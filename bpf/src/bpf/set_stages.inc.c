@@ -204,7 +204,7 @@ DB_STAGE_PROG(stage_set_commit)
 	if (!slot)
 		return 0;
 	__u32 owner = owner_of(ctx, slot);
-	struct db_record *rec = bpf_map_lookup_elem(&records, &slot->req.hkey);
+	struct db_record *rec = db_find_record(&slot->req.hkey);
 	if (!rec || READ_ONCE(rec->lock) != (DB_LOCK_X | owner))
 		return fail(slot, -EIO, DB_D_NONE); /* lost our own lock: a bug */
 	if (slot->resp.err) /* the value copy failed */

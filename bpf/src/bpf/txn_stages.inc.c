@@ -33,7 +33,7 @@ static __always_inline struct db_txn_lock *walk_lock(struct txn_walk *w, __u64 i
 	if (!t || i >= DB_TXN_MAX_LOCKS)
 		return NULL;
 	struct db_txn_lock *l = &t->locks[i];
-	*rec = bpf_map_lookup_elem(&records, &l->hkey);
+	*rec = db_find_record(&l->hkey);
 	return *rec ? l : NULL;
 }
 

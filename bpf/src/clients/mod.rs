@@ -46,6 +46,8 @@ macro_rules! kernel_api_maps {
         [
             ("slots", &mut $m.slots),
             ("records", &mut $m.records),
+            ("records_top", &mut $m.records_top),
+            ("records_below", &mut $m.records_below),
             ("long_names", &mut $m.long_names),
             ("small_pool", &mut $m.small_pool),
             ("page_pool", &mut $m.page_pool),

@@ -143,6 +143,8 @@ pub const F_READ_ONLY: u32 = u32_of(h::DB_F_READ_ONLY);
 pub const F_NUDGE: u32 = u32_of(h::DB_F_NUDGE);
 pub const F_CHECK_LOCK: u32 = u32_of(h::DB_F_CHECK_LOCK);
 pub const F_LOCK_TOP: u32 = u32_of(h::DB_F_LOCK_TOP);
+/// The bit of `HKey::hi` that is set iff the name holds no '/' (DB_HKEY_TOP).
+pub const HKEY_TOP: u64 = h::DB_HKEY_TOP;
 
 /// `enum db_detail`: why an op failed, for error messages and retry decisions.
 #[repr(u32)]

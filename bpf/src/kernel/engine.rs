@@ -83,6 +83,16 @@ impl<T> Drop for Mapped<T> {
     }
 }
 
+/// Which of the two records maps a walk reads: the top-level keys' (no
+/// '/' in the name) or the others' (the inner maps of `records`,
+/// bpfdb_kernel.h; a map key's `abi::HKEY_TOP` bit says which holds its
+/// record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Records {
+    Top,
+    Below,
+}
+
 /// What one `records_batch` call found.
 pub struct RecordBatch {
     /// Records copied.
@@ -228,7 +238,9 @@ impl Engine {
         let mut open = EngineSkelBuilder::default().open(object_ref)?;
 
         open.maps.slots.set_max_entries(layout.slot_entries())?;
-        open.maps.records.set_max_entries(layout.max_keys)?;
+        // Either may hold every key; the engine caps both together.
+        open.maps.records_top.set_max_entries(layout.max_keys)?;
+        open.maps.records_below.set_max_entries(layout.max_keys)?;
         open.maps.long_names.set_max_entries(layout.max_keys)?;
         open.maps.small_pool.set_max_entries(pools::segments_for(
             layout.small_granules as u64,
@@ -444,13 +456,14 @@ impl Engine {
         Ok(out)
     }
 
-    /// Copies the records of the next whole hash buckets from `cursor` on
-    /// (None: the first) into `keys` and `values`, at most `keys.len() /
-    /// size_of::<HKey>()` of them. The cursor is a bucket index: keys
-    /// inserted or removed meanwhile shift nothing, so a key present for a
-    /// whole walk is in exactly one batch.
+    /// Copies the records of the next whole hash buckets of `map` from
+    /// `cursor` on (None: the first) into `keys` and `values`, at most
+    /// `keys.len() / size_of::<HKey>()` of them. The cursor is a bucket
+    /// index: keys inserted or removed meanwhile shift nothing, so a key
+    /// present for a whole walk is in exactly one batch.
     pub fn records_batch(
         &self,
+        map: Records,
         cursor: Option<u32>,
         keys: &mut [u8],
         values: &mut [u8],
@@ -475,7 +488,10 @@ impl Engine {
         // value sizes; the cursors are u32 bucket indexes, as htab expects.
         let ret = unsafe {
             libbpf_rs::libbpf_sys::bpf_map_lookup_batch(
-                self.skel.maps.records.as_fd().as_raw_fd(),
+                match map {
+                    Records::Top => self.skel.maps.records_top.as_fd().as_raw_fd(),
+                    Records::Below => self.skel.maps.records_below.as_fd().as_raw_fd(),
+                },
                 in_ptr,
                 std::ptr::addr_of_mut!(out_batch).cast(),
                 keys.as_mut_ptr().cast(),
@@ -523,6 +539,8 @@ impl Engine {
         let map: &dyn MapCore = match name {
             "slots" => &m.slots,
             "records" => &m.records,
+            "records_top" => &m.records_top,
+            "records_below" => &m.records_below,
             "long_names" => &m.long_names,
             "small_pool" => &m.small_pool,
             "page_pool" => &m.page_pool,

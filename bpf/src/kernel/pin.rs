@@ -18,7 +18,7 @@ use crate::kernel::layout::Layout;
 /// `bss` the allocator counters and statistics. Calls `$then!(ARGS; names...)`.
 macro_rules! data_maps {
     ($then:ident ($($args:tt)*)) => {
-        $then!($($args)*; records, long_names, small_pool, page_pool, page_free, txns, wal, layout, clock, bss)
+        $then!($($args)*; records, records_top, records_below, long_names, small_pool, page_pool, page_free, txns, wal, layout, clock, bss)
     };
 }
 pub(crate) use data_maps;
@@ -30,7 +30,7 @@ macro_rules! names {
 }
 
 /// Pin names of the data maps.
-pub const PINNED_MAPS: [&str; 10] = data_maps!(names());
+pub const PINNED_MAPS: [&str; 12] = data_maps!(names());
 
 const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;

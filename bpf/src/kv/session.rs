@@ -9,6 +9,7 @@ use log::debug;
 
 use crate::error::{Error, Result};
 use crate::kernel::abi::{self, Detail, HKey, Meta, Op, Slot};
+use crate::kernel::engine::Records;
 use crate::shared::Inner;
 use crate::types::{NewMeta, SetFlags, Stat, check_key, key_hash};
 
@@ -359,13 +360,23 @@ impl Session<'_> {
     /// snapshot, or the newest commit). A key that exists unchanged for the
     /// whole walk is passed exactly once, whatever commits run beside it
     /// (POSIX readdir's rule); one created or removed meanwhile may or may
-    /// not be. The walk goes by hash bucket (`Engine::records_batch`) and
-    /// the engine says which keys of each batch are visible. In a
+    /// not be. The walk goes by hash bucket (`Engine::records_batch`), the
+    /// top-level keys' records map first, then the others' (a key never
+    /// changes map: its name picks it), and the engine says which keys of
+    /// each batch are visible. In a
     /// read-write transaction the walk first locks the set of top-level
     /// keys (names with no '/'): until the transaction ends nobody else
     /// inserts or removes one, so its scans see no phantoms.
     pub fn scan(&mut self, mut f: impl FnMut(&[u8])) -> Result<()> {
         let mut cursor = ScanCursor::new();
+        while self.scan_batch(&mut cursor, &mut f)? {}
+        Ok(())
+    }
+
+    /// `scan` of the top-level keys only (names with no '/'): a walk of
+    /// their own records map, whatever the database holds below them.
+    pub fn scan_top(&mut self, mut f: impl FnMut(&[u8])) -> Result<()> {
+        let mut cursor = ScanCursor::top();
         while self.scan_batch(&mut cursor, &mut f)? {}
         Ok(())
     }
@@ -382,9 +393,9 @@ impl Session<'_> {
         if cursor.done {
             return Ok(false);
         }
-        // Each call walks at least one bucket; a hash map has at most
-        // twice max_keys buckets (a power of two).
-        let max_calls = 2 * self.db.engine.layout.max_keys as usize + 2;
+        // Each call walks at least one bucket; each of the two maps has
+        // at most twice max_keys buckets (a power of two).
+        let max_calls = 4 * self.db.engine.layout.max_keys as usize + 4;
         if cursor.calls >= max_calls {
             return Err(Error::new(
                 libc::EIO,
@@ -403,7 +414,10 @@ impl Session<'_> {
         cursor.calls += 1;
         let key_size = std::mem::size_of::<HKey>();
         let ScanCursor { keys, values, .. } = cursor;
-        let batch = self.db.engine.records_batch(cursor.next, keys, values)?;
+        let batch = self
+            .db
+            .engine
+            .records_batch(cursor.map, cursor.next, keys, values)?;
         if batch.count > 0 {
             let n = batch.count;
             self.prepare_keyless(Op::Scan, 0);
@@ -431,6 +445,12 @@ impl Session<'_> {
                 }
             }
         }
+        if batch.done && cursor.map == Records::Top && !cursor.top_only {
+            // The top level is walked: the keys below it next.
+            cursor.map = Records::Below;
+            cursor.next = None;
+            return Ok(true);
+        }
         cursor.done = batch.done;
         cursor.next = Some(batch.next);
         Ok(!batch.done)
@@ -438,29 +458,101 @@ impl Session<'_> {
 }
 
 /// Where a scan is: the buffers one batch of records is read into
-/// (`abi::SCAN_BATCH` keys and records, about 1.1 MiB) and the bucket the
-/// next batch starts at.
+/// (`abi::SCAN_BATCH` keys and records, about 1.1 MiB), the records map
+/// walked (the top-level keys' first, then, unless `top_only`, the
+/// others') and the bucket the next batch starts at.
 pub(crate) struct ScanCursor {
     keys: Vec<u8>,
     values: Vec<u8>,
+    map: Records,
+    top_only: bool,
     next: Option<u32>,
     calls: usize,
     done: bool,
 }
 
 impl ScanCursor {
+    /// A walk of every key.
     pub(crate) fn new() -> ScanCursor {
         ScanCursor {
             keys: vec![0u8; abi::SCAN_BATCH * std::mem::size_of::<HKey>()],
             values: vec![0u8; abi::SCAN_BATCH * abi::RECORD_SIZE],
+            map: Records::Top,
+            top_only: false,
             next: None,
             calls: 0,
             done: false,
         }
     }
 
+    /// A walk of the top-level keys only.
+    pub(crate) fn top() -> ScanCursor {
+        ScanCursor {
+            top_only: true,
+            ..ScanCursor::new()
+        }
+    }
+
     /// Every bucket was walked.
     pub(crate) fn done(&self) -> bool {
         self.done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Db, NewMeta, Options, SetFlags};
+
+    use super::*;
+
+    /// The engine keeps a record in the map its map key's top bit names
+    /// (the top-level keys' or the others'), so a request whose bit
+    /// misnames its name is refused, whichever way: a record in the wrong
+    /// map would be missed by the walks of the root and by its lock.
+    #[test]
+    fn a_map_key_whose_top_bit_misnames_the_name_is_refused() {
+        let db = Db::open(&Options {
+            max_keys: 64,
+            value_mem_bytes: 1 << 20,
+            slots: 2,
+            ..Options::default()
+        })
+        .unwrap_or_else(|e| panic!("open engine: {e}"));
+        let mut s = db.session();
+        let meta = NewMeta {
+            mode: 0o100644,
+            ..NewMeta::default()
+        };
+        for name in [&b"top"[..], b"\x01dir/below"] {
+            s.prepare(Op::Set, 0, name).unwrap();
+            s.slot().req.hkey.hi ^= abi::HKEY_TOP;
+            s.slot().req.meta = Meta {
+                mode: 0o100644,
+                ..Meta::default()
+            };
+            let err = s
+                .run_write("set")
+                .expect_err("a misnamed map key was taken");
+            assert_eq!(err.errno, libc::EINVAL, "{err}");
+            let mut out = Vec::new();
+            let err = s
+                .get(name, &mut out)
+                .expect_err("the refused set left a key");
+            assert_eq!(err.errno, libc::ENOENT, "{err}");
+            // With the bit its name gives it, the same set goes through.
+            s.set(name, b"v", meta, SetFlags::default())
+                .unwrap_or_else(|e| panic!("set {name:?}: {e}"));
+        }
+        let mut names = Vec::new();
+        s.scan_top(|n| names.push(n.to_vec())).unwrap();
+        assert_eq!(
+            names,
+            [b"top".to_vec()],
+            "scan_top lists the top-level keys only"
+        );
+        names.clear();
+        s.scan(|n| names.push(n.to_vec())).unwrap();
+        names.sort();
+        assert_eq!(names, [b"\x01dir/below".to_vec(), b"top".to_vec()]);
     }
 }

@@ -237,15 +237,33 @@ impl Txn {
 
     /// Names visible in this transaction: its snapshot, or the committed
     /// keys with its own writes and deletes applied.
-    pub fn scan(&self, mut f: impl FnMut(&[u8])) -> Result<()> {
+    pub fn scan(&self, f: impl FnMut(&[u8])) -> Result<()> {
+        self.scan_where(false, f)
+    }
+
+    /// `scan` of the top-level keys only (names with no '/'): a walk of
+    /// their own records map (`Session::scan_top`).
+    pub fn scan_top(&self, f: impl FnMut(&[u8])) -> Result<()> {
+        self.scan_where(true, f)
+    }
+
+    fn scan_where(&self, top_only: bool, mut f: impl FnMut(&[u8])) -> Result<()> {
         self.with("scan", |s, inner| {
             let writes = &inner.writes;
-            s.scan(|name| {
+            let mut each = |name: &[u8]| {
                 if !writes.contains_key(name) {
                     f(name);
                 }
-            })?;
-            for (name, _) in writes.iter().filter(|(_, live)| **live) {
+            };
+            if top_only {
+                s.scan_top(&mut each)?;
+            } else {
+                s.scan(&mut each)?;
+            }
+            let own = writes
+                .iter()
+                .filter(|(name, live)| **live && !(top_only && name.contains(&b'/')));
+            for (name, _) in own {
                 f(name);
             }
             Ok(())

@@ -152,7 +152,7 @@ impl Fs {
         let mut items = Vec::new();
         let limit = self.max_keys;
         space
-            .scan(&self.db, |name| {
+            .scan_top(&self.db, |name| {
                 // The walk may see a key twice when keys move during it.
                 if items.len() < limit
                     && !is_reserved(name)

@@ -216,10 +216,10 @@ impl Space {
         }
     }
 
-    pub fn scan(&self, db: &Db, f: impl FnMut(&[u8])) -> Result<()> {
+    pub fn scan_top(&self, db: &Db, f: impl FnMut(&[u8])) -> Result<()> {
         match self {
-            Space::Root => db.session().scan(f),
-            Space::Open(o) => o.txn.scan(f),
+            Space::Root => db.session().scan_top(f),
+            Space::Open(o) => o.txn.scan_top(f),
         }
     }
 }
