@@ -475,9 +475,11 @@ fn phantom_the_listed_root_gets_no_new_or_removed_name_until_the_lister_ends() {
     m.ok("mkdir .txn/t2");
     m.fails("env echo 1 > .txn/t2/new", msg::EBUSY);
     m.assert_aborted("t2");
-    // T's own names: it is the only lister, so it may add them (the shell creates `count`
-    // before `ls` runs, so T lists 3 names).
-    m.ok("ls .txn/t | wc -l > .txn/t/count && env echo commit > .txn/t/.ctl");
+    // T's own names: it is the only lister, so it may add them. `count` is created before the
+    // pipeline, so T lists 3 names (`wc`'s redirection and `ls` start together, in either
+    // order).
+    m.ok("env echo 0 > .txn/t/count && ls .txn/t | wc -l > .txn/t/count");
+    m.ok("env echo commit > .txn/t/.ctl");
     m.assert_committed("t");
     m.ok("env echo 1 > new && mv old old2 && ln -s old2 link && rmdir .txn/t .txn/t2");
     assert_eq!(m.ok("cat count && ls"), "3\ncount\nd\nlink\nnew\nold2\n");
