@@ -265,6 +265,8 @@ enum db_detail {
 #define DB_RECORDS_BELOW 0 /* index in `records` of the map of names with a '/' */
 #define DB_RECORDS_TOP 1   /* ... and of the top-level names */
 #define DB_RECORDS_MAPS 2
+_Static_assert(DB_RECORDS_TOP == (DB_HKEY_TOP >> DB_HKEY_TOP_SHIFT) && DB_RECORDS_BELOW == 0,
+	       "a map key's top bit is the index of its records map");
 
 struct db_layout {
 	__u64 magic;
