@@ -39,4 +39,4 @@ pub use kv::room::{Need, Reservation};
 pub use kv::session::{Session, TRANSIENT_RETRIES};
 pub use kv::txn::{Txn, TxnState};
 pub use options::{Options, SyncMode};
-pub use types::{NewMeta, SetFlags, Stat, check_key, check_name, key_hash};
+pub use types::{NewMeta, SetFlags, Stat, check_key, check_name, is_top_level, key_hash};

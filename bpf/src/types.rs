@@ -23,10 +23,17 @@ pub fn check_key(name: &[u8]) -> Result<&[u8]> {
     Ok(name)
 }
 
+/// Whether a name is a top-level key: it holds no '/'. The engine keeps
+/// those records in a map of their own (`abi::HKEY_TOP`); keys with a '/'
+/// are the daemon's directories and their files (fsd's `tree`).
+pub fn is_top_level(name: &[u8]) -> bool {
+    !name.contains(&b'/')
+}
+
 /// A file name used as a key: `check_key`, and no '/' (keys with one are
 /// the daemon's directories, see fsd's `tree`).
 pub fn check_name(name: &[u8]) -> Result<&[u8]> {
-    if name.contains(&b'/') {
+    if !is_top_level(name) {
         return Err(Error::new(
             libc::EINVAL,
             "key must be a non-empty file name without '/' or NUL",
@@ -45,12 +52,8 @@ pub fn key_hash(name: &[u8], seed: u64) -> HKey {
     h.write(name);
     let out = h.finish128();
     // The top bit names the record's map (DB_HKEY_TOP): set for a
-    // top-level key, one with no '/'.
-    let top = if name.contains(&b'/') {
-        0
-    } else {
-        abi::HKEY_TOP
-    };
+    // top-level key.
+    let top = if is_top_level(name) { abi::HKEY_TOP } else { 0 };
     HKey {
         lo: out.h1,
         hi: (out.h2 & !abi::HKEY_TOP) | top,

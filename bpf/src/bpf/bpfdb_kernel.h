@@ -255,9 +255,17 @@ static __always_inline struct db_layout *db_layout(void)
 		v2 += v1; v1 = DB_ROTL(v1, 17); v1 ^= v2; v2 = DB_ROTL(v2, 32);        \
 	} while (0)
 
+/* Whether eight bytes of a name hold a '/': they do iff the word XOR
+ * "////////" holds a zero byte (a zero byte of the word gives 0x2f). */
+static __always_inline bool db_word_has_slash(__u64 w)
+{
+	__u64 x = w ^ 0x2f2f2f2f2f2f2f2fULL;
+
+	return (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL;
+}
+
 /* Whether a name of len bytes is a top-level key: no '/' in it. Eight
- * bytes at a time: a word holds a '/' iff the word XOR "////////" holds a
- * zero byte; bytes past len are masked to zero (XOR gives 0x2f there). */
+ * bytes at a time; bytes past len are masked to zero. */
 static __always_inline bool db_key_is_top(const struct db_key *key, __u32 len)
 {
 	const __u64 *words = (const __u64 *)key->name;
@@ -268,8 +276,7 @@ static __always_inline bool db_key_is_top(const struct db_key *key, __u32 len)
 		__u64 w = words[i];
 		if (len - i * 8 < 8)
 			w &= (1ULL << ((len - i * 8) * 8)) - 1;
-		__u64 x = w ^ 0x2f2f2f2f2f2f2f2fULL;
-		if ((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL)
+		if (db_word_has_slash(w))
 			return false;
 	}
 	return true;

@@ -234,12 +234,12 @@ static __always_inline __u32 pages_of(__u32 len)
 }
 
 /* Whether the request's name (key2 when second) holds no '/': the check
- * of a new record's DB_HKEY_TOP bit. Eight bytes at a time: a word holds a
- * '/' iff the word XOR "////////" holds a zero byte. Keys are zero padded
- * (every writer of a request pads them, and the names compare so), and a
- * name holds no NUL, so the first zero word is past the name. No branch on
- * key_len: the verifier would follow each length range apart, about
- * 25,000 instructions more in every stage that calls this. */
+ * of a new record's DB_HKEY_TOP bit. Eight bytes at a time
+ * (db_word_has_slash), and unlike db_key_is_top with no mask by key_len:
+ * keys are zero padded (every writer of a request pads them, and the
+ * names compare so), and a name holds no NUL, so the first zero word is
+ * past the name. A branch on key_len made the verifier follow each length
+ * range apart, about 25,000 instructions more in every calling stage. */
 __noinline int name_is_top(struct db_slot *slot, int second)
 {
 	if (!slot)
@@ -250,8 +250,7 @@ __noinline int name_is_top(struct db_slot *slot, int second)
 		__u64 w = words[i];
 		if (!w)
 			break;
-		__u64 x = w ^ 0x2f2f2f2f2f2f2f2fULL;
-		if ((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL)
+		if (db_word_has_slash(w))
 			return 0;
 	}
 	return 1;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::kv::session::{ScanCursor, Session};
 use crate::shared::Inner as Shared;
-use crate::types::{NewMeta, SetFlags, Stat, check_key};
+use crate::types::{NewMeta, SetFlags, Stat, check_key, is_top_level};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TxnState {
@@ -262,7 +262,7 @@ impl Txn {
             }
             let own = writes
                 .iter()
-                .filter(|(name, live)| **live && !(top_only && name.contains(&b'/')));
+                .filter(|(name, live)| **live && (!top_only || is_top_level(name)));
             for (name, _) in own {
                 f(name);
             }

@@ -131,7 +131,7 @@ pub fn split(key: &[u8]) -> Option<(u64, &[u8])> {
 
 /// Keys the root's listing never shows: every internal key has a '/'.
 pub fn is_internal(key: &[u8]) -> bool {
-    key.contains(&b'/')
+    !bpfdb::is_top_level(key)
 }
 
 /// A directory id as its entry's value stores it.
